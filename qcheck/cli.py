@@ -1,0 +1,66 @@
+"""The `qcheck` command: run | lint | optuna | compare.
+
+Each subcommand lives in the module that owns its work and exposes two functions,
+`add_cli_arguments(parser)` and `cli_main(args) -> int`; this file only dispatches.
+Exit codes: 0 all invariants hold, 1 a violation / error-level finding, 2 bad usage or input.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import Sequence
+
+from qcheck.errors import QCheckError
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("qcheck.runner", "run the invariant suite against a model and write reports"),
+    "lint": ("qcheck.lint.cli", "lint result tables (CSV, JSON, JSONL) for impossible or suspicious numbers"),
+    "optuna": ("qcheck.search", "audit an Optuna objective (MODULE:FUNCTION) or a stored study"),
+    "compare": ("qcheck.compare", "regression gate between two qcheck JSON reports"),
+}
+
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 already; keep its message short and clear
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"qcheck: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qcheck", description=__doc__.splitlines()[0])
+    from qcheck import __version__
+
+    parser.add_argument("--version", action="version", version=f"qcheck {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_cli_arguments(p)
+        p.set_defaults(_handler=module.cli_main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args._handler(args))
+    except QCheckError as exc:
+        print(f"qcheck {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"qcheck {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
