@@ -1,0 +1,462 @@
+"""Unit tests of qcheck.search: distribution comparison, the objective probe, the study audit, resolution.
+
+Every objective here runs real Optuna (in-memory studies); a cheap arithmetic score stands in for a model.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import re
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
+from optuna.trial import TrialState, create_trial  # noqa: E402
+
+from qcheck.errors import InvariantViolation, QCheckError  # noqa: E402
+from qcheck.results import Status  # noqa: E402
+from qcheck.search import (  # noqa: E402
+    RULES,
+    assert_static_search_space,
+    audit_objective,
+    audit_study,
+    classify_difference,
+    describe_distribution,
+    load_study,
+    resolve_objective,
+)
+
+THIS_FILE = "tests/unit/test_search.py"
+
+
+def site(func: Callable[..., Any], marker: str) -> str:
+    """'tests/unit/test_search.py:LINE' of the line in `func`'s source that carries `# <marker>`."""
+    lines, start = inspect.getsourcelines(func)
+    hits = [start + i for i, text in enumerate(lines) if text.rstrip().endswith(f"# {marker}")]
+    assert len(hits) == 1, (marker, hits)
+    return f"{THIS_FILE}:{hits[0]}"
+
+
+@pytest.fixture(autouse=True)
+def _repo_root_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# --------------------------------------------------------------------------------------------------
+# distributions
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (CategoricalDistribution((2, 4)), CategoricalDistribution((2, 4)), None),
+        (CategoricalDistribution((2, 4)), CategoricalDistribution((2, 4, 8)), "choices"),
+        (CategoricalDistribution(("a", "b", "c")), CategoricalDistribution(("c", "a", "b")), "order"),
+        (CategoricalDistribution((1, 2)), IntDistribution(1, 2), "kind"),
+        (IntDistribution(1, 8), FloatDistribution(1, 8), "kind"),
+        (FloatDistribution(1e-4, 1.0, log=True), FloatDistribution(1e-4, 1.0), "log"),
+        (IntDistribution(1, 8), IntDistribution(1, 16), "range"),
+        (IntDistribution(0, 8, step=2), IntDistribution(0, 8, step=4), "range"),
+    ],
+)
+def test_classify_difference(old: Any, new: Any, expected: str | None) -> None:
+    assert classify_difference(old, new) == expected
+
+
+def test_describe_distribution() -> None:
+    assert describe_distribution(CategoricalDistribution((2, 4))) == "choices (2, 4)"
+    assert describe_distribution(IntDistribution(1, 8)) == "int [1, 8]"
+    assert describe_distribution(IntDistribution(0, 8, step=2)) == "int [0, 8] step 2"
+    assert describe_distribution(FloatDistribution(1e-4, 1.0, log=True)) == "float [0.0001, 1.0] log"
+
+
+def test_every_rule_has_a_fix_and_a_known_severity() -> None:
+    for rule_id, rule in RULES.items():
+        assert rule.id == rule_id and rule.id.startswith("OPT")
+        assert rule.severity in ("error", "warning")
+        assert len(rule.fix) > 40
+
+
+# --------------------------------------------------------------------------------------------------
+# probing objectives
+
+
+def kind_changes(trial: optuna.Trial) -> float:
+    if trial.suggest_categorical("optimizer", ("sgd", "adam")) == "sgd":
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)  # float-lr
+    else:
+        lr = trial.suggest_categorical("lr", (1e-3, 1e-2))  # categorical-lr
+    return lr
+
+
+def test_distribution_kind_changed_between_branches() -> None:
+    report = audit_objective(kind_changes, n_trials=20)
+    assert report.status is Status.FAIL
+    [finding] = report.by_id("OPT103")
+    assert finding.param == "lr" and finding.severity == "error"
+    sites = sorted(s for v in finding.evidence["variants"] for s in v["call_sites"])
+    assert sites == sorted([site(kind_changes, "float-lr"), site(kind_changes, "categorical-lr")])
+    described = {v["described"] for v in finding.evidence["variants"]}
+    assert described == {"float [0.0001, 0.1] log", "choices (0.001, 0.01)"}
+    assert site(kind_changes, "float-lr") in finding.message
+
+
+def log_changes(trial: optuna.Trial) -> float:
+    wide = trial.suggest_categorical("wide", (True, False))
+    return trial.suggest_float("scale", 1e-3, 1.0, log=wide)  # scale
+
+
+def test_log_flag_changed() -> None:
+    report = audit_objective(log_changes, n_trials=20)
+    [finding] = report.by_id("OPT104")
+    assert finding.param == "scale"
+    assert [v["call_sites"] for v in finding.evidence["variants"]] == [[site(log_changes, "scale")]] * 2
+    assert finding.evidence["differences"] == ["log"]
+
+
+def range_depends_on_width(trial: optuna.Trial) -> float:
+    width = trial.suggest_int("width", 4, 16, step=4)
+    frac = trial.suggest_int("frac", 1, width - 1)  # frac
+    return frac / width
+
+
+def test_changed_int_range_is_a_warning_not_an_error() -> None:
+    report = audit_objective(range_depends_on_width, n_trials=20)
+    assert report.ids == ["OPT105"]
+    assert report.status is Status.WARN
+    [finding] = report.warnings
+    assert finding.param == "frac" and finding.evidence["differences"] == ["range"]
+    assert {v["described"] for v in finding.evidence["variants"]} == {"int [1, 3]", "int [1, 7]", "int [1, 11]", "int [1, 15]"}
+    result = assert_static_search_space(range_depends_on_width, n_trials=20)
+    assert result.status is Status.WARN
+
+
+def distinct_names_per_branch(trial: optuna.Trial) -> float:
+    fmt = trial.suggest_categorical("format", ("int", "minifloat"))
+    if fmt == "int":
+        bits = trial.suggest_categorical("int_bits", (2, 4, 8))
+        return 1.0 - 1.0 / bits
+    exp_bits = trial.suggest_int("minifloat_exp_bits", 2, 5)
+    return 1.0 - 1.0 / (exp_bits + trial.suggest_int("minifloat_man_bits", 1, 3))
+
+
+def test_conditional_space_with_distinct_names_passes() -> None:
+    report = audit_objective(distinct_names_per_branch, n_trials=20)
+    assert report.findings == ()
+    assert report.status is Status.PASS
+    assert report.summary["params"] == ["format", "int_bits", "minifloat_exp_bits", "minifloat_man_bits"]
+    assert report.summary["n_trials"] == 40 and report.summary["states"] == {"COMPLETE": 40}
+    result = assert_static_search_space(distinct_names_per_branch, n_trials=20)
+    assert result.status is Status.PASS and result.name == "optuna.search_space"
+
+
+def same_name_two_paths(trial: optuna.Trial) -> float:
+    bits = trial.suggest_categorical("bits", (4, 8))
+    if bits == 4:
+        group = trial.suggest_categorical("group_size", (32, 64))  # path-a
+    else:
+        group = trial.suggest_categorical("group_size", (64, 128))  # path-b
+    return bits * 1000 + group
+
+
+def test_same_name_with_different_choices_on_two_code_paths() -> None:
+    report = audit_objective(same_name_two_paths, n_trials=20)
+    [finding] = report.by_id("OPT101")
+    assert finding.param == "group_size"
+    variants = {v["described"]: v["call_sites"] for v in finding.evidence["variants"]}
+    assert variants == {
+        "choices (32, 64)": [site(same_name_two_paths, "path-a")],
+        "choices (64, 128)": [site(same_name_two_paths, "path-b")],
+    }
+    assert variants and all(v["methods"] == ["suggest_categorical"] for v in finding.evidence["variants"])
+    # nothing swallows Optuna's ValueError here: the later trials fail visibly
+    [raised] = report.by_id("OPT112")
+    assert "CategoricalDistribution does not support dynamic value space." in raised.evidence["error"]
+    assert raised.evidence["raised_at"] in (site(same_name_two_paths, "path-a"), site(same_name_two_paths, "path-b"))
+    with pytest.raises(InvariantViolation) as info:
+        assert_static_search_space(same_name_two_paths, n_trials=20)
+    ids = [f["id"] for f in info.value.result.evidence["findings"]]
+    assert ids == ["OPT101", "OPT112"]
+    assert "group_size" in str(info.value)
+
+
+def evaluate(bits: int, group: int) -> float:
+    if bits == 2 and group == 128:
+        raise RuntimeError("CUDA out of memory")  # oom
+    return 0.8 - 0.1 / bits - group / 10_000
+
+
+def swallows_runtime_error(trial: optuna.Trial) -> float:
+    bits = trial.suggest_categorical("bits", (2, 4, 8))
+    group = trial.suggest_categorical("group", (32, 128))
+    try:
+        return evaluate(bits, group)
+    except RuntimeError:  # handler
+        return -1.0
+
+
+def test_exception_turned_into_a_return_value_outside_suggest_calls() -> None:
+    report = audit_objective(swallows_runtime_error, n_trials=30)
+    [finding] = report.findings
+    assert finding.id == "OPT111" and finding.severity == "error"
+    assert finding.evidence["error"] == "RuntimeError: CUDA out of memory"
+    assert finding.evidence["raised_at"] == site(evaluate, "oom")
+    assert finding.evidence["handled_at"] == site(swallows_runtime_error, "handler")
+    assert finding.evidence["returned"] == -1.0
+    assert "returned -1.0" in finding.message
+    probe_trials = finding.evidence["trials"]
+    assert probe_trials and len(probe_trials) < 60
+
+
+class CallableObjective:
+    """An objective as a callable instance, as Optuna's FAQ shows for objectives with arguments."""
+
+    def __init__(self, sentinel: float) -> None:
+        self.sentinel = sentinel
+
+    def __call__(self, trial: optuna.Trial, offset: float = 0.0) -> float:
+        try:
+            bits = trial.suggest_categorical("bits", (2, 4, 8))
+            return evaluate(bits, trial.suggest_categorical("group", (32, 128))) + offset
+        except Exception:  # class-handler
+            return self.sentinel
+
+
+@pytest.mark.parametrize("wrap", ["instance", "partial"])
+def test_swallowed_exception_in_callable_instance_and_partial(wrap: str) -> None:
+    objective: Callable[..., float] = CallableObjective(0.0)
+    if wrap == "partial":
+        objective = functools.partial(objective, offset=0.5)
+    report = audit_objective(objective, n_trials=30)
+    [finding] = report.by_id("OPT111")
+    assert finding.evidence["handled_at"] == site(CallableObjective.__call__, "class-handler")
+    assert finding.evidence["returned"] == 0.0
+
+
+def returns_zero_for_invalid(trial: optuna.Trial) -> float:
+    width = trial.suggest_categorical("width", (4, 8))
+    frac = trial.suggest_categorical("frac", (2, 4, 8))
+    if frac >= width:
+        return 0.0
+    return 0.9 - 0.2 / frac - 0.01 * width
+
+
+def test_sentinel_return_without_exception_is_found_by_the_probe() -> None:
+    report = audit_objective(returns_zero_for_invalid, n_trials=30)
+    [finding] = report.findings
+    assert finding.id == "OPT202" and finding.evidence["value"] == 0.0
+    assert finding.evidence["distinct_configurations"] == 3  # (4, 4), (4, 8), (8, 8)
+    assert finding.evidence["share"] >= 0.3
+
+
+def raises_uncaught(trial: optuna.Trial) -> float:
+    bits = trial.suggest_categorical("bits", (2, 4))
+    if bits == 2:
+        raise ValueError("2-bit kernels are not implemented")  # uncaught
+    return 0.5
+
+
+def test_uncaught_exception_is_a_warning() -> None:
+    report = audit_objective(raises_uncaught, n_trials=20)
+    [finding] = report.findings
+    assert finding.id == "OPT112" and finding.severity == "warning"
+    assert finding.evidence["raised_at"] == site(raises_uncaught, "uncaught")
+    assert finding.evidence["error"] == "ValueError: 2-bit kernels are not implemented"
+    assert report.summary["states"]["FAIL"] == len(finding.evidence["trials"])
+
+
+def test_probe_restores_an_existing_tracer_and_keeps_feeding_it() -> None:
+    seen: list[str] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is swallows_runtime_error.__code__:
+            seen.append(event)
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        report = audit_objective(swallows_runtime_error, n_trials=5)
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(previous)
+    assert report.summary["n_trials"] == 10
+    assert seen.count("call") == 10
+
+
+def test_probe_is_deterministic_for_a_seed_and_reports_it() -> None:
+    first = audit_objective(same_name_two_paths, n_trials=10, seed=3)
+    second = audit_objective(same_name_two_paths, n_trials=10, seed=3)
+    assert first.to_dict() == second.to_dict()
+    assert first.summary["seed"] == 3 and first.summary["sampler"] == "RandomSampler"
+
+
+def test_ignore_and_bad_arguments() -> None:
+    report = audit_objective(same_name_two_paths, n_trials=10, ignore=["opt112"])
+    assert report.ids == ["OPT101"]
+    with pytest.raises(QCheckError, match="unknown finding id"):
+        audit_objective(same_name_two_paths, n_trials=10, ignore=["OPT999"])
+    with pytest.raises(QCheckError, match="n_trials must be >= 1"):
+        audit_objective(same_name_two_paths, n_trials=0)
+
+
+def test_report_is_strict_json_and_converts_to_a_check_result() -> None:
+    report = audit_objective(same_name_two_paths, n_trials=10, target="unit:same_name_two_paths")
+    text = json.dumps(report.to_dict(), allow_nan=False)
+    data = json.loads(text)
+    assert data["status"] == "FAIL" and data["target"] == "unit:same_name_two_paths"
+    assert [f["id"] for f in data["findings"]] == ["OPT101", "OPT112"]
+    result = report.to_check_result()
+    assert result.status is Status.FAIL and result.n == 20 and result.variant == "unit:same_name_two_paths"
+    assert result.message == "OPT101 dynamic-choices [group_size]; OPT112 objective-raised"
+    json.dumps(result.to_dict(), allow_nan=False)
+    assert "OPT101" in report.render()
+
+
+# --------------------------------------------------------------------------------------------------
+# auditing stored studies
+
+
+def _study(**kwargs: Any) -> optuna.Study:
+    return optuna.create_study(**kwargs)
+
+
+def test_repeated_best_configuration_is_not_a_sentinel() -> None:
+    study = _study(direction="maximize")
+    dists = {"bits": CategoricalDistribution((4, 8)), "group": CategoricalDistribution((32, 64))}
+    for _ in range(12):  # a sampler that converged re-evaluates the same configuration
+        study.add_trial(create_trial(params={"bits": 8, "group": 32}, distributions=dists, value=0.87232))
+    for bits, group, value in ((4, 32, 0.81), (4, 64, 0.80), (8, 64, 0.86)):
+        study.add_trial(create_trial(params={"bits": bits, "group": group}, distributions=dists, value=value))
+    report = audit_study(study)
+    assert report.findings == () and report.status is Status.PASS
+    assert report.summary["n_trials"] == 15
+
+
+def test_failed_and_pruned_shares() -> None:
+    study = _study()
+    dist = {"x": IntDistribution(0, 9)}
+    for i in range(10):
+        state = TrialState.FAIL if i < 2 else TrialState.PRUNED if i < 8 else TrialState.COMPLETE
+        study.add_trial(
+            create_trial(params={"x": i}, distributions=dist, state=state, value=float(i) if state == TrialState.COMPLETE else None)
+        )
+    report = audit_study(study)
+    assert report.ids == ["OPT203", "OPT204"]
+    failed, pruned = report.findings
+    assert (failed.evidence["count"], failed.evidence["share"], failed.evidence["trials"]) == (2, 0.2, [0, 1])
+    assert (pruned.evidence["count"], pruned.evidence["share"]) == (6, 0.6)
+    assert report.status is Status.WARN
+
+
+def test_missing_params_alone_is_a_warning() -> None:
+    study = _study()
+    dists = {"fmt": CategoricalDistribution(("int", "fp16")), "bits": IntDistribution(2, 8)}
+    study.add_trial(create_trial(params={"fmt": "int", "bits": 4}, distributions=dists, value=0.7))
+    study.add_trial(create_trial(params={"fmt": "int", "bits": 8}, distributions=dists, value=0.8))
+    study.add_trial(create_trial(params={"fmt": "fp16"}, distributions={"fmt": dists["fmt"]}, value=0.85))
+    report = audit_study(study)
+    [finding] = report.findings
+    assert finding.id == "OPT201" and finding.severity == "warning"
+    assert finding.evidence["missing_by_param"] == {"bits": [2]}
+    assert report.status is Status.WARN
+    assert audit_study(study, ignore=["OPT201"]).status is Status.PASS
+
+
+def test_empty_study_is_inconclusive() -> None:
+    report = audit_study(_study())
+    assert report.status is Status.INCONCLUSIVE
+    assert report.to_check_result().status is Status.INCONCLUSIVE
+
+
+def test_multi_objective_sentinel() -> None:
+    study = _study(directions=["maximize", "minimize"])
+    dist = {"bits": IntDistribution(2, 16)}
+    for bits in range(2, 12):
+        values = [0.0, 0.0] if bits % 3 else [0.5 + bits / 100, 1.0 / bits]
+        study.add_trial(create_trial(params={"bits": bits}, distributions=dist, values=values))
+    report = audit_study(study)
+    [finding] = report.findings
+    assert finding.id == "OPT202" and finding.evidence["value"] == [0.0, 0.0] and finding.evidence["count"] == 7
+
+
+# --------------------------------------------------------------------------------------------------
+# resolution and storage errors
+
+
+def test_resolve_objective_forms(tmp_path: Path) -> None:
+    fixed = resolve_objective("fixtures/objectives/seed003_fixed.py:objective")
+    assert fixed.__name__ == "objective"
+    (tmp_path / "objs.py").write_text(
+        "class Holder:\n    @staticmethod\n    def objective(trial):\n        return trial.suggest_int('x', 0, 3)\n"
+    )
+    method = resolve_objective(f"{tmp_path / 'objs.py'}:Holder.objective")
+    assert audit_objective(method, n_trials=3).status is Status.PASS
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("fixtures/objectives/seed003.py", "expected MODULE:FUNCTION"),
+        ("fixtures/objectives/nope.py:objective", "objective file not found"),
+        ("qcheck_no_such_module:objective", "cannot import module 'qcheck_no_such_module'"),
+        (
+            "fixtures/objectives/seed003.py:nope",
+            "has no attribute 'nope'; callables defined there: get_integer_config, objective, run_seed003_study, score",
+        ),
+        ("fixtures/objectives/seed003.py:LAYERS", "is a tuple, not a callable objective"),
+    ],
+)
+def test_resolve_objective_errors(spec: str, message: str) -> None:
+    with pytest.raises(QCheckError, match=re.escape(message)):
+        resolve_objective(spec)
+
+
+def test_resolve_objective_import_error_is_bad_input(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.py"
+    bad.write_text("import qcheck_definitely_missing_dependency\n")
+    with pytest.raises(QCheckError, match="importing .*broken.py' failed: ModuleNotFoundError"):
+        resolve_objective(f"{bad}:objective")
+
+
+def test_storage_errors_do_not_create_files(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    with pytest.raises(QCheckError, match="SQLite storage not found"):
+        audit_study(f"sqlite:///{missing}", "s")
+    assert not missing.exists()
+    with pytest.raises(QCheckError, match="neither a storage URL nor an existing file"):
+        audit_study(str(tmp_path / "nothing.db"), "s")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE results (x)")
+    with pytest.raises(QCheckError, match="not an Optuna storage"):
+        audit_study(f"sqlite:///{other}", "s")
+    with sqlite3.connect(other) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["results"]
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database")
+    with pytest.raises(QCheckError, match="not a SQLite database"):
+        audit_study(str(junk), "s")
+
+
+def test_study_name_errors_list_the_studies(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    for name in ("alpha", "beta"):
+        optuna.create_study(storage=url, study_name=name)
+    with pytest.raises(QCheckError, match="study 'gamma' not found in the storage; studies there: 'alpha', 'beta'"):
+        load_study(url, "gamma")
+    with pytest.raises(QCheckError, match=r"no study name given \(--study NAME\); studies in this storage: 'alpha', 'beta'"):
+        load_study(url, None)
+    assert audit_study(url, "alpha").status is Status.INCONCLUSIVE
