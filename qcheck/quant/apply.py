@@ -1,0 +1,180 @@
+"""`quantize(model, plan) -> (quantized, report)`: apply a plan to a copy of the model, layer by layer.
+
+The reference is never modified: its weights are fingerprinted before and after, and a change is an error.
+Each layer's record is measured on the weights actually written, not taken from the plan.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from qcheck.errors import ConfigError, QCheckError
+from qcheck.quant.manifest import LayerRecord, QuantReport
+from qcheck.quant.plan import MODEL_DTYPES, Assignment, Plan
+from qcheck.quant.spec import BnbSpec, CastSpec, FixedSpec, IntSpec, KeepSpec, MinifloatSpec, PruneSpec, spec_to_dict
+from qcheck.tensor_stats import distinct_per_group, rel_change, sqnr_db, weight_fingerprint
+
+
+def quantize(
+    model: nn.Module, plan: Plan | Mapping[str, Any] | str | Path, *, inplace: bool = False
+) -> tuple[nn.Module, QuantReport]:
+    """Quantize `model` as `plan` says; returns the quantized model and its per-layer manifest.
+
+    With inplace=False (default) the reference is deep-copied first and left untouched.
+    """
+    plan = Plan.load(plan)
+    assignments = plan.resolve(model)
+    before = weight_fingerprint(model)
+    reference_weights = {a.layer: model.get_submodule(a.layer).weight.detach() for a in assignments}
+    if inplace:
+        reference_weights = {k: v.clone() for k, v in reference_weights.items()}
+    quantized = model if inplace else copy.deepcopy(model)
+    if plan.dtype != "fp32":
+        quantized.to(MODEL_DTYPES[plan.dtype])
+    report = QuantReport(plan=plan.to_dict(), reference_fingerprint=before, model_dtype=plan.dtype)
+    seen: dict[int, str] = {}
+    for assignment in assignments:
+        report.layers.append(_apply_one(quantized, assignment, reference_weights[assignment.layer], seen))
+    if not inplace and weight_fingerprint(model) != before:
+        raise QCheckError("the reference model's weights changed while producing the quantized variant "
+                          f"(plan {plan.name!r}): the backend mutated its input; keep a separate reference copy")
+    quantized.eval()
+    setattr(quantized, "qcheck_report", report)
+    return quantized, report
+
+
+def _apply_one(model: nn.Module, a: Assignment, ref_w: torch.Tensor, seen: dict[int, str]) -> LayerRecord:
+    module = model.get_submodule(a.layer)
+    spec = a.rule.spec
+    rec = LayerRecord(name=a.layer, module_class=type(module).__name__, rule=a.rule.label, format=spec.format,
+                      spec=spec_to_dict(spec), applied=False, numel=ref_w.numel(), dtype=str(module.weight.dtype))
+    key = id(module.weight)
+    if key in seen:
+        rec.kept_reason = f"weight shared with {seen[key]} (tied), quantized there"
+        rec.shared_with = seen[key]
+        return rec
+    seen[key] = a.layer
+    if isinstance(spec, KeepSpec):
+        rec.kept_reason = spec.reason
+        return rec
+    with torch.no_grad():
+        if isinstance(spec, BnbSpec):
+            rec = _apply_bnb(model, a, module, spec, ref_w, rec)
+        else:
+            _apply_weight_spec(module, spec, rec, ref_w)
+    if a.rule.activations is not None:
+        _add_activation_quant(model.get_submodule(a.layer), a.rule.activations)
+        rec.activations = spec_to_dict(a.rule.activations)
+    return rec
+
+
+def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: torch.Tensor) -> None:
+    w = module.weight
+    if isinstance(spec, PruneSpec):
+        new = _prune(w.detach(), spec)
+        rec.requested_sparsity = float(spec.sparsity)
+        rec.sparsity = float((new == 0).sum().item() / max(1, new.numel()))
+    elif isinstance(spec, CastSpec):
+        new = w.detach().to(spec.dtype)
+        if module.bias is not None:
+            module.bias.data = module.bias.data.to(spec.dtype)
+        _add_dtype_adapter(module)
+    else:
+        new = spec.quantize(w.detach().to(torch.float32)).to(w.dtype)
+        lo_hi = _range_of(spec)
+        if lo_hi is not None:
+            rec.saturation_rate = float(((ref_w < lo_hi[0]) | (ref_w > lo_hi[1])).float().mean().item())
+    w.data = new
+    rec.applied = True
+    rec.bits = spec.bits
+    rec.dtype = str(new.dtype)
+    rec.distinct_values = int(torch.unique(new).numel())
+    if isinstance(spec, IntSpec):
+        rec.max_distinct_per_group = distinct_per_group(new, spec.group_size, spec.per_tensor)
+    rec.rel_change = rel_change(ref_w, new)
+    rec.sqnr_db = sqnr_db(ref_w, new)
+    rec.underflow_rate = float(((ref_w != 0) & (new.to(ref_w.device) == 0)).float().mean().item())
+
+
+def _apply_bnb(model: nn.Module, a: Assignment, module: nn.Module, spec: BnbSpec, ref_w: torch.Tensor,
+               rec: LayerRecord) -> LayerRecord:
+    from qcheck.quant.bnb import dequantized_weight, make_bnb_linear
+
+    if not isinstance(module, nn.Linear):
+        raise ConfigError(f"layer {a.layer}: {spec.format} applies to nn.Linear only, not {type(module).__name__}",
+                          field="format", layer=a.layer)
+    new_module = make_bnb_linear(module, spec)
+    parent_name, _, child = a.layer.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new_module)
+    deq = dequantized_weight(new_module)
+    rec.module_class = type(new_module).__name__
+    rec.backend = "bitsandbytes"
+    rec.applied = True
+    rec.bits = spec.bits
+    rec.dtype = str(new_module.weight.dtype)
+    rec.distinct_values = int(torch.unique(deq).numel())
+    rec.max_distinct_per_group = distinct_per_group(deq, spec.blocksize if spec.bits == 4 else None)
+    rec.rel_change = rel_change(ref_w, deq)
+    rec.sqnr_db = sqnr_db(ref_w, deq)
+    rec.spec = {**rec.spec, "llm_int8_threshold": spec.threshold} if spec.bits == 8 else rec.spec
+    return rec
+
+
+def _range_of(spec: Any) -> tuple[float, float] | None:
+    if isinstance(spec, FixedSpec):
+        from qcheck.formats import fixed_point_range
+
+        g = fixed_point_range(spec.width, spec.frac_width, spec.signed)
+        return g.min, g.max
+    if isinstance(spec, MinifloatSpec):
+        from qcheck.formats import minifloat_format
+
+        m = minifloat_format(spec.exp_bits, spec.man_bits, spec.bias, spec.special).max
+        return -m, m
+    return None
+
+
+def _prune(w: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
+    """Zero exactly round(sparsity * numel) weights: smallest |w| (l1) or a seeded random choice."""
+    k = int(round(float(spec.sparsity) * w.numel()))
+    if k == 0:
+        return w.clone()
+    flat = w.flatten().clone()
+    if spec.method == "l1":
+        idx = torch.topk(flat.abs().to(torch.float32), k, largest=False).indices
+    else:
+        gen = torch.Generator().manual_seed(spec.seed)
+        idx = torch.randperm(flat.numel(), generator=gen)[:k].to(flat.device)
+    flat[idx] = 0
+    return flat.reshape(w.shape)
+
+
+def _add_dtype_adapter(module: nn.Module) -> None:
+    """Cast a cast-layer's input to its dtype and its output back, so it sits in a model of another dtype."""
+    def pre(mod: nn.Module, args: tuple) -> tuple | None:
+        x = args[0]
+        mod._qcheck_in_dtype = x.dtype
+        if x.dtype != mod.weight.dtype:
+            return (x.to(mod.weight.dtype),) + tuple(args[1:])
+        return None
+
+    def post(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        in_dtype = getattr(mod, "_qcheck_in_dtype", out.dtype)
+        return out.to(in_dtype) if out.dtype != in_dtype else None
+
+    module.register_forward_pre_hook(pre)
+    module.register_forward_hook(post)
+
+
+def _add_activation_quant(module: nn.Module, spec: Any) -> None:
+    """Fake-quantize the layer's input with a straight-through estimator (gradients pass unchanged)."""
+    def pre(mod: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        q = spec.quantize(x.detach().to(torch.float32)).to(x.dtype)
+        return (x + (q - x).detach(),) + tuple(args[1:])
+
+    module.register_forward_pre_hook(pre)

@@ -1,0 +1,69 @@
+"""bitsandbytes backend: swap nn.Linear for bnb's Linear8bitLt (LLM.int8) or Linear4bit (nf4/fp4).
+
+bitsandbytes >= 0.50 runs these on CPU too. Dequantization helpers give the float weights the evidence
+checks compare with the reference.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import torch
+from torch import nn
+
+from qcheck.errors import require
+from qcheck.quant.spec import BnbSpec
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _bnb():
+    with contextlib.redirect_stderr(io.StringIO()):
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        return require("bitsandbytes", "the bitsandbytes backend (formats bnb-int8 / bnb-nf4 / bnb-fp4)")
+
+
+def make_bnb_linear(linear: nn.Linear, spec: BnbSpec) -> nn.Module:
+    """A bitsandbytes module holding `linear`'s weights, quantized on the linear's device."""
+    bnb = _bnb()
+    device = linear.weight.device
+    weight = linear.weight.detach().to(torch.float32 if device.type == "cpu" else torch.float16).clone()
+    has_bias = linear.bias is not None
+    if spec.format == "bnb-int8":
+        module = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
+                                     has_fp16_weights=False, threshold=float(spec.threshold))
+        module.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    else:
+        quant_type = "nf4" if spec.format == "bnb-nf4" else "fp4"
+        module = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
+                                   compute_dtype=_DTYPES[spec.compute_dtype], quant_type=quant_type,
+                                   compress_statistics=spec.double_quant)
+        module.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
+                                          compress_statistics=spec.double_quant, blocksize=spec.blocksize)
+    if has_bias:
+        module.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+    return module.to(device)
+
+
+def is_bnb_module(module: nn.Module) -> bool:
+    """True for bitsandbytes' quantized linear modules (checked by class name: no import needed)."""
+    return type(module).__name__ in ("Linear8bitLt", "Linear4bit", "LinearNF4", "LinearFP4")
+
+
+def dequantized_weight(module: nn.Module) -> torch.Tensor:
+    """The float32 weight a bitsandbytes module computes with (int8: CB * SCB / 127; 4-bit: dequantize_4bit)."""
+    bnb = _bnb()
+    weight = module.weight
+    if type(module).__name__ == "Linear8bitLt":
+        scb = getattr(weight, "SCB", None)
+        if scb is None:
+            scb = getattr(module.state, "SCB", None)
+        cb = weight.data if weight.dtype == torch.int8 else getattr(module.state, "CB", None)
+        if cb is None or scb is None:
+            raise RuntimeError(f"{type(module).__name__}: int8 weights not quantized yet (no CB/SCB)")
+        return cb.to(torch.float32) * scb.to(torch.float32)[:, None] / 127.0
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        raise RuntimeError(f"{type(module).__name__}: 4-bit weights carry no quant_state")
+    return bnb.functional.dequantize_4bit(weight.data, state).to(torch.float32)

@@ -1,0 +1,76 @@
+"""The per-layer manifest `quantize` returns: what each layer actually got, measured on its weights."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from qcheck.results import to_jsonable
+
+
+@dataclass
+class LayerRecord:
+    """One layer: the rule that claimed it, the spec applied (or why kept), and measurements of the change."""
+
+    name: str
+    module_class: str
+    rule: str
+    format: str
+    spec: dict[str, Any]
+    applied: bool
+    kept_reason: str = ""
+    dtype: str = ""
+    bits: int | None = None
+    numel: int = 0
+    distinct_values: int = 0
+    max_distinct_per_group: int | None = None
+    rel_change: float = 0.0
+    sqnr_db: float | None = None
+    saturation_rate: float = 0.0
+    underflow_rate: float = 0.0
+    sparsity: float | None = None
+    requested_sparsity: float | None = None
+    activations: dict[str, Any] | None = None
+    backend: str = "qcheck"
+    shared_with: str | None = None
+
+
+@dataclass
+class QuantReport:
+    """What `quantize` did: plan, per-layer records, and fingerprints of the reference before and after."""
+
+    plan: dict[str, Any]
+    layers: list[LayerRecord] = field(default_factory=list)
+    backend: str = "qcheck"
+    reference_fingerprint: str = ""
+    model_dtype: str = "fp32"
+
+    def layer(self, name: str) -> LayerRecord:
+        for rec in self.layers:
+            if rec.name == name:
+                return rec
+        raise KeyError(f"no layer {name!r} in the manifest")
+
+    @property
+    def applied(self) -> list[LayerRecord]:
+        return [r for r in self.layers if r.applied]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per format and bits, kept layers with reasons, and the mean relative weight change."""
+        applied = self.applied
+        return {
+            "plan": self.plan.get("name"),
+            "layers": len(self.layers),
+            "applied": len(applied),
+            "kept": len(self.layers) - len(applied),
+            "formats": dict(Counter(r.format for r in self.layers)),
+            "bits": {str(k): v for k, v in Counter(r.bits for r in applied).items()},
+            "kept_reasons": dict(Counter(r.kept_reason for r in self.layers if not r.applied)),
+            "mean_rel_change": (sum(r.rel_change for r in applied) / len(applied)) if applied else 0.0,
+            "model_dtype": self.model_dtype,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable({"plan": self.plan, "backend": self.backend, "model_dtype": self.model_dtype,
+                            "reference_fingerprint": self.reference_fingerprint, "summary": self.summary(),
+                            "layers": [asdict(r) for r in self.layers]})

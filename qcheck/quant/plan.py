@@ -1,0 +1,207 @@
+"""Plans: layer-name globs -> specs, with a default and ordered overrides (first match wins).
+
+Loaded from TOML text/files or dicts in the schema of DESIGN.md. `Plan.resolve(model)` assigns every target
+layer its rule; a glob that matches no layer is an error naming the glob and the nearest layer names.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from qcheck.errors import ConfigError
+from qcheck.quant.spec import ACTIVATION_FORMATS, KeepSpec, Spec, spec_from_dict, spec_to_dict
+
+TOP_LEVEL_KEYS = ("name", "dtype", "default", "override", "include_lm_head", "include_embeddings", "description")
+MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One plan entry: a glob (None for the default), the weight spec and an optional activation spec."""
+
+    match: str | None
+    spec: Spec
+    activations: Spec | None = None
+    index: int | None = None
+
+    @property
+    def label(self) -> str:
+        return "default" if self.match is None else f"override[{self.index}] {self.match!r}"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The rule that claimed a layer, or the reason it is left alone."""
+
+    layer: str
+    rule: Rule
+    kind: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A quantization plan. `dtype` casts the whole model first (a real dtype change); rules then apply."""
+
+    default: Rule
+    overrides: tuple[Rule, ...] = ()
+    name: str = "plan"
+    dtype: str = "fp32"
+    include_lm_head: bool = False
+    include_embeddings: bool = False
+    description: str = ""
+    source: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in MODEL_DTYPES:
+            raise ConfigError(f"dtype must be one of {list(MODEL_DTYPES)}, got {self.dtype!r}", field="dtype")
+        for key in ("include_lm_head", "include_embeddings"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}", field=key)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> "Plan":
+        """Build a plan from a dict with the TOML schema's keys."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a plan must be a table/dict, got {type(data).__name__}", field="plan")
+        unknown = sorted(set(map(str, data)) - set(TOP_LEVEL_KEYS))
+        if unknown:
+            raise ConfigError(f"plan: unknown key {unknown[0]!r}; allowed top-level keys: {list(TOP_LEVEL_KEYS)}",
+                              field=unknown[0])
+        if "default" not in data:
+            raise ConfigError("plan: missing [default] table (the spec for every layer no override matches); "
+                              "use format = \"keep\" to leave unmatched layers alone", field="default")
+        default = _rule(data["default"], None, None)
+        raw_overrides = data.get("override", [])
+        if isinstance(raw_overrides, Mapping):
+            raw_overrides = [raw_overrides]
+        if not isinstance(raw_overrides, (list, tuple)):
+            raise ConfigError("plan: 'override' must be a list of tables ([[override]] in TOML)", field="override")
+        overrides = tuple(_rule(entry, entry.get("match") if isinstance(entry, Mapping) else None, i)
+                          for i, entry in enumerate(raw_overrides))
+        plan_name = data.get("name", name or "plan")
+        if not isinstance(plan_name, str) or not plan_name.strip():
+            raise ConfigError(f"plan: name must be a non-empty string, got {plan_name!r}", field="name")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise ConfigError("plan: description must be a string", field="description")
+        return cls(default=default, overrides=overrides, name=plan_name, dtype=data.get("dtype", "fp32"),
+                   include_lm_head=data.get("include_lm_head", False),
+                   include_embeddings=data.get("include_embeddings", False), description=description,
+                   source=dict(data))
+
+    @classmethod
+    def from_toml(cls, text: str, name: str | None = None) -> "Plan":
+        """Parse TOML text in the plan schema."""
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"plan is not valid TOML: {exc}", field="toml") from None
+        return cls.from_dict(data, name=name)
+
+    @classmethod
+    def load(cls, source: "Plan | Mapping[str, Any] | str | Path") -> "Plan":
+        """Accept a Plan, a dict, or a path to a .toml file."""
+        if isinstance(source, Plan):
+            return source
+        if isinstance(source, Mapping):
+            return cls.from_dict(source)
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"plan file not found: {path} (give a TOML file in the plan schema, see README)",
+                              field="plan")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read plan file {path}: {exc}", field="plan") from None
+        return cls.from_toml(text, name=path.stem)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.overrides + (self.default,)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "include_lm_head": self.include_lm_head,
+                               "include_embeddings": self.include_embeddings,
+                               "default": _rule_dict(self.default)}
+        if self.description:
+            out["description"] = self.description
+        if self.overrides:
+            out["override"] = [{"match": r.match, **_rule_dict(r)} for r in self.overrides]
+        return out
+
+    def resolve(self, model: nn.Module) -> list[Assignment]:
+        """Assign each target layer (nn.Linear; embeddings / lm_head where included) its rule, in module order."""
+        targets = target_layers(model, self.include_embeddings)
+        names = [n for n, _ in targets]
+        for rule in self.overrides:
+            if not any(fnmatch.fnmatchcase(n, rule.match) for n in names):
+                raise ConfigError(
+                    f"plan {self.name!r}: {rule.label} matches no layer; nearest layer names: "
+                    f"{nearest_names(rule.match, names)}", field="match")
+        out: list[Assignment] = []
+        for layer, module in targets:
+            rule = next((r for r in self.overrides if fnmatch.fnmatchcase(layer, r.match)), self.default)
+            if _is_lm_head(layer, model) and not self.include_lm_head and rule.match is None:
+                rule = Rule(None, KeepSpec("lm_head excluded (include_lm_head = false)"))
+            kind = "embedding" if isinstance(module, nn.Embedding) else "linear"
+            if isinstance(module, nn.Linear) and not isinstance(rule.spec, KeepSpec):
+                rule.spec.validate_for(module.in_features, layer)
+            out.append(Assignment(layer, rule, kind))
+        return out
+
+
+def _rule(table: Any, match: Any, index: int | None) -> Rule:
+    where = "[default]" if index is None else f"override[{index}]"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"plan: {where} must be a table, got {type(table).__name__}", field=where)
+    if index is not None and (not isinstance(match, str) or not match.strip()):
+        raise ConfigError(f"plan: {where} needs a non-empty 'match' glob (e.g. \"model.layers.*.mlp.*\")",
+                          field="match")
+    if index is None and "match" in table:
+        raise ConfigError("plan: [default] takes no 'match' (it applies to every layer no override matches)",
+                          field="match")
+    acts = table.get("activations")
+    act_spec = None
+    if acts is not None:
+        act_spec = spec_from_dict(acts, where=f"{where}.activations")
+        if getattr(act_spec, "format", None) not in ACTIVATION_FORMATS and act_spec.format != "minifloat":
+            raise ConfigError(f"plan: {where}.activations: format {act_spec.format!r} cannot fake-quantize "
+                              f"activations; use one of {ACTIVATION_FORMATS}", field="activations")
+    spec = spec_from_dict(table, where=where, allow_extra=("match", "activations"))
+    return Rule(match if index is not None else None, spec, act_spec, index)
+
+
+def _rule_dict(rule: Rule) -> dict[str, Any]:
+    data = spec_to_dict(rule.spec)
+    if rule.activations is not None:
+        data["activations"] = spec_to_dict(rule.activations)
+    return data
+
+
+def _is_lm_head(name: str, model: nn.Module) -> bool:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head is not None and dict(model.named_modules()).get(name) is head
+
+
+def target_layers(model: nn.Module, include_embeddings: bool = False) -> list[tuple[str, nn.Module]]:
+    """The layers a plan can address: every nn.Linear (bitsandbytes modules subclass it) and, optionally,
+    nn.Embedding."""
+    kinds: tuple[type, ...] = (nn.Linear, nn.Embedding) if include_embeddings else (nn.Linear,)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and n]
+
+
+def nearest_names(glob: str | None, names: list[str], k: int = 3) -> list[str]:
+    """Layer names closest to a glob that matched nothing (its wildcards read as layer indices)."""
+    probe = re.sub(r"\*+", "0", glob or "")
+    close = difflib.get_close_matches(probe, names, n=k, cutoff=0.0)
+    return close or names[:k]

@@ -1,0 +1,60 @@
+"""Small measurements on weight tensors shared by the manifest and the evidence checks."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def sqnr_db(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio as torchao defines it: 20*log10(|x| / |x - y|), x the reference.
+
+    +inf when identical; computed in float64 so that tiny differences are not lost.
+    """
+    x = reference.detach().to(torch.float64).flatten()
+    y = other.detach().to(device=x.device, dtype=torch.float64).flatten()
+    noise = torch.linalg.vector_norm(x - y).item()
+    signal = torch.linalg.vector_norm(x).item()
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 20.0 * math.log10(signal / noise)
+
+
+def rel_change(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """||y - x|| / ||x|| in float64 (0 when identical)."""
+    x = reference.detach().to(torch.float64).flatten()
+    y = other.detach().to(device=x.device, dtype=torch.float64).flatten()
+    denom = torch.linalg.vector_norm(x).item()
+    num = torch.linalg.vector_norm(x - y).item()
+    return num / denom if denom else (0.0 if num == 0 else math.inf)
+
+
+def distinct_per_group(w: torch.Tensor, group_size: int | None = None, per_tensor: bool = False) -> int:
+    """The largest number of distinct values in any group (row when group_size is None; whole tensor if per_tensor)."""
+    if w.numel() == 0:
+        return 0
+    if per_tensor or w.dim() < 2 and group_size is None:
+        return int(torch.unique(w.detach().flatten()).numel())
+    rows = w.detach().reshape(-1, group_size if group_size else w.shape[-1])
+    sorted_rows, _ = torch.sort(rows, dim=1)
+    changes = (sorted_rows[:, 1:] != sorted_rows[:, :-1]).sum(dim=1) + 1
+    return int(changes.max().item())
+
+
+def weight_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap fingerprint of every parameter and buffer (sums in float64 plus shapes and dtypes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            h.update(name.encode())
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            if t.numel() and t.dtype.is_floating_point:
+                f = t.detach().to(torch.float64)
+                h.update(repr((f.sum().item(), f.abs().sum().item(), (f * f).sum().item())).encode())
+            elif t.numel():
+                h.update(repr(t.detach().to(torch.int64).sum().item()).encode())
+    return h.hexdigest()[:16]
