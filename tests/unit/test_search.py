@@ -460,3 +460,76 @@ def test_study_name_errors_list_the_studies(tmp_path: Path) -> None:
     with pytest.raises(QCheckError, match=r"no study name given \(--study NAME\); studies in this storage: 'alpha', 'beta'"):
         load_study(url, None)
     assert audit_study(url, "alpha").status is Status.INCONCLUSIVE
+
+
+# --------------------------------------------------------------------------------------------------
+# the suite module, run by pytest with stand-ins for the plugin's qcheck_options / qcheck_record fixtures
+
+FAKE_PLUGIN = '''
+import json, os, types
+import pytest
+from qcheck.results import Status
+
+
+@pytest.fixture(scope="session")
+def qcheck_options():
+    return types.SimpleNamespace(
+        optuna_objective=os.environ.get("T_OBJECTIVE") or None,
+        optuna_storage=os.environ.get("T_STORAGE") or None,
+        optuna_study=os.environ.get("T_STUDY") or None,
+        optuna_n_trials=10,
+    )
+
+
+@pytest.fixture
+def qcheck_record():
+    def record(result):
+        with open(os.environ["T_RECORD"], "a") as f:
+            f.write(json.dumps(result.to_dict()) + "\\n")
+        if result.status is Status.INCONCLUSIVE:
+            pytest.skip(result.message)
+        return result
+    return record
+'''
+
+
+def run_suite(tmp_path: Path, **env: str) -> tuple[str, list[dict[str, Any]]]:
+    """Run qcheck/suite/test_search_space.py in a pytest subprocess; return its output and the recorded results."""
+    import os
+    import subprocess
+
+    (tmp_path / "fake_qcheck_plugin.py").write_text(FAKE_PLUGIN)
+    record = tmp_path / "record.jsonl"
+    variables = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]), "T_RECORD": str(record)}
+    variables.update({f"T_{k.upper()}": v for k, v in env.items()})
+    command = [sys.executable, "-m", "pytest", "-p", "no:qcheck", "-p", "fake_qcheck_plugin", "-p", "no:cacheprovider"]
+    command += ["-q", "-rA", "-o", "addopts=", "qcheck/suite/test_search_space.py"]
+    done = subprocess.run(command, capture_output=True, text=True, env=variables, timeout=120)
+    recorded = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    return done.stdout + done.stderr, recorded
+
+
+def test_suite_module_skips_when_nothing_is_configured(tmp_path: Path) -> None:
+    output, recorded = run_suite(tmp_path)
+    assert "SKIPPED [2] qcheck/suite/test_search_space.py" in output, output
+    assert "no Optuna objective or study configured (--qcheck-optuna-objective" in output
+    assert "2 skipped" in output and recorded == []
+
+
+def test_suite_module_fails_on_seed003_and_passes_the_fix(tmp_path: Path) -> None:
+    run_seed003_study = resolve_objective("fixtures/objectives/seed003.py:run_seed003_study")
+    url = f"sqlite:///{tmp_path / 'seed003.db'}"
+    run_seed003_study(optuna.create_study(storage=url, study_name="seed003", direction="maximize"))
+    output, recorded = run_suite(
+        tmp_path, objective="fixtures/objectives/seed003.py:objective", storage=url, study="seed003"
+    )
+    assert "2 failed" in output, output
+    assert "FAILED qcheck/suite/test_search_space.py::test_optuna_objective_search_space" in output
+    assert [(r["name"], r["status"]) for r in recorded] == [("optuna.search_space", "FAIL"), ("optuna.study", "FAIL")]
+    assert [f["id"] for f in recorded[1]["evidence"]["findings"]] == ["OPT202", "OPT201"]
+
+    (tmp_path / "record.jsonl").unlink()
+    output, recorded = run_suite(tmp_path, objective="fixtures/objectives/seed003_fixed.py:objective")
+    assert "1 passed, 1 skipped" in output, output
+    assert "no stored Optuna study configured" in output
+    assert [(r["name"], r["status"], r["n"]) for r in recorded] == [("optuna.search_space", "PASS", 20)]
