@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -188,10 +189,11 @@ class Finding:
             }
         )
 
-    def render(self) -> str:
-        """A few readable lines: severity, id, message, fix."""
+    def render(self, with_fix: bool = True) -> str:
+        """A few readable lines: severity, id, message and (unless `with_fix` is False) the fix."""
         head = f"{self.severity:<7} {self.id} {self.name}" + (f" [{self.param}]" if self.param else "")
-        return f"{head}\n    {self.message}\n    fix: {self.fix}"
+        fix = self.fix if with_fix else f"as for {self.id} above"
+        return f"{head}\n    {self.message}\n    fix: {fix}"
 
 
 def _finding(rule_id: str, message: str, param: str | None = None, **evidence: Any) -> Finding:
@@ -281,7 +283,10 @@ class AuditReport:
         """Readable text: a header, the verdict, each finding."""
         lines = [f"qcheck optuna: {self.kind} {self.target}", "  " + _summary_line(self)]
         lines.append(f"{self.status.value}: {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
-        lines.extend(f.render() for f in self.findings)
+        shown: set[str] = set()
+        for finding in self.findings:
+            lines.append(finding.render(with_fix=finding.id not in shown))
+            shown.add(finding.id)
         return "\n".join(lines)
 
     def to_check_result(self) -> CheckResult:
@@ -289,7 +294,10 @@ class AuditReport:
         if self.kind == "objective":
             name = "optuna.search_space"
             compared = "the suggest calls and return values of the objective's probe trials"
-            test = "one distribution per parameter name; no exception turned into a return value; no shared sentinel value"
+            test = (
+                "one distribution per parameter name; no exception turned into a return value; "
+                "no shared sentinel value"
+            )
         else:
             name = "optuna.study"
             compared = "the stored trials' distributions, parameters, values and states"
@@ -307,7 +315,7 @@ class AuditReport:
             compared=compared,
             n=self.summary.get("n_trials"),
             test=test,
-            threshold={"sentinel_share": SENTINEL_SHARE, "fail_share": FAIL_SHARE, "pruned_share": PRUNED_SHARE},
+            threshold=dict(self.summary.get("thresholds", {})),
             evidence={"summary": dict(self.summary), "findings": [f.to_dict() for f in self.findings]},
             variant=self.target,
         )
@@ -327,7 +335,7 @@ def _summary_line(report: AuditReport) -> str:
 
 
 def describe_distribution(dist: Any) -> str:
-    """A short readable form of an Optuna distribution: 'choices (2, 4)', 'int [1, 8] step 1', 'float [0.001, 1.0] log'."""
+    """A short readable form of a distribution: 'choices (2, 4)', 'int [0, 8] step 2', 'float [0.001, 1.0] log'."""
     kind = type(dist).__name__
     if kind == "CategoricalDistribution":
         return f"choices {tuple(dist.choices)!r}"
@@ -406,8 +414,8 @@ def _conflict_findings(variants_by_name: Mapping[str, list[_Variant]], trial_lab
             parts.append(f"{describe_distribution(v.dist)}{where} ({trial_label} {_numbers(v.trials)})")
         message = (
             f"parameter '{name}' is suggested with {len(variants)} different distributions "
-            f"(differing: {', '.join(_DIFF_TEXT[k] for k in kinds)}): " + "; ".join(parts) + ". Optuna requires one distribution per "
-            "parameter name in a study"
+            f"(differing: {', '.join(_DIFF_TEXT[k] for k in kinds)}): " + "; ".join(parts)
+            + ". Optuna requires one distribution per parameter name in a study"
         )
         if worst in ("kind", "log", "choices", "order"):
             message += " and raises ValueError on the later ones"
@@ -586,7 +594,6 @@ def _quiet_optuna() -> Iterator[None]:
 @dataclass
 class _ProbeTrial:
     number: int
-    phase: str
     state: str
     params: dict[str, Any]
     returned: Any = None
@@ -603,13 +610,15 @@ class _Probe:
     swallowed: list[tuple[_ProbeTrial, SuggestCall, str | None]] = field(default_factory=list)
     caught: list[tuple[_ProbeTrial, _CaughtException]] = field(default_factory=list)
 
-    def run_trial(self, study: Any, number: int, phase: str, tracer: _ExceptionTracer) -> None:
+    def run_trial(self, study: Any, number: int, tracer: _ExceptionTracer) -> None:
+        """Run the objective on one trial of `study` with its suggest calls recorded."""
         import optuna
 
+        TrialState = optuna.trial.TrialState
         trial = study.ask()
         suggest = trial._suggest
         skip = frozenset({__file__})
-        errors_this_trial: dict[int, SuggestCall] = {}
+        errors_this_trial: dict[int, tuple[BaseException, SuggestCall]] = {}
 
         def recording_suggest(name: str, distribution: Any) -> Any:
             site, method = _user_call_site(skip)
@@ -618,36 +627,36 @@ class _Probe:
             except Exception as exc:
                 call = SuggestCall(number, name, method, distribution, site, f"{type(exc).__name__}: {exc}")
                 self.calls.append(call)
-                errors_this_trial[id(exc)] = call
+                errors_this_trial[id(exc)] = (exc, call)
                 raise
             self.calls.append(SuggestCall(number, name, method, distribution, site))
             return value
 
+        # Every suggest_* method of optuna.Trial goes through Trial._suggest(name, distribution); shadowing
+        # it on this instance records the calls without patching the class (the objective gets a real Trial).
         trial._suggest = recording_suggest
         tracer.reset()
-        record = _ProbeTrial(number, phase, "RUNNING", {})
+        record = _ProbeTrial(number, "RUNNING", {})
         try:
             returned = self.objective(trial)
         except optuna.TrialPruned:
-            record.state = "PRUNED"
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            frozen = study.tell(trial, state=TrialState.PRUNED)
         except Exception as exc:
-            record.state, record.raised = "FAIL", f"{type(exc).__name__}: {exc}"
+            record.raised = f"{type(exc).__name__}: {exc}"
             record.raised_at = _innermost_user(exc.__traceback__, skip)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            frozen = study.tell(trial, state=TrialState.FAIL)
         except BaseException:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL)
             raise
         else:
-            record.state, record.returned = "COMPLETE", returned
+            record.returned = returned
             frozen = study.tell(trial, returned)
-            if frozen.state != optuna.trial.TrialState.COMPLETE:
-                record.state = frozen.state.name
-        record.params = dict(study._storage.get_trial(trial._trial_id).params)
+        record.state = frozen.state.name
+        record.params = dict(frozen.params)
         self.trials.append(record)
         handled = {id(c.exc): c for c in tracer.handled()}
         if record.state in ("COMPLETE", "PRUNED"):
-            for exc_id, call in errors_this_trial.items():
+            for exc_id, (_, call) in errors_this_trial.items():
                 caught = handled.pop(exc_id, None)
                 self.swallowed.append((record, call, caught.handled_at if caught else None))
         if record.state == "COMPLETE":
@@ -697,10 +706,10 @@ def audit_objective(
     with _quiet_optuna(), _ExceptionTracer(_objective_code(objective)) as tracer:
         study = new_study(seed)
         for number in range(n_trials):
-            probe.run_trial(study, number, "shared", tracer)
+            probe.run_trial(study, number, tracer)
         if explore:
             for i in range(n_trials):
-                probe.run_trial(new_study(seed + 1 + i), n_trials + i, "isolated", tracer)
+                probe.run_trial(new_study(seed + 1 + i), n_trials + i, tracer)
 
     explained = {r.number for r, _, _ in probe.swallowed} | {r.number for r, _ in probe.caught}
     findings = _probe_conflicts(probe) + _probe_exceptions(probe)
@@ -722,6 +731,7 @@ def audit_objective(
         "states": dict(sorted(states.items())),
         "n_suggest_calls": len(probe.calls),
         "params": sorted({c.name for c in probe.calls}),
+        "thresholds": {"sentinel_share": SENTINEL_SHARE, "sentinel_min_trials": SENTINEL_MIN_TRIALS},
     }
     return AuditReport("objective", target or _callable_name(objective), _filter(findings, ignore), summary)
 
@@ -928,9 +938,8 @@ def _missing_params(complete: Sequence[Any]) -> tuple[Finding | None, dict[int, 
     for number, missing in missing_by_trial.items():
         for name in missing:
             by_param[name].append(number)
-    described = ", ".join(
-        f"'{name}' ({len(numbers)} trials)" for name, numbers in sorted(by_param.items(), key=lambda kv: -len(kv[1]))[:6]
-    )
+    most_missing = sorted(by_param.items(), key=lambda kv: -len(kv[1]))
+    described = ", ".join(f"'{name}' ({len(numbers)} trials)" for name, numbers in most_missing[:6])
     more = f" and {len(by_param) - 6} more" if len(by_param) > 6 else ""
     message = (
         f"{len(missing_by_trial)} of {len(complete)} COMPLETE trials lack parameters that other COMPLETE trials have: "
@@ -1052,6 +1061,12 @@ def audit_study(
         "states": dict(sorted(states.items())),
         "directions": [d.name for d in study.directions],
         "params": sorted({name for t in trials for name in t.distributions}),
+        "thresholds": {
+            "sentinel_share": sentinel_share,
+            "sentinel_min_trials": SENTINEL_MIN_TRIALS,
+            "fail_share": fail_share,
+            "pruned_share": pruned_share,
+        },
     }
     label = f"{study.study_name!r}" + (f" in {storage}" if isinstance(storage, (str, os.PathLike)) else "")
     return AuditReport("study", label, _filter(findings, ignore), summary)
@@ -1071,11 +1086,24 @@ def _filter(findings: list[Finding], ignore: Iterable[str]) -> tuple[Finding, ..
     return tuple(sorted(kept, key=lambda f: (f.severity != ERROR, f.id, f.param or "")))
 
 
+def stub_score(*args: Any, **kwargs: Any) -> float:
+    """A deterministic stand-in score in [0, 1) that differs between configurations, for probing cheaply.
+
+    Replace the expensive evaluation (quantize + evaluate a model) with it when auditing an objective:
+    unlike a constant, it cannot look like a shared sentinel value (OPT202).
+    """
+    text = json.dumps(to_jsonable([list(args), kwargs]), sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return int(digest[:13], 16) / 16**13
+
+
 # ----------------------------------------------------------------------------------------------------
 # pytest-facing assertion
 
 
-def assert_static_search_space(objective: Callable[..., Any], n_trials: int = DEFAULT_N_TRIALS, **kwargs: Any) -> CheckResult:
+def assert_static_search_space(
+    objective: Callable[..., Any], n_trials: int = DEFAULT_N_TRIALS, **kwargs: Any
+) -> CheckResult:
     """Probe `objective` and raise InvariantViolation (with the findings as evidence) on an error-level finding."""
     report = audit_objective(objective, n_trials=n_trials, **kwargs)
     result = report.to_check_result()
@@ -1104,7 +1132,8 @@ def resolve_objective(spec: str) -> Callable[..., Any]:
                 n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", None) == module.__name__
             )
             raise QCheckError(
-                f"{module_part!r} has no attribute {attr_path!r}; callables defined there: {', '.join(candidates) or 'none'}"
+                f"{module_part!r} has no attribute {attr_path!r}; "
+                f"callables defined there: {', '.join(candidates) or 'none'}"
             )
         value = getattr(value, part)
     if not callable(value):
@@ -1155,11 +1184,17 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODULE:FUNCTION",
         help="objective to probe: package.module:function or path/to/file.py:function",
     )
-    parser.add_argument("--n-trials", type=int, default=DEFAULT_N_TRIALS, help="probe trials per phase (default %(default)s)")
+    parser.add_argument(
+        "--n-trials", type=int, default=DEFAULT_N_TRIALS, help="probe trials per phase (default %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="RandomSampler seed of the probe (default %(default)s)")
-    parser.add_argument("--storage", metavar="URL", help="storage of a study to audit: sqlite:///path.db, an RDB URL or a file")
+    parser.add_argument(
+        "--storage", metavar="URL", help="storage holding the study: sqlite:///path.db, an RDB URL, a .db or .log file"
+    )
     parser.add_argument("--study", metavar="NAME", help="name of the stored study to audit (with --storage)")
-    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format (default %(default)s)")
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output format (default %(default)s)"
+    )
     parser.add_argument(
         "--ignore", action="append", default=[], metavar="ID", help="finding id to leave out (repeatable), e.g. OPT201"
     )
@@ -1176,7 +1211,9 @@ def cli_main(args: argparse.Namespace) -> int:
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
         objective = resolve_objective(args.objective)
-        report = audit_objective(objective, n_trials=args.n_trials, seed=args.seed, ignore=args.ignore, target=args.objective)
+        report = audit_objective(
+            objective, n_trials=args.n_trials, seed=args.seed, ignore=args.ignore, target=args.objective
+        )
     elif args.storage:
         report = audit_study(args.storage, args.study, ignore=args.ignore)
     elif args.study:

@@ -36,7 +36,10 @@ def _record_and_assert(report: Any, record: Callable[[CheckResult], CheckResult]
         raise InvariantViolation(result)
 
 
-def test_optuna_objective_search_space(qcheck_options: Any, qcheck_record: Callable[[CheckResult], CheckResult]) -> None:
+Record = Callable[[CheckResult], CheckResult]
+
+
+def test_optuna_objective_search_space(qcheck_options: Any, qcheck_record: Record) -> None:
     """Probe the configured objective: one distribution per parameter name, no swallowed exceptions."""
     _skip_if_nothing_configured(qcheck_options)
     spec = _option(qcheck_options, "optuna_objective")
@@ -49,7 +52,7 @@ def test_optuna_objective_search_space(qcheck_options: Any, qcheck_record: Calla
     _record_and_assert(report, qcheck_record)
 
 
-def test_optuna_stored_study(qcheck_options: Any, qcheck_record: Callable[[CheckResult], CheckResult]) -> None:
+def test_optuna_stored_study(qcheck_options: Any, qcheck_record: Record) -> None:
     """Audit the configured stored study: consistent distributions, no sentinel values, FAIL/PRUNED shares."""
     _skip_if_nothing_configured(qcheck_options)
     storage = _option(qcheck_options, "optuna_storage")

@@ -31,6 +31,7 @@ from qcheck.search import (  # noqa: E402
     describe_distribution,
     load_study,
     resolve_objective,
+    stub_score,
 )
 
 THIS_FILE = "tests/unit/test_search.py"
@@ -138,7 +139,8 @@ def test_changed_int_range_is_a_warning_not_an_error() -> None:
     assert report.status is Status.WARN
     [finding] = report.warnings
     assert finding.param == "frac" and finding.evidence["differences"] == ["range"]
-    assert {v["described"] for v in finding.evidence["variants"]} == {"int [1, 3]", "int [1, 7]", "int [1, 11]", "int [1, 15]"}
+    described = {v["described"] for v in finding.evidence["variants"]}
+    assert described == {"int [1, 3]", "int [1, 7]", "int [1, 11]", "int [1, 15]"}
     result = assert_static_search_space(range_depends_on_width, n_trials=20)
     assert result.status is Status.WARN
 
@@ -325,6 +327,23 @@ def test_report_is_strict_json_and_converts_to_a_check_result() -> None:
     assert "OPT101" in report.render()
 
 
+def make_objective(evaluate: Callable[[dict[str, Any]], float]) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        config = {"bits": trial.suggest_categorical("bits", (2, 4, 8)), "group": trial.suggest_int("group", 1, 4)}
+        return evaluate(config)
+
+    return objective
+
+
+def test_stub_score_stands_in_for_the_model_without_looking_like_a_sentinel() -> None:
+    assert stub_score({"bits": 4}) == stub_score({"bits": 4})
+    assert stub_score({"bits": 4}) != stub_score({"bits": 8})
+    assert 0.0 <= stub_score({"bits": 4}) < 1.0
+    assert audit_objective(make_objective(stub_score), n_trials=20).findings == ()
+    constant = audit_objective(make_objective(lambda config: 0.5), n_trials=20)
+    assert constant.ids == ["OPT202"]
+
+
 # --------------------------------------------------------------------------------------------------
 # auditing stored studies
 
@@ -350,9 +369,8 @@ def test_failed_and_pruned_shares() -> None:
     dist = {"x": IntDistribution(0, 9)}
     for i in range(10):
         state = TrialState.FAIL if i < 2 else TrialState.PRUNED if i < 8 else TrialState.COMPLETE
-        study.add_trial(
-            create_trial(params={"x": i}, distributions=dist, state=state, value=float(i) if state == TrialState.COMPLETE else None)
-        )
+        value = float(i) if state == TrialState.COMPLETE else None
+        study.add_trial(create_trial(params={"x": i}, distributions=dist, state=state, value=value))
     report = audit_study(study)
     assert report.ids == ["OPT203", "OPT204"]
     failed, pruned = report.findings
@@ -457,7 +475,7 @@ def test_study_name_errors_list_the_studies(tmp_path: Path) -> None:
         optuna.create_study(storage=url, study_name=name)
     with pytest.raises(QCheckError, match="study 'gamma' not found in the storage; studies there: 'alpha', 'beta'"):
         load_study(url, "gamma")
-    with pytest.raises(QCheckError, match=r"no study name given \(--study NAME\); studies in this storage: 'alpha', 'beta'"):
+    with pytest.raises(QCheckError, match=r"no study name given \(--study NAME\); studies in this storage: 'alpha'"):
         load_study(url, None)
     assert audit_study(url, "alpha").status is Status.INCONCLUSIVE
 
@@ -533,3 +551,46 @@ def test_suite_module_fails_on_seed003_and_passes_the_fix(tmp_path: Path) -> Non
     assert "1 passed, 1 skipped" in output, output
     assert "no stored Optuna study configured" in output
     assert [(r["name"], r["status"], r["n"]) for r in recorded] == [("optuna.search_space", "PASS", 20)]
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/optuna.md shows real output: replay its console sessions
+
+
+def _doc_blocks(language: str) -> list[str]:
+    text = (Path("docs") / "optuna.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def test_docs_console_sessions_are_real_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qcheck.cli import main as qcheck_main
+
+    root = Path.cwd()
+    monkeypatch.syspath_prepend(str(root))
+    python_blocks = {block.splitlines()[0]: block for block in _doc_blocks("python")}
+    (tmp_path / "my_search.py").write_text(python_blocks["# my_search.py"])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    replayed = 0
+    for block in _doc_blocks("console"):
+        sessions = re.split(r"^\$ ", block, flags=re.M)[1:]
+        code = None
+        for session in sessions:
+            command, _, expected = session.partition("\n")
+            if command == "echo $?":
+                assert str(code) == expected.strip(), block
+                continue
+            if command.startswith("PYTHONPATH=. python make_study.py"):
+                monkeypatch.chdir(tmp_path)
+                make_study = python_blocks["# make_study.py -- run with PYTHONPATH=. python make_study.py"]
+                exec(compile(make_study, "make_study.py", "exec"), {})
+            else:
+                argv = command.split()
+                assert argv[:2] == ["qcheck", "optuna"], command
+                monkeypatch.chdir(tmp_path if "--storage" in argv or "my_search.py" in command else root)
+                code = qcheck_main(argv[1:])
+            captured = capsys.readouterr()
+            assert (captured.out + captured.err).strip() == expected.strip(), command
+            replayed += 1
+    assert replayed == 6

@@ -121,7 +121,8 @@ def test_choices_reordered_between_trials() -> None:
 def _add_inconsistent_trials(study: optuna.Study) -> None:
     frac = "query_data_in_frac_width"
     study.add_trial(create_trial(params={frac: 2}, distributions={frac: CategoricalDistribution((2, 4))}, value=0.81))
-    study.add_trial(create_trial(params={frac: 8}, distributions={frac: CategoricalDistribution((2, 4, 8))}, value=0.84))
+    wider = CategoricalDistribution((2, 4, 8))
+    study.add_trial(create_trial(params={frac: 8}, distributions={frac: wider}, value=0.84))
     study.add_trial(create_trial(params={frac: 4}, distributions={frac: CategoricalDistribution((2, 4))}, value=0.83))
     study.add_trial(
         create_trial(params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 1.0, log=True)}, value=0.8)
@@ -146,7 +147,9 @@ def test_add_trial_with_inconsistent_distributions_in_memory() -> None:
     assert "stored trials keep no call sites" in choices.message
 
 
-def test_add_trial_with_inconsistent_distributions_in_a_journal_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_add_trial_with_inconsistent_distributions_in_a_journal_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "study.log"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     _add_inconsistent_trials(optuna.create_study(storage=storage, study_name="assembled", direction="maximize"))
@@ -234,7 +237,8 @@ def test_cli_stored_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     fixed.optimize(resolve_objective(f"{OBJECTIVES}/seed003_fixed.py:objective"), n_trials=10)
     assert qcheck_main(["optuna", "--storage", url, "--study", "seed003"]) == 1
     assert "error   OPT202 sentinel-value" in capsys.readouterr().out
-    assert qcheck_main(["optuna", "--storage", url, "--study", "fixed", "--ignore", "OPT201", "--ignore", "OPT204"]) == 0
+    ignore = ["--ignore", "OPT201", "--ignore", "OPT204"]
+    assert qcheck_main(["optuna", "--storage", url, "--study", "fixed", *ignore]) == 0
     capsys.readouterr()
     assert qcheck_main(["optuna", "--storage", url, "--study", "missing"]) == 2
     assert "study 'missing' not found in the storage; studies there: 'seed003', 'fixed'" in capsys.readouterr().err
