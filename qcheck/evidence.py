@@ -78,8 +78,8 @@ def grid_evidence(module: nn.Module, spec: Spec, reference: torch.Tensor | None 
     if isinstance(spec, KeepSpec):
         if reference is None:
             return GridEvidence(True, "kept; no reference to compare")
-        same = torch.equal(w, reference.to(torch.float32))
-        return GridEvidence(same, "kept layer is bit-identical to the reference" if same
+        same = torch.equal(w, reference.to(module.weight.dtype).to(torch.float32))
+        return GridEvidence(same, "kept layer is bit-identical to the reference (in the model's dtype)" if same
                             else "layer marked 'keep' differs from the reference")
     if isinstance(spec, CastSpec):
         ok = module.weight.dtype == spec.dtype

@@ -1,0 +1,91 @@
+"""`qcheck run`: validate the inputs, then run the shipped suite through pytest and write the reports.
+
+Inputs are checked before anything runs (model source, plan files, plan globs against the model), so bad
+input exits 2 with a clear message and nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from qcheck.errors import ConfigError, QCheckError
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="HF model folder or .gguf file (default: embedded SmolLM2)")
+    parser.add_argument("--plan", action="append", default=[], help="plan TOML file to add as a variant (repeat)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated built-in variants (default: all); 'none' for only --plan")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", default="reports", help="report folder (default: reports)")
+    parser.add_argument("--samples", type=int, default=50, help="questions/prompts per task slice")
+    parser.add_argument("--tokens", type=int, default=4096, help="evaluation tokens for perplexity")
+    parser.add_argument("--context", type=int, default=1024, help="perplexity context length")
+    parser.add_argument("--text", default=None, help="evaluation text file (default: WikiText-2 test)")
+    parser.add_argument("-k", dest="keyword", default=None, help="only run suite checks matching this expression")
+    parser.add_argument("--pytest-arg", action="append", default=[], help="extra argument passed to pytest")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from qcheck.models import load_model, resolve_source
+    from qcheck.quant.plan import Plan
+    from qcheck.variants import DEFAULT_VARIANTS, VariantSet
+
+    for name, value in (("--samples", args.samples), ("--tokens", args.tokens), ("--context", args.context)):
+        if value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value}", field=name)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise QCheckError("--device cuda was asked for, but no CUDA device is available (use --device cpu)")
+    if args.text is not None and not Path(args.text).is_file():
+        raise QCheckError(f"--text {args.text}: file not found")
+    for path in args.plan:
+        Plan.load(path)
+    resolve_source(args.model)
+    names = list(DEFAULT_VARIANTS) if args.variants is None else (
+        [] if args.variants.strip() == "none" else [v.strip() for v in args.variants.split(",") if v.strip()])
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and _cuda()) else "cpu"
+    loaded = load_model(args.model, device=device, cache=True)
+    VariantSet.from_names(loaded.model, names, args.plan).validate()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    import pytest
+
+    _validate(args)
+    out = Path(args.out)
+    argv = ["--pyargs", "qcheck.suite", "-p", "no:cacheprovider", "-q", "-rfEs",
+            f"--qcheck-report={out}", f"--qcheck-device={args.device}", f"--qcheck-samples={args.samples}",
+            f"--qcheck-tokens={args.tokens}", f"--qcheck-context={args.context}",
+            "-o", "addopts=", "-o", "testpaths=", "-W", "ignore::DeprecationWarning"]
+    if args.model:
+        argv.append(f"--qcheck-model={args.model}")
+    for plan in args.plan:
+        argv.append(f"--qcheck-plan={plan}")
+    if args.variants is not None:
+        argv.append(f"--qcheck-variants={args.variants}")
+    if args.text:
+        argv.append(f"--qcheck-text={args.text}")
+    if args.keyword:
+        argv += ["-k", args.keyword]
+    argv += args.pytest_arg
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    code = int(pytest.main(argv))
+    report_path = out / "qcheck-report.json"
+    if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.NO_TESTS_COLLECTED):
+        raise QCheckError(f"pytest could not run the suite (exit {code}); see its message above")
+    if not report_path.is_file():
+        raise QCheckError(f"the run wrote no report at {report_path}")
+    status = json.loads(report_path.read_text(encoding="utf-8"))["status"]
+    print(f"qcheck run: {status}; report: {report_path} and {out / 'qcheck-report.md'}")
+    return 1 if status == "FAIL" or code not in (0,) else 0

@@ -1,0 +1,59 @@
+"""Quantization took effect (Z1), 16-bit/8-bit differ from fp32 yet stay close, mixed plans lie between
+their uniform bounds and follow their plan (Z2). Every variant's perplexity is recorded."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from qcheck.invariants import (assert_16bit_differs, assert_mixed_between, assert_plan_followed,
+                               assert_quantization_applied)
+from qcheck.results import CheckResult, Status
+from qcheck.variants import MIXED_BOUNDS, REFERENCE
+
+CLOSE_TO_FP32 = {"fp16": 0.01, "bf16": 0.01, "int8": 0.01, "bnb-int8": 0.02}
+
+
+def test_quantization_applied(qcheck_variant, qcheck_variants, qcheck_reference, qcheck_probe_ids, qcheck_record):
+    variant = qcheck_variants.get(qcheck_variant)
+    qcheck_record(assert_quantization_applied(qcheck_reference.model, variant.model, variant.report,
+                                              input_ids=qcheck_probe_ids, variant=qcheck_variant))
+
+
+def test_plan_followed(qcheck_variant, qcheck_variants, qcheck_reference, qcheck_record):
+    variant = qcheck_variants.get(qcheck_variant)
+    qcheck_record(assert_plan_followed(variant.model, variant.plan, reference=qcheck_reference.model,
+                                       variant=qcheck_variant))
+
+
+def test_perplexity_finite(qcheck_variant, qcheck_perplexity, qcheck_record):
+    result = qcheck_perplexity(qcheck_variant)
+    ok = math.isfinite(result.perplexity)
+    qcheck_record(CheckResult(
+        name="perplexity_finite", status=Status.PASS if ok else Status.FAIL, variant=qcheck_variant,
+        message=f"perplexity {result.perplexity:.4f} over {result.n_tokens} tokens (context {result.context}, "
+                f"stride {result.stride})", compared="token-weighted strided perplexity", n=result.n_tokens,
+        test="finite", threshold="finite", evidence=result.to_dict()))
+    assert ok, f"perplexity of {qcheck_variant} is not finite"
+
+
+@pytest.mark.parametrize("variant", sorted(CLOSE_TO_FP32))
+def test_close_to_fp32_but_not_identical(variant, qcheck_variants, qcheck_perplexity, qcheck_record):
+    if variant not in qcheck_variants.names:
+        pytest.skip(f"variant {variant} not part of this run")
+    ref = qcheck_perplexity(REFERENCE)
+    result = qcheck_perplexity(variant)
+    qcheck_record(assert_16bit_differs(ref.perplexity, result.perplexity, variant=variant,
+                                       tolerance=CLOSE_TO_FP32[variant], n_tokens=result.n_tokens))
+
+
+@pytest.mark.parametrize("mixed", sorted(MIXED_BOUNDS))
+def test_mixed_between_uniform_bounds(mixed, qcheck_variants, qcheck_perplexity, qcheck_record):
+    needed = (mixed, *MIXED_BOUNDS[mixed])
+    missing = [n for n in needed if n not in qcheck_variants.names]
+    if missing:
+        pytest.skip(f"mixed check needs variants {missing}, not part of this run")
+    bounds = {n: qcheck_perplexity(n) for n in MIXED_BOUNDS[mixed]}
+    variant = qcheck_variants.get(mixed)
+    qcheck_record(assert_mixed_between(qcheck_perplexity(mixed), bounds, variant=mixed, plan=variant.plan,
+                                       quantized=variant.model))
