@@ -1023,8 +1023,14 @@ def audit_study(
 ) -> AuditReport:
     """Audit a stored study (storage URL, file path, Optuna storage object or Study) for Z10 findings."""
     optuna = require("optuna", "the Optuna audit")
-    study = load_study(storage, study_name)
-    trials = study.get_trials(deepcopy=False)
+    opened = _open_storage(storage) if isinstance(storage, (str, os.PathLike)) else None
+    try:
+        study = load_study(storage if opened is None else opened, study_name)
+        trials = study.get_trials(deepcopy=False)
+        directions = [d.name for d in study.directions]
+    finally:
+        if opened is not None and hasattr(opened, "engine"):
+            opened.engine.dispose()
     TrialState = optuna.trial.TrialState
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     finished = [t for t in trials if t.state.is_finished()]
@@ -1059,7 +1065,7 @@ def audit_study(
         "n_trials": len(finished),
         "n_stored": len(trials),
         "states": dict(sorted(states.items())),
-        "directions": [d.name for d in study.directions],
+        "directions": directions,
         "params": sorted({name for t in trials for name in t.distributions}),
         "thresholds": {
             "sentinel_share": sentinel_share,
