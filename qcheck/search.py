@@ -19,6 +19,7 @@ optuna is imported inside functions only: `import qcheck.search` (and the CLI) s
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import hashlib
 import importlib
@@ -128,6 +129,14 @@ RULES: dict[str, Rule] = {
             WARNING,
             "The trial ends FAIL in a real study: fix the error, or raise optuna.TrialPruned() if the "
             "configuration is invalid by design.",
+        ),
+        Rule(
+            "OPT113",
+            "handled-exception",
+            WARNING,
+            "Check what the handler does: if it substitutes a score or a default configuration, let the "
+            "exception propagate (trial FAIL) or raise optuna.TrialPruned() instead; if it is ordinary "
+            "control flow, ignore this finding (--ignore OPT113).",
         ),
         Rule(
             "OPT201",
@@ -496,21 +505,36 @@ def _objective_code(objective: Callable[..., Any]) -> CodeType | None:
 class _CaughtException:
     exc: BaseException
     raised_at: str
-    entered_at: str
-    handled_at: str | None = None
+    handled_line: int | None = None
+    returned_from_handler: bool = False
+
+
+@functools.lru_cache(maxsize=64)
+def _handler_spans(filename: str) -> dict[int, int]:
+    """First and last line of every `except` clause in a source file ({} when the source is unavailable)."""
+    try:
+        tree = ast.parse(Path(filename).read_text())
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return {}
+    return {
+        node.lineno: node.end_lineno or node.lineno for node in ast.walk(tree) if isinstance(node, ast.ExceptHandler)
+    }
 
 
 class _ExceptionTracer:
     """Sees, through sys.settrace, exceptions that reach the objective's own frame and where they are handled.
 
     Only frames of the objective's code object get a local tracer; any tracer already installed
-    (coverage, a debugger) keeps receiving its events.
+    (coverage, a debugger) keeps receiving its events. The `except` clause that handles an exception is
+    the last clause line seen after the exception event; the objective "returned from the handler" when
+    its return statement lies inside that clause.
     """
 
     def __init__(self, code: CodeType | None) -> None:
         self.code = code
+        self.filename = code.co_filename if code is not None else ""
         self.caught: dict[int, _CaughtException] = {}
-        self._pending: dict[int, int] = {}
+        self._pending: dict[int, tuple[int, int | None]] = {}
         self._old: Any = None
 
     def __enter__(self) -> "_ExceptionTracer":
@@ -551,19 +575,35 @@ class _ExceptionTracer:
             if type(exc).__name__ in _HIDDEN_EXCEPTIONS or not isinstance(exc, Exception):
                 return
             if id(exc) not in self.caught:
-                here = f"{_display_path(frame.f_code.co_filename)}:{frame.f_lineno}"
-                self.caught[id(exc)] = _CaughtException(exc, _innermost(arg[2]), here)
-            self._pending[key] = id(exc)
+                self.caught[id(exc)] = _CaughtException(exc, _innermost(arg[2]))
+            self._pending[key] = (id(exc), None)
         elif event == "line" and key in self._pending:
-            caught = self.caught[self._pending.pop(key)]
-            if caught.handled_at is None:
-                caught.handled_at = f"{_display_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+            exc_id, clause = self._pending[key]
+            if frame.f_lineno in _handler_spans(self.filename):
+                self._pending[key] = (exc_id, frame.f_lineno)
+            else:
+                del self._pending[key]
+                self._handled(exc_id, clause or frame.f_lineno)
         elif event == "return":
-            self._pending.pop(key, None)
+            pending = self._pending.pop(key, None)
+            if pending is not None and pending[1] is not None:
+                self._handled(pending[0], pending[1])
+            for caught in self.caught.values():
+                end = _handler_spans(self.filename).get(caught.handled_line or -1)
+                caught.returned_from_handler = end is not None and caught.handled_line <= frame.f_lineno <= end
+
+    def _handled(self, exc_id: int, line: int) -> None:
+        caught = self.caught[exc_id]
+        if caught.handled_line is None:
+            caught.handled_line = line
 
     def handled(self) -> list[_CaughtException]:
         """Exceptions that reached the objective's frame and were handled there."""
-        return [c for c in self.caught.values() if c.handled_at is not None]
+        return [c for c in self.caught.values() if c.handled_line is not None]
+
+    def site(self, line: int | None) -> str | None:
+        """'file:line' in the objective's source file."""
+        return None if line is None else f"{_display_path(self.filename)}:{line}"
 
 
 def _innermost(tb: TracebackType | None) -> str:
@@ -608,7 +648,7 @@ class _Probe:
     trials: list[_ProbeTrial] = field(default_factory=list)
     suggest_errors: dict[int, SuggestCall] = field(default_factory=dict)
     swallowed: list[tuple[_ProbeTrial, SuggestCall, str | None]] = field(default_factory=list)
-    caught: list[tuple[_ProbeTrial, _CaughtException]] = field(default_factory=list)
+    caught: list[tuple[_ProbeTrial, _CaughtException, str | None]] = field(default_factory=list)
 
     def run_trial(self, study: Any, number: int, tracer: _ExceptionTracer) -> None:
         """Run the objective on one trial of `study` with its suggest calls recorded."""
@@ -658,9 +698,11 @@ class _Probe:
         if record.state in ("COMPLETE", "PRUNED"):
             for exc_id, (_, call) in errors_this_trial.items():
                 caught = handled.pop(exc_id, None)
-                self.swallowed.append((record, call, caught.handled_at if caught else None))
+                self.swallowed.append((record, call, tracer.site(caught.handled_line) if caught else None))
         if record.state == "COMPLETE":
-            self.caught.extend((record, c) for key, c in handled.items() if key not in errors_this_trial)
+            self.caught.extend(
+                (record, c, tracer.site(c.handled_line)) for key, c in handled.items() if key not in errors_this_trial
+            )
 
 
 def _innermost_user(tb: TracebackType | None, skip: frozenset[str]) -> str:
@@ -711,7 +753,8 @@ def audit_objective(
             for i in range(n_trials):
                 probe.run_trial(new_study(seed + 1 + i), n_trials + i, tracer)
 
-    explained = {r.number for r, _, _ in probe.swallowed} | {r.number for r, _ in probe.caught}
+    explained = {r.number for r, _, _ in probe.swallowed}
+    explained |= {r.number for r, c, _ in probe.caught if c.returned_from_handler}
     findings = _probe_conflicts(probe) + _probe_exceptions(probe)
     findings += _sentinel_findings(
         [
@@ -809,25 +852,29 @@ def _probe_exceptions(probe: _Probe) -> list[Finding]:
                 trials=trials,
             )
         )
-    caught_groups: dict[tuple[Any, ...], list[tuple[_ProbeTrial, _CaughtException]]] = defaultdict(list)
-    for record, caught in probe.caught:
+    caught_groups: dict[tuple[Any, ...], list[_ProbeTrial]] = defaultdict(list)
+    for record, caught, handled_at in probe.caught:
         error = f"{type(caught.exc).__name__}: {caught.exc}"
-        caught_groups[(error, caught.raised_at, caught.handled_at, repr(record.returned))].append((record, caught))
-    for (error, raised_at, handled_at, returned), items in caught_groups.items():
-        trials = [r.number for r, _ in items]
+        key = (error, caught.raised_at, handled_at, caught.returned_from_handler, repr(record.returned))
+        caught_groups[key].append(record)
+    for (error, raised_at, handled_at, from_handler, returned), records in caught_groups.items():
+        trials = [r.number for r in records]
         message = (
             f"{error} (raised at {raised_at}) reached the objective in {len(trials)} of {len(probe.trials)} probe "
-            f"trials ({_numbers(trials)}); it was caught at {handled_at} and the objective returned {returned}, "
-            "which Optuna records as a COMPLETE trial's score"
+            f"trials ({_numbers(trials)}); it was caught at {handled_at} and the objective returned {returned}"
         )
+        if from_handler:
+            message += " from inside that except clause, which Optuna records as a COMPLETE trial's score"
+        else:
+            message += " later; if the handler substitutes a value (score = 0.0), that value is a sentinel"
         findings.append(
             _finding(
-                "OPT111",
+                "OPT111" if from_handler else "OPT113",
                 message + ".",
                 error=error,
                 raised_at=raised_at,
                 handled_at=handled_at,
-                returned=items[0][0].returned,
+                returned=records[0].returned,
                 trials=trials,
             )
         )

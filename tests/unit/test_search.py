@@ -594,3 +594,63 @@ def test_docs_console_sessions_are_real_output(
             assert (captured.out + captured.err).strip() == expected.strip(), command
             replayed += 1
     assert replayed == 6
+
+
+# --------------------------------------------------------------------------------------------------
+# where a handled exception goes: returned from the except clause (error) or handled, then a value later
+
+
+def handled_then_returned_later(trial: optuna.Trial) -> float:
+    bits = trial.suggest_categorical("bits", (2, 4, 8))
+    group = trial.suggest_categorical("group", (32, 128))
+    try:
+        accuracy = evaluate(bits, group)
+    except KeyError:  # key-clause
+        accuracy = -2.0
+    except RuntimeError:  # runtime-clause
+        accuracy = 0.0
+    return accuracy  # later-return
+
+
+def one_line_handler(trial: optuna.Trial) -> float:
+    bits = trial.suggest_categorical("bits", (2, 4, 8))
+    group = trial.suggest_categorical("group", (32, 128))
+    try:
+        return evaluate(bits, group)
+    except RuntimeError: return float("-inf")  # noqa: E701  # one-line
+
+
+def control_flow_only(trial: optuna.Trial) -> float:
+    bits = trial.suggest_categorical("bits", (2, 4, 8))
+    table = {4: 0.8, 8: 0.85}
+    try:
+        accuracy = table[bits]
+    except KeyError:  # lookup
+        accuracy = evaluate(bits, 32)
+    return accuracy
+
+
+def test_handled_exception_returned_later_is_a_warning_naming_the_matching_clause() -> None:
+    report = audit_objective(handled_then_returned_later, n_trials=30)
+    [finding] = report.findings
+    assert finding.id == "OPT113" and finding.severity == "warning"
+    assert finding.evidence["handled_at"] == site(handled_then_returned_later, "runtime-clause")
+    assert finding.evidence["returned"] == 0.0
+    assert report.status is Status.WARN
+
+
+def test_one_line_except_clause_returning_a_value_is_an_error() -> None:
+    report = audit_objective(one_line_handler, n_trials=30)
+    [finding] = report.findings
+    assert finding.id == "OPT111"
+    assert finding.evidence["handled_at"] == site(one_line_handler, "one-line")
+    assert finding.evidence["returned"] == float("-inf")
+    json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_exception_used_as_control_flow_is_only_a_warning() -> None:
+    report = audit_objective(control_flow_only, n_trials=20)
+    assert report.ids == ["OPT113"]
+    assert report.by_id("OPT113")[0].evidence["error"] == "KeyError: 2"
+    assert report.by_id("OPT113")[0].evidence["handled_at"] == site(control_flow_only, "lookup")
+    assert audit_objective(control_flow_only, n_trials=20, ignore=["OPT113"]).status is Status.PASS
