@@ -312,7 +312,14 @@ class AuditReport:
             compared = "the stored trials' distributions, parameters, values and states"
             test = "one distribution per parameter name; no shared sentinel value; FAIL/PRUNED shares"
         if self.findings:
-            message = "; ".join(f"{f.id} {f.name}" + (f" [{f.param}]" if f.param else "") for f in self.findings)
+            by_id: dict[str, list[Finding]] = {}
+            for finding in self.findings:
+                by_id.setdefault(finding.id, []).append(finding)
+            message = "; ".join(
+                f"{rule_id} {group[0].name}"
+                + (f" [{', '.join(f.param for f in group if f.param)}]" if any(f.param for f in group) else "")
+                for rule_id, group in by_id.items()
+            )
         elif self.inconclusive:
             message = "nothing to audit: no trials"
         else:

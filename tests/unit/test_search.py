@@ -33,6 +33,7 @@ from qcheck.search import (  # noqa: E402
     resolve_objective,
     stub_score,
 )
+from qcheck.suite.test_search_space import NOT_CONFIGURED  # noqa: E402
 
 THIS_FILE = "tests/unit/test_search.py"
 
@@ -483,74 +484,58 @@ def test_study_name_errors_list_the_studies(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # the suite module, run by pytest with stand-ins for the plugin's qcheck_options / qcheck_record fixtures
 
-FAKE_PLUGIN = '''
-import json, os, types
-import pytest
-from qcheck.results import Status
+def run_suite(tmp_path: Path, *options: str) -> tuple[str, list[dict[str, Any]]]:
+    """Run qcheck/suite/test_search_space.py under the qcheck plugin in a pytest subprocess.
 
-
-@pytest.fixture(scope="session")
-def qcheck_options():
-    return types.SimpleNamespace(
-        optuna_objective=os.environ.get("T_OBJECTIVE") or None,
-        optuna_storage=os.environ.get("T_STORAGE") or None,
-        optuna_study=os.environ.get("T_STUDY") or None,
-        optuna_n_trials=10,
-    )
-
-
-@pytest.fixture
-def qcheck_record():
-    def record(result):
-        with open(os.environ["T_RECORD"], "a") as f:
-            f.write(json.dumps(result.to_dict()) + "\\n")
-        if result.status is Status.INCONCLUSIVE:
-            pytest.skip(result.message)
-        return result
-    return record
-'''
-
-
-def run_suite(tmp_path: Path, **env: str) -> tuple[str, list[dict[str, Any]]]:
-    """Run qcheck/suite/test_search_space.py in a pytest subprocess; return its output and the recorded results."""
-    import os
+    Returns pytest's output and the checks of the run report it wrote.
+    """
     import subprocess
 
-    (tmp_path / "fake_qcheck_plugin.py").write_text(FAKE_PLUGIN)
-    record = tmp_path / "record.jsonl"
-    variables = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]), "T_RECORD": str(record)}
-    variables.update({f"T_{k.upper()}": v for k, v in env.items()})
-    command = [sys.executable, "-m", "pytest", "-p", "no:qcheck", "-p", "fake_qcheck_plugin", "-p", "no:cacheprovider"]
-    command += ["-q", "-rA", "-o", "addopts=", "qcheck/suite/test_search_space.py"]
-    done = subprocess.run(command, capture_output=True, text=True, env=variables, timeout=120)
-    recorded = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
-    return done.stdout + done.stderr, recorded
+    report_dir = tmp_path / "report"
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "-o", "addopts="]
+    command += ["qcheck/suite/test_search_space.py", "--qcheck-report", str(report_dir), *options]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    report = report_dir / "qcheck-report.json"
+    checks = json.loads(report.read_text())["checks"] if report.exists() else []
+    return done.stdout + done.stderr, checks
 
 
 def test_suite_module_skips_when_nothing_is_configured(tmp_path: Path) -> None:
-    output, recorded = run_suite(tmp_path)
+    output, checks = run_suite(tmp_path)
     assert "SKIPPED [2] qcheck/suite/test_search_space.py" in output, output
     assert "no Optuna objective or study configured (--qcheck-optuna-objective" in output
-    assert "2 skipped" in output and recorded == []
+    assert "2 skipped" in output
+    assert [(c["name"], c["status"]) for c in checks] == [
+        ("optuna_objective_search_space", "SKIPPED"),
+        ("optuna_stored_study", "SKIPPED"),
+    ]
+    assert checks[0]["message"] == NOT_CONFIGURED
 
 
 def test_suite_module_fails_on_seed003_and_passes_the_fix(tmp_path: Path) -> None:
     run_seed003_study = resolve_objective("fixtures/objectives/seed003.py:run_seed003_study")
     url = f"sqlite:///{tmp_path / 'seed003.db'}"
     run_seed003_study(optuna.create_study(storage=url, study_name="seed003", direction="maximize"))
-    output, recorded = run_suite(
-        tmp_path, objective="fixtures/objectives/seed003.py:objective", storage=url, study="seed003"
+    output, checks = run_suite(
+        tmp_path,
+        "--qcheck-optuna-objective=fixtures/objectives/seed003.py:objective",
+        f"--qcheck-optuna-storage={url}",
+        "--qcheck-optuna-study=seed003",
     )
     assert "2 failed" in output, output
     assert "FAILED qcheck/suite/test_search_space.py::test_optuna_objective_search_space" in output
-    assert [(r["name"], r["status"]) for r in recorded] == [("optuna.search_space", "FAIL"), ("optuna.study", "FAIL")]
-    assert [f["id"] for f in recorded[1]["evidence"]["findings"]] == ["OPT202", "OPT201"]
+    assert [(c["name"], c["status"]) for c in checks] == [("optuna.search_space", "FAIL"), ("optuna.study", "FAIL")]
+    params = ", ".join(f"{layer}_data_in_frac_width" for layer in ("key", "output", "query", "value"))
+    assert checks[0]["message"] == f"OPT101 dynamic-choices [{params}]; OPT110 swallowed-suggest-error [{params}]"
+    assert [f["id"] for f in checks[1]["evidence"]["findings"]] == ["OPT202", "OPT201"]
 
-    (tmp_path / "record.jsonl").unlink()
-    output, recorded = run_suite(tmp_path, objective="fixtures/objectives/seed003_fixed.py:objective")
+    output, checks = run_suite(tmp_path, "--qcheck-optuna-objective=fixtures/objectives/seed003_fixed.py:objective")
     assert "1 passed, 1 skipped" in output, output
     assert "no stored Optuna study configured" in output
-    assert [(r["name"], r["status"], r["n"]) for r in recorded] == [("optuna.search_space", "PASS", 20)]
+    assert [(c["name"], c["status"], c["n"]) for c in checks] == [
+        ("optuna.search_space", "PASS", 60),
+        ("optuna_stored_study", "SKIPPED", None),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
