@@ -696,6 +696,13 @@ class _Probe:
             study.tell(trial, state=TrialState.FAIL)
             raise
         else:
+            n_values = len(returned) if isinstance(returned, (list, tuple)) else 1
+            if n_values != len(study.directions):
+                study.tell(trial, state=TrialState.FAIL)
+                raise QCheckError(
+                    f"the objective returned {n_values} values but the probe has {len(study.directions)} "
+                    "direction(s): pass directions=[...] (CLI: --directions minimize,maximize)"
+                )
             record.returned = returned
             frozen = study.tell(trial, returned)
         record.state = frozen.state.name
@@ -765,9 +772,9 @@ def audit_objective(
     findings = _probe_conflicts(probe) + _probe_exceptions(probe)
     findings += _sentinel_findings(
         [
-            (t.number, (t.returned,), t.params)
+            (t.number, tuple(t.returned) if isinstance(t.returned, (list, tuple)) else (t.returned,), t.params)
             for t in probe.trials
-            if t.state == "COMPLETE" and _is_number(t.returned) and t.number not in explained
+            if t.state == "COMPLETE" and t.number not in explained
         ],
         "probe trials without a swallowed exception",
     )
@@ -784,14 +791,6 @@ def audit_objective(
         "thresholds": {"sentinel_share": SENTINEL_SHARE, "sentinel_min_trials": SENTINEL_MIN_TRIALS},
     }
     return AuditReport("objective", target or _callable_name(objective), _filter(findings, ignore), summary)
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def _callable_name(objective: Callable[..., Any]) -> str:
@@ -1249,6 +1248,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="RandomSampler seed of the probe (default %(default)s)")
     parser.add_argument(
+        "--directions",
+        default="minimize",
+        metavar="D1,D2",
+        help="study directions for a multi-objective objective, e.g. minimize,maximize (default %(default)s)",
+    )
+    parser.add_argument(
         "--storage", metavar="URL", help="storage holding the study: sqlite:///path.db, an RDB URL, a .db or .log file"
     )
     parser.add_argument("--study", metavar="NAME", help="name of the stored study to audit (with --storage)")
@@ -1271,8 +1276,16 @@ def cli_main(args: argparse.Namespace) -> int:
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
         objective = resolve_objective(args.objective)
+        directions = [d.strip() for d in args.directions.split(",") if d.strip()]
+        if not directions or any(d not in ("minimize", "maximize") for d in directions):
+            raise QCheckError(f"--directions takes minimize/maximize separated by commas, got {args.directions!r}")
         report = audit_objective(
-            objective, n_trials=args.n_trials, seed=args.seed, ignore=args.ignore, target=args.objective
+            objective,
+            n_trials=args.n_trials,
+            seed=args.seed,
+            directions=directions,
+            ignore=args.ignore,
+            target=args.objective,
         )
     elif args.storage:
         report = audit_study(args.storage, args.study, ignore=args.ignore)

@@ -639,3 +639,36 @@ def test_exception_used_as_control_flow_is_only_a_warning() -> None:
     assert report.by_id("OPT113")[0].evidence["error"] == "KeyError: 2"
     assert report.by_id("OPT113")[0].evidence["handled_at"] == site(control_flow_only, "lookup")
     assert audit_objective(control_flow_only, n_trials=20, ignore=["OPT113"]).status is Status.PASS
+
+
+def two_objectives(trial: optuna.Trial) -> tuple[float, float]:
+    bits = trial.suggest_int("bits", 2, 8)
+    if bits < 5:
+        return 0.0, 0.0
+    return 1.0 - 1.0 / bits, bits / 8
+
+
+def test_multi_objective_probe_needs_directions_and_finds_tuple_sentinels() -> None:
+    with pytest.raises(QCheckError, match="returned 2 values but the probe has 1 direction"):
+        audit_objective(two_objectives, n_trials=5)
+    report = audit_objective(two_objectives, n_trials=20, directions=["maximize", "minimize"])
+    [finding] = report.findings
+    assert finding.id == "OPT202" and finding.evidence["value"] == [0.0, 0.0]
+
+
+def test_probe_without_the_exploration_phase() -> None:
+    report = audit_objective(same_name_two_paths, n_trials=12, explore=False)
+    assert (report.summary["n_trials"], report.summary["n_shared"], report.summary["n_isolated"]) == (12, 12, 0)
+    assert report.ids == ["OPT101", "OPT112"]
+
+
+def test_cli_directions(capsys: pytest.CaptureFixture[str]) -> None:
+    from qcheck.cli import main as qcheck_main
+
+    spec = f"{THIS_FILE}:two_objectives"
+    assert qcheck_main(["optuna", spec, "--n-trials", "5"]) == 2
+    assert "--directions minimize,maximize" in capsys.readouterr().err
+    assert qcheck_main(["optuna", spec, "--n-trials", "20", "--directions", "maximize,minimize"]) == 1
+    assert "error   OPT202 sentinel-value" in capsys.readouterr().out
+    assert qcheck_main(["optuna", spec, "--directions", "up"]) == 2
+    assert "--directions takes minimize/maximize" in capsys.readouterr().err
