@@ -748,6 +748,7 @@ def audit_objective(
     optuna = require("optuna", "the Optuna audit")
     if n_trials < 1:
         raise QCheckError(f"n_trials must be >= 1, got {n_trials}")
+    ignore = tuple(_ignored_ids(ignore))
     probe = _Probe(objective)
     directions = list(directions) if directions else ["minimize"]
 
@@ -1076,6 +1077,7 @@ def audit_study(
 ) -> AuditReport:
     """Audit a stored study (storage URL, file path, Optuna storage object or Study) for Z10 findings."""
     optuna = require("optuna", "the Optuna audit")
+    ignore = tuple(_ignored_ids(ignore))
     opened = _open_storage(storage) if isinstance(storage, (str, os.PathLike)) else None
     try:
         study = load_study(storage if opened is None else opened, study_name)
