@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from qcheck.errors import ConfigError, DataError
 from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
@@ -36,10 +38,11 @@ def _check_explicit_columns(tables: Sequence[Table], config: LintConfig) -> None
 
 def _run(spec, target, config: LintConfig, where: TableView) -> list[Finding]:
     try:
-        return list(spec.func(target, config))
+        with np.errstate(all="ignore"):  # NaN and inf are data here; rules treat them explicitly
+            return list(spec.func(target, config))
     except Exception as exc:  # a rule bug must not hide the other rules' findings
         return [where.finding(CRASH_RULE, Severity.ERROR, f"rule {spec.id} crashed on this table: "
-                              f"{type(exc).__name__}: {exc}", rule=spec.id)]
+                              f"{type(exc).__name__}: {exc}", crashed_rule=spec.id)]
 
 
 def lint_tables(tables: Sequence[Table], config: LintConfig | None = None) -> list[Finding]:

@@ -16,7 +16,8 @@ import numpy as np
 from qcheck.errors import DataError, QCheckError
 
 MISSING_TOKENS = frozenset({"", "nan", "none", "null", "n/a", "na", "-", "--", "?"})
-_NUMBER_WITH_UNIT = re.compile(r"^\s*~?\s*([-+]?(?:\d{1,3}(?:,\d{3})+|\d*)\.?\d+(?:[eE][-+]?\d+)?)\s*([%a-zA-Z/µ]*)\s*$")
+_NUMBER_WITH_UNIT = re.compile(
+    r"^\s*~?\s*([-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d*\.?\d+)(?:[eE][-+]?\d+)?)\s*([%a-zA-Z/µ]*)\s*$")
 
 
 @dataclass(frozen=True)

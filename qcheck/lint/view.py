@@ -73,11 +73,11 @@ class TableView:
         """True for per-sample records (a sample-id column): only cell-level rules apply to them."""
         return "sample_id" in self.roles.values()
 
-    def reference_for(self, row: int, group: np.ndarray) -> int | None:
-        """The reference (uncompressed) row of `row`'s group whose label shares the longest prefix with it."""
-        key = (id(group), self.identity[row])
+    def reference_for(self, row: int, group: np.ndarray, kinds: tuple[str, ...] = (REFERENCE,)) -> int | None:
+        """The row of `kinds` (default: uncompressed) in `row`'s group whose label shares the longest prefix."""
+        key = (id(group), self.identity[row], kinds)
         if key not in self._reference_cache:
-            refs = [int(r) for r in group if self.kinds[r].kind == REFERENCE and r != row]
+            refs = [int(r) for r in group if self.kinds[r].kind in kinds and r != row]
             best = None
             if refs:
                 text = self.identity[row].lower()
@@ -125,6 +125,7 @@ def build_view(table: Table, config: LintConfig) -> TableView:
     bits_col = [table.columns[name] for name, role in roles.items() if role == "bits"]
     sparsity_col = [table.columns[name] for name, role in roles.items() if role == "sparsity"]
     bits = bits_col[0].values if bits_col else np.full(n, math.nan)
+    bits = np.where((bits >= 1) & (bits <= 64), bits, math.nan)
     sparsity = sparsity_col[0].values if sparsity_col else np.full(n, math.nan)
     kinds = tuple(classify(identity[i], float(bits[i]), float(sparsity[i])) for i in range(n))
     first_label = text_columns[0].raw if text_columns else ("",) * n

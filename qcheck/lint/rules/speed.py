@@ -113,7 +113,8 @@ def implausible_speed(view: TableView, config: LintConfig) -> Iterator[Finding]:
             params=float(params[r]), tokens_per_sample=int(tokens[r]))
 
 
-@rule("Q016-quantized-much-slower", "warning", "Z9", "a quantized variant 5x or more slower than its reference")
+@rule("Q016-quantized-much-slower", "warning", "Z9", "a quantized variant 5x or more slower than its reference "
+      "(the uncompressed row, else the fp16/bf16 row)")
 def quantized_much_slower(view: TableView, config: LintConfig) -> Iterator[Finding]:
     """Slowdowns beyond any known low-bit kernel cost point at fallbacks or offloading."""
     for name in view.columns(*TIME_ROLES):
@@ -124,6 +125,8 @@ def quantized_much_slower(view: TableView, config: LintConfig) -> Iterator[Findi
                 if not view.kinds[r].compressed or not math.isfinite(cost[r]):
                     continue
                 ref = view.reference_for(int(r), group)
+                if ref is None and view.kinds[r].kind != HALF:
+                    ref = view.reference_for(int(r), group, (HALF,))
                 if ref is None or not math.isfinite(cost[ref]) or cost[ref] <= 0:
                     continue
                 ratio = float(cost[r] / cost[ref])

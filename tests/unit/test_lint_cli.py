@@ -1,0 +1,101 @@
+"""`qcheck lint` from the command line: formats, options, pyproject settings and exit codes 0/1/2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qcheck.cli import main
+
+RESULTS = Path(__file__).resolve().parents[2] / "fixtures" / "results"
+QUANT = str(RESULTS / "seed000_quantization.csv")
+FIXED = str(RESULTS / "seed000_quantization_fixed.csv")
+THROUGHPUT = str(RESULTS / "seed000_throughput.csv")
+
+
+def test_exit_codes_and_text_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", QUANT]) == 1
+    out = capsys.readouterr().out
+    assert "error Q001-identical-across-precision" in out and "rows 1 (FP32), 2 (16-bit)" in out
+    assert out.rstrip().endswith("1 file(s), 3 finding(s): 2 error(s), 0 warning(s), 1 info")
+    assert main(["lint", FIXED]) == 0
+    assert main(["lint", THROUGHPUT]) == 0   # a warning alone does not fail
+
+
+def test_json_output_is_strict_and_complete(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", QUANT, THROUGHPUT, "--format", "json"]) == 1
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["summary"] == {"error": 2, "warning": 1, "info": 1}
+    rules = [f["rule"] for f in payload["findings"]]
+    assert rules == ["Q001-identical-across-precision", "Q012-mixed-outside-uniform-bounds",
+                     "Q011-ppl-improves-with-fewer-bits", "Q014-speed-flat-across-precision"]
+    first = payload["findings"][0]
+    assert first["rows"] == [1, 2] and first["row_labels"] == ["FP32", "16-bit"] and first["columns"] == ["perplexity"]
+    assert first["evidence"]["significant_digits"] == 16
+
+
+def test_markdown_output(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["lint", QUANT, "--format", "markdown"])
+    out = capsys.readouterr().out
+    assert "| severity | rule | where | rows | message |" in out
+    assert "| error | `Q012-mixed-outside-uniform-bounds` |" in out
+
+
+def test_baseline_reports_only_new_findings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    baseline = tmp_path / "baseline.json"
+    assert main(["lint", QUANT, "--format", "json", "--output", str(baseline)]) == 1
+    assert main(["lint", QUANT, THROUGHPUT, "--baseline", str(baseline), "--format", "json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [f["rule"] for f in payload["findings"]] == ["Q014-speed-flat-across-precision"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert main(["lint", QUANT, "--baseline", str(bad)]) == 2
+    assert "not a `qcheck lint --format json` report" in capsys.readouterr().err
+
+
+def test_column_option_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "odd.csv"
+    table.write_text("setting,score,n_eval\nfp32,0.25,20\n")
+    assert main(["lint", str(table)]) == 2
+    assert "unknown layout" in capsys.readouterr().err
+    assert main(["lint", str(table), "--column", "accuracy=score", "--num-classes", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "Q007-at-chance" in out and "Q008-underpowered" in out
+    assert main(["lint", str(table), "--column", "speed=score"]) == 2
+    assert "unknown column role 'speed'" in capsys.readouterr().err
+    assert main(["lint", str(table), "--column", "score"]) == 2
+    assert "--column expects ROLE=COLUMN" in capsys.readouterr().err
+
+
+def test_pyproject_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "odd.csv"
+    table.write_text("setting,score,n_eval\nfp32,0.25,20\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.qcheck.lint]\ncolumns = { accuracy = "score" }\nnum_classes = 4\ndisable = ["Q008"]\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["lint", str(table), "--format", "json"]) == 0
+    assert [f["rule"] for f in json.loads(capsys.readouterr().out)["findings"]] == ["Q007-at-chance"]
+    (tmp_path / "pyproject.toml").write_text("[tool.qcheck.lint]\nchance = 4\n")
+    assert main(["lint", str(table)]) == 2
+    assert "unknown key 'chance'" in capsys.readouterr().err
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qcheck.cli", "lint", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_subprocess_exit_codes(tmp_path: Path) -> None:
+    assert _run(FIXED).returncode == 0
+    failing = _run(QUANT)
+    assert failing.returncode == 1 and "Q012-mixed-outside-uniform-bounds" in failing.stdout
+    missing = _run(str(tmp_path / "nope.csv"))
+    assert missing.returncode == 2
+    assert "qcheck lint: error:" in missing.stderr and "nope.csv: no such file" in missing.stderr
+    layout = tmp_path / "layout.json"
+    layout.write_text('{"a": 1}')
+    unknown = _run(str(layout))
+    assert unknown.returncode == 2 and "unknown JSON layout: top-level keys a" in unknown.stderr
