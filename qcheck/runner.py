@@ -24,6 +24,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="evaluation tokens for perplexity")
     parser.add_argument("--context", type=int, default=1024, help="perplexity context length")
     parser.add_argument("--text", default=None, help="evaluation text file (default: WikiText-2 test)")
+    parser.add_argument("--optuna-objective", default=None, help="MODULE:FUNCTION of an Optuna objective to audit")
+    parser.add_argument("--optuna-storage", default=None, help="Optuna storage URL of a study to audit")
+    parser.add_argument("--optuna-study", default=None, help="name of the stored Optuna study to audit")
     parser.add_argument("-k", dest="keyword", default=None, help="only run suite checks matching this expression")
     parser.add_argument("--pytest-arg", action="append", default=[], help="extra argument passed to pytest")
 
@@ -76,6 +79,10 @@ def cli_main(args: argparse.Namespace) -> int:
         argv.append(f"--qcheck-variants={args.variants}")
     if args.text:
         argv.append(f"--qcheck-text={args.text}")
+    for key in ("objective", "storage", "study"):
+        value = getattr(args, f"optuna_{key}")
+        if value:
+            argv.append(f"--qcheck-optuna-{key}={value}")
     if args.keyword:
         argv += ["-k", args.keyword]
     argv += args.pytest_arg

@@ -36,7 +36,8 @@ def distinct_per_group(w: torch.Tensor, group_size: int | None = None, per_tenso
     if w.numel() == 0:
         return 0
     if per_tensor or w.dim() < 2 and group_size is None:
-        return int(torch.unique(w.detach().flatten()).numel())
+        flat = torch.sort(w.detach().flatten()).values
+        return int((flat[1:] != flat[:-1]).sum().item()) + 1
     rows = w.detach().reshape(-1, group_size if group_size else w.shape[-1])
     sorted_rows, _ = torch.sort(rows, dim=1)
     changes = (sorted_rows[:, 1:] != sorted_rows[:, :-1]).sum(dim=1) + 1
@@ -53,8 +54,9 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
             h.update(name.encode())
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
             if t.numel() and t.dtype.is_floating_point:
-                f = t.detach().to(torch.float64)
-                h.update(repr((f.sum().item(), f.abs().sum().item(), (f * f).sum().item())).encode())
+                f = t.detach()
+                h.update(repr((torch.sum(f, dtype=torch.float64).item(),
+                               torch.linalg.vector_norm(f, dtype=torch.float64).item())).encode())
             elif t.numel():
                 h.update(repr(t.detach().to(torch.int64).sum().item()).encode())
     return h.hexdigest()[:16]

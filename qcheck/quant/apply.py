@@ -92,7 +92,6 @@ def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: to
     rec.applied = True
     rec.bits = spec.bits
     rec.dtype = str(new.dtype)
-    rec.distinct_values = int(torch.unique(new).numel())
     if isinstance(spec, IntSpec):
         rec.max_distinct_per_group = distinct_per_group(new, spec.group_size, spec.per_tensor)
     rec.rel_change = rel_change(ref_w, new)
@@ -116,7 +115,6 @@ def _apply_bnb(model: nn.Module, a: Assignment, module: nn.Module, spec: BnbSpec
     rec.applied = True
     rec.bits = spec.bits
     rec.dtype = str(new_module.weight.dtype)
-    rec.distinct_values = int(torch.unique(deq).numel())
     rec.max_distinct_per_group = distinct_per_group(deq, spec.blocksize if spec.bits == 4 else None)
     rec.rel_change = rel_change(ref_w, deq)
     rec.sqnr_db = sqnr_db(ref_w, deq)

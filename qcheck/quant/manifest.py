@@ -22,7 +22,6 @@ class LayerRecord:
     dtype: str = ""
     bits: int | None = None
     numel: int = 0
-    distinct_values: int = 0
     max_distinct_per_group: int | None = None
     rel_change: float = 0.0
     sqnr_db: float | None = None

@@ -1,0 +1,70 @@
+"""Pinned reference points of the number formats (the property suite lives in test_fuzz_formats.py)."""
+import pytest
+import torch
+
+from qcheck.errors import ConfigError
+from qcheck.formats import FP8_E4M3, FP8_E5M2, fixed_point, fixed_point_range, integer, minifloat, minifloat_format
+
+
+def test_fixed_point_rounds_half_to_even_and_saturates():
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 1000.0, -1000.0, float("inf"), float("-inf")])
+    assert fixed_point(x, 8, 0).tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, 127.0, -128.0, 127.0, -128.0]
+
+
+def test_fixed_point_range_shifts_with_frac_width_and_is_never_clamped():
+    g = fixed_point_range(8, 4)
+    assert (g.min, g.max, g.step) == (-8.0, 7.9375, 0.0625)
+    wide = fixed_point_range(4, 6)  # frac_width >= width: valid, range shifts (no silent "fix")
+    assert (wide.min, wide.max) == (-0.125, 7 / 64)
+    neg = fixed_point_range(4, -2)
+    assert (neg.min, neg.max, neg.step) == (-32.0, 28.0, 4.0)
+    assert torch.isnan(fixed_point(torch.tensor([float("nan")]), 8, 4)).all()
+
+
+@pytest.mark.parametrize("kwargs, field", [({"width": 1, "frac_width": 0}, "width"),
+                                           ({"width": 8.0, "frac_width": 4}, "width"),
+                                           ({"width": 8, "frac_width": 2.5}, "frac_width")])
+def test_fixed_point_rejects_bad_parameters_naming_them(kwargs, field):
+    with pytest.raises(ConfigError) as err:
+        fixed_point(torch.zeros(2), **kwargs)
+    assert err.value.field == field and field in str(err.value)
+
+
+def test_integer_rtn_groups_and_levels():
+    torch.manual_seed(0)
+    w = torch.randn(8, 576)
+    q4 = integer(w, 4, group_size=64)
+    per_group = q4.reshape(-1, 64)
+    assert max(len(torch.unique(r)) for r in per_group) <= 15
+    assert torch.equal(integer(q4, 4, group_size=64), q4) or (integer(q4, 4, group_size=64) - q4).abs().max() < 1e-6
+    qa = integer(w, 3, symmetric=False)
+    assert max(len(torch.unique(r)) for r in qa) <= 8
+    assert integer(torch.zeros(2, 4), 8).abs().sum() == 0
+
+
+def test_integer_group_size_must_divide_576_with_allowed_values_named():
+    with pytest.raises(ConfigError) as err:
+        integer(torch.randn(4, 576), 4, group_size=128)
+    assert err.value.field == "group_size"
+    assert "576" in str(err.value) and "64" in str(err.value)
+    with pytest.raises(ConfigError, match="bits must be in 2..8"):
+        integer(torch.randn(4, 8), 9)
+
+
+def test_minifloat_presets_match_torch_float8_bit_for_bit():
+    torch.manual_seed(1)
+    for fmt, dtype in ((FP8_E4M3, torch.float8_e4m3fn), (FP8_E5M2, torch.float8_e5m2)):
+        x = torch.randn(200_000) * torch.exp(torch.randn(200_000) * 3)
+        x = x[x.abs() <= fmt.max]
+        ours = minifloat(x, fmt.exp_bits, fmt.man_bits, fmt.bias, fmt.special)
+        assert torch.equal(ours, x.to(dtype).to(torch.float32))
+
+
+def test_minifloat_maxima_and_saturation():
+    assert FP8_E4M3.max == 448.0 and FP8_E5M2.max == 57344.0
+    assert minifloat_format(4, 3, special="none").max == 480.0
+    x = torch.tensor([1e6, -1e6, float("inf")])
+    assert minifloat(x, 4, 3, special="fn").tolist() == [448.0, -448.0, 448.0]
+    assert minifloat(x, 4, 3, special="none").tolist() == [480.0, -480.0, 480.0]
+    sub = minifloat(torch.tensor([2.0**-9, 2.0**-11]), 4, 3, special="fn")
+    assert sub.tolist() == [2.0**-9, 0.0]  # smallest subnormal kept; below half of it rounds to zero

@@ -1,0 +1,71 @@
+"""Z2 (seed 000): a mixed plan must follow its plan and lie between the uniform plans it mixes."""
+import pytest
+
+from qcheck.errors import ConfigError, InvariantViolation
+from qcheck.invariants import assert_mixed_between
+from qcheck.metrics.perplexity import perplexity
+from qcheck.quant.apply import quantize
+from qcheck.quant.plan import Plan
+
+INT8 = {"name": "int8", "default": {"format": "int", "bits": 8}}
+W4 = {"name": "w4g64", "default": {"format": "int", "bits": 4, "group_size": 64}}
+MIXED = {"name": "mixed", "default": {"format": "int", "bits": 4, "group_size": 64},
+         "override": [{"match": "model.layers.*.self_attn.*", "format": "int", "bits": 8}]}
+SWAPPED = {"name": "mixed", "default": {"format": "int", "bits": 8},
+           "override": [{"match": "model.layers.*.self_attn.*", "format": "int", "bits": 4, "group_size": 64}]}
+BLOWN_UP = {"name": "mixed", "default": {"format": "int", "bits": 2, "group_size": 64},
+            "override": [{"match": "model.layers.*.self_attn.*", "format": "int", "bits": 8}]}
+
+
+@pytest.fixture(scope="module")
+def ppl(smollm2, wikitext_slice):
+    cache = {}
+
+    def get(plan):
+        key = repr(plan)
+        if key not in cache:
+            q, report = quantize(smollm2.model, plan)
+            cache[key] = (perplexity(q, smollm2.tokenizer, wikitext_slice, context=512, max_tokens=1024), q, report)
+        return cache[key]
+
+    return get
+
+
+def test_typo_in_override_glob_is_an_error_before_anything_runs(smollm2):
+    typo = {"default": MIXED["default"], "override": [{**MIXED["override"][0], "match": "model.layers.*.self_atn.*"}]}
+    with pytest.raises(ConfigError) as err:
+        quantize(smollm2.model, typo)
+    assert "'model.layers.*.self_atn.*' matches no layer" in str(err.value)
+    assert "model.layers.0.self_attn" in str(err.value)
+
+
+def test_correct_mixed_plan_lies_between_its_bounds(ppl):
+    mixed, q, _ = ppl(MIXED)
+    bounds = {"int8": ppl(INT8)[0], "w4g64": ppl(W4)[0]}
+    result = assert_mixed_between(mixed, bounds, plan=MIXED, quantized=q)
+    assert result.status.value == "PASS"
+    assert bounds["int8"].perplexity < mixed.perplexity < bounds["w4g64"].perplexity
+
+
+def test_swapped_bits_show_in_manifest_and_fail_the_mixed_invariant(ppl):
+    mixed, q, report = ppl(SWAPPED)
+    assert report.layer("model.layers.3.self_attn.k_proj").bits == 4
+    assert report.layer("model.layers.3.mlp.up_proj").bits == 8
+    bounds = {"int8": ppl(INT8)[0], "w4g64": ppl(W4)[0]}
+    with pytest.raises(InvariantViolation) as err:
+        assert_mixed_between(mixed, bounds, plan=Plan.from_dict(MIXED), quantized=q)
+    result = err.value.result
+    assert result.name == "mixed_between_uniform"
+    assert "210 of 210 layers do not carry the format the plan assigns" in result.message
+    assert "model.layers.0.self_attn.q_proj" in result.evidence["plan_followed"]
+
+
+def test_seed_000_blow_up_above_uniform_bound_fails(ppl):
+    mixed, q, _ = ppl(BLOWN_UP)
+    bounds = {"int8": ppl(INT8)[0], "w4g64": ppl(W4)[0]}
+    with pytest.raises(InvariantViolation) as err:
+        assert_mixed_between(mixed, bounds, plan=MIXED, quantized=q)
+    message = err.value.result.message
+    assert "above its worst uniform bound w4g64" in message
+    assert "do not carry the format the plan assigns" in message
+    assert mixed.perplexity > 1.5 * bounds["w4g64"].perplexity
