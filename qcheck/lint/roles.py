@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-IDENTITY_ROLES = ("config", "model", "task", "bits", "sparsity", "trial", "sample_id", "state")
+IDENTITY_ROLES = ("config", "model", "task", "bits", "sparsity", "trial", "seed", "sample_id", "state")
 META_ROLES = ("n", "correct", "num_classes", "params", "context_length", "tokens_per_sample", "batch", "interval")
 QUALITY_HIGHER = ("accuracy", "clean_acc", "robust_acc", "f1", "em")
 QUALITY_ROLES = ("ppl",) + QUALITY_HIGHER + ("value", "metric")
@@ -18,6 +18,7 @@ _EXACT: dict[str, frozenset[str]] = {
     "sample_id": frozenset({"sample_id", "sample", "example_id", "example", "question_id", "qid", "idx", "id",
                             "item_id", "doc_id"}),
     "trial": frozenset({"trial", "trial_id", "trial_number", "number", "trial_no"}),
+    "seed": frozenset({"seed", "random_seed", "run_seed", "rng_seed"}),
     "value": frozenset({"value", "objective", "objective_value", "values_0"}),
     "state": frozenset({"state", "trial_state", "status"}),
     "n": frozenset({"n", "samples", "num_samples", "n_samples", "sample_size", "n_eval", "num_examples",
@@ -56,7 +57,7 @@ def infer_role(name: str, kind: str = "numeric") -> str:
     """
     norm = normalize(name)
     tokens = set(norm.split("_"))
-    for role in ("sample_id", "trial", "value", "state", "n", "correct", "num_classes", "params", "context_length",
+    for role in ("sample_id", "trial", "seed", "value", "state", "n", "correct", "num_classes", "params", "context_length",
                  "tokens_per_sample", "batch", "task", "model", "config", "total_time"):
         if norm in _EXACT[role]:
             return role

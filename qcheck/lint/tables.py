@@ -103,11 +103,37 @@ def _raw_text(cell: Any) -> str:
     return str(cell)
 
 
-def make_column(name: str, cells: Sequence[Any]) -> Column:
-    """Build a Column from raw cells (strings from CSV, JSON scalars)."""
-    raw = tuple(_raw_text(c) for c in cells)
+def _parse_cells(cells: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse cells, each distinct cell once (label columns repeat a few values many times)."""
+    keys = [(type(c), c) if isinstance(c, (str, int, float)) or c is None else (id(c), i) for i, c in enumerate(cells)]
+    index: dict[Any, int] = {}
+    parsed: list[tuple[float, bool, bool]] = []
+    for key, cell in zip(keys, cells):
+        if key not in index:
+            index[key] = len(parsed)
+            parsed.append(parse_cell(cell))
+    return _expand(parsed, np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys)))
+
+
+def _parse_strings(cells: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_parse_cells` for columns of strings (CSV), with the per-cell loop in C."""
+    index = {cell: i for i, cell in enumerate(dict.fromkeys(cells))}
+    parsed = [parse_cell(cell) for cell in index]
+    return _expand(parsed, np.fromiter(map(index.__getitem__, cells), dtype=np.int64, count=len(cells)))
+
+
+def _expand(parsed: list[tuple[float, bool, bool]], codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    values = np.array([p[0] for p in parsed], dtype=np.float64)
+    missing = np.array([p[1] for p in parsed], dtype=bool)
+    text = np.array([p[2] for p in parsed], dtype=bool)
+    return values[codes], missing[codes], text[codes]
+
+
+def make_column(name: str, cells: Sequence[Any], strings: bool = False) -> Column:
+    """Build a Column from raw cells (strings from CSV, JSON scalars); `strings` says every cell is a str."""
+    raw = tuple(cells) if strings else tuple(_raw_text(c) for c in cells)
     values = None
-    if all(isinstance(c, str) for c in cells):
+    if strings or all(isinstance(c, str) for c in cells):
         try:
             values = np.asarray(raw, dtype=np.float64) if raw else np.zeros(0)
         except ValueError:
@@ -116,10 +142,7 @@ def make_column(name: str, cells: Sequence[Any]) -> Column:
         missing = np.isnan(values)
         text = np.zeros(len(raw), dtype=bool)
     else:
-        parsed = [parse_cell(c) for c in cells]
-        values = np.fromiter((p[0] for p in parsed), dtype=np.float64, count=len(parsed))
-        missing = np.fromiter((p[1] for p in parsed), dtype=bool, count=len(parsed))
-        text = np.fromiter((p[2] for p in parsed), dtype=bool, count=len(parsed))
+        values, missing, text = _parse_strings(raw) if strings else _parse_cells(cells)
     n_numeric = int(len(raw) - missing.sum() - text.sum())
     return Column(name, raw, values, missing, text, numeric=n_numeric >= int(text.sum()))
 
@@ -157,17 +180,20 @@ def table_from_csv_text(text: str, source: str) -> Table:
         dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|") if sample.strip() else csv.excel
     except csv.Error:
         dialect = csv.excel
-    rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
+    rows = [row for row in csv.reader(io.StringIO(text), dialect) if row and (len(row) > 1 or row[0].strip())]
     if not rows:
         raise DataError(f"{source}: empty file, no header row")
     header = _unique_header(rows[0])
     body = rows[1:]
-    for number, row in enumerate(body, start=1):
-        if len(row) > len(header):
-            raise DataError(f"{source}: data row {number} has {len(row)} cells but the header has {len(header)} "
-                            f"columns ({', '.join(header)})")
-    cells = [[row[i] if i < len(row) else "" for row in body] for i in range(len(header))]
-    columns = {name: make_column(name, col) for name, col in zip(header, cells)}
+    width = len(header)
+    if any(len(row) != width for row in body):
+        for number, row in enumerate(body, start=1):
+            if len(row) > width:
+                raise DataError(f"{source}: data row {number} has {len(row)} cells but the header has {width} "
+                                f"columns ({', '.join(header)})")
+        body = [row + [""] * (width - len(row)) for row in body]
+    cells = list(zip(*body)) if body else [()] * width
+    columns = {name: make_column(name, col, strings=True) for name, col in zip(header, cells)}
     return Table(source, None, columns, len(body))
 
 

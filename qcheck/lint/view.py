@@ -4,18 +4,18 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
-from qcheck.lint.precision import REFERENCE, RowKind, bits_from_text, classify
+from qcheck.lint.precision import COMPRESSED_KINDS, MIXED, OTHER, REFERENCE, RowKind, bits_from_text, classify
 from qcheck.lint.roles import assign_roles
 from qcheck.lint.tables import Column, Table
 
 AGGREGATE_LABELS = frozenset({"mean", "avg", "average", "overall", "total", "all", "summary", "aggregate", "median"})
-_LABEL_ROLES = ("config", "model", "task", "bits", "sparsity", "trial", "sample_id")
+_LABEL_ROLES = ("config", "model", "task", "bits", "sparsity", "trial", "seed", "sample_id")
 
 
 @dataclass(frozen=True)
@@ -24,13 +24,13 @@ class TableView:
 
     table: Table
     roles: Mapping[str, str]
-    labels: tuple[str, ...]
+    labels: Sequence[str]
     kinds: tuple[RowKind, ...]
     groups: tuple[np.ndarray, ...]
     data_rows: np.ndarray
     aggregate_rows: np.ndarray
     identity: tuple[str, ...]
-    _reference_cache: dict = field(default_factory=dict, compare=False, repr=False)
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def source(self) -> str:
@@ -53,7 +53,14 @@ class TableView:
 
     def bits(self) -> np.ndarray:
         """Bit width per row (NaN when unknown)."""
-        return np.fromiter((k.bits for k in self.kinds), dtype=np.float64, count=len(self.kinds))
+        if "bits" not in self._cache:
+            self._cache["bits"] = np.fromiter((k.bits for k in self.kinds), dtype=np.float64,
+                                                        count=len(self.kinds))
+        return self._cache["bits"]
+
+    def compressed_mask(self) -> np.ndarray:
+        """Rows that are half precision, mixed, quantized or pruned."""
+        return self.kind_mask(*COMPRESSED_KINDS)
 
     def describe(self, rows: Iterable[int], limit: int = 8) -> str:
         """'rows 2 (16-bit), 1 (FP32)' using 1-based data-row numbers; long lists end with '... and N more'."""
@@ -73,17 +80,43 @@ class TableView:
         """True for per-sample records (a sample-id column): only cell-level rules apply to them."""
         return "sample_id" in self.roles.values()
 
-    def reference_for(self, row: int, group: np.ndarray, kinds: tuple[str, ...] = (REFERENCE,)) -> int | None:
-        """The row of `kinds` (default: uncompressed) in `row`'s group whose label shares the longest prefix."""
-        key = (id(group), self.identity[row], kinds)
-        if key not in self._reference_cache:
-            refs = [int(r) for r in group if self.kinds[r].kind in kinds and r != row]
-            best = None
-            if refs:
-                text = self.identity[row].lower()
-                best = max(refs, key=lambda r: (_common_prefix(text, self.identity[r].lower()), -r))
-            self._reference_cache[key] = best
-        return self._reference_cache[key]
+    def reference_rows(self, kinds: tuple[str, ...] = (REFERENCE,)) -> np.ndarray:
+        """Per row, the row of `kinds` (default: uncompressed) in its group whose label shares the longest prefix
+        with it; -1 where the group has none."""
+        if kinds not in self._cache:
+            result = np.full(self.table.n_rows, -1, dtype=np.int64)
+            for group in self.groups:
+                first: dict[str, int] = {}
+                for r in group:
+                    if self.kinds[r].kind in kinds:
+                        first.setdefault(self.identity[r], int(r))
+                refs = list(first.values())
+                if not refs:
+                    continue
+                best: dict[str, int] = {}
+                for r in group:
+                    text = self.identity[r]
+                    if text not in best:
+                        lowered = text.lower()
+                        best[text] = max(refs, key=lambda c: (_common_prefix(lowered, self.identity[c].lower()), -c))
+                    result[r] = best[text]
+                    if result[r] == r:
+                        others = [c for c in refs if c != r]
+                        result[r] = others[0] if others else -1
+            self._cache[kinds] = result
+        return self._cache[kinds]
+
+    def kind_mask(self, *kinds: str) -> np.ndarray:
+        """Boolean mask of rows whose kind is one of `kinds`."""
+        wanted = set(kinds)
+        return np.fromiter((k.kind in wanted for k in self.kinds), dtype=bool, count=len(self.kinds))
+
+    def uniform_mask(self) -> np.ndarray:
+        """Rows with a known bit width that are not mixed or unclassified configs."""
+        key = "uniform"
+        if key not in self._cache:
+            self._cache[key] = np.isfinite(self.bits()) & ~self.kind_mask(MIXED, OTHER)
+        return self._cache[key]
 
     def finding(self, rule: str, severity: Severity, message: str, rows: Sequence[int] = (),
                 columns: Sequence[str] = (), **evidence: object) -> Finding:
@@ -104,9 +137,50 @@ def _label_part(role: str, raw: str) -> str:
         return f"sparsity={raw}"
     if role == "trial":
         return f"trial {raw}"
+    if role == "seed":
+        return f"seed {raw}"
     if role == "sample_id":
         return f"sample {raw}"
     return raw
+
+
+class _Labels(Sequence[str]):
+    """'QAT, 6-bit' style row labels, built on first use (most rows of a big table are never named)."""
+
+    def __init__(self, table: Table, label_columns: list[tuple[str, str]], identity: tuple[str, ...]) -> None:
+        self._columns = [(role, table.columns[name]) for name, role in label_columns]
+        self._identity = identity
+        self._n = table.n_rows
+        self._cache: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, row):  # type: ignore[override]
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(self._n))]
+        row = int(row)
+        if row < 0:
+            row += self._n
+        if not 0 <= row < self._n:
+            raise IndexError(row)
+        if row not in self._cache:
+            parts = [_label_part(role, column.raw[row].strip()) for role, column in self._columns
+                     if column.raw[row].strip()
+                     and not (role == "bits" and bits_from_text(self._identity[row]) == column.values[row])]
+            self._cache[row] = ", ".join(parts) if parts else f"row {row + 1}"
+        return self._cache[row]
+
+
+def _classify_cached(cache: dict) -> Callable[[str, float, float], RowKind]:
+    """`classify` memoised on (label, bits, sparsity) with NaN normalised (NaN keys never compare equal)."""
+    def lookup(text: str, bits: float, sparsity: float) -> RowKind:
+        key = (text, None if bits != bits else bits, None if sparsity != sparsity else sparsity)
+        kind = cache.get(key)
+        if kind is None:
+            kind = cache[key] = classify(text, bits, sparsity)
+        return kind
+    return lookup
 
 
 def build_view(table: Table, config: LintConfig) -> TableView:
@@ -115,19 +189,15 @@ def build_view(table: Table, config: LintConfig) -> TableView:
     n = table.n_rows
     label_columns = [(name, role) for role in _LABEL_ROLES for name, r in roles.items() if r == role]
     text_columns = [table.columns[name] for name, role in roles.items() if role in ("config", "model")]
-    identity = tuple(" ".join(c.raw[i].strip() for c in text_columns) for i in range(n))
-    labels = []
-    for i in range(n):
-        parts = [_label_part(role, table.columns[name].raw[i].strip()) for name, role in label_columns
-                 if table.columns[name].raw[i].strip()
-                 and not (role == "bits" and bits_from_text(identity[i]) == table.columns[name].values[i])]
-        labels.append(", ".join(parts) if parts else f"row {i + 1}")
+    identity = tuple(map(" ".join, zip(*(tuple(map(str.strip, c.raw)) for c in text_columns)))) if text_columns \
+        else ("",) * n
+    labels = _Labels(table, label_columns, identity)
     bits_col = [table.columns[name] for name, role in roles.items() if role == "bits"]
     sparsity_col = [table.columns[name] for name, role in roles.items() if role == "sparsity"]
     bits = bits_col[0].values if bits_col else np.full(n, math.nan)
     bits = np.where((bits >= 1) & (bits <= 64), bits, math.nan)
     sparsity = sparsity_col[0].values if sparsity_col else np.full(n, math.nan)
-    kinds = tuple(classify(identity[i], float(bits[i]), float(sparsity[i])) for i in range(n))
+    kinds = tuple(map(_classify_cached({}), identity, bits.tolist(), sparsity.tolist()))
     first_label = text_columns[0].raw if text_columns else ("",) * n
     aggregate = np.array([i for i in range(n) if first_label[i].strip().lower() in AGGREGATE_LABELS], dtype=np.int64)
     data_mask = np.ones(n, dtype=bool)
@@ -135,10 +205,11 @@ def build_view(table: Table, config: LintConfig) -> TableView:
     data_rows = np.flatnonzero(data_mask)
     group_columns = [table.columns[name] for name, role in roles.items()
                      if role in ("task", "context_length") or (role == "model" and "config" in roles.values())]
+    keys = list(zip(*(c.raw for c in group_columns))) if group_columns else [()] * n
     groups: dict[tuple[str, ...], list[int]] = {}
-    for i in data_rows:
-        groups.setdefault(tuple(c.raw[i].strip() for c in group_columns), []).append(int(i))
-    return TableView(table, roles, tuple(labels), kinds,
+    for i in data_rows.tolist():
+        groups.setdefault(keys[i], []).append(i)
+    return TableView(table, roles, labels, kinds,
                      tuple(np.array(g, dtype=np.int64) for g in groups.values()), data_rows, aggregate, identity)
 
 

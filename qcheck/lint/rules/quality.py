@@ -8,7 +8,7 @@ import numpy as np
 
 from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
-from qcheck.lint.precision import MIXED, OTHER
+from qcheck.lint.precision import MIXED
 from qcheck.lint.references import find_ppl_reference
 from qcheck.lint.roles import QUALITY_HIGHER, QUALITY_ROLES
 from qcheck.lint.rules.common import distinct_models, fmt, interval_columns
@@ -18,19 +18,22 @@ from qcheck.lint.view import TableView
 
 def _uniform(view: TableView, rows: np.ndarray) -> np.ndarray:
     """Rows with a known bit width that are not mixed or unclassified configs."""
-    return np.array([r for r in rows if not math.isnan(view.kinds[r].bits) and view.kinds[r].kind not in (MIXED, OTHER)],
-                    dtype=np.int64)
+    return rows[view.uniform_mask()[rows]]
 
 
 def _is_constant_column(view: TableView, values: np.ndarray, group: np.ndarray) -> bool:
     finite = group[np.isfinite(values[group])]
-    return finite.size > 0 and distinct_models(view, finite) >= 4 and np.ptp(values[finite]) == 0
+    return finite.size > 0 and np.ptp(values[finite]) == 0 and distinct_models(view, finite) >= 4
 
 
 @rule("Q001-identical-across-precision", "error|warning", "Z1", "the same metric value for configs that differ in "
       "precision")
 def identical_across_precision(view: TableView, config: LintConfig) -> Iterator[Finding]:
-    """Exact ties between different bit widths: error at >= tie_digits significant digits, warning at <= 8 bits."""
+    """Exact ties between bit widths that chance cannot explain.
+
+    Chance ties expected among m rows printed with d significant digits: C(m, 2) x 10^-d. Error when d >= tie_digits
+    and that is <= 0.01; warning when a format of <= 8 bits ties and it is <= 0.1.
+    """
     for name in view.columns(*QUALITY_ROLES):
         column = view.table.columns[name]
         values = column.values
@@ -53,23 +56,26 @@ def identical_across_precision(view: TableView, config: LintConfig) -> Iterator[
                 if len(bits) < 2:
                     continue
                 digits = min(column.significant_digits(int(r)) for r in tied)
+                chance = rows.size * (rows.size - 1) / 2 * 10.0 ** -digits
                 bit_text = " vs ".join(f"{b:g}" for b in sorted(bits, reverse=True))
-                if digits >= config.tie_digits:
+                if digits >= config.tie_digits and chance <= 0.01:
                     severity = Severity.ERROR
-                    why = (f"a tie to {digits} significant digits does not happen by chance: the lower precision was "
-                           "probably never applied (check weights on the format's grid and the per-layer manifest)")
-                elif min(bits) <= 8:
+                    why = (f"a tie to {digits} significant digits does not happen by chance (expected chance ties "
+                           f"among these {rows.size} rows ~{chance:.1g}): the lower precision was probably never "
+                           "applied (check weights on the format's grid and the per-layer manifest)")
+                elif min(bits) <= 8 and chance <= 0.1:
                     severity = Severity.WARNING
-                    why = (f"only {digits} significant digit(s) are printed, so a chance tie is possible, but formats "
-                           "of 8 bits or fewer normally change results when their width changes: check that "
-                           "quantization was applied")
+                    why = (f"only {digits} significant digit(s) are printed, so a chance tie is possible (expected "
+                           f"chance ties ~{chance:.1g}), but formats of 8 bits or fewer normally change results when "
+                           "their width changes: check that quantization was applied")
                 else:
                     continue
                 yield view.finding(
                     "Q001-identical-across-precision", severity,
                     f"{name} is identical ({view.cell(name, tied[0])}) in {view.describe(tied)} although their "
                     f"precisions differ ({bit_text} bits): {why}",
-                    tied, [name], value=float(values[tied[0]]), significant_digits=digits, bits=bits)
+                    tied, [name], value=float(values[tied[0]]), significant_digits=digits, bits=bits,
+                    expected_chance_ties=chance, candidate_rows=int(rows.size))
 
 
 @rule("Q011-ppl-improves-with-fewer-bits", "warning|info", "Z2", "perplexity lower at fewer bits than at the "

@@ -124,25 +124,22 @@ def underpowered(view: TableView, config: LintConfig) -> Iterator[Finding]:
 def _compare_to_baseline(view: TableView, config: LintConfig):
     """Yield (column, row, reference, diff, low, high, n_row, n_ref) for compressed rows above their baseline."""
     n = row_sizes(view)
+    reference = view.reference_rows()
+    candidates = view.data_rows[view.compressed_mask()[view.data_rows] & (reference[view.data_rows] >= 0)]
     for name in view.columns(*PROPORTION_ROLES):
         p = fraction(view, name)
-        pairs = []
-        for group in view.groups:
-            for r in group:
-                if view.kinds[r].compressed and math.isfinite(p[r]):
-                    ref = view.reference_for(int(r), group)
-                    if ref is not None and math.isfinite(p[ref]) and p[r] > p[ref]:
-                        pairs.append((int(r), ref))
-        if not pairs:
+        refs = reference[candidates]
+        keep = np.isfinite(p[candidates]) & np.isfinite(p[refs]) & (p[candidates] > p[refs])
+        rows, refs = candidates[keep], refs[keep]
+        if rows.size == 0:
             continue
-        rows = np.array([a for a, _ in pairs])
-        refs = np.array([b for _, b in pairs])
         known = np.isfinite(n[rows]) & np.isfinite(n[refs]) & (n[rows] > 0) & (n[refs] > 0)
         nr, nf = np.where(known, n[rows], 1.0), np.where(known, n[refs], 1.0)
-        kr = _successes(view, name, p, n)[rows]
-        kf = _successes(view, name, p, n)[refs]
-        _, low, high = newcombe_difference(np.where(known, kr, 0), nr, np.where(known, kf, 0), nf, config.level)
-        for i, (r, ref) in enumerate(pairs):
+        counts = _successes(view, name, p, n)
+        _, low, high = newcombe_difference(np.where(known, counts[rows], 0), nr, np.where(known, counts[refs], 0), nf,
+                                           config.level)
+        for i in range(rows.size):
+            r, ref = int(rows[i]), int(refs[i])
             d = float(p[r] - p[ref])
             if known[i]:
                 yield name, r, ref, d, float(low[i]), float(high[i]), n[r], n[ref]

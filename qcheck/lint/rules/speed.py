@@ -43,9 +43,8 @@ def speed_flat_across_precision(view: TableView, config: LintConfig) -> Iterator
     for name in view.columns(*TIME_ROLES):
         values = view.table.columns[name].values
         for group in view.groups:
-            rows = np.array([r for r in group if view.kinds[r].kind not in (MIXED, OTHER)
-                             and not math.isnan(view.kinds[r].bits) and values[r] > 0 and math.isfinite(values[r])],
-                            dtype=np.int64)
+            rows = group[view.uniform_mask()[group]]
+            rows = rows[np.isfinite(values[rows]) & (values[rows] > 0)]
             if rows.size < 2:
                 continue
             bits = sorted({view.kinds[r].bits for r in rows}, reverse=True)
@@ -117,22 +116,18 @@ def implausible_speed(view: TableView, config: LintConfig) -> Iterator[Finding]:
       "(the uncompressed row, else the fp16/bf16 row)")
 def quantized_much_slower(view: TableView, config: LintConfig) -> Iterator[Finding]:
     """Slowdowns beyond any known low-bit kernel cost point at fallbacks or offloading."""
+    reference = view.reference_rows()
+    reference = np.where((reference < 0) & ~view.kind_mask(HALF), view.reference_rows((HALF,)), reference)
+    candidates = view.data_rows[view.compressed_mask()[view.data_rows] & (reference[view.data_rows] >= 0)]
     for name in view.columns(*TIME_ROLES):
         cost = _cost(view, name)
-        found, ratios = [], {}
-        for group in view.groups:
-            for r in group:
-                if not view.kinds[r].compressed or not math.isfinite(cost[r]):
-                    continue
-                ref = view.reference_for(int(r), group)
-                if ref is None and view.kinds[r].kind != HALF:
-                    ref = view.reference_for(int(r), group, (HALF,))
-                if ref is None or not math.isfinite(cost[ref]) or cost[ref] <= 0:
-                    continue
-                ratio = float(cost[r] / cost[ref])
-                if ratio >= config.slowdown_ratio:
-                    found.append(int(r))
-                    ratios[int(r)] = (ref, ratio)
+        refs = reference[candidates]
+        ok = np.isfinite(cost[candidates]) & np.isfinite(cost[refs]) & (cost[refs] > 0)
+        rows, refs = candidates[ok], refs[ok]
+        ratio = cost[rows] / cost[refs]
+        slow = ratio >= config.slowdown_ratio
+        found = [int(r) for r in rows[slow]]
+        ratios = {int(r): (int(f), float(x)) for r, f, x in zip(rows[slow], refs[slow], ratio[slow])}
         if not found:
             continue
         detail = "; ".join(f"{view.labels[r]} {view.cell(name, r)} vs {view.labels[ref]} {view.cell(name, ref)} "
@@ -153,33 +148,33 @@ def reduced_precision_slower(view: TableView, config: LintConfig) -> Iterator[Fi
     columns = view.columns(*TIME_ROLES, "energy")
     if not columns:
         return
+    costs = {name: _cost(view, name) for name in columns}
+    reference = view.reference_rows()
+    rows = view.data_rows[view.kind_mask(HALF, MIXED)[view.data_rows] & (reference[view.data_rows] >= 0)]
     found: dict[int, list[str]] = {}
-    for group in view.groups:
-        for r in group:
-            if view.kinds[r].kind not in (HALF, MIXED):
+    for name in columns:
+        cost, values = costs[name], view.table.columns[name].values
+        refs = reference[rows]
+        slower = np.isfinite(cost[rows]) & np.isfinite(cost[refs]) & (cost[refs] > 0) & \
+            (cost[rows] > cost[refs] * (1 + config.reduced_slower_tolerance))
+        for count, (r, ref) in enumerate(zip(rows[slower].tolist(), refs[slower].tolist())):
+            if count >= 1000:  # every row is listed; only the first thousand carry a written detail
+                found.setdefault(r, [])
                 continue
-            ref = view.reference_for(int(r), group)
-            if ref is None or view.kinds[ref].kind != REFERENCE:
-                continue
-            for name in columns:
-                cost = _cost(view, name)
-                if math.isfinite(cost[r]) and math.isfinite(cost[ref]) and cost[ref] > 0 \
-                        and cost[r] > cost[ref] * (1 + config.reduced_slower_tolerance):
-                    change = view.table.columns[name].values[r] / view.table.columns[name].values[ref] - 1
-                    found.setdefault(int(r), []).append(
-                        f"{name} {view.cell(name, r)} vs {view.cell(name, ref)} ({change:+.0%}) against "
-                        f"{view.labels[ref]}")
+            change = values[r] / values[ref] - 1
+            found.setdefault(r, []).append(f"{name} {view.cell(name, r)} vs {view.cell(name, ref)} ({change:+.0%}) "
+                                           f"against {view.labels[ref]}")
     if not found:
         return
-    detail = "; ".join(f"{view.labels[r]}: {', '.join(parts)}" for r, parts in found.items())
+    detail = "; ".join(f"{view.labels[r]}: {', '.join(parts)}" for r, parts in list(found.items())[:5])
     yield view.finding(
         "Q017-reduced-precision-slower", Severity.WARNING,
         f"{view.describe(found)} {are(found)} slower or use more energy than the fp32 reference ({detail}; tolerance "
         f"{config.reduced_slower_tolerance:.0%}). Half precision and autocast pay off only on tensor cores (compute "
         "capability >= 7.0) at compute-bound shapes; on older GPUs (P100 is 6.0) or launch-bound shapes autocast "
         "only adds casts. State the GPU and shape, or do not claim an ordering",
-        list(found), sorted({p.split(" ", 1)[0] for parts in found.values() for p in parts}),
-        details={str(r + 1): parts for r, parts in found.items()})
+        sorted(found), sorted({p.split(" ", 1)[0] for parts in found.values() for p in parts}),
+        details={str(r + 1): parts for r, parts in found.items() if parts})
 
 
 @rule("Q018-energy-against-physics", "error", "physics", "less time and less power but more energy than another row")
