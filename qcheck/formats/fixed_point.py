@@ -59,7 +59,10 @@ def fixed_point(x: torch.Tensor, width: int, frac_width: int, signed: bool = Tru
     still exact for widths <= 24), so CPU and CUDA give identical answers: torch.round is half-to-even on both.
     """
     grid = fixed_point_range(width, frac_width, signed)
-    work = torch.float64 if width > 24 else torch.float32
+    # float32 is exact only while 2^+-frac_width and k * 2^-frac_width stay finite normals: outside |frac| <= 100
+    # 2^frac overflows to inf / underflows (0 -> NaN, in-range values -> 0); float64 inputs would round twice.
+    fast = width <= 24 and abs(grid.frac_width) <= 100 and x.dtype != torch.float64
+    work = torch.float32 if fast else torch.float64
     scale = 2.0**grid.frac_width
     k = torch.round(x.to(work) * scale)
     k = torch.clamp(k, grid.k_min, grid.k_max)
