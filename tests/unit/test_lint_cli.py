@@ -99,3 +99,23 @@ def test_subprocess_exit_codes(tmp_path: Path) -> None:
     layout.write_text('{"a": 1}')
     unknown = _run(str(layout))
     assert unknown.returncode == 2 and "unknown JSON layout: top-level keys a" in unknown.stderr
+
+
+def test_documented_settings_parse() -> None:
+    import re
+    import tomllib
+
+    from qcheck.lint.config import config_from_mapping
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "lint.md").read_text()
+    block = re.search(r"```toml\n(\[tool\.qcheck\.lint\].*?)```", docs, re.S).group(1)
+    config = config_from_mapping(tomllib.loads(block)["tool"]["qcheck"]["lint"])
+    assert config.num_classes == 4 and config.params == 7e9 and config.enabled("Q001") and not config.enabled("Q008")
+
+
+def test_documented_example_output_is_current(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(RESULTS)
+    assert main(["lint", "seed000_quantization.csv"]) == 1
+    out = capsys.readouterr().out
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "lint.md").read_text()
+    assert out.strip() in docs

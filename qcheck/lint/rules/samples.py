@@ -177,7 +177,7 @@ def difference_within_noise(view: TableView, config: LintConfig) -> Iterator[Fin
                           "n": e[5], "n_baseline": e[6]} for e in entries[:1000]])
 
 
-@rule("Q010-compressed-beats-baseline", "warning", "003", "a compressed variant beating its uncompressed baseline "
+@rule("Q010-compressed-beats-baseline", "warning", "seed 003", "a compressed variant beating its uncompressed baseline "
       "beyond noise")
 def compressed_beats_baseline(view: TableView, config: LintConfig) -> Iterator[Finding]:
     """QAT, pruned or quantized rows significantly above their own uncompressed baseline."""
