@@ -34,7 +34,8 @@ def write_table(path: Path, rows: int = ROWS, seed: int = 0) -> Path:
             power = float(rng.uniform(100, 400))
             writer.writerow([f"model-{(i // 50) % 20}", task, config, bits, i // 1000,
                              f"{rng.uniform(0.55, 0.9):.6f}", 1000, classes[task], f"{rng.uniform(8, 40):.6f}",
-                             f"{latency:.4f}", f"{rng.uniform(1e3, 5e4):.2f}", f"{latency * power * rng.uniform(0.9, 1.1):.3f}",
+                             f"{latency:.4f}", f"{rng.uniform(1e3, 5e4):.2f}",
+                             f"{latency * power * rng.uniform(0.9, 1.1):.3f}",
                              f"{power:.2f}"])
     return path
 

@@ -11,5 +11,15 @@ from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.rules import RULES
 from qcheck.lint.tables import load_tables, table_from_csv_text, table_from_records
 
-__all__ = ["Finding", "LintConfig", "RULES", "Severity", "filter_baseline", "lint_paths", "lint_tables",
-           "load_tables", "table_from_csv_text", "table_from_records"]
+__all__ = [
+           "RULES",
+           "Finding",
+           "LintConfig",
+           "Severity",
+           "filter_baseline",
+           "lint_paths",
+           "lint_tables",
+           "load_tables",
+           "table_from_csv_text",
+           "table_from_records",
+]

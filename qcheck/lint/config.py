@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
+
+import tomllib
 
 from qcheck.errors import ConfigError
 from qcheck.lint.roles import KNOWN_ROLES

@@ -1,7 +1,7 @@
 """Run every enabled rule over every table; a crashing rule becomes a finding, never a crashed run."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def _run(spec, target, config: LintConfig, where: TableView) -> list[Finding]:
     try:
         with np.errstate(all="ignore"):  # NaN and inf are data here; rules treat them explicitly
             return list(spec.func(target, config))
-    except Exception as exc:  # a rule bug must not hide the other rules' findings
+    except Exception as exc:  # noqa: BLE001 - a rule bug must not hide the other rules' findings
         return [where.finding(CRASH_RULE, Severity.ERROR, f"rule {spec.id} crashed on this table: "
                               f"{type(exc).__name__}: {exc}", crashed_rule=spec.id)]
 

@@ -59,7 +59,7 @@ def classify(text: str, bits: float = math.nan, sparsity: float = math.nan) -> R
     width = bits if not math.isnan(bits) else named_bits
     if _MIXED.search(lowered):
         return RowKind(MIXED, math.nan if math.isnan(bits) else bits)
-    if not math.isnan(sparsity) and sparsity > 0 or _PRUNE.search(lowered) and not sparsity == 0:
+    if not math.isnan(sparsity) and sparsity > 0 or _PRUNE.search(lowered) and sparsity != 0:
         return RowKind(PRUNED, width)
     if _QUANT.search(lowered):
         return RowKind(QUANTIZED, width)

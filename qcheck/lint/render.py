@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from qcheck.lint.findings import Finding, Severity
 from qcheck.results import to_jsonable
@@ -53,8 +53,9 @@ def _cell(text: str) -> str:
 def render_markdown(findings: Sequence[Finding], files: Sequence[str]) -> str:
     """A Markdown table of findings, ready for a PR comment."""
     counts = summary(findings)
-    lines = [f"**qcheck lint**: {len(files)} file(s), {len(findings)} finding(s): {counts['error']} error(s), "
-             f"{counts['warning']} warning(s), {counts['info']} info", ""]
+    headline = (f"**qcheck lint**: {len(files)} file(s), {len(findings)} finding(s): {counts['error']} error(s), "
+                f"{counts['warning']} warning(s), {counts['info']} info")
+    lines = [headline, ""]
     if findings:
         lines += ["| severity | rule | where | rows | message |", "| --- | --- | --- | --- | --- |"]
         for f in findings:

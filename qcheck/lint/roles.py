@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 IDENTITY_ROLES = ("config", "model", "task", "bits", "sparsity", "trial", "seed", "sample_id", "state")
 META_ROLES = ("n", "correct", "num_classes", "params", "context_length", "tokens_per_sample", "batch", "interval")
@@ -57,8 +57,8 @@ def infer_role(name: str, kind: str = "numeric") -> str:
     """
     norm = normalize(name)
     tokens = set(norm.split("_"))
-    for role in ("sample_id", "trial", "seed", "value", "state", "n", "correct", "num_classes", "params", "context_length",
-                 "tokens_per_sample", "batch", "task", "model", "config", "total_time"):
+    for role in ("sample_id", "trial", "seed", "value", "state", "n", "correct", "num_classes", "params",
+                 "context_length", "tokens_per_sample", "batch", "task", "model", "config", "total_time"):
         if norm in _EXACT[role]:
             return role
     if _INTERVAL_SUFFIX.search(norm) and norm not in ("ppl", "perplexity"):

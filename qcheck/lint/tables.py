@@ -7,9 +7,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -225,7 +226,8 @@ def tables_from_json(data: Any, source: str) -> list[Table]:
             if isinstance(data.get(key), list):
                 return [table_from_records(data[key], source, name=None)]
         raise DataError(f"{source}: unknown JSON layout: top-level keys {', '.join(map(str, data))}; expected a list "
-                        "of records, a dict of configs ({name: {metric: value}}) or a dict of tables ({name: [records]})")
+                        "of records, a dict of configs ({name: {metric: value}}) or a dict of tables "
+                        "({name: [records]})")
     raise DataError(f"{source}: unknown JSON layout: expected a list of records or an object, got "
                     f"{type(data).__name__ if data != {} else 'an empty object'}")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -175,7 +175,7 @@ class _Labels(Sequence[str]):
 def _classify_cached(cache: dict) -> Callable[[str, float, float], RowKind]:
     """`classify` memoised on (label, bits, sparsity) with NaN normalised (NaN keys never compare equal)."""
     def lookup(text: str, bits: float, sparsity: float) -> RowKind:
-        key = (text, None if bits != bits else bits, None if sparsity != sparsity else sparsity)
+        key = (text, None if math.isnan(bits) else bits, None if math.isnan(sparsity) else sparsity)
         kind = cache.get(key)
         if kind is None:
             kind = cache[key] = classify(text, bits, sparsity)

@@ -70,7 +70,8 @@ def test_column_option_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "--column expects ROLE=COLUMN" in capsys.readouterr().err
 
 
-def test_pyproject_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pyproject_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
     table = tmp_path / "odd.csv"
     table.write_text("setting,score,n_eval\nfp32,0.25,20\n")
     (tmp_path / "pyproject.toml").write_text(
@@ -85,7 +86,7 @@ def test_pyproject_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "qcheck.cli", "lint", *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 def test_subprocess_exit_codes(tmp_path: Path) -> None:
@@ -103,17 +104,19 @@ def test_subprocess_exit_codes(tmp_path: Path) -> None:
 
 def test_documented_settings_parse() -> None:
     import re
+
     import tomllib
 
     from qcheck.lint.config import config_from_mapping
 
     docs = (Path(__file__).resolve().parents[2] / "docs" / "lint.md").read_text()
-    block = re.search(r"```toml\n(\[tool\.qcheck\.lint\].*?)```", docs, re.S).group(1)
+    block = re.search(r"```toml\n(\[tool\.qcheck\.lint\].*?)```", docs, re.DOTALL).group(1)
     config = config_from_mapping(tomllib.loads(block)["tool"]["qcheck"]["lint"])
     assert config.num_classes == 4 and config.params == 7e9 and config.enabled("Q001") and not config.enabled("Q008")
 
 
-def test_documented_example_output_is_current(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_documented_example_output_is_current(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(RESULTS)
     assert main(["lint", "seed000_quantization.csv"]) == 1
     out = capsys.readouterr().out

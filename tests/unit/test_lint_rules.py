@@ -23,14 +23,14 @@ def only(rule: str, records: list[dict[str, Any]], **config: Any) -> list[Findin
 
 
 def test_q001_tie_severity_depends_on_digits_and_bits() -> None:
-    exact = only("Q001-identical-across-precision", [{"config": "fp32", "ppl": 12.345678}, {"config": "fp16", "ppl": 12.345678}])
+    rule = "Q001-identical-across-precision"
+    exact = only(rule, [{"config": "fp32", "ppl": 12.345678}, {"config": "fp16", "ppl": 12.345678}])
     assert [(f.severity, f.rows) for f in exact] == [(Severity.ERROR, (1, 2))]
-    low_bits = only("Q001-identical-across-precision", [{"config": "int4", "acc": 0.61}, {"config": "int2", "acc": 0.61}])
+    low_bits = only(rule, [{"config": "int4", "acc": 0.61}, {"config": "int2", "acc": 0.61}])
     assert [f.severity for f in low_bits] == [Severity.WARNING]
-    coarse_high = only("Q001-identical-across-precision", [{"config": "fp32", "ppl": 217}, {"config": "fp16", "ppl": 217}])
+    coarse_high = only(rule, [{"config": "fp32", "ppl": 217}, {"config": "fp16", "ppl": 217}])
     assert coarse_high == []
-    same_bits = only("Q001-identical-across-precision", [{"config": "PTQ", "bits": 4, "acc": 0.61234},
-                                                         {"config": "QAT", "bits": 4, "acc": 0.61234}])
+    same_bits = only(rule, [{"config": "PTQ", "bits": 4, "acc": 0.61234}, {"config": "QAT", "bits": 4, "acc": 0.61234}])
     assert same_bits == []
 
 

@@ -1,8 +1,8 @@
-"""Rules on quality metrics across precisions: ties, perplexity order, mixed-config bounds, plausibility (Z1, Z2, Z6)."""
+"""Rules on quality metrics across precisions: ties, perplexity order, mixed bounds, plausibility (Z1, Z2, Z6)."""
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

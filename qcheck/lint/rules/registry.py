@@ -1,8 +1,8 @@
 """The rule registry: each rule is a small function with a stable id, registered by a decorator."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from qcheck.lint.findings import Finding
 

@@ -1,8 +1,8 @@
-"""Rules that need sample counts: robust vs clean, chance level, underpowered samples, differences vs noise (Z3, Z11)."""
+"""Rules that need sample counts: robust vs clean, chance, underpowered samples, differences vs noise (Z3, Z11)."""
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

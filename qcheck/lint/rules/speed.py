@@ -1,14 +1,13 @@
 """Rules on speed and energy: flat timings, impossible speed, slow quantized variants, physics (Z4, Z5, Z9, Z12)."""
 from __future__ import annotations
 
-import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
-from qcheck.lint.precision import HALF, MIXED, OTHER, REFERENCE
+from qcheck.lint.precision import HALF, MIXED
 from qcheck.lint.references import params_from_name
 from qcheck.lint.roles import TIME_ROLES, normalize
 from qcheck.lint.rules.common import are, fmt, row_sizes
