@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,8 +86,10 @@ def test_pyproject_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    root = str(RESULTS.parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "qcheck.cli", "lint", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, cwd=root, env=env)
 
 
 def test_subprocess_exit_codes(tmp_path: Path) -> None:
