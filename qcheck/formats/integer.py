@@ -67,7 +67,7 @@ def integer_params(
     qmax = 2**bits - 1
     lo = torch.clamp(g.amin(dim=1, keepdim=True), max=0.0)
     hi = torch.clamp(g.amax(dim=1, keepdim=True), min=0.0)
-    scale = (hi - lo) / qmax
+    scale = hi / qmax - lo / qmax  # (hi - lo) overflows to inf for |values| near the float32 max: NaN everywhere
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
     return IntegerParams(scale, zero, 0, qmax)
