@@ -59,6 +59,9 @@ EXPECTED: dict[str, set[tuple[str, tuple[int, ...], tuple[str, ...]]]] = {
     },
 }
 EXPECTED = {k: {(r, tuple(rows), cols) for r, rows, cols in v} for k, v in EXPECTED.items()}
+# the three tables of seed 000 again, as one JSON file holding a dict of tables
+EXPECTED["seed000_tables.json"] = (EXPECTED["seed000_quantization.csv"] | EXPECTED["seed000_robustness.csv"]
+                                   | EXPECTED["seed000_throughput.csv"])
 
 SEVERITIES = {
     "Q001-identical-across-precision": {"seed000_quantization.csv": "error", "seed004_accuracy.csv": "warning"},
@@ -85,6 +88,15 @@ def test_every_seed_table_is_covered() -> None:
 @pytest.mark.parametrize("name", CORRECTED)
 def test_corrected_tables_are_clean(name: str) -> None:
     assert lint_paths([str(RESULTS / name)]) == []
+
+
+def test_json_bundle_names_its_tables() -> None:
+    findings = lint_paths([str(RESULTS / "seed000_tables.json")])
+    assert {(f.table, f.rule) for f in findings} == {
+        ("quantization", "Q001-identical-across-precision"), ("quantization", "Q011-ppl-improves-with-fewer-bits"),
+        ("quantization", "Q012-mixed-outside-uniform-bounds"), ("robustness", "Q006-robust-above-clean"),
+        ("throughput", "Q014-speed-flat-across-precision")}
+    assert findings[0].location.endswith("seed000_tables.json:quantization")
 
 
 def test_severities_follow_the_evidence() -> None:
