@@ -30,11 +30,6 @@ class RowKind:
     kind: str
     bits: float
 
-    @property
-    def compressed(self) -> bool:
-        """True for half precision, mixed, quantized and pruned rows."""
-        return self.kind in COMPRESSED_KINDS
-
 
 @lru_cache(maxsize=65536)
 def bits_from_text(text: str) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 from qcheck.errors import DataError, QCheckError
 
 MISSING_TOKENS = frozenset({"", "nan", "none", "null", "n/a", "na", "-", "--", "?"})
-_NUMBER_WITH_UNIT = re.compile(
+NUMBER_WITH_UNIT = re.compile(
     r"^\s*~?\s*([-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d*\.?\d+)(?:[eE][-+]?\d+)?)\s*([%a-zA-Z/µ]*)\s*$")
 
 
@@ -61,7 +61,7 @@ class Table:
 
 def significant_digits(text: str) -> int:
     """Count the significant digits of a number as written; 0 for zero or non-numbers."""
-    match = _NUMBER_WITH_UNIT.match(text)
+    match = NUMBER_WITH_UNIT.match(text)
     if not match:
         return 0
     try:
@@ -90,7 +90,7 @@ def parse_cell(cell: Any) -> tuple[float, bool, bool]:
         return value, math.isnan(value), False
     except ValueError:
         pass
-    match = _NUMBER_WITH_UNIT.match(text)
+    match = NUMBER_WITH_UNIT.match(text)
     if match:
         return float(match.group(1).replace(",", "")), False, False
     return math.nan, False, True

@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 
 import numpy as np
 
-from qcheck.lint.tables import _NUMBER_WITH_UNIT
+from qcheck.lint.tables import NUMBER_WITH_UNIT
 from qcheck.lint.view import TableView
 
 
@@ -21,7 +21,7 @@ def fmt(value: float, digits: int = 4) -> str:
 
 def resolution(raw: str) -> float:
     """Half a unit of the last printed digit of a cell ('0.52' -> 0.005); 0 when it cannot be read."""
-    match = _NUMBER_WITH_UNIT.match(raw)
+    match = NUMBER_WITH_UNIT.match(raw)
     if not match:
         return 0.0
     try:
@@ -38,12 +38,6 @@ def interval_columns(view: TableView, column: str) -> tuple[str, str] | None:
         if column + low in names and column + high in names:
             return column + low, column + high
     return None
-
-
-def finite_rows(view: TableView, column: str, rows: np.ndarray) -> np.ndarray:
-    """The subset of `rows` whose cell in `column` is a finite number."""
-    values = view.table.columns[column].values
-    return rows[np.isfinite(values[rows])]
 
 
 def row_sizes(view: TableView) -> np.ndarray:
