@@ -59,7 +59,7 @@ class Plan:
     source: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if self.dtype not in MODEL_DTYPES:
+        if not isinstance(self.dtype, str) or self.dtype not in MODEL_DTYPES:  # a list would raise TypeError
             raise ConfigError(f"dtype must be one of {list(MODEL_DTYPES)}, got {self.dtype!r}", field="dtype")
         for key in ("include_lm_head", "include_embeddings"):
             if not isinstance(getattr(self, key), bool):

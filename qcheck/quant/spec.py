@@ -245,7 +245,7 @@ def spec_from_dict(table: Mapping[str, Any], where: str = "plan", allow_extra: t
     if fmt is None:
         raise ConfigError(f"{where}: missing key 'format' (one of {', '.join(FORMATS + tuple(_MINIFLOAT_PRESETS))})",
                           field="format")
-    if fmt in _MINIFLOAT_PRESETS:
+    if isinstance(fmt, str) and fmt in _MINIFLOAT_PRESETS:  # an unhashable fmt (list) raised TypeError
         e, m, b, special = _MINIFLOAT_PRESETS[fmt]
         if data:
             raise ConfigError(f"{where}: format {fmt!r} takes no other keys, got {sorted(data)}", field=sorted(data)[0])
