@@ -198,3 +198,11 @@ def test_explicit_column_role() -> None:
         lint([{"score": 0.4}])
     found = hits(rows, columns={"robust_acc": "score", "clean_acc": "score_clean"})
     assert found == {("Q006-robust-above-clean", (1,), ("score_clean", "score"))}
+
+
+def test_extreme_values_do_not_crash() -> None:
+    rows = [{"config": "fp32", "acc": 1e308, "n": 1e308, "num_classes": float("inf"), "correct": float("inf"),
+             "tokens_per_sample": float("inf"), "params": 1e308, "sec_per_sample": 1e-300},
+            {"config": "int4", "acc": -1e308, "n": 3, "num_classes": 2, "correct": 7, "sec_per_sample": 0.0}]
+    findings = lint(rows)
+    assert not [f for f in findings if f.rule == "Q000-rule-crashed"]

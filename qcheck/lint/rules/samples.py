@@ -58,12 +58,13 @@ def at_chance(view: TableView, config: LintConfig) -> Iterator[Finding]:
     n = row_sizes(view)
     for name in view.columns("accuracy", "clean_acc"):
         p = fraction(view, name)
-        rows = view.data_rows[np.isfinite(p[view.data_rows]) & (classes[view.data_rows] >= 2)]
+        rows = view.data_rows[np.isfinite(p[view.data_rows]) & np.isfinite(classes[view.data_rows])
+                               & (classes[view.data_rows] >= 2)]
         if rows.size == 0:
             continue
         chance = 1.0 / classes[rows]
-        known = np.isfinite(n[rows]) & (n[rows] > 0)
         k = _successes(view, name, p, n)[rows]
+        known = np.isfinite(n[rows]) & (n[rows] > 0) & np.isfinite(k)
         p_greater = np.where(known, binomial_greater(np.where(known, k, 0), np.where(known, n[rows], 1), chance), 1.0)
         p_less = np.where(known, binomial_less(np.where(known, k, 0), np.where(known, n[rows], 1), chance), math.nan)
         flagged = np.where(known, p_greater >= config.alpha, p[rows] <= chance + config.chance_margin)
@@ -105,8 +106,8 @@ def underpowered(view: TableView, config: LintConfig) -> Iterator[Finding]:
         entry: dict[str, object] = {"n": float(n[r])}
         if accuracy_columns and n[r] > 0:
             p = fraction(view, accuracy_columns[0])[r]
-            if math.isfinite(p):
-                k = _successes(view, accuracy_columns[0], np.array([p]), np.array([n[r]]))[0]
+            k = _successes(view, accuracy_columns[0], np.array([p]), np.array([n[r]]))[0]
+            if math.isfinite(p) and math.isfinite(k):
                 low, high = wilson_bounds(np.array([k]), np.array([n[r]]), config.level)
                 entry.update(successes=int(k), wilson_low=float(low[0]), wilson_high=float(high[0]))
                 if len(parts) < 4:

@@ -87,7 +87,9 @@ def implausible_speed(view: TableView, config: LintConfig) -> Iterator[Finding]:
         [params_from_name(model_col.raw[r] if model_col is not None else view.identity[r]) for r in range(n)])
     if config.params is not None:
         params = np.where(np.isfinite(params), params, config.params)
-    tokens = tokens_col if tokens_col is not None else np.full(n, float(config.tokens_per_sample))
+    tokens = np.full(n, float(config.tokens_per_sample))
+    if tokens_col is not None:
+        tokens = np.where(np.isfinite(tokens_col) & (tokens_col >= 1) & (tokens_col < 1e12), tokens_col, tokens)
     floor = 2.0 * params * tokens / config.peak_flops
     for name in view.columns(*TIME_ROLES):
         seconds = _per_sample_seconds(view, name)
