@@ -41,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qcheck-variants", default=None,
                     help="comma-separated built-in variants to include (default: all); 'none' for only --qcheck-plan")
     group.addoption("--qcheck-device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default auto)")
-    group.addoption("--qcheck-report", default=None, metavar="DIR", help="write qcheck-report.json/.md into DIR")
+    group.addoption("--qcheck-report", default=None, metavar="DIR", help="write qcheck-report.json/.md/.html to DIR")
     group.addoption("--qcheck-samples", type=int, default=50, help="questions/prompts per task slice (default 50)")
     group.addoption("--qcheck-tokens", type=int, default=4096, help="evaluation tokens for perplexity (default 4096)")
     group.addoption("--qcheck-context", type=int, default=1024, help="perplexity context length (default 1024)")
@@ -199,7 +199,7 @@ def qcheck_eval_text(qcheck_options: RunOptions, qcheck_report: Any) -> EvalText
 
     try:
         path = Path(qcheck_options.text) if qcheck_options.text else find_data_file("wikitext-2-raw/wiki.test.raw")
-        text = read_text(path, max_chars=qcheck_options.tokens * 8)
+        text = read_text(path, max_chars=qcheck_options.tokens * 12)
     except DataError as exc:
         pytest.skip(f"no evaluation text: {exc}")
     data = EvalText(text, str(path), sha256_of(path), qcheck_options.tokens)
@@ -233,7 +233,7 @@ def qcheck_perplexity(qcheck_reference: Any, qcheck_variants: Any, qcheck_eval_t
                                 context=qcheck_options.context, max_tokens=qcheck_options.tokens,
                                 batch_size=1 if next(model.parameters()).device.type == "cpu" else 8)
             cache[name] = result
-            qcheck_report.add_metric(name, "perplexity", result.to_dict())
+            qcheck_report.add_metric(name, "perplexity", result.to_dict(with_windows=True))
         return cache[name]
 
     return get
@@ -288,6 +288,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     return rep
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Any:
+    result = yield
+    if _REPORT_KEY in item.config.stash:
+        item.config.stash[_REPORT_KEY].note_finished(item.nodeid)
+    return result
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     out = config.getoption("--qcheck-report", None)
@@ -297,6 +305,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     report = config.stash[_REPORT_KEY]
     report.complete = exitstatus not in (2, 3) and not session.shouldstop
+    reason = {2: "interrupted (Ctrl-C, pytest.exit or collection errors)", 3: "pytest internal error"}.get(
+        int(exitstatus)) or (str(session.shouldstop) if session.shouldstop else None)
+    report.mark_unfinished([item.nodeid for item in session.items], reason, int(exitstatus))
     report.meta = {**run_metadata(), **report.meta, "pytest_exit_status": int(exitstatus)}
     paths = write_reports(report, out)
     config.stash[_PATHS] = paths
