@@ -33,6 +33,9 @@ class PerplexityResult:
     n_bytes: int | None = None
     n_words: int | None = None
     seconds: float | None = None
+    token_nll: Any = None
+    """Per-token NLL (numpy float64) in text order, at the positions `scored_positions(n_ids, context, stride)`."""
+    n_ids: int | None = None
 
     @property
     def mean_nll(self) -> float:
@@ -59,7 +62,13 @@ class PerplexityResult:
 
 
 def windows(n_ids: int, context: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, n_scored) for each window; the scored tokens are the last n_scored of [begin, end)."""
+    """(begin, end, n_scored) for each window; the scored tokens are the last n_scored of [begin, end).
+
+    A window scores the tokens no earlier window scored, except its own first token, which has no context in
+    it: with stride < context every token after the first is scored exactly once; with non-overlapping
+    windows (stride == context) each window's first token goes unscored. Windows with nothing to score are
+    dropped.
+    """
     if context < 2:
         raise DataError(f"context must be >= 2 tokens, got {context}")
     if not 1 <= stride <= context:
@@ -69,15 +78,51 @@ def windows(n_ids: int, context: int, stride: int) -> list[tuple[int, int, int]]
     begin = 0
     while prev_end < n_ids:
         end = min(begin + context, n_ids)
-        out.append((begin, end, end - prev_end))
-        prev_end = end
+        n = end - max(prev_end, begin + 1)
+        if n > 0:
+            out.append((begin, end, n))
+        prev_end = max(prev_end, end)
         begin += stride
     return out
+
+
+def scored_positions(n_ids: int, context: int, stride: int) -> Any:
+    """Absolute positions (numpy int64, text order) of the tokens that windows(n_ids, context, stride) scores."""
+    import numpy as np
+
+    parts = [np.arange(e - n, e) for _, e, n in windows(n_ids, context, stride)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def model_context(model: nn.Module, default: int = 1024) -> int:
     """The model's maximum context (max_position_embeddings), or `default` when it does not say."""
     return int(getattr(getattr(model, "config", None), "max_position_embeddings", default) or default)
+
+
+LOSS_CHUNK = 8192
+"""Scored positions whose float32 log-softmax is computed at once (bounds memory for large batches)."""
+
+
+def _scored_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL (float64) of `targets` under `logits` ([M, vocab]), in float32 chunks of LOSS_CHUNK rows."""
+    parts = [torch.nn.functional.cross_entropy(logits[i: i + LOSS_CHUNK].float(), targets[i: i + LOSS_CHUNK],
+                                               reduction="none").double()
+             for i in range(0, logits.shape[0], LOSS_CHUNK)]
+    return torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float64)
+
+
+def _forward_logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last `keep` positions (all `width` of them when the model ignores logits_to_keep)."""
+    width = inp.shape[1]
+    if keep < width:
+        try:
+            logits = model(input_ids=inp, attention_mask=attn, logits_to_keep=keep).logits
+        except TypeError:
+            logits = model(input_ids=inp, attention_mask=attn).logits
+        if logits.shape[1] in (keep, width):
+            return logits[:, -keep:]
+        raise DataError(f"model returned logits for {logits.shape[1]} positions, expected {keep} or {width}")
+    return model(input_ids=inp, attention_mask=attn).logits
 
 
 @torch.no_grad()
@@ -90,17 +135,25 @@ def perplexity_of_ids(
     batch_size: int = 4,
     pad_id: int = 0,
 ) -> PerplexityResult:
-    """Strided perplexity of one token sequence under `model` (NLL accumulated in float64)."""
+    """Strided perplexity of one token sequence under `model` (NLL accumulated in float64).
+
+    Batched with right padding; only the scored positions go through the log-softmax (and, where the model
+    supports `logits_to_keep`, through the output head), so padding and context tokens cost no head FLOPs.
+    Per-token NLLs (text order, at `scored_positions(...)`) are kept in `token_nll`.
+    """
     import time
 
     ids_t = torch.as_tensor(ids, dtype=torch.long).flatten()
     if ids_t.numel() < 2:
         raise DataError(f"perplexity needs at least 2 tokens, got {ids_t.numel()}")
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
     stride = context if stride is None else stride
     spans = windows(ids_t.numel(), context, stride)
     device = next(model.parameters()).device
-    window_nll: list[float] = []
-    window_tokens: list[int] = []
+    token_parts: list[torch.Tensor] = []
+    window_parts: list[torch.Tensor] = []
+    count_parts: list[torch.Tensor] = []
     start = time.perf_counter()
     for i in range(0, len(spans), batch_size):
         batch = spans[i: i + batch_size]
@@ -112,22 +165,29 @@ def perplexity_of_ids(
             inp[row, : e - b] = ids_t[b:e]
             attn[row, : e - b] = 1
             score[row, e - b - n: e - b] = True
+        # logits at position t predict token t+1: the first predicting position is one before the first scored
+        keep = width - min(e - b - n for b, e, n in batch) + 1
         inp, attn, score = inp.to(device), attn.to(device), score.to(device)
-        logits = model(input_ids=inp, attention_mask=attn).logits
-        # logits at position t predict token t+1: score targets at positions 1.. where marked
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        target = inp[:, 1:]
-        nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        mask = score[:, 1:]
-        for row in range(len(batch)):
-            window_nll.append(float(nll[row][mask[row]].double().sum().item()))
-            window_tokens.append(int(mask[row].sum().item()))
+        logits = _forward_logits(model, inp, attn, min(keep, width))
+        first = width - logits.shape[1]  # the position of logits[:, 0]
+        predictors = logits[:, :-1]
+        mask = score[:, 1:][:, first:]
+        targets = inp[:, 1:][:, first:]
+        nll = _scored_nll(predictors[mask], targets[mask])
+        rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(mask)[mask]
+        token_parts.append(nll)
+        window_parts.append(torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, nll))
+        count_parts.append(mask.sum(dim=1))
+    token_nll = torch.cat(token_parts).cpu().numpy()
+    window_nll = torch.cat(window_parts).cpu().tolist()
+    window_tokens = [int(c) for c in torch.cat(count_parts).cpu().tolist()]
     nll_sum = float(sum(window_nll))
     n_tokens = int(sum(window_tokens))
     if not math.isfinite(nll_sum):
         raise DataError(f"perplexity is not finite (total NLL {nll_sum}): the model produced NaN/inf logits")
     return PerplexityResult(math.exp(nll_sum / n_tokens), nll_sum, n_tokens, context, stride, len(spans),
-                            window_nll, window_tokens, seconds=time.perf_counter() - start)
+                            window_nll, window_tokens, seconds=time.perf_counter() - start, token_nll=token_nll,
+                            n_ids=int(ids_t.numel()))
 
 
 def perplexity(

@@ -1,0 +1,206 @@
+"""Greedy generation with a fixed budget: few-shot prompts from files, the model's chat template when its
+tokenizer has one, batched with left padding. Every output records its prompt, how many new tokens were
+generated and why generation stopped, so "empty output" can be told from "cut at 0 tokens" (seed 002).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from qcheck.errors import ConfigError, DataError
+
+GSM8K_PROMPT = "gsm8k_3shot"
+"""The packaged GSM8K 3-shot prompt (qcheck/prompts/gsm8k_3shot.json)."""
+
+
+@dataclass(frozen=True)
+class FewShotPrompt:
+    """A system line, an instruction prefix and worked (question, answer) shots, rendered per question."""
+
+    name: str
+    shots: tuple[tuple[str, str], ...]
+    system: str = ""
+    instruction: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for i, shot in enumerate(self.shots):
+            if len(shot) != 2 or not all(isinstance(s, str) and s.strip() for s in shot):
+                raise ConfigError(f"prompt {self.name!r}: shot {i} must be a non-empty (question, answer) pair",
+                                  field="shots")
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "FewShotPrompt":
+        """A packaged prompt by name (e.g. 'gsm8k_3shot') or a JSON file {name, system, instruction, shots}."""
+        path = Path(name_or_path)
+        if path.suffix == ".json" and path.is_file():
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        else:
+            res = resources.files("qcheck.prompts").joinpath(f"{name_or_path}.json")
+            if not res.is_file():
+                raise ConfigError(f"no prompt file {name_or_path!r}: give a .json path or a packaged prompt name "
+                                  f"({', '.join(packaged_prompts())})", field="prompt")
+            text, source = res.read_text(encoding="utf-8"), f"qcheck/prompts/{name_or_path}.json"
+        try:
+            data = json.loads(text)
+            shots = tuple((s["question"], s["answer"]) for s in data["shots"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"prompt file {source} is malformed: {exc}", field="prompt") from None
+        return cls(data.get("name", path.stem), shots, data.get("system", ""), data.get("instruction", ""), source)
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        """Chat messages: system (if any), then user/assistant turns per shot, then the question."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        for q, a in self.shots:
+            out += [{"role": "user", "content": self.instruction + q}, {"role": "assistant", "content": a}]
+        return out + [{"role": "user", "content": self.instruction + question}]
+
+    def plain(self, question: str) -> str:
+        """The prompt as plain text for tokenizers without a chat template."""
+        parts = [self.system] if self.system else []
+        parts += [f"Question: {self.instruction}{q}\nAnswer: {a}" for q, a in self.shots]
+        parts.append(f"Question: {self.instruction}{question}\nAnswer:")
+        return "\n\n".join(parts)
+
+    def render(self, tokenizer: Any, question: str, chat: bool | None = None) -> str:
+        """The prompt text for `question`: the tokenizer's chat template when it has one (chat=None), else plain."""
+        use_chat = has_chat_template(tokenizer) if chat is None else chat
+        if use_chat:
+            if not has_chat_template(tokenizer):
+                raise ConfigError("chat=True, but the tokenizer has no chat template", field="chat_template")
+            return tokenizer.apply_chat_template(self.messages(question), tokenize=False, add_generation_prompt=True)
+        return self.plain(question)
+
+
+def packaged_prompts() -> list[str]:
+    """Names of the prompt files shipped in qcheck/prompts."""
+    return sorted(p.name[:-5] for p in resources.files("qcheck.prompts").iterdir() if p.name.endswith(".json"))
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer carries a chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Greedy decoding with a fixed budget of new tokens; recorded with every run so runs can be compared."""
+
+    max_new_tokens: int = 64
+    batch_size: int = 4
+    chat_template: bool | None = None
+    prompt: str = GSM8K_PROMPT
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens} (a budget of 0 new tokens "
+                              "can only produce empty outputs)", field="max_new_tokens")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}", field="batch_size")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "decoding": "greedy"}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One output: the decoded new text, how many new tokens were generated, and why generation stopped."""
+
+    id: str
+    text: str
+    n_prompt_tokens: int
+    n_new_tokens: int
+    stop: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GenerationRun:
+    """The outputs of one model on a list of prompts, with the settings and timing."""
+
+    outputs: list[Generation]
+    settings: GenerationSettings
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def texts(self) -> list[str]:
+        return [g.text for g in self.outputs]
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(g.n_new_tokens for g in self.outputs)
+
+
+def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    ids: list[int] = []
+    for source in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        for i in (source if isinstance(source, (list, tuple)) else [source]):
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings | None = None,
+             *, ids: Sequence[str] | None = None) -> GenerationRun:
+    """Greedy continuations of `prompts` (already rendered text), batched with left padding."""
+    from transformers import GenerationConfig
+
+    settings = settings or GenerationSettings()
+    if not prompts:
+        raise DataError("generate needs at least one prompt")
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(prompts))]
+    if len(ids) != len(prompts):
+        raise DataError(f"{len(ids)} ids for {len(prompts)} prompts")
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    device = next(model.parameters()).device
+    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=pad, eos_token_id=eos or None)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: dict[int, Generation] = {}
+    start = time.perf_counter()
+    for b in range(0, len(order), settings.batch_size):
+        batch = order[b: b + settings.batch_size]
+        width = max(len(encoded[i]) for i in batch)
+        inp = torch.full((len(batch), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            n = len(encoded[i])
+            inp[row, width - n:] = torch.tensor(encoded[i], dtype=torch.long)
+            attn[row, width - n:] = 1
+        out = model.generate(input_ids=inp.to(device), attention_mask=attn.to(device), generation_config=config)
+        new = out[:, width:].cpu()
+        for row, i in enumerate(batch):
+            tokens = new[row].tolist()
+            cut = next((k for k, t in enumerate(tokens) if t in eos), None)
+            kept = tokens if cut is None else tokens[:cut]
+            text = tokenizer.decode(kept, skip_special_tokens=True)
+            results[i] = Generation(ids[i], text, len(encoded[i]), len(kept), "budget" if cut is None else "eos")
+    seconds = time.perf_counter() - start
+    return GenerationRun([results[i] for i in range(len(prompts))], settings, seconds)
+
+
+def generate_answers(model: nn.Module, tokenizer: Any, questions: Sequence[str],
+                     settings: GenerationSettings | None = None, *, ids: Sequence[str] | None = None,
+                     prompt: FewShotPrompt | None = None) -> GenerationRun:
+    """Render each question with the few-shot prompt (chat template when the model has one) and generate."""
+    settings = settings or GenerationSettings()
+    prompt = prompt or FewShotPrompt.load(settings.prompt)
+    texts = [prompt.render(tokenizer, q, chat=settings.chat_template) for q in questions]
+    run = generate(model, tokenizer, texts, settings, ids=ids)
+    run.extra.update({"prompt": prompt.name, "prompt_source": prompt.source,
+                      "chat_template": has_chat_template(tokenizer) if settings.chat_template is None
+                      else settings.chat_template})
+    return run

@@ -1,0 +1,154 @@
+"""Multiple-choice accuracy by log-likelihood (ARC-Easy format): each choice is scored as the summed log
+probability of its tokens after "Question: ...\\nAnswer:", the highest score is the prediction.
+
+Per-question records (scores, prediction, gold, correct) are kept so every summary can be recomputed and
+variants compared question by question (paired). Chance is taken from the task: the mean of 1/k.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from qcheck.errors import ConfigError, DataError
+from qcheck.metrics.tasks import MCQuestion
+from qcheck.stats import Interval, wilson_interval
+
+NORMALIZATIONS = ("sum", "per_char")
+"""'sum': total log-likelihood of the choice (lm-eval's acc); 'per_char': divided by its length in characters."""
+
+
+@dataclass(frozen=True)
+class MCRecord:
+    """One scored question: log-likelihood per choice, the prediction, the gold index, correctness."""
+
+    id: str
+    gold: int
+    pred: int
+    correct: bool
+    scores: tuple[float, ...]
+    n_choices: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "gold": self.gold, "pred": self.pred, "correct": self.correct,
+                "scores": list(self.scores), "n_choices": self.n_choices}
+
+
+@dataclass
+class MCResult:
+    """Accuracy over per-question records, with the task's chance rate and a Wilson interval."""
+
+    task: str
+    records: list[MCRecord]
+    normalization: str = "sum"
+    seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.records:
+            raise DataError("a multiple-choice result needs at least one record")
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    @property
+    def correct(self) -> int:
+        return sum(r.correct for r in self.records)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n
+
+    @property
+    def chance(self) -> float:
+        """Expected accuracy of uniform guessing on these questions: mean of 1/k."""
+        return sum(1 / r.n_choices for r in self.records) / self.n
+
+    @property
+    def flags(self) -> list[bool]:
+        return [r.correct for r in self.records]
+
+    def interval(self, level: float = 0.95) -> Interval:
+        return wilson_interval(self.correct, self.n, level)
+
+    def to_metric(self) -> dict[str, Any]:
+        """The report metric: value, interval, n, chance, and the per-question records it is computed from."""
+        ci = self.interval()
+        return {"value": self.accuracy, "interval": {"low": ci.low, "high": ci.high, "level": ci.level,
+                                                     "method": ci.method},
+                "n": self.n, "correct": self.correct, "chance": self.chance, "task": self.task,
+                "normalization": self.normalization, "higher_is_better": True, "seconds": self.seconds,
+                "records": [r.to_dict() for r in self.records], **self.extra}
+
+
+def mc_context(question: MCQuestion) -> str:
+    """The scoring context of a question (lm-eval's ARC format)."""
+    return f"Question: {question.prompt}\nAnswer:"
+
+
+@torch.no_grad()
+def choice_loglikelihoods(model: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
+                          batch_size: int = 16) -> list[float]:
+    """Summed log p(continuation | context) for each (context, continuation), in float64; padding never scored."""
+    device = next(model.parameters()).device
+    encoded = []
+    for ctx, cont in pairs:
+        c = tokenizer(ctx, add_special_tokens=False)["input_ids"]
+        t = tokenizer(cont, add_special_tokens=False)["input_ids"]
+        if not c or not t:
+            raise DataError(f"empty context or continuation after tokenization: {ctx[:40]!r} / {cont[:40]!r}")
+        encoded.append((c, t))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float] = [0.0] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    for b in range(0, len(order), batch_size):
+        batch = order[b: b + batch_size]
+        width = max(len(encoded[i][0]) + len(encoded[i][1]) for i in batch)
+        inp = torch.full((len(batch), width), pad, dtype=torch.long)
+        attn = torch.zeros_like(inp)
+        score = torch.zeros((len(batch), width), dtype=torch.bool)
+        for row, i in enumerate(batch):
+            c, t = encoded[i]
+            inp[row, : len(c) + len(t)] = torch.tensor(c + t)
+            attn[row, : len(c) + len(t)] = 1
+            score[row, len(c): len(c) + len(t)] = True
+        inp, attn, score = inp.to(device), attn.to(device), score.to(device)
+        logits = model(input_ids=inp, attention_mask=attn).logits
+        mask = score[:, 1:]
+        picked = logits[:, :-1][mask].float()
+        targets = inp[:, 1:][mask]
+        lp = -torch.nn.functional.cross_entropy(picked, targets, reduction="none").double()
+        rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(mask)[mask]
+        sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, lp).cpu().tolist()
+        for row, i in enumerate(batch):
+            out[i] = sums[row]
+    return out
+
+
+def score_multiple_choice(model: nn.Module, tokenizer: Any, questions: Sequence[MCQuestion], *,
+                          normalization: str = "sum", batch_size: int = 16, task: str = "arc-easy") -> MCResult:
+    """Score every choice of every question by log-likelihood; refuses non-finite scores naming the question."""
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}",
+                          field="normalization")
+    if not questions:
+        raise DataError("no questions to score")
+    pairs = [(mc_context(q), " " + choice) for q in questions for choice in q.choices]
+    start = time.perf_counter()
+    ll = choice_loglikelihoods(model, tokenizer, pairs, batch_size=batch_size)
+    records = []
+    k = 0
+    for q in questions:
+        scores = ll[k: k + len(q.choices)]
+        k += len(q.choices)
+        if not all(math.isfinite(s) for s in scores):
+            raise DataError(f"question {q.id}: non-finite choice log-likelihoods {scores} (NaN/inf logits)")
+        ranked = scores if normalization == "sum" else [s / max(1, len(c)) for s, c in zip(scores, q.choices)]
+        pred = max(range(len(ranked)), key=lambda j: ranked[j])
+        records.append(MCRecord(q.id, q.answer_idx, pred, pred == q.answer_idx, tuple(scores), len(q.choices)))
+    return MCResult(task, records, normalization, time.perf_counter() - start)

@@ -1,0 +1,1 @@
+"""Prompt files shipped with qcheck (few-shot prompts for generation tasks)."""
