@@ -10,6 +10,7 @@ Profiles `ci` (deterministic, bounded) and `thorough` (10,000 examples) come fro
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -80,6 +81,7 @@ def _min_frac_for(width: int, signed: bool, max_value: float) -> int:
     return frac
 
 
+@functools.lru_cache(maxsize=65536)
 def holds(dtype: str | torch.dtype, value: float) -> bool:
     """Whether `dtype` represents `value` exactly."""
     return torch.tensor(value, dtype=torch.float64).to(_dtype(dtype)).double().item() == value
@@ -96,32 +98,47 @@ def fixed_point_specs(*, min_width: int = 2, max_width: int = 24, signed: bool |
     """Valid FixedSpec: width in [min_width, max_width], frac_width anywhere in [-8, width + 8] (frac >= width and
     negative frac included, as the format allows) plus extremes up to +-256. With `dtype`, only formats whose range
     ends `dtype` holds exactly (so every result fits the input's dtype)."""
-    dt = None if dtype is None else _dtype(dtype)
-    top_width = max_width if dt is None else max(min_width, min(max_width, _precision(dt)))
+    return _fixed_point_specs(min_width, max_width, signed, frac_widths, None if dtype is None else _dtype(dtype))
 
-    def fits(width: int, frac: int, sgn: bool) -> bool:
+
+@functools.lru_cache(maxsize=4096)
+def _frac_candidates(width: int, sgn: bool, dt: torch.dtype | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(usual, extreme) frac_widths of a width whose range ends `dt` holds (all of them without a dtype)."""
+
+    def fits(frac: int) -> bool:
         r = fixed_point_range(width, frac, sgn)
         return dt is None or (holds(dt, r.max) and holds(dt, r.min))
+
+    low = -256 if dt is None else max(-256, _min_frac_for(width, sgn, float(torch.finfo(dt).max)))
+    lo = max(low, -8)
+    usual = tuple(f for f in range(lo, max(width + 8, lo + 8) + 1) if fits(f))
+    return usual, tuple(f for f in EXTREME_FRAC_WIDTHS if f >= low and fits(f))
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_point_specs(min_width: int, max_width: int, signed: bool | None, frac_widths: SearchStrategy[int] | None,
+                       dt: torch.dtype | None) -> SearchStrategy[FixedSpec]:
+    top_width = max_width if dt is None else max(min_width, min(max_width, _precision(dt)))
 
     @st.composite
     def build(draw: st.DrawFn) -> FixedSpec:
         width = draw(st.integers(min_width, top_width), label="width")
         sgn = draw(st.booleans(), label="signed") if signed is None else signed
-        low = -256 if dt is None else max(-256, _min_frac_for(width, sgn, float(torch.finfo(dt).max)))
+        usual, extremes = _frac_candidates(width, sgn, dt)
         if frac_widths is not None:
-            frac = draw(frac_widths.filter(lambda f: f >= low and fits(width, f, sgn)), label="frac_width")
+            frac = draw(frac_widths, label="frac_width")
+            if frac not in usual and frac not in extremes and (dt is not None or not -256 <= frac <= 256):
+                reject()
+        elif extremes and draw(st.integers(0, 3), label="extreme frac_width") == 3:
+            frac = extremes[draw(st.integers(0, len(extremes) - 1))]
         else:
-            extremes = [f for f in EXTREME_FRAC_WIDTHS if f >= low and fits(width, f, sgn)]
-            lo = max(low, -8)
-            choices = st.integers(lo, max(width + 8, lo + 8)).filter(lambda f: fits(width, f, sgn))
-            if extremes:
-                choices = st.one_of(choices, st.sampled_from(extremes))
-            frac = draw(choices, label="frac_width")
+            frac = usual[draw(st.integers(0, len(usual) - 1), label="frac_width index")]
         return FixedSpec(width, frac, sgn)
 
     return build()
 
 
+@functools.lru_cache(maxsize=256)
 def integer_specs(in_features: int | None = None, *, bits: SearchStrategy[int] | None = None) -> SearchStrategy[IntSpec]:
     """Valid IntSpec: bits 2..8, symmetric or not, per channel, per tensor or grouped (dividing `in_features`)."""
     if in_features is not None:
@@ -149,12 +166,27 @@ def minifloat_specs(*, max_exp_bits: int = 8, max_man_bits: int = 10, specials: 
                     dtype: str | torch.dtype | None = None) -> SearchStrategy[MinifloatSpec]:
     """Valid MinifloatSpec (default or shifted bias, every `special` encoding) and the fp8 presets. With `dtype`,
     only formats whose maximum `dtype` holds exactly (so every result fits the input's dtype)."""
-    dt = None if dtype is None else _dtype(dtype)
+    return _minifloat_specs(max_exp_bits, max_man_bits, tuple(specials), None if dtype is None else _dtype(dtype))
+
+
+def _minifloat_fits(fmt: MinifloatFormat, dt: torch.dtype | None) -> bool:
+    return dt is None or (fmt.max <= float(torch.finfo(dt).max) and holds(dt, fmt.max))
+
+
+@functools.lru_cache(maxsize=4096)
+def _fitting_biases(exp_bits: int, man_bits: int, special: str, dt: torch.dtype | None) -> tuple[int, ...]:
+    """The biases (-64..127) whose maximum `dt` holds exactly (too small a maximum underflows, too large overflows)."""
+    return tuple(b for b in range(-64, 128) if _minifloat_fits(MinifloatFormat(exp_bits, man_bits, b, special), dt))
+
+
+@functools.lru_cache(maxsize=256)
+def _minifloat_specs(max_exp_bits: int, max_man_bits: int, specials: tuple[str, ...],
+                     dt: torch.dtype | None) -> SearchStrategy[MinifloatSpec]:
     if dt is not None:
         max_man_bits = min(max_man_bits, _precision(dt) - 1)
 
     def fits(fmt: MinifloatFormat) -> bool:
-        return dt is None or (fmt.max <= float(torch.finfo(dt).max) and holds(dt, fmt.max))
+        return _minifloat_fits(fmt, dt)
 
     presets = [MinifloatSpec(f.exp_bits, f.man_bits, f.bias, f.special) for f in PRESETS.values()
                if f.special in specials and fits(f)]
@@ -170,13 +202,14 @@ def minifloat_specs(*, max_exp_bits: int = 8, max_man_bits: int = 10, specials: 
             allowed = [s for s in specials if _special_allowed(exp_bits, man_bits, s)]
         special = draw(st.sampled_from(allowed), label="special")
         default = minifloat_format(exp_bits, man_bits, None, special)
-        low = -64
-        while not fits(MinifloatFormat(exp_bits, man_bits, low, special)):
-            low += 1
-        if low > 127:
+        biases = _fitting_biases(exp_bits, man_bits, special, dt)
+        if not biases:
             reject()
-        shifted = st.integers(max(low, default.bias - 8), max(low, min(127, default.bias + 8))) | st.integers(low, 127)
-        bias = draw(st.none() | shifted if fits(default) else shifted, label="bias")
+        near = [b for b in biases if abs(b - default.bias) <= 8] or list(biases)
+        pool = near if draw(st.booleans(), label="near the default bias") else biases
+        bias = pool[draw(st.integers(0, len(pool) - 1), label="bias index")]
+        if fits(default) and draw(st.booleans(), label="default bias"):
+            bias = None
         return MinifloatSpec(exp_bits, man_bits, bias, special)
 
     return st.one_of(build(), st.sampled_from(presets)) if presets else build()
@@ -205,41 +238,54 @@ def _subnormals(dtype: torch.dtype) -> list[float]:
     return [smallest, 2 * smallest, 3 * smallest, tiny / 2, tiny - smallest, tiny]
 
 
+def _scaled(k: int, offset: float, step: float) -> float:
+    return (k + offset) * step
+
+
+def _normal(e: int, j: int, h: float, m: int, negative: bool) -> float:
+    v = (1 + (j + h) / 2**m) * 2.0**e
+    return -v if negative else v
+
+
+@functools.lru_cache(maxsize=4096)
 def _fixed_values(spec: FixedSpec) -> SearchStrategy[float]:
     r = fixed_point_range(spec.width, spec.frac_width, spec.signed)
     step = r.step
     k = st.integers(r.k_min, r.k_max)
     offsets = st.sampled_from([0.0, 0.5, -0.5, 0.25, -0.25, 0.75])
-    near = st.builds(lambda kk, off: (kk + off) * step, k, offsets)
+    near = st.builds(_scaled, k, offsets, st.just(step))
     edges = st.sampled_from([r.max, r.min, r.max + step / 2, r.min - step / 2, r.max + step, r.min - step,
                              2 * r.max + 1, 2 * r.min - 1, step / 2, -step / 2, 1.5 * step, 2.5 * step])
     inside = st.floats(r.min - 2 * step, r.max + 2 * step, allow_nan=False, allow_infinity=False)
     return st.one_of(near, edges, inside)
 
 
+@functools.lru_cache(maxsize=4096)
 def _minifloat_values(spec: MinifloatSpec) -> SearchStrategy[float]:
     fmt = minifloat_format(spec.exp_bits, spec.man_bits, spec.bias, spec.special)
     m = fmt.man_bits
     exponent = st.integers(fmt.min_exponent, fmt.max_exponent)
     mantissa = st.integers(0, 2**m - 1)
     half_steps = st.sampled_from([0.0, 0.5, 0.25, 0.75])
-    normal = st.builds(lambda e, j, h: (1 + (j + h) / 2**m) * 2.0**e, exponent, mantissa, half_steps)
-    subnormal = st.builds(lambda j, h: (j + h) * fmt.min_subnormal, st.integers(0, 2**m), half_steps)
-    signed = st.builds(lambda v, neg: -v if neg else v, st.one_of(normal, subnormal), st.booleans())
+    normal = st.builds(_normal, exponent, mantissa, half_steps, st.just(m), st.booleans())
+    subnormal = st.builds(_scaled, st.integers(-(2**m), 2**m), half_steps, st.just(fmt.min_subnormal))
+    signed = st.one_of(normal, subnormal)
     top_step = 2.0 ** (fmt.max_exponent - m)
     edges = st.sampled_from([fmt.max, -fmt.max, fmt.max + top_step / 2, -(fmt.max + top_step / 2), 2 * fmt.max,
                              fmt.min_subnormal, fmt.min_subnormal / 2, -fmt.min_subnormal / 2, 0.75 * fmt.min_subnormal])
     return st.one_of(signed, edges)
 
 
+@functools.lru_cache(maxsize=16)
 def _cast_values(dtype: torch.dtype) -> SearchStrategy[float]:
     info = torch.finfo(dtype)
-    ties = st.builds(lambda v: v * (1 + float(info.eps) / 2), st.floats(-float(info.max) / 2, float(info.max) / 2,
-                                                                      allow_nan=False))
+    ties = st.builds(_scaled, st.just(1.0), st.floats(-float(info.max) / 2, float(info.max) / 2, allow_nan=False),
+                     st.just(1 + float(info.eps) / 2))
     return st.one_of(st.floats(-float(info.max), float(info.max), allow_nan=False), ties)
 
 
-def _generic_values(dtypes: Sequence[torch.dtype]) -> SearchStrategy[float]:
+@functools.lru_cache(maxsize=16)
+def _generic_values(dtypes: tuple[torch.dtype, ...]) -> SearchStrategy[float]:
     subs = [v for d in dtypes for v in _subnormals(d)]
     return st.one_of(
         st.floats(-10, 10, allow_nan=False),
@@ -268,13 +314,18 @@ def tensors_for(spec: ReferenceSpec, *, dtypes: Sequence[str | torch.dtype] = ("
                 device: str | torch.device = "cpu") -> SearchStrategy[torch.Tensor]:
     """Tensors to quantize with `spec`: grid points, ties, values beyond the range, subnormals, zeros, huge values
     (and NaN / +-inf when allowed), in one of `dtypes`, 1-D or 2-D, empty included; int specs get whole groups."""
-    dts = [_dtype(d) for d in dtypes]
+    return _tensors_for(spec, tuple(_dtype(d) for d in dtypes), allow_nan, allow_infinity, max_elements, str(device))
+
+
+@functools.lru_cache(maxsize=4096)
+def _tensors_for(spec: ReferenceSpec, dts: tuple[torch.dtype, ...], allow_nan: bool, allow_infinity: bool,
+                 max_elements: int, device: str) -> SearchStrategy[torch.Tensor]:
     extra = _specials(allow_nan, allow_infinity)
 
     @st.composite
     def build(draw: st.DrawFn) -> torch.Tensor:
         dtype = draw(st.sampled_from(dts), label="dtype")
-        generic = _generic_values([dtype])
+        generic = _generic_values((dtype,))
         if isinstance(spec, IntSpec):
             return _int_tensor(draw, spec, dtype, extra, allow_infinity, max_elements, device)
         if isinstance(spec, FixedSpec):
@@ -295,6 +346,9 @@ def tensors_for(spec: ReferenceSpec, *, dtypes: Sequence[str | torch.dtype] = ("
     return build()
 
 
+_INT_OFFSETS = st.sampled_from([0.0, 0.5, 0.25])
+
+
 def _int_tensor(draw: st.DrawFn, spec: IntSpec, dtype: torch.dtype, extra: list[float], allow_infinity: bool,
                 max_elements: int, device: str | torch.device) -> torch.Tensor:
     """A 2-D tensor whose groups each have a scale: values at (k + tie) * scale, the group maximum, zeros."""
@@ -302,13 +356,13 @@ def _int_tensor(draw: st.DrawFn, spec: IntSpec, dtype: torch.dtype, extra: list[
     cols = group * draw(st.integers(1, max(1, max_elements // (4 * group))), label="groups per row")
     rows = draw(st.integers(0, 4), label="rows")
     qmax = 2 ** (spec.bits - 1) - 1 if spec.symmetric else 2**spec.bits - 1
-    generic = _generic_values([dtype])
+    generic = _generic_values((dtype,))
     values: list[float] = []
     extreme_scales = [float(torch.finfo(dtype).max) / qmax, float(torch.finfo(dtype).tiny) * 4]
     for _ in range(rows * cols // group):
         scale = draw(st.floats(1.0, 2.0) | st.just(1.0), label="scale") * 2.0 ** draw(st.integers(-20, 20))
         scale = draw(st.just(scale) | st.sampled_from(extreme_scales), label="scale")
-        on_grid = st.builds(lambda k, h: (k + h) * scale, st.integers(-qmax, qmax), st.sampled_from([0.0, 0.5, 0.25]))
+        on_grid = st.builds(_scaled, st.integers(-qmax, qmax), _INT_OFFSETS, st.just(scale))
         element = st.one_of(on_grid, on_grid, generic, st.just(0.0), *([st.sampled_from(extra)] if extra else []))
         values += draw(st.lists(element, min_size=group, max_size=group), label="group")
     return _to_tensor(values, (rows, cols), dtype, allow_infinity, device)
