@@ -5,7 +5,8 @@ import re
 from collections.abc import Mapping
 
 IDENTITY_ROLES = ("config", "model", "task", "bits", "sparsity", "trial", "seed", "sample_id", "state")
-META_ROLES = ("n", "correct", "num_classes", "params", "context_length", "tokens_per_sample", "batch", "interval")
+META_ROLES = ("n", "correct", "num_classes", "params", "context_length", "tokens_per_sample", "batch", "interval",
+              "output")
 QUALITY_HIGHER = ("accuracy", "clean_acc", "robust_acc", "f1", "em")
 QUALITY_ROLES = ("ppl",) + QUALITY_HIGHER + ("value", "metric")
 TIME_ROLES = ("throughput", "latency", "sample_time", "total_time")
@@ -31,6 +32,8 @@ _EXACT: dict[str, frozenset[str]] = {
                                  "max_length", "max_seq_len", "context_len", "seq_length", "block_size", "ctx_len"}),
     "tokens_per_sample": frozenset({"tokens_per_sample", "prompt_tokens", "tokens", "avg_tokens"}),
     "batch": frozenset({"batch", "batch_size", "bs"}),
+    "output": frozenset({"response", "output", "completion", "generation", "generated", "generated_text",
+                         "prediction", "reply", "model_output", "raw_output"}),
     "task": frozenset({"task", "dataset", "benchmark", "data", "eval_set", "task_name", "dataset_name"}),
     "model": frozenset({"model", "model_name", "checkpoint", "base_model", "model_id", "arch"}),
     "config": frozenset({"config", "configuration", "precision", "format", "variant", "method", "quantization",
@@ -58,7 +61,7 @@ def infer_role(name: str, kind: str = "numeric") -> str:
     norm = normalize(name)
     tokens = set(norm.split("_"))
     for role in ("sample_id", "trial", "seed", "value", "state", "n", "correct", "num_classes", "params",
-                 "context_length", "tokens_per_sample", "batch", "task", "model", "config", "total_time"):
+                 "context_length", "tokens_per_sample", "batch", "output", "task", "model", "config", "total_time"):
         if norm in _EXACT[role]:
             return role
     if _INTERVAL_SUFFIX.search(norm) and norm not in ("ppl", "perplexity"):

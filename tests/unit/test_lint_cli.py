@@ -125,3 +125,11 @@ def test_documented_example_output_is_current(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     docs = (Path(__file__).resolve().parents[2] / "docs" / "lint.md").read_text()
     assert out.strip() in docs
+
+
+def test_every_rule_is_documented() -> None:
+    from qcheck.lint import RULES
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "lint.md").read_text()
+    for spec in RULES:
+        assert f"| `{spec.id}` | {spec.severities.replace('|', ' / ')} |" in docs, spec.id

@@ -28,7 +28,8 @@ def test_infer_role(name: str, role: str) -> None:
 def test_unknown_columns_are_metric_or_text() -> None:
     assert infer_role("avg_abs_diff", "numeric") == "metric"
     assert infer_role("notes", "text") == "text"
-    assert infer_role("response", "empty") == "text"
+    assert infer_role("comment", "empty") == "text"
+    assert infer_role("response", "empty") == "output"
 
 
 def test_explicit_roles_win_and_text_metrics_are_demoted() -> None:

@@ -206,3 +206,13 @@ def test_extreme_values_do_not_crash() -> None:
             {"config": "int4", "acc": -1e308, "n": 3, "num_classes": 2, "correct": 7, "sec_per_sample": 0.0}]
     findings = lint(rows)
     assert not [f for f in findings if f.rule == "Q000-rule-crashed"]
+
+
+def test_q021_empty_outputs_per_model() -> None:
+    records = [{"model": "a", "sample_id": i, "response": "", "f1": 0.0} for i in range(3)] + \
+              [{"model": "b", "sample_id": i, "response": "\\boxed{4}" if i else " ", "f1": 1.0} for i in range(3)]
+    found = only("Q021-empty-outputs", records)
+    assert [(f.rows, f.severity) for f in found] == [((1, 2, 3, 4), Severity.ERROR)]
+    assert found[0].evidence["per_model"] == {"a": {"empty": 3, "total": 3}, "b": {"empty": 1, "total": 3}}
+    some = only("Q021-empty-outputs", records[3:])
+    assert [(f.rows, f.severity) for f in some] == [((1,), Severity.WARNING)]

@@ -35,7 +35,9 @@ EXPECTED: dict[str, set[tuple[str, tuple[int, ...], tuple[str, ...]]]] = {
         ("Q005-constant-across-models", tuple(range(1, 11)), ("squad_f1",)),   # Z8: 50.0 everywhere
         ("Q016-quantized-much-slower", (4, 5, 6, 7, 8, 9, 10), ("sec_per_sample",)),  # Z9: ~10x slower
     },
-    "seed002_debug_records.jsonl": set(),
+    "seed002_debug_records.jsonl": {
+        ("Q021-empty-outputs", (1, 2, 3, 4, 5), ("response",)),                # Z7: every reply empty
+    },
     "seed003_ptq_qat.csv": {
         ("Q007-at-chance", (2, 9), ("accuracy",)),                              # Z11: 4-bit 0.5 on binary
         ("Q010-compressed-beats-baseline", (10, 11, 12, 13, 14, 15), ("accuracy",)),  # QAT > FP32

@@ -137,6 +137,32 @@ def sentinel_values(view: TableView, config: LintConfig) -> Iterator[Finding]:
                 fraction=count / rows.size)
 
 
+@rule("Q021-empty-outputs", "error|warning", "Z7", "empty model outputs in per-sample records", records=True)
+def empty_outputs(view: TableView, config: LintConfig) -> Iterator[Finding]:
+    """Empty generations: error when every output of a model is empty, warning when some are."""
+    for name in view.columns("output"):
+        column = view.table.columns[name]
+        rows = view.data_rows
+        empty = rows[np.fromiter((not column.raw[r].strip() for r in rows), dtype=bool, count=rows.size)]
+        if empty.size == 0:
+            continue
+        per_model: dict[str, list[int]] = {}
+        for r in rows:
+            per_model.setdefault(view.identity[r], []).append(int(r))
+        empty_set = set(empty.tolist())
+        counts = {model: (sum(r in empty_set for r in members), len(members))
+                  for model, members in per_model.items() if any(r in empty_set for r in members)}
+        all_empty = [model for model, (k, total) in counts.items() if k == total]
+        severity = Severity.ERROR if all_empty else Severity.WARNING
+        detail = "; ".join(f"{model or 'all rows'}: {k} of {total} empty" for model, (k, total) in counts.items())
+        yield view.finding(
+            "Q021-empty-outputs", severity,
+            f"column '{name}' is empty in {view.describe(empty)} ({detail}): a model that returns nothing scores 0 "
+            "on every metric, so its scores measure the generation failure, not the model (check the chat template, "
+            "stop tokens, max_new_tokens and that quantized weights loaded)",
+            empty, [name], per_model={m: {"empty": k, "total": t} for m, (k, t) in counts.items()})
+
+
 def _records_mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if values.size and np.all(np.isfinite(values)) else math.nan
 
