@@ -14,7 +14,7 @@ from qcheck.lint.engine import CRASH_RULE
 NAMES = ["config", "model", "dataset", "bits", "sparsity", "ppl", "ppl_low", "ppl_high", "accuracy", "clean_acc",
          "robust_acc", "f1", "n", "correct", "num_classes", "latency_ms", "throughput", "sec_per_sample",
          "processing_time_s", "energy_mj", "power_w", "params", "context_length", "number", "value", "sample_id",
-         "odd column"]
+         "response", "odd column"]
 LABELS = ["fp32", "FP16", "bf16", "int8", "int4", "w4g64", "Mixed", "QAT", "baseline", "mean", "16-bit", "gpt2",
           "wikitext-2", "", "random", "l1"]
 CELLS = st.one_of(
