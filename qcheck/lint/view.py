@@ -10,7 +10,7 @@ import numpy as np
 
 from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
-from qcheck.lint.precision import COMPRESSED_KINDS, MIXED, OTHER, REFERENCE, RowKind, bits_from_text, classify
+from qcheck.lint.precision import COMPRESSED_KINDS, HALF, MIXED, OTHER, REFERENCE, RowKind, bits_from_text, classify
 from qcheck.lint.roles import assign_roles
 from qcheck.lint.tables import Column, Table
 
@@ -105,6 +105,11 @@ class TableView:
                         result[r] = others[0] if others else -1
             self._cache[kinds] = result
         return self._cache[kinds]
+
+    def baseline_rows(self) -> np.ndarray:
+        """Per row, its uncompressed reference row, else (for rows that are not half precision) its fp16/bf16 row."""
+        reference = self.reference_rows()
+        return np.where((reference < 0) & ~self.kind_mask(HALF), self.reference_rows((HALF,)), reference)
 
     def kind_mask(self, *kinds: str) -> np.ndarray:
         """Boolean mask of rows whose kind is one of `kinds`."""

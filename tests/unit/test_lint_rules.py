@@ -216,3 +216,9 @@ def test_q021_empty_outputs_per_model() -> None:
     assert found[0].evidence["per_model"] == {"a": {"empty": 3, "total": 3}, "b": {"empty": 1, "total": 3}}
     some = only("Q021-empty-outputs", records[3:])
     assert [(f.rows, f.severity) for f in some] == [((1,), Severity.WARNING)]
+
+
+def test_half_precision_row_is_the_baseline_when_there_is_no_fp32() -> None:
+    rows = [{"config": "bf16", "acc": 0.70, "n": 5000}, {"config": "int4", "acc": 0.75, "n": 5000}]
+    found = only("Q010-compressed-beats-baseline", rows)
+    assert [(f.rows, f.evidence["comparisons"][0]["baseline_row"]) for f in found] == [((2,), 1)]

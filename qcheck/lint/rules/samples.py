@@ -125,7 +125,7 @@ def underpowered(view: TableView, config: LintConfig) -> Iterator[Finding]:
 def _compare_to_baseline(view: TableView, config: LintConfig):
     """Yield (column, row, reference, diff, low, high, n_row, n_ref) for compressed rows above their baseline."""
     n = row_sizes(view)
-    reference = view.reference_rows()
+    reference = view.baseline_rows()
     candidates = view.data_rows[view.compressed_mask()[view.data_rows] & (reference[view.data_rows] >= 0)]
     for name in view.columns(*PROPORTION_ROLES):
         p = fraction(view, name)

@@ -117,8 +117,7 @@ def implausible_speed(view: TableView, config: LintConfig) -> Iterator[Finding]:
       "(the uncompressed row, else the fp16/bf16 row)")
 def quantized_much_slower(view: TableView, config: LintConfig) -> Iterator[Finding]:
     """Slowdowns beyond any known low-bit kernel cost point at fallbacks or offloading."""
-    reference = view.reference_rows()
-    reference = np.where((reference < 0) & ~view.kind_mask(HALF), view.reference_rows((HALF,)), reference)
+    reference = view.baseline_rows()
     candidates = view.data_rows[view.compressed_mask()[view.data_rows] & (reference[view.data_rows] >= 0)]
     for name in view.columns(*TIME_ROLES):
         cost = _cost(view, name)
