@@ -169,7 +169,7 @@ def reduced_precision_slower(view: TableView, config: LintConfig) -> Iterator[Fi
     detail = "; ".join(f"{view.labels[r]}: {', '.join(parts)}" for r, parts in list(found.items())[:5])
     yield view.finding(
         "Q017-reduced-precision-slower", Severity.WARNING,
-        f"{view.describe(found)} {are(found)} slower or use more energy than the fp32 reference ({detail}; tolerance "
+        f"{view.describe(found)} {are(found)} slower, or costlier in energy, than the fp32 reference ({detail}; tolerance "
         f"{config.reduced_slower_tolerance:.0%}). Half precision and autocast pay off only on tensor cores (compute "
         "capability >= 7.0) at compute-bound shapes; on older GPUs (P100 is 6.0) or launch-bound shapes autocast "
         "only adds casts. State the GPU and shape, or do not claim an ordering",
