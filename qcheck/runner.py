@@ -94,5 +94,5 @@ def cli_main(args: argparse.Namespace) -> int:
     if not report_path.is_file():
         raise QCheckError(f"the run wrote no report at {report_path}")
     status = json.loads(report_path.read_text(encoding="utf-8"))["status"]
-    print(f"qcheck run: {status}; report: {report_path} and {out / 'qcheck-report.md'}")
+    print(f"qcheck run: {status}; report: {report_path}, {out / 'qcheck-report.md'}, {out / 'qcheck-report.html'}")
     return 1 if status == "FAIL" or code not in (0,) else 0
