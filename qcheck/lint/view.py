@@ -54,8 +54,7 @@ class TableView:
     def bits(self) -> np.ndarray:
         """Bit width per row (NaN when unknown)."""
         if "bits" not in self._cache:
-            self._cache["bits"] = np.fromiter((k.bits for k in self.kinds), dtype=np.float64,
-                                                        count=len(self.kinds))
+            self._cache["bits"] = np.fromiter((k.bits for k in self.kinds), dtype=np.float64, count=len(self.kinds))
         return self._cache["bits"]
 
     def compressed_mask(self) -> np.ndarray:
@@ -82,7 +81,7 @@ class TableView:
 
     def reference_rows(self, kinds: tuple[str, ...] = (REFERENCE,)) -> np.ndarray:
         """Per row, the row of `kinds` (default: uncompressed) in its group whose label shares the longest prefix
-        with it; -1 where the group has none."""
+        with it (a reference row maps to itself); -1 where the group has none."""
         if kinds not in self._cache:
             result = np.full(self.table.n_rows, -1, dtype=np.int64)
             for group in self.groups:
@@ -100,9 +99,6 @@ class TableView:
                         lowered = text.lower()
                         best[text] = max(refs, key=lambda c: (_common_prefix(lowered, self.identity[c].lower()), -c))
                     result[r] = best[text]
-                    if result[r] == r:
-                        others = [c for c in refs if c != r]
-                        result[r] = others[0] if others else -1
             self._cache[kinds] = result
         return self._cache[kinds]
 
