@@ -1,0 +1,270 @@
+"""Z4, Z5, Z9, Z12 (seeds 000, 001, 002, 004): timing bugs planted and caught by name.
+
+Planted: timing that includes warm-up/compilation (CPU), timing on zeros (CPU), a model partly on another device
+(CPU: the meta device; GPU: layers computing on the CPU), timing without synchronize (GPU), a mock evaluation
+faster than the arithmetic allows (CPU), simulated formats measured faster than fp32 (CPU), identical throughput
+across bit widths from a fake fp16 labeled real (GPU), the latency ordering asserted where it cannot hold
+(CPU: no tensor cores; GPU: launch-bound). Each correct version passes.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from qcheck.errors import InvariantViolation
+from qcheck.formats import integer
+from qcheck.latency import (VariantKind, assert_latency_order, assert_placement, assert_plausible_speed,
+                            assert_slowdown_bound, assert_throughput_honest, audit_timing, diagnose_slowdown,
+                            variant_kind)
+from qcheck.models import random_init_like, tiny_llama_config
+from qcheck.quant.apply import quantize
+from qcheck.results import Status
+from qcheck.timing import (DeviceInfo, forward_callable, forward_flops, measure, random_input_ids, time_forward)
+
+
+class LazyQuantMLP(nn.Module):
+    """Quantizes its weights to 4-bit groups on the first call and caches them: a one-time cost like
+    compilation or autotuning that a naive timer counts."""
+
+    def __init__(self, width: int = 1024, depth: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(nn.Linear(width, width, bias=False) for _ in range(depth))
+        self._cache: list[torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._cache is None:
+            self._cache = [integer(layer.weight.detach(), bits=4, group_size=32) for layer in self.layers]
+        for w in self._cache:
+            x = torch.relu(x @ w.T)
+        return x
+
+
+def naive_timer(fn, calls: int = 8) -> list[float]:
+    """The planted harness: perf_counter around every call from the very first, no warm-up, no synchronize."""
+    out = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread while timing: on a shared, oversubscribed CPU two OpenMP threads stall at barriers
+    (a 1x4 forward of the tiny model took 1 s with 2 threads there, 0.65 ms with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_init_like(tiny_llama_config(), seed=0)
+
+
+# ------------------------------------------------------------------------------------------- CPU
+
+def test_timing_including_warmup_is_caught():
+    model = LazyQuantMLP()
+    x = torch.randn(8, 1024)
+    fn = lambda: model(x)  # noqa: E731
+    samples = naive_timer(fn)
+    with pytest.raises(InvariantViolation) as err:
+        audit_timing(fn, device="cpu", samples_ms=samples)
+    result = err.value.result
+    assert result.name == "timing_audit" and result.evidence["problems"] == ["warmup-included"]
+    assert "[warmup-included] the first timed call took" in result.message
+    ours = measure(fn, device="cpu", warmup=3, min_repeats=10, min_time_s=0.1)
+    assert audit_timing(fn, device="cpu", samples_ms=ours.samples_ms).status == Status.PASS
+
+
+def test_timing_on_zeros_is_caught(tiny):
+    zero_model = copy.deepcopy(tiny)
+    for p in zero_model.parameters():
+        nn.init.zeros_(p)
+    zero_ids = torch.zeros(2, 16, dtype=torch.long)
+    with pytest.raises(InvariantViolation) as err:
+        audit_timing(forward_callable(zero_model, zero_ids), device="cpu", inputs={"input_ids": zero_ids},
+                     model=zero_model, min_repeats=3, min_time_s=0)
+    result = err.value.result
+    assert result.evidence["problems"] == ["zeros"] and "[zeros] timing on zeros" in result.message
+    assert "input_ids" in result.evidence["zero_tensors"]
+    assert "model.layers.0.mlp.up_proj.weight" in result.evidence["zero_tensors"]
+    ids = random_input_ids(512, 2, 16)
+    ok = audit_timing(forward_callable(tiny, ids), device="cpu", inputs={"input_ids": ids}, model=tiny,
+                      min_repeats=3, min_time_s=0)
+    assert ok.status == Status.PASS
+
+
+def test_model_partly_on_another_device_is_caught(tiny):
+    partly = copy.deepcopy(tiny)
+    partly.model.layers[1].to("meta")
+    with pytest.raises(InvariantViolation) as err:
+        assert_placement(partly, "cpu", variant="w4g64")
+    result = err.value.result
+    assert result.name == "device_placement" and "on meta" in result.message
+    assert "model.layers.1.self_attn.q_proj.weight" in result.evidence["misplaced"]
+    assert "model.layers.0.self_attn.q_proj.weight" not in result.evidence["misplaced"]
+    causes = diagnose_slowdown(partly, device="cpu")
+    assert causes["cpu-placement"]["by_device"] == {"meta": len(result.evidence["misplaced"])}
+    with pytest.raises(InvariantViolation) as err:
+        assert_placement(tiny, "cuda")  # the run times on cuda; the model never moved
+    assert "on cpu" in err.value.result.message
+    assert assert_placement(tiny, "cpu").status == Status.PASS
+
+
+def _smollm2_meta():
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+def test_mock_evaluation_is_implausibly_fast(tiny):
+    smollm2 = _smollm2_meta()
+    cached = torch.randn(1, 512, 8)
+    mock = measure(lambda: cached, device="cpu", warmup=1, min_repeats=20, min_time_s=0)  # seed 004: "mock"
+    with pytest.raises(InvariantViolation) as err:
+        assert_plausible_speed(mock, flops=forward_flops(smollm2, 512), device="cpu", what="one 512-token sample")
+    result = err.value.result
+    assert result.name == "plausible_speed" and "faster than the arithmetic allows" in result.message
+    assert result.evidence["floor_ms"] > 100 * mock.median_ms
+    ids = random_input_ids(512, 2, 32)
+    real = measure(forward_callable(tiny, ids), device="cpu", warmup=1, min_repeats=5, min_time_s=0)
+    assert assert_plausible_speed(real, flops=forward_flops(tiny, ids.numel()), device="cpu").status == Status.PASS
+
+
+def test_simulated_format_measured_faster_is_caught(tiny):
+    int8, report = quantize(tiny, {"default": {"format": "int", "bits": 8}})
+    kinds = {"fp32": variant_kind(tiny), "int8": variant_kind(int8, report)}
+    assert kinds["int8"].simulated
+    big, small = random_input_ids(512, 8, 256, seed=1), random_input_ids(512, 1, 4, seed=2)
+    budget = dict(warmup=2, min_repeats=10, min_time_s=0.1)
+    # planted: the harness timed the reference on one batch and the variant on another
+    planted = {"fp32": time_forward(tiny, big, **budget), "int8": time_forward(int8, small, **budget)}
+    with pytest.raises(InvariantViolation) as err:
+        assert_throughput_honest(planted, kinds, simulated_tolerance=0.25, fail_on_cpu=True)
+    assert "int8 is simulated" in err.value.result.message and "measurement is broken" in err.value.result.message
+    assert assert_throughput_honest(planted, kinds, simulated_tolerance=0.25).status == Status.WARN
+    fair = {"fp32": time_forward(tiny, big, **budget), "int8": time_forward(int8, big, **budget)}
+    ok = assert_throughput_honest(fair, kinds, simulated_tolerance=0.25)
+    assert ok.status in (Status.PASS, Status.WARN)  # WARN only if this shared CPU was loaded mid-measurement
+    assert ok.evidence["claims"]["int8"]["speedup_vs_reference"] is None
+
+
+def test_ordering_not_asserted_without_tensor_cores(tiny):
+    ids = random_input_ids(512, 2, 32)
+    budget = dict(warmup=1, min_repeats=10, min_time_s=0)
+    fp32 = time_forward(tiny, ids, **budget)
+    autocast = time_forward(tiny, ids, autocast=torch.bfloat16, **budget)
+    p100 = DeviceInfo("cuda:0", "Tesla P100-PCIE-16GB", (6, 0), False, "470.57", "11.4", torch.__version__, 56, 16.0)
+    r = assert_latency_order(autocast, fp32, faster_name="autocast", device=p100, mode="not-slower")
+    assert r.status == Status.SKIPPED and r.evidence["skip"] == "no-tensor-cores"
+    assert "Tesla P100-PCIE-16GB (compute capability 6.0) has no tensor cores" in r.message
+    r = assert_latency_order(autocast, fp32, faster_name="autocast", mode="not-slower")
+    assert r.status == Status.SKIPPED and r.evidence["skip"] == "not-a-gpu"
+
+
+# ------------------------------------------------------------------------------------------- GPU
+
+@pytest.mark.gpu
+def test_timing_without_synchronize_is_caught():
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    fn = lambda: a @ a  # noqa: E731
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        fn()
+    unsynced = (time.perf_counter() - t0) * 100  # ms per call, read before the GPU finished
+    torch.cuda.synchronize()
+    with pytest.raises(InvariantViolation) as err:
+        audit_timing(fn, device="cuda", reported_ms=unsynced, inputs=[a], flops=2 * 8192**3)
+    result = err.value.result
+    assert "unsynchronized" in result.evidence["problems"]
+    assert "[unsynchronized] timing without synchronize" in result.message
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    synced = (time.perf_counter() - t0) * 100
+    assert audit_timing(fn, device="cuda", reported_ms=synced, inputs=[a], flops=2 * 8192**3).status == Status.PASS
+
+
+class CpuFallbackMLP(nn.Module):
+    """Planted: an MLP left on the CPU inside a GPU model; activations go to the host and back every call."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.mlp = mlp.to("cpu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x.to("cpu")).to(x.device)
+
+
+@pytest.mark.gpu
+def test_model_partly_on_cpu_is_caught_on_gpu():
+    cfg = tiny_llama_config(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8,
+                            num_key_value_heads=4, vocab_size=8192)
+    model = random_init_like(cfg, seed=0, device="cuda")
+    partly = copy.deepcopy(model)
+    for i in (2, 3):
+        partly.model.layers[i].mlp = CpuFallbackMLP(partly.model.layers[i].mlp)
+    ids = random_input_ids(cfg.vocab_size, 8, 256, device="cuda")
+    budget = dict(warmup=2, min_repeats=20, min_time_s=0.3)
+    ref = time_forward(model, ids, label="fp32", **budget)
+    slow = time_forward(partly, ids, label="partly-cpu", **budget)
+    causes = diagnose_slowdown(partly, forward_callable(partly, ids), device="cuda")
+    assert "cpu-placement" in causes and "host-device-copies" in causes
+    with pytest.raises(InvariantViolation) as err:
+        assert_slowdown_bound(ref, slow, variant="partly-cpu", reference_name="fp32", causes=causes)
+    assert "CPU/device placement" in err.value.result.message
+    assert "model.layers.2.mlp.mlp.gate_proj.weight" in err.value.result.message
+    with pytest.raises(InvariantViolation) as err:
+        audit_timing(forward_callable(partly, ids), device="cuda", model=partly, min_repeats=3, min_time_s=0)
+    assert err.value.result.evidence["problems"] == ["placement"]
+    assert assert_slowdown_bound(ref, time_forward(model, ids, **budget), variant="fp32-again").status == Status.PASS
+
+
+@pytest.mark.gpu
+def test_flat_throughput_across_bits_is_caught():
+    cfg = tiny_llama_config(hidden_size=2048, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=16,
+                            num_key_value_heads=4, vocab_size=16384, max_position_embeddings=1024)
+    fp32 = random_init_like(cfg, seed=0, device="cuda")
+    fake16, report = quantize(fp32, {"default": {"format": "minifloat", "exp_bits": 5, "man_bits": 10}})
+    ids = random_input_ids(cfg.vocab_size, 32, 512, device="cuda")
+    budget = dict(warmup=3, min_repeats=20, min_time_s=0.5)
+    timings = {"fp32": time_forward(fp32, ids, **budget), "fp16": time_forward(fake16, ids, **budget)}
+    claimed = {"fp32": variant_kind(fp32), "fp16": VariantKind(False, 16, "labeled fp16 (seed 000)")}
+    with pytest.raises(InvariantViolation) as err:
+        assert_throughput_honest(timings, claimed)
+    assert "flat across real bit widths" in err.value.result.message
+    honest = {"fp32": variant_kind(fp32), "fp16": variant_kind(fake16, report)}
+    ok = assert_throughput_honest(timings, honest)
+    assert ok.status == Status.PASS and ok.evidence["claims"]["fp16"]["simulated"] is True
+    half = copy.deepcopy(fp32).half()
+    timings["real-fp16"] = time_forward(half, ids, **budget)
+    order = assert_latency_order(timings["real-fp16"], timings["fp32"], device="cuda")
+    assert order.status == Status.PASS, order.message
+
+
+@pytest.mark.gpu
+def test_ordering_skipped_at_launch_bound_shape():
+    model = random_init_like(tiny_llama_config(), seed=0, device="cuda")
+    half = copy.deepcopy(model).half()
+    ids = random_input_ids(512, 1, 8, device="cuda")
+    budget = dict(warmup=3, min_repeats=20, min_time_s=0.2)
+    r = assert_latency_order(time_forward(half, ids, **budget), time_forward(model, ids, **budget), device="cuda")
+    assert r.status == Status.SKIPPED and r.evidence["skip"] == "launch-bound"
+    assert "launch-bound" in r.message
