@@ -1,0 +1,638 @@
+"""Adversarial robustness of multiple-choice scoring: FGSM and PGD on input embeddings, AutoAttack's rule.
+
+A question is scored by the mean log-likelihood of each choice's tokens after the prompt (ARC-Easy format,
+"Question: ...\\nAnswer:" + " choice"). Attacks perturb the prompt's input embeddings inside a per-token L2
+ball whose radius is `epsilon` times that token's own embedding norm (epsilon in embedding-norm units).
+
+Robust accuracy is computed on the same samples as clean accuracy; only clean-correct samples are attacked,
+and a sample is robust only if it was clean-correct and stays correct under every attack (AutoAttack's
+rule), so robust <= clean holds by construction on the per-sample records kept in the result.
+Gradients come from an fp32 model: the variant itself when its weights are float32 (fake-quantized weights
+stay float; activation fake-quant is straight-through), else an fp32 copy of the variant's weights. Every
+sample's gradient is checked: missing, zero or non-finite gradients are recorded, never skipped.
+The clean pass is repeated to detect randomized models (dropout on, precision re-drawn per forward);
+they are refused, or evaluated with expectation over draws when asked, and the result says so.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qcheck.errors import ConfigError, DataError
+
+ATTACKS = ("fgsm", "pgd")
+RANDOMIZED_POLICIES = ("refuse", "expectation")
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+REPEAT_TOLERANCE = 1e-4
+"""Largest |score difference| between two identical clean passes still counted as deterministic."""
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """FGSM/PGD settings. epsilon and step_size are in units of each prompt token's embedding L2 norm."""
+
+    epsilon: float = 0.1
+    pgd_steps: int = 3
+    step_size: float | None = None
+    attacks: tuple[str, ...] = ATTACKS
+    random_start: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ConfigError(f"epsilon must be a finite number > 0 (embedding-norm units), got {self.epsilon!r}",
+                              field="epsilon")
+        if not isinstance(self.pgd_steps, int) or self.pgd_steps < 1:
+            raise ConfigError(f"pgd_steps must be an integer >= 1, got {self.pgd_steps!r}", field="pgd_steps")
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
+            raise ConfigError(f"step_size must be > 0, got {self.step_size!r}", field="step_size")
+        attacks = tuple(self.attacks)
+        unknown = [a for a in attacks if a not in ATTACKS]
+        if not attacks or unknown:
+            raise ConfigError(f"attacks must be a non-empty subset of {ATTACKS}, got {self.attacks!r}",
+                              field="attacks")
+        object.__setattr__(self, "attacks", attacks)
+
+    @property
+    def pgd_step_size(self) -> float:
+        """PGD step in embedding-norm units (default 2.5 * epsilon / steps, Madry et al.)."""
+        return float(self.step_size) if self.step_size is not None else 2.5 * self.epsilon / self.pgd_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon, "norm": "L2 per prompt token, radius = epsilon * ||token embedding||_2",
+                "attacks": list(self.attacks), "pgd_steps": self.pgd_steps, "pgd_step_size": self.pgd_step_size,
+                "random_start": self.random_start, "seed": self.seed,
+                "loss": "cross-entropy of the choice scores against the true answer (never the model's prediction)",
+                "perturbed": "prompt token embeddings only (choices unperturbed, shared by all choices of a question)"}
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    """One multiple-choice question, tokenized: prompt ids, each choice's ids, and the answer index."""
+
+    id: str
+    prompt_ids: tuple[int, ...]
+    choice_ids: tuple[tuple[int, ...], ...]
+    label: int
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise DataError(f"question {self.id}: empty prompt")
+        if len(self.choice_ids) < 2 or any(len(c) == 0 for c in self.choice_ids):
+            raise DataError(f"question {self.id}: needs >= 2 non-empty choices")
+        if not 0 <= self.label < len(self.choice_ids):
+            raise DataError(f"question {self.id}: answer index {self.label} outside its {len(self.choice_ids)} choices")
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.prompt_ids) + max(len(c) for c in self.choice_ids)
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """Per-sample flags: clean prediction, whether attacked, each attack's prediction, the robust flag."""
+
+    id: str
+    label: int
+    clean_pred: int
+    clean_correct: bool
+    attacked: bool
+    attack_preds: dict[str, int]
+    robust: bool
+    gradient: str
+
+
+@dataclass(frozen=True)
+class RandomizationCheck:
+    """Repeated clean pass and training-mode audit: is the model randomized, and what was done about it."""
+
+    training_modules: tuple[str, ...]
+    dropout_modules: tuple[str, ...]
+    repeat_max_abs_diff: float
+    repeat_prediction_flips: int
+    policy: str
+    draws: int
+    repeats: int = 2
+
+    @property
+    def randomized(self) -> bool:
+        return self.repeat_max_abs_diff > REPEAT_TOLERANCE or self.repeat_prediction_flips > 0
+
+    @property
+    def train_mode(self) -> bool:
+        return bool(self.training_modules)
+
+    @property
+    def refused(self) -> bool:
+        return (self.randomized or self.train_mode) and self.policy == "refuse"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["training_modules"] = list(self.training_modules[:20]) + (
+            [f"(+{len(self.training_modules) - 20} more)"] if len(self.training_modules) > 20 else [])
+        d.update(randomized=self.randomized, train_mode=self.train_mode, refused=self.refused,
+                 tolerance=REPEAT_TOLERANCE)
+        return d
+
+
+@dataclass
+class RobustnessEvaluation:
+    """Clean and robust accuracy on the same questions with every per-sample record and how they were made."""
+
+    records: list[SampleRecord]
+    config: AttackConfig
+    randomization: RandomizationCheck
+    gradient_source: str
+    seconds: float
+    variant: str | None = None
+    scoring: str = "mean log-likelihood per choice token; prediction = argmax over choices"
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    @property
+    def clean_correct(self) -> int:
+        return sum(r.clean_correct for r in self.records)
+
+    @property
+    def robust_correct(self) -> int:
+        return sum(r.robust for r in self.records)
+
+    @property
+    def attacked(self) -> int:
+        return sum(r.attacked for r in self.records)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.clean_correct / self.n if self.n else float("nan")
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.robust_correct / self.n if self.n else float("nan")
+
+    @property
+    def gap(self) -> float:
+        """clean - robust accuracy (>= 0 by construction)."""
+        return self.clean_accuracy - self.robust_accuracy
+
+    def gradient_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.records:
+            if r.attacked:
+                counts[r.gradient] = counts.get(r.gradient, 0) + 1
+        return counts
+
+    def accuracy_after(self) -> dict[str, float]:
+        """Robust accuracy after each attack of the cascade (cumulative: correct under it and every earlier one)."""
+        out = {}
+        for k, name in enumerate(self.config.attacks):
+            upto = self.config.attacks[:k + 1]
+            ok = sum(1 for r in self.records if r.clean_correct and all(r.attack_preds.get(a) == r.label for a in upto))
+            out[name] = ok / self.n if self.n else float("nan")
+        return out
+
+    def metric(self, which: str, level: float = 0.95) -> dict[str, Any]:
+        """`clean_accuracy` or `robust_accuracy` as a report metric: value, Wilson interval, n."""
+        from qcheck.stats import wilson_interval
+
+        k = self.clean_correct if which == "clean_accuracy" else self.robust_correct
+        iv = wilson_interval(k, self.n, level)
+        return {"value": k / self.n if self.n else float("nan"), "interval": {"low": iv.low, "high": iv.high},
+                "level": level, "method": "wilson", "correct": k, "n": self.n}
+
+    def gap_metric(self, level: float = 0.95) -> dict[str, Any]:
+        """clean - robust as a report metric: the share of questions an attack broke, with its Wilson interval."""
+        from qcheck.stats import wilson_interval
+
+        broken = self.clean_correct - self.robust_correct
+        iv = wilson_interval(broken, self.n, level)
+        return {"value": broken / self.n if self.n else float("nan"), "interval": {"low": iv.low, "high": iv.high},
+                "level": level, "method": "wilson (gap = questions broken by the attack / n)", "broken": broken,
+                "n": self.n}
+
+    def to_dict(self, with_records: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "variant": self.variant, "n": self.n, "clean_correct": self.clean_correct,
+            "robust_correct": self.robust_correct, "attacked": self.attacked,
+            "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy, "gap": self.gap,
+            "accuracy_after_attack": self.accuracy_after(), "attack": self.config.to_dict(),
+            "gradient_source": self.gradient_source, "gradients": self.gradient_counts(),
+            "randomization": self.randomization.to_dict(), "scoring": self.scoring, "data": self.data,
+            "seconds": round(self.seconds, 3),
+            "rule": "only clean-correct samples attacked; robust = clean-correct AND correct under every attack",
+            "cascade": "each attack runs on the questions still correct after the previous ones (AutoAttack)"}
+        if with_records:
+            d["records"] = [asdict(r) for r in self.records]
+        return d
+
+
+def arc_easy_items(tokenizer: Any, n: int, *, path: str | Path | None = None, max_tokens: int = 96,
+                   offset: int = 0) -> tuple[list[ChoiceItem], dict[str, Any]]:
+    """The first `n` ARC-Easy questions (from `offset`) whose prompt + longest choice fit `max_tokens`."""
+    from qcheck.data import ARC_EASY_TEST, find_data_file, sha256_of
+
+    if n < 1:
+        raise ConfigError(f"need at least one question, got n={n}", field="samples")
+    source = Path(path) if path is not None else find_data_file(ARC_EASY_TEST)
+    if not source.is_file():
+        raise DataError(f"ARC-Easy file not found: {source}")
+    items: list[ChoiceItem] = []
+    skipped: list[str] = []
+    with source.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh):
+            if line_no < offset or not line.strip():
+                continue
+            row = json.loads(line)
+            try:
+                prompt = PROMPT_TEMPLATE.format(question=row["prompt"].strip())
+                prompt_ids = tuple(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+                choices = tuple(tuple(tokenizer(" " + str(c).strip(), add_special_tokens=False)["input_ids"])
+                                for c in row["choices"])
+                item = ChoiceItem(str(row.get("id", line_no)), prompt_ids, choices, int(row["answer_idx"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"{source}:{line_no + 1}: not an ARC-Easy row ({type(exc).__name__}: {exc})") from None
+            if item.n_tokens > max_tokens:
+                skipped.append(item.id)
+                continue
+            items.append(item)
+            if len(items) == n:
+                break
+    if not items:
+        raise DataError(f"no ARC-Easy question in {source} fits {max_tokens} tokens")
+    info = {"path": str(source), "sha256": sha256_of(source), "offset": offset, "questions": len(items),
+            "requested": n, "max_tokens": max_tokens, "skipped_too_long": len(skipped),
+            "prompt_template": PROMPT_TEMPLATE, "choice_template": " {choice}"}
+    return items, info
+
+
+# ----------------------------------------------------------------------------- batching and scoring
+
+@dataclass
+class _Batch:
+    items: list[ChoiceItem]
+    prompt_ids: torch.Tensor      # [questions, longest prompt], right-padded
+    prompt_mask: torch.Tensor     # [questions, longest prompt] True on prompt positions
+    choices: list[torch.Tensor]   # per question [k, longest choice], right-padded (never scored)
+
+
+def _make_batch(items: Sequence[ChoiceItem], pad_id: int, device: torch.device) -> _Batch:
+    longest = max(len(it.prompt_ids) for it in items)
+    ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), longest), dtype=torch.bool)
+    choices = []
+    for i, it in enumerate(items):
+        ids[i, :len(it.prompt_ids)] = torch.tensor(it.prompt_ids)
+        mask[i, :len(it.prompt_ids)] = True
+        c = torch.full((len(it.choice_ids), max(len(x) for x in it.choice_ids)), pad_id, dtype=torch.long)
+        for j, x in enumerate(it.choice_ids):
+            c[j, :len(x)] = torch.tensor(x)
+        choices.append(c.to(device))
+    return _Batch(list(items), ids.to(device), mask.to(device), choices)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _base_embeddings(model: nn.Module, batch: _Batch) -> torch.Tensor:
+    """[questions, longest prompt, hidden] fp32 prompt embeddings, zero past each prompt."""
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(batch.prompt_ids).detach().to(torch.float32)
+    return emb * batch.prompt_mask.unsqueeze(-1)
+
+
+def _inputs(base: torch.Tensor, delta: torch.Tensor | None, batch: _Batch) -> torch.Tensor:
+    """Prompt embeddings plus each question's perturbation (shared by all of its choices)."""
+    return base if delta is None else base + delta * batch.prompt_mask.unsqueeze(-1)
+
+
+def _choice_scores(model: nn.Module, embeds: torch.Tensor, batch: _Batch) -> list[torch.Tensor]:
+    """Per question, a [k] tensor of mean choice-token log-likelihoods (fp32), differentiable w.r.t. embeds.
+
+    The prompt runs once; its key/value cache is repeated for the k choices, which run as k right-padded rows
+    (padding comes after each choice, so causal attention never lets it touch a scored token)."""
+    dtype = _float_dtype(model)
+    out = []
+    for i, it in enumerate(batch.items):
+        x = embeds[i:i + 1, :len(it.prompt_ids)].to(dtype)
+        first = model(inputs_embeds=x, use_cache=True, logits_to_keep=1)
+        cache = first.past_key_values
+        k = len(it.choice_ids)
+        cache.batch_repeat_interleave(k)
+        ids = batch.choices[i]
+        rest = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+        logits = torch.cat([first.logits[:, -1:, :].expand(k, -1, -1), rest[:, :-1, :]], dim=1).to(torch.float32)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        lengths = torch.tensor([len(c) for c in it.choice_ids], device=logp.device)
+        mask = (torch.arange(ids.shape[1], device=logp.device)[None, :] < lengths[:, None]).to(logp.dtype)
+        out.append((logp * mask).sum(-1) / lengths.to(logp.dtype))
+    return out
+
+
+def _expected_scores(model: nn.Module, embeds: torch.Tensor, batch: _Batch, draws: int) -> list[torch.Tensor]:
+    runs = [_choice_scores(model, embeds, batch) for _ in range(draws)]
+    return [torch.stack([r[i] for r in runs]).mean(0) for i in range(len(batch.items))]
+
+
+def score_choices(model: nn.Module, items: Sequence[ChoiceItem], delta: torch.Tensor | None = None, *,
+                  pad_id: int = 0) -> list[torch.Tensor]:
+    """Per question, its choices' mean token log-likelihoods (fp32); `delta` [questions, longest prompt, hidden]
+    is added to the prompt embeddings (differentiable: build attacks of your own on it)."""
+    batch = _make_batch(items, pad_id, _device_of(model))
+    return _choice_scores(model, _inputs(_base_embeddings(model, batch), delta, batch), batch)
+
+
+def prompt_radius(model: nn.Module, items: Sequence[ChoiceItem], epsilon: float, *, pad_id: int = 0
+                  ) -> torch.Tensor:
+    """[questions, longest prompt]: epsilon * each prompt token's embedding norm, 0 past a question's prompt."""
+    batch = _make_batch(items, pad_id, _device_of(model))
+    return _radius(_base_embeddings(model, batch), batch, epsilon)
+
+
+# ----------------------------------------------------------------------------- gradients and attacks
+
+def gradient_model_for(model: nn.Module) -> tuple[nn.Module, str]:
+    """The fp32 model attacks take gradients from: the model itself if its float weights are fp32, else an fp32
+    copy of its weights (straight-through for the dtype cast). bitsandbytes layers are used as they are."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes <= {torch.float32}:
+        return model, "the variant itself (float32 weights; activation fake-quant straight-through)"
+    if any(type(m).__module__.startswith("bitsandbytes") for m in model.modules()):
+        return model, f"the variant itself ({sorted(str(d) for d in dtypes)} bitsandbytes layers; not upcast)"
+    surrogate = copy.deepcopy(model).float()
+    return surrogate, (f"float32 copy of the variant's {sorted(str(d) for d in dtypes)} weights "
+                       "(same values, fp32 arithmetic: straight-through for the cast)")
+
+
+def _grad_status(grad: torch.Tensor | None, mask: torch.Tensor) -> list[str]:
+    if grad is None:
+        return ["missing"] * mask.shape[0]
+    out = []
+    for i in range(mask.shape[0]):
+        g = grad[i][mask[i]]
+        if not torch.isfinite(g).all():
+            out.append("nonfinite")
+        elif float(g.abs().max()) == 0.0:
+            out.append("zero")
+        else:
+            out.append("ok")
+    return out
+
+
+def _loss_grad(model: nn.Module, base: torch.Tensor, delta: torch.Tensor, batch: _Batch, draws: int
+               ) -> tuple[torch.Tensor | None, list[str]]:
+    """Gradient of the summed cross-entropy (true labels) w.r.t. delta, and each item's gradient status."""
+    d = delta.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        scores = _expected_scores(model, _inputs(base, d, batch), batch, draws)
+        labels = [it.label for it in batch.items]
+        loss = sum(torch.nn.functional.cross_entropy(s.unsqueeze(0), torch.tensor([y], device=s.device))
+                   for s, y in zip(scores, labels))
+        if loss.requires_grad:
+            loss.backward()
+    grad = d.grad
+    status = _grad_status(grad, batch.prompt_mask)
+    if grad is not None:
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    return grad, status
+
+
+def _unit(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    norm = grad.norm(dim=-1, keepdim=True)
+    unit = torch.where(norm > 0, grad / norm.clamp_min(1e-30), torch.zeros_like(grad))
+    return unit * mask.unsqueeze(-1)
+
+
+def _project(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    norm = delta.norm(dim=-1, keepdim=True)
+    scale = torch.clamp(radius.unsqueeze(-1) / norm.clamp_min(1e-30), max=1.0)
+    return delta * scale
+
+
+def _radius(base: torch.Tensor, batch: _Batch, epsilon: float) -> torch.Tensor:
+    """Per question and prompt position: epsilon * ||embedding||_2 (0 past the prompt)."""
+    return epsilon * base.norm(dim=-1) * batch.prompt_mask
+
+
+def fgsm_delta(grad: torch.Tensor, radius: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One L2 fast-gradient step per token to the edge of its ball: radius * g / ||g|| (zero where g = 0)."""
+    return radius.unsqueeze(-1) * _unit(grad, mask)
+
+
+def pgd_step(delta: torch.Tensor, grad: torch.Tensor, radius: torch.Tensor, mask: torch.Tensor,
+             step_size: float, epsilon: float) -> torch.Tensor:
+    """delta + (step_size/epsilon) * radius * g/||g||, projected back onto each token's L2 ball."""
+    step = (step_size / epsilon) * radius.unsqueeze(-1) * _unit(grad, mask)
+    return _project(delta + step, radius) * mask.unsqueeze(-1)
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+def _training_modules(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    training = tuple(name or "<root>" for name, m in model.named_modules() if m.training)
+    dropout = tuple(name or "<root>" for name, m in model.named_modules()
+                    if m.training and isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
+    if model.training:
+        cfg = getattr(model, "config", None)
+        for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop"):
+            if cfg is not None and float(getattr(cfg, key, 0.0) or 0.0) > 0:
+                dropout += (f"config.{key}={getattr(cfg, key)}",)
+    return training, dropout
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    items: Sequence[ChoiceItem],
+    config: AttackConfig | None = None,
+    *,
+    randomized: str = "refuse",
+    draws: int = 4,
+    repeats: int = 2,
+    batch_size: int = 4,
+    pad_id: int = 0,
+    variant: str | None = None,
+    gradient_model: nn.Module | None = None,
+    data: dict[str, Any] | None = None,
+) -> RobustnessEvaluation:
+    """Clean accuracy, then FGSM/PGD on the clean-correct questions only; robust = clean-correct and correct
+    under every attack. The clean pass runs twice (the first batch `repeats` times in all); a randomized model
+    (the passes differ, or modules in training mode) is refused (`randomized="refuse"`: nothing attacked,
+    nothing robust) or scored with expectation over `draws` forwards. `batch_size` questions are attacked
+    together; each question's prompt runs once and its key/value cache serves all of its choices."""
+    config = config or AttackConfig()
+    if randomized not in RANDOMIZED_POLICIES:
+        raise ConfigError(f"randomized must be one of {RANDOMIZED_POLICIES}, got {randomized!r}", field="randomized")
+    if draws < 2:
+        raise ConfigError(f"draws must be >= 2, got {draws}", field="draws")
+    if repeats < 2:
+        raise ConfigError(f"repeats must be >= 2 (the clean pass is repeated to detect randomness), got {repeats}",
+                          field="repeats")
+    if not items:
+        raise DataError("no questions to evaluate")
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        raise DataError("question ids must be unique (per-sample records are matched by id)")
+    device = _device_of(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        return _evaluate(model, items, config, randomized, draws, repeats, batch_size, pad_id, variant,
+                         gradient_model, data, device)
+
+
+def _evaluate(model: nn.Module, items: Sequence[ChoiceItem], config: AttackConfig, randomized: str, draws: int,
+              repeats: int, batch_size: int, pad_id: int, variant: str | None, gradient_model: nn.Module | None,
+              data: dict[str, Any] | None, device: torch.device) -> RobustnessEvaluation:
+    start = time.perf_counter()
+    training, dropout = _training_modules(model)
+    batches = [_make_batch(items[i:i + batch_size], pad_id, device) for i in range(0, len(items), batch_size)]
+    bases = [_base_embeddings(model, b) for b in batches]
+    first: list[torch.Tensor] = []
+    again: list[list[torch.Tensor]] = []
+    with torch.no_grad():
+        for b, base in zip(batches, bases):
+            first += [s.detach() for s in _choice_scores(model, base, b)]
+        for r in range(repeats - 1):              # the whole clean pass once more, the first batch every time
+            scored: list[torch.Tensor] = []
+            for b, base in (zip(batches, bases) if r == 0 else zip(batches[:1], bases[:1])):
+                scored += [s.detach() for s in _choice_scores(model, base, b)]
+            again.append(scored)
+    diff = max((float((a - c).abs().max()) for run in again for a, c in zip(first, run)), default=0.0)
+    flips = sum(int(a.argmax()) != int(c.argmax()) for run in again for a, c in zip(first, run))
+    check = RandomizationCheck(training, dropout, diff, flips, randomized, draws, repeats)
+    expect = check.randomized or check.train_mode
+    n_draws = draws if expect else 1
+    if expect and not check.refused:
+        with torch.no_grad():
+            clean = []
+            for b, base in zip(batches, bases):
+                clean += [s.detach() for s in _expected_scores(model, base, b, n_draws)]
+    else:
+        clean = first
+    preds = [int(s.argmax()) for s in clean]
+    records: list[SampleRecord] = []
+    if check.refused:
+        for it, p in zip(items, preds):
+            records.append(SampleRecord(it.id, it.label, p, p == it.label, False, {}, False, "not attacked (refused)"))
+        return RobustnessEvaluation(records, config, check, "none (randomized model refused)",
+                                    time.perf_counter() - start, variant, data=dict(data or {}))
+    grad_model, grad_source = (gradient_model, "given gradient model") if gradient_model is not None \
+        else gradient_model_for(model)
+    for b in batches:
+        k = len(b.items)
+        bpreds = preds[len(records):len(records) + k]
+        correct = [p == it.label for p, it in zip(bpreds, b.items)]
+        targets = [i for i in range(k) if correct[i]]
+        attack_preds, grads = _attack([b.items[i] for i in targets], model, grad_model, config, pad_id, device,
+                                      n_draws)
+        for i, it in enumerate(b.items):
+            if i in targets:
+                j = targets.index(i)
+                got = attack_preds[j]
+                robust = len(got) == len(config.attacks) and all(p == it.label for p in got.values())
+                records.append(SampleRecord(it.id, it.label, bpreds[i], True, True, got, robust, grads[j]))
+            else:
+                records.append(SampleRecord(it.id, it.label, bpreds[i], False, False, {}, False,
+                                            "not attacked (clean-wrong)"))
+    return RobustnessEvaluation(records, config, check, grad_source, time.perf_counter() - start, variant,
+                                data=dict(data or {}))
+
+
+def _attack(items: list[ChoiceItem], model: nn.Module, grad_model: nn.Module, config: AttackConfig, pad_id: int,
+            device: torch.device, draws: int) -> tuple[list[dict[str, int]], list[str]]:
+    """Run the attacks in order, each on the questions still answered correctly (AutoAttack's cascade).
+    Returns each question's prediction under every attack it met, and its worst gradient status."""
+    preds: list[dict[str, int]] = [{} for _ in items]
+    status = ["ok"] * len(items)
+    grad0: dict[int, torch.Tensor | None] = {}
+    alive = list(range(len(items)))
+    for name in config.attacks:
+        if not alive:
+            break
+        batch = _make_batch([items[i] for i in alive], pad_id, device)
+        base = _base_embeddings(model, batch)
+        radius = _radius(base, batch, config.epsilon)
+        mask = batch.prompt_mask
+        if any(i not in grad0 for i in alive):      # the gradient at delta = 0: FGSM's and PGD's first step
+            zero = torch.zeros(mask.shape + (base.shape[-1],), device=device)
+            g, st = _loss_grad(grad_model, base, zero, batch, draws)
+            for j, i in enumerate(alive):
+                grad0[i] = None if g is None else g[j, :len(items[i].prompt_ids)]
+                _worst(status, i, st[j])
+        first = _stack([grad0[i] for i in alive], mask, base.shape[-1])
+        if name == "fgsm":
+            delta = fgsm_delta(first, radius, mask) if first is not None else torch.zeros(
+                mask.shape + (base.shape[-1],), device=device)
+        else:
+            delta = _pgd(grad_model, base, batch, radius, mask, config, first, draws, status, alive)
+        with torch.no_grad():
+            scores = _expected_scores(model, _inputs(base, delta, batch), batch, draws)
+        still = []
+        for j, i in enumerate(alive):
+            preds[i][name] = int(scores[j].argmax())
+            if preds[i][name] == items[i].label:
+                still.append(i)
+        alive = still
+    return preds, status
+
+
+def _stack(grads: list[torch.Tensor | None], mask: torch.Tensor, hidden: int) -> torch.Tensor | None:
+    if any(g is None for g in grads):
+        return None
+    out = torch.zeros(mask.shape + (hidden,), device=mask.device)
+    for j, g in enumerate(grads):
+        out[j, :g.shape[0]] = g
+    return out
+
+
+def _pgd(model: nn.Module, base: torch.Tensor, batch: _Batch, radius: torch.Tensor, mask: torch.Tensor,
+         config: AttackConfig, grad0: torch.Tensor | None, draws: int, status: list[str],
+         alive: list[int]) -> torch.Tensor:
+    """PGD from zero (its first gradient is FGSM's, reused) or a seeded random start inside the ball."""
+    delta = torch.zeros(radius.shape + (base.shape[-1],), device=base.device)
+    grad = grad0
+    if config.random_start:
+        gen = torch.Generator(device="cpu").manual_seed(config.seed)
+        noise = torch.randn(delta.shape, generator=gen).to(base.device)
+        delta = _project(noise, radius * torch.rand(radius.shape, generator=gen).to(base.device)) * mask.unsqueeze(-1)
+        grad, st = _loss_grad(model, base, delta, batch, draws)
+        for j, i in enumerate(alive):
+            _worst(status, i, st[j])
+    for step in range(config.pgd_steps):
+        if grad is None:
+            break
+        delta = pgd_step(delta, grad, radius, mask, config.pgd_step_size, config.epsilon)
+        if step + 1 < config.pgd_steps:
+            grad, st = _loss_grad(model, base, delta, batch, draws)
+            for j, i in enumerate(alive):
+                _worst(status, i, st[j])
+    return delta
+
+
+def _worst(status: list[str], i: int, new: str) -> None:
+    """Keep the worst gradient status seen for a question (missing > nonfinite > zero > ok)."""
+    order = {"ok": 0, "zero": 1, "nonfinite": 2, "missing": 3}
+    if order.get(new, 0) > order.get(status[i], 0):
+        status[i] = new
+
+
+def items_from_rows(rows: Iterable[tuple[str, Sequence[int], Sequence[Sequence[int]], int]]) -> list[ChoiceItem]:
+    """ChoiceItems from (id, prompt_ids, [choice_ids...], label) tuples (pre-tokenized data)."""
+    return [ChoiceItem(str(i), tuple(p), tuple(tuple(c) for c in cs), int(y)) for i, p, cs, y in rows]

@@ -1,0 +1,66 @@
+"""Adversarial robustness on an ARC-Easy slice (Z3): clean and robust accuracy on the same questions, only
+clean-correct questions attacked (FGSM, then PGD on the survivors), robust <= clean checked per sample,
+randomized models refused. Records clean_accuracy, robust_accuracy and robustness_gap per variant."""
+from __future__ import annotations
+
+import pytest
+
+from qcheck.errors import DataError, InvariantViolation
+from qcheck.metrics.robustness import AttackConfig, arc_easy_items, evaluate_robustness
+from qcheck.robust import assert_robust_le_clean
+from qcheck.variants import DEFAULT_VARIANTS, REFERENCE
+
+ROBUSTNESS_VARIANTS = (REFERENCE, "int8", "w4g64", "bf16")
+"""Built-in variants attacked by default (fp16 is slow on CPU); plans given with --qcheck-plan are added."""
+CPU_QUESTIONS = 12
+"""At most this many questions on CPU (the slice is min(--qcheck-samples, CPU_QUESTIONS)); all on GPU."""
+MAX_TOKENS = 64
+ATTACK = AttackConfig(epsilon=0.02, pgd_steps=2, attacks=("fgsm", "pgd"), seed=0)
+"""FGSM, then 2-step PGD on the survivors, at 2% of each prompt token's embedding norm (SmolLM2 on 8 ARC-Easy
+questions: epsilon 0.1 broke every clean-correct one, 0.02 half of them)."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "robustness_variant" in metafunc.fixturenames:
+        from qcheck.pytest_plugin import variant_names
+
+        run = variant_names(metafunc.config)
+        names = [REFERENCE] + [n for n in run if n in ROBUSTNESS_VARIANTS or n not in DEFAULT_VARIANTS]
+        metafunc.parametrize("robustness_variant", list(dict.fromkeys(names)))
+
+
+@pytest.fixture(scope="module")
+def arc_slice(qcheck_reference, qcheck_options, qcheck_device, qcheck_report):
+    """The bounded ARC-Easy slice every variant is attacked on (recorded in the report's meta)."""
+    n = qcheck_options.samples if qcheck_device.type == "cuda" else min(qcheck_options.samples, CPU_QUESTIONS)
+    try:
+        items, info = arc_easy_items(qcheck_reference.tokenizer, n, max_tokens=MAX_TOKENS)
+    except DataError as exc:
+        pytest.skip(f"ARC-Easy not available: {exc}")
+    qcheck_report.meta.setdefault("data", {})["robustness_arc_easy"] = info
+    qcheck_report.meta["robustness_attack"] = ATTACK.to_dict()
+    return items, info
+
+
+def test_robust_le_clean(robustness_variant, arc_slice, qcheck_variants, qcheck_reference, qcheck_device,
+                         qcheck_report, qcheck_record):
+    items, info = arc_slice
+    if robustness_variant != REFERENCE and robustness_variant not in qcheck_variants.names:
+        pytest.skip(f"variant {robustness_variant} not part of this run")
+    model = qcheck_variants.model(robustness_variant)
+    pad_id = qcheck_reference.tokenizer.pad_token_id or 0
+    evaluation = evaluate_robustness(model, items, ATTACK, pad_id=pad_id, variant=robustness_variant, data=info,
+                                     repeats=2)
+    try:
+        result = assert_robust_le_clean(evaluation)
+        violation = None
+    except InvariantViolation as exc:
+        result, violation = exc.result, exc
+    qcheck_report.add_metric(robustness_variant, "clean_accuracy", evaluation.metric("clean_accuracy"))
+    qcheck_report.add_metric(robustness_variant, "robust_accuracy", evaluation.metric("robust_accuracy"))
+    qcheck_report.add_metric(robustness_variant, "robustness_gap", {**evaluation.gap_metric(),
+                                                                    "verdict": result.status.value})
+    qcheck_report.add_metric(robustness_variant, "robustness_seconds", round(evaluation.seconds, 2))
+    if violation is not None:
+        raise violation
+    qcheck_record(result)

@@ -1,0 +1,281 @@
+"""Robustness evaluation mechanics (tiny random models) and assert_robust_le_clean on counts, rates and flags."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qcheck.errors import ConfigError, DataError, InvariantViolation
+from qcheck.metrics.robustness import (
+    AttackConfig,
+    ChoiceItem,
+    arc_easy_items,
+    evaluate_robustness,
+    fgsm_delta,
+    gradient_model_for,
+    items_from_rows,
+    pgd_step,
+)
+from qcheck.models import random_init_like, tiny_llama_config
+from qcheck.quant.apply import quantize
+from qcheck.results import Status
+from qcheck.robust import assert_robust_le_clean, model_state, newcombe_difference
+
+
+def random_items(n: int, vocab: int = 512, seed: int = 1) -> list[ChoiceItem]:
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(lo: int, hi: int) -> list[int]:
+        length = int(torch.randint(lo, hi, (1,), generator=g))
+        return torch.randint(1, vocab, (length,), generator=g).tolist()
+
+    return items_from_rows((f"q{i}", ids(5, 12), [ids(1, 4) for _ in range(4)], i % 4) for i in range(n))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_init_like(tiny_llama_config(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def items():
+    return random_items(16)
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny, items):
+    return evaluate_robustness(tiny, items, AttackConfig(epsilon=0.5, pgd_steps=2), variant="tiny", batch_size=16)
+
+
+# --------------------------------------------------------------------------- configuration and data
+
+@pytest.mark.parametrize("kwargs, field", [({"epsilon": 0}, "epsilon"), ({"epsilon": float("nan")}, "epsilon"),
+                                           ({"pgd_steps": 0}, "pgd_steps"), ({"attacks": ("cw",)}, "attacks"),
+                                           ({"attacks": ()}, "attacks"), ({"step_size": -1.0}, "step_size")])
+def test_attack_config_rejects_bad_settings(kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        AttackConfig(**kwargs)
+    assert info.value.field == field
+
+
+def test_attack_config_records_units_and_default_step():
+    cfg = AttackConfig(epsilon=0.2, pgd_steps=5)
+    assert cfg.pgd_step_size == pytest.approx(0.1)
+    d = cfg.to_dict()
+    assert d["epsilon"] == 0.2 and d["pgd_steps"] == 5 and "embedding" in d["norm"]
+    assert "never the model's prediction" in d["loss"]
+
+
+def test_choice_item_validation():
+    with pytest.raises(DataError, match="answer index"):
+        ChoiceItem("x", (1, 2), ((3,), (4,)), 2)
+    with pytest.raises(DataError, match="non-empty"):
+        ChoiceItem("x", (1, 2), ((3,), ()), 0)
+
+
+def test_arc_easy_items_reads_slice_and_skips_long(tmp_path):
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [len(w) for w in text.split()]}
+
+    rows = [{"id": "a", "prompt": "short one", "choices": ["x", "y", "z", "w"], "answer_idx": 1},
+            {"id": "b", "prompt": " ".join(["long"] * 100), "choices": ["x", "y"], "answer_idx": 0},
+            {"id": "c", "prompt": "another", "choices": ["p q", "r"], "answer_idx": 0}]
+    path = tmp_path / "arc.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items, info = arc_easy_items(Tok(), 5, path=path, max_tokens=20)
+    assert [it.id for it in items] == ["a", "c"]
+    assert items[0].label == 1 and len(items[0].choice_ids) == 4
+    assert info["skipped_too_long"] == 1 and info["questions"] == 2 and len(info["sha256"]) == 64
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q"}\n')
+    with pytest.raises(DataError, match="not an ARC-Easy row"):
+        arc_easy_items(Tok(), 1, path=bad)
+
+
+# --------------------------------------------------------------------------- attack geometry
+
+def test_fgsm_reaches_the_ball_edge_per_token_and_pgd_stays_inside():
+    torch.manual_seed(0)
+    grad = torch.randn(2, 5, 8)
+    grad[1, 3] = 0.0
+    radius = torch.rand(2, 5) + 0.1
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[0, 4] = False
+    radius = radius * mask
+    delta = fgsm_delta(grad, radius, mask)
+    norms = delta.norm(dim=-1)
+    expected = radius.clone()
+    expected[1, 3] = 0.0                      # zero gradient: no step
+    assert torch.allclose(norms, expected, atol=1e-6)
+    for _ in range(5):
+        delta = pgd_step(delta, torch.randn(2, 5, 8), radius, mask, step_size=0.3, epsilon=0.1)
+        assert bool((delta.norm(dim=-1) <= radius + 1e-6).all())
+        assert float(delta[0, 4].abs().max()) == 0.0
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+def test_only_clean_correct_attacked_and_robust_implies_clean(evaluation, items):
+    recs = evaluation.records
+    assert [r.id for r in recs] == [it.id for it in items]
+    for r in recs:
+        assert r.attacked == r.clean_correct
+        assert not r.robust or r.clean_correct
+        assert r.robust == (r.clean_correct and all(p == r.label for p in r.attack_preds.values()))
+        if r.attacked:
+            assert r.gradient == "ok" and "fgsm" in r.attack_preds
+            # cascade: PGD runs only on the questions FGSM left correct
+            assert ("pgd" in r.attack_preds) == (r.attack_preds["fgsm"] == r.label)
+        else:
+            assert r.attack_preds == {} and "clean-wrong" in r.gradient
+    assert evaluation.robust_correct <= evaluation.clean_correct
+    assert evaluation.attacked == evaluation.clean_correct > 0
+    assert 0 <= evaluation.gap_metric()["value"] == pytest.approx(evaluation.gap)
+
+
+def test_builtin_evaluation_passes_exactly(evaluation):
+    result = assert_robust_le_clean(evaluation)
+    assert result.status == Status.PASS and result.n == 16
+    assert "by construction" in result.message
+    assert len(result.evidence["records"]) == 16
+    assert result.evidence["attack"]["epsilon"] == 0.5 and result.evidence["attack"]["pgd_steps"] == 2
+    assert result.evidence["randomization"]["randomized"] is False
+    metric = evaluation.metric("clean_accuracy")
+    assert metric["interval"]["low"] <= metric["value"] <= metric["interval"]["high"] and metric["n"] == 16
+
+
+def test_large_epsilon_breaks_more_than_tiny_epsilon(tiny, items):
+    weak = evaluate_robustness(tiny, items, AttackConfig(epsilon=1e-4, pgd_steps=1), batch_size=16)
+    strong = evaluate_robustness(tiny, items, AttackConfig(epsilon=2.0, pgd_steps=2), batch_size=16)
+    assert weak.clean_correct == strong.clean_correct
+    assert strong.robust_correct <= weak.robust_correct
+    assert strong.robust_correct < strong.clean_correct
+
+
+def test_tampered_records_are_caught(evaluation):
+    import dataclasses
+
+    recs = list(evaluation.records)
+    wrong = next(i for i, r in enumerate(recs) if not r.clean_correct)
+    recs[wrong] = dataclasses.replace(recs[wrong], robust=True)
+    bad = dataclasses.replace(evaluation, records=recs)
+    with pytest.raises(InvariantViolation, match="robust but not clean-correct"):
+        assert_robust_le_clean(bad)
+
+
+def test_rounded_inputs_without_ste_report_zero_gradient(items):
+    model = random_init_like(tiny_llama_config(), seed=0)
+    model.model.layers[0].register_forward_pre_hook(
+        lambda mod, args, kwargs: ((torch.round(args[0] * 50) / 50,) + args[1:], kwargs) if args else
+        (args, {**kwargs, "hidden_states": torch.round(kwargs["hidden_states"] * 50) / 50}), with_kwargs=True)
+    ev = evaluate_robustness(model, items, AttackConfig(epsilon=0.5, pgd_steps=1), batch_size=16)
+    assert ev.attacked > 0 and ev.gradient_counts() == {"zero": ev.attacked}
+    with pytest.raises(InvariantViolation, match="no gradient") as info:
+        assert_robust_le_clean(ev)
+    assert info.value.result.evidence["gradients"] == {"zero": ev.attacked}
+
+
+def test_activation_fake_quant_is_straight_through(tiny, items):
+    plan = {"default": {"format": "int", "bits": 8, "activations": {"format": "int", "bits": 8}}}
+    quantized, _ = quantize(tiny, plan)
+    ev = evaluate_robustness(quantized, items, AttackConfig(epsilon=0.5, pgd_steps=1), batch_size=16)
+    assert set(ev.gradient_counts()) == {"ok"}
+    assert "float32 weights" in ev.gradient_source
+
+
+def test_bf16_variant_takes_gradients_from_an_fp32_copy(tiny, items):
+    quantized, _ = quantize(tiny, {"dtype": "bf16", "default": {"format": "bf16"}})
+    surrogate, source = gradient_model_for(quantized)
+    assert surrogate is not quantized and "float32 copy" in source
+    assert {p.dtype for p in surrogate.parameters()} == {torch.float32}
+    assert {p.dtype for p in quantized.parameters()} == {torch.bfloat16}
+    ev = evaluate_robustness(quantized, items[:8], AttackConfig(epsilon=0.5, pgd_steps=1), batch_size=8)
+    assert "float32 copy" in ev.gradient_source and ev.robust_correct <= ev.clean_correct
+
+
+def test_train_mode_with_dropout_is_detected_and_refused(items):
+    model = random_init_like(tiny_llama_config(attention_dropout=0.5), seed=0).train()
+    ev = evaluate_robustness(model, items[:8], batch_size=8)
+    rnd = ev.randomization
+    assert rnd.train_mode and rnd.randomized and rnd.refused and ev.attacked == 0 and ev.robust_correct == 0
+    assert any("attention_dropout" in d for d in rnd.dropout_modules)
+    with pytest.raises(InvariantViolation, match="eval mode off") as info:
+        assert_robust_le_clean(ev)
+    assert info.value.result.evidence["randomization"]["train_mode"] is True
+
+
+def test_bad_policy_and_duplicates_rejected(tiny, items):
+    with pytest.raises(ConfigError):
+        evaluate_robustness(tiny, items, randomized="ignore")
+    with pytest.raises(DataError, match="unique"):
+        evaluate_robustness(tiny, [items[0], items[0]])
+
+
+def test_model_state_probe(tiny):
+    state = model_state(tiny)
+    assert state == {**state, "train_mode": False, "randomized": False}
+    dropout = random_init_like(tiny_llama_config(attention_dropout=0.5), seed=0).train()
+    state = model_state(dropout)
+    assert state["train_mode"] and state["randomized"] and state["repeat_max_abs_diff"] > 0
+
+
+# --------------------------------------------------------------------------- counts, rates and flags
+
+def test_seed_000_rates_are_inconclusive_with_samples_needed():
+    result = assert_robust_le_clean(0.4087, 0.4107, n=200, variant="dynamic")
+    assert result.status == Status.INCONCLUSIVE
+    ev = result.evidence
+    assert ev["interval"]["low"] < 0 < ev["interval"]["high"]
+    assert ev["samples_needed"] > 100_000
+    assert "interval" in result.message and f"{ev['samples_needed']:,}" in result.message
+    assert any("averaged" in note for note in ev["notes"])
+
+
+def test_counts_pass_fail_and_different_n():
+    assert assert_robust_le_clean(80, 60, n=200).status == Status.PASS
+    with pytest.raises(InvariantViolation, match="beyond noise"):
+        assert_robust_le_clean(80, 120, n=200)
+    with pytest.raises(InvariantViolation, match="different sample sets|not the same samples"):
+        assert_robust_le_clean(80, 45, n=200, n_robust=100)
+
+
+@pytest.mark.parametrize("clean, robust, kwargs", [(0.5, 1.5, {"n": 10}), (5, 20, {"n": 10}), (0.5, 0.4, {}),
+                                                   (True, 0.4, {"n": 10})])
+def test_counts_reject_bad_input(clean, robust, kwargs):
+    with pytest.raises(ConfigError):
+        assert_robust_le_clean(clean, robust, **kwargs)
+
+
+def test_flags_exact_and_paired():
+    clean = [True, True, False, False] * 10
+    robust = [True, False, False, False] * 10
+    assert assert_robust_le_clean(clean, robust).status == Status.PASS
+    pushed = [False, False, True, True] * 10
+    with pytest.raises(InvariantViolation, match="a bug, not noise") as info:
+        assert_robust_le_clean([True, False, False, False] * 10, [True, False, True, True] * 10)
+    assert "model-predicted labels" in info.value.result.message.split("likely causes")[1][:120]
+    assert info.value.result.evidence["mcnemar"]["only_a"] == 20
+    with pytest.raises(InvariantViolation, match="within noise"):
+        assert_robust_le_clean(clean, [True, False, True, False] + robust[4:])
+    with pytest.raises(InvariantViolation, match="not the same sample set"):
+        assert_robust_le_clean(clean, pushed[:20])
+
+
+def test_flags_with_ids_match_by_id_and_catch_other_samples():
+    ids = [f"q{i}" for i in range(6)]
+    clean = [True, True, True, False, False, False]
+    robust = list(reversed([True, False, False, False, False, False]))
+    assert assert_robust_le_clean(clean, robust, clean_ids=ids, robust_ids=list(reversed(ids))).status == Status.PASS
+    with pytest.raises(InvariantViolation, match="different samples") as info:
+        assert_robust_le_clean(clean, robust, clean_ids=ids, robust_ids=ids[:3] + ["x", "y", "z"])
+    assert info.value.result.evidence["only_in_robust"] == ["x", "y", "z"]
+    with pytest.raises(ConfigError):
+        assert_robust_le_clean(clean, robust, clean_ids=ids)
+
+
+def test_newcombe_matches_published_example():
+    # Newcombe (1998), method 10: 56/70 vs 48/80 -> (0.0524, 0.3339)
+    low, high = newcombe_difference(56 / 70, 70, 48 / 80, 80)
+    assert low == pytest.approx(0.0524, abs=1e-4) and high == pytest.approx(0.3339, abs=1e-4)
