@@ -410,7 +410,9 @@ def plan_tables(in_features: int | None = None) -> SearchStrategy[dict[str, Any]
 
 def _globs_for(name: str) -> list[str]:
     parts = name.split(".")
-    out = [name, "*", "*." + parts[-1], name.rsplit(".", 1)[0] + ".*" if len(parts) > 1 else name + "*"]
+    out = [name, "*", "*" + parts[-1]]
+    if len(parts) > 1:
+        out += ["*." + parts[-1], name.rsplit(".", 1)[0] + ".*"]
     out += [".".join(p if i != j else "*" for j, p in enumerate(parts)) for i in range(len(parts))]
     out += [re.sub(r"\.\d+\.", ".*.", name)]
     return out
