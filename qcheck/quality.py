@@ -8,9 +8,11 @@ silent pass. Re-exported from qcheck.invariants.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +23,7 @@ from qcheck.metrics.generation import Generation, GenerationRun
 from qcheck.metrics.multiple_choice import MCResult
 from qcheck.metrics.perplexity import PerplexityResult, scored_positions
 from qcheck.results import CheckResult, Status
-from qcheck.stats import MIN_SAMPLES, bootstrap_interval, binomial_test, mcnemar_exact, samples_needed, wilson_interval
+from qcheck.stats import MIN_SAMPLES, binomial_test, bootstrap_interval, mcnemar_exact, samples_needed, wilson_interval
 
 BLOCK_TOKENS = 128
 """Bootstrap unit for perplexity comparisons: runs of this many consecutive scored tokens."""
@@ -78,7 +80,7 @@ def assert_perplexity_order(results: Mapping[str, PerplexityResult], *, family: 
     pairs: dict[str, Any] = {}
     problems = []
     units = 0
-    for hi, lo in zip(names, names[1:]):
+    for hi, lo in itertools.pairwise(names):
         a, b = results[hi], results[lo]
         interval, units, unit = _paired_nll_difference(a, b, level)
         key = f"{hi} -> {lo}"
@@ -342,9 +344,9 @@ def assert_difference_resolved(reference: MCResult | Sequence[bool], candidate: 
     (McNemar exact, two-sided); if not, it is INCONCLUSIVE with the interval of the difference shown."""
     a = reference.flags if isinstance(reference, MCResult) else [bool(x) for x in reference]
     b = candidate.flags if isinstance(candidate, MCResult) else [bool(x) for x in candidate]
-    if isinstance(reference, MCResult) and isinstance(candidate, MCResult):
-        if [r.id for r in reference.records] != [r.id for r in candidate.records]:
-            raise DataError("accuracy comparison needs the same questions in the same order")
+    if (isinstance(reference, MCResult) and isinstance(candidate, MCResult)
+            and [r.id for r in reference.records] != [r.id for r in candidate.records]):
+        raise DataError("accuracy comparison needs the same questions in the same order")
     if len(a) != len(b) or not a:
         raise DataError(f"paired comparison needs equal non-empty lists, got {len(a)} and {len(b)}")
     n = len(a)

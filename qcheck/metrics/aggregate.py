@@ -6,8 +6,9 @@ always be recomputed from the per-sample records stored in the report and checke
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from qcheck.errors import DataError
 from qcheck.stats import wilson_interval
@@ -53,7 +54,7 @@ class Summary:
     kind: str
     successes: int | None = None
 
-    def recompute(self, records: Sequence[Mapping[str, Any]], id_key: str = "id") -> "Summary":
+    def recompute(self, records: Sequence[Mapping[str, Any]], id_key: str = "id") -> Summary:
         return summarize(records, self.key, id_key=id_key)
 
     def to_metric(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class FewShotPrompt:
                                   field="shots")
 
     @classmethod
-    def load(cls, name_or_path: str | Path) -> "FewShotPrompt":
+    def load(cls, name_or_path: str | Path) -> FewShotPrompt:
         """A packaged prompt by name (e.g. 'gsm8k_3shot') or a JSON file {name, system, instruction, shots}."""
         path = Path(name_or_path)
         if path.suffix == ".json" and path.is_file():

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -130,17 +131,69 @@ def choice_loglikelihoods(model: nn.Module, tokenizer: Any, pairs: Sequence[tupl
     return out
 
 
+@torch.no_grad()
+def shared_context_loglikelihoods(model: nn.Module, tokenizer: Any, context: str,
+                                  continuations: Sequence[str]) -> list[float] | None:
+    """Summed log p(continuation | context) for each continuation, running the shared context once and the
+    continuations as one batch on its KV cache; None when the model returns no usable cache."""
+    device = next(model.parameters()).device
+    c = tokenizer(context, add_special_tokens=False)["input_ids"]
+    conts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in continuations]
+    if not c or not all(conts):
+        raise DataError(f"empty context or continuation after tokenization: {context[:40]!r}")
+    out = model(input_ids=torch.tensor([c], device=device), use_cache=True)
+    cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    k = len(conts)
+    cache.batch_repeat_interleave(k)
+    width = max(len(t) for t in conts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    inp = torch.full((k, width), pad, dtype=torch.long)
+    attn = torch.zeros((k, len(c) + width), dtype=torch.long)
+    attn[:, : len(c)] = 1
+    for row, t in enumerate(conts):
+        inp[row, : len(t)] = torch.tensor(t)
+        attn[row, len(c): len(c) + len(t)] = 1
+    inp, attn = inp.to(device), attn.to(device)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1).double()
+    rest = model(input_ids=inp, attention_mask=attn, past_key_values=cache).logits
+    scores = []
+    for row, t in enumerate(conts):
+        total = float(first[t[0]])
+        if len(t) > 1:
+            lp = -torch.nn.functional.cross_entropy(rest[row, : len(t) - 1].float(), inp[row, 1: len(t)],
+                                                    reduction="none").double()
+            total += float(lp.sum())
+        scores.append(total)
+    return scores
+
+
 def score_multiple_choice(model: nn.Module, tokenizer: Any, questions: Sequence[MCQuestion], *,
-                          normalization: str = "sum", batch_size: int = 16, task: str = "arc-easy") -> MCResult:
-    """Score every choice of every question by log-likelihood; refuses non-finite scores naming the question."""
+                          normalization: str = "sum", batch_size: int = 16, task: str = "arc-easy",
+                          shared_context: bool = True) -> MCResult:
+    """Score every choice of every question by log-likelihood; refuses non-finite scores naming the question.
+
+    With shared_context (default) each question's context runs once and its choices reuse its KV cache; the
+    path taken ("shared-context" or "batched") is recorded in the result."""
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}",
                           field="normalization")
     if not questions:
         raise DataError("no questions to score")
-    pairs = [(mc_context(q), " " + choice) for q in questions for choice in q.choices]
     start = time.perf_counter()
-    ll = choice_loglikelihoods(model, tokenizer, pairs, batch_size=batch_size)
+    ll: list[float] = []
+    path = "shared-context"
+    for q in questions if shared_context else ():
+        scores = shared_context_loglikelihoods(model, tokenizer, mc_context(q), [" " + c for c in q.choices])
+        if scores is None:
+            path, ll = "batched", []
+            break
+        ll += scores
+    if not shared_context or path == "batched":
+        path = "batched"
+        pairs = [(mc_context(q), " " + choice) for q in questions for choice in q.choices]
+        ll = choice_loglikelihoods(model, tokenizer, pairs, batch_size=batch_size)
     records = []
     k = 0
     for q in questions:
@@ -151,4 +204,4 @@ def score_multiple_choice(model: nn.Module, tokenizer: Any, questions: Sequence[
         ranked = scores if normalization == "sum" else [s / max(1, len(c)) for s, c in zip(scores, q.choices)]
         pred = max(range(len(ranked)), key=lambda j: ranked[j])
         records.append(MCRecord(q.id, q.answer_idx, pred, pred == q.answer_idx, tuple(scores), len(q.choices)))
-    return MCResult(task, records, normalization, time.perf_counter() - start)
+    return MCResult(task, records, normalization, time.perf_counter() - start, {"path": path})

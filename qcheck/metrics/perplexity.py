@@ -8,8 +8,9 @@ intervals (bootstrap over windows) and recomputation are possible.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn

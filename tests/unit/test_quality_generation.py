@@ -1,0 +1,156 @@
+"""Greedy generation (left padding, fixed budget, chat template), few-shot prompt files, log-likelihood multiple
+choice and task slices, on a tiny random Llama with a small real byte-level BPE tokenizer (fast)."""
+import pytest
+import torch
+
+from qcheck.errors import ConfigError, DataError
+from qcheck.metrics.generation import (
+    FewShotPrompt,
+    GenerationSettings,
+    generate,
+    generate_answers,
+    has_chat_template,
+    packaged_prompts,
+)
+from qcheck.metrics.multiple_choice import choice_loglikelihoods, score_multiple_choice
+from qcheck.metrics.tasks import MCQuestion, gold_after_hashes, load_arc_easy, load_gsm8k
+from qcheck.models import random_init_like, tiny_llama_config
+
+CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["Question: how many apples are left? Answer: 3 + 4 = 7. The final answer is \\boxed{7}."] * 20
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    return random_init_like(tiny_llama_config(eos_token_id=tokenizer.eos_token_id,
+                                              pad_token_id=tokenizer.pad_token_id), seed=1)
+
+
+PROMPTS = ["Question: how many", "Question: how many apples are left? Answer:", "The final", "apples"]
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny, tokenizer):
+    settings = GenerationSettings(max_new_tokens=12, batch_size=4)
+    batched = generate(tiny, tokenizer, PROMPTS, settings)
+    single = generate(tiny, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=12, batch_size=1))
+    assert batched.texts == single.texts
+    assert [g.id for g in batched.outputs] == ["0", "1", "2", "3"]
+    for g, p in zip(batched.outputs, PROMPTS):
+        assert g.n_prompt_tokens == len(tokenizer(p, add_special_tokens=False)["input_ids"])
+        assert (g.stop == "budget") == (g.n_new_tokens == 12)
+        assert 0 <= g.n_new_tokens <= 12
+
+
+def test_generation_is_greedy_and_deterministic(tiny, tokenizer):
+    a = generate(tiny, tokenizer, PROMPTS[:2], GenerationSettings(max_new_tokens=8))
+    torch.manual_seed(123)
+    b = generate(tiny, tokenizer, PROMPTS[:2], GenerationSettings(max_new_tokens=8))
+    assert a.texts == b.texts
+
+
+def test_settings_refuse_a_zero_budget():
+    with pytest.raises(ConfigError, match="0 new tokens can only produce empty outputs"):
+        GenerationSettings(max_new_tokens=0)
+    assert GenerationSettings().to_dict()["decoding"] == "greedy"
+
+
+def test_packaged_gsm8k_prompt_has_three_boxed_shots():
+    prompt = FewShotPrompt.load("gsm8k_3shot")
+    assert "gsm8k_3shot" in packaged_prompts()
+    assert len(prompt.shots) == 3
+    assert all(a.endswith(f"The final answer is \\boxed{{{n}}}.") for (_, a), n in zip(prompt.shots, (72, 10, 5)))
+    with pytest.raises(ConfigError, match="no prompt file"):
+        FewShotPrompt.load("nope")
+
+
+def test_prompt_uses_chat_template_when_the_tokenizer_has_one(tokenizer, tmp_path):
+    prompt = FewShotPrompt("t", (("1+1?", "\\boxed{2}"),), system="Be brief.")
+    text = prompt.render(tokenizer, "2+2?")
+    assert has_chat_template(tokenizer)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert text.endswith("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.render(tokenizer, "2+2?", chat=False).endswith("Question: 2+2?\nAnswer:")
+    path = tmp_path / "p.json"
+    path.write_text('{"name": "p", "shots": [{"question": "q", "answer": "a"}]}')
+    assert FewShotPrompt.load(path).shots == (("q", "a"),)
+    path.write_text('{"name": "p", "shots": [{"question": "q"}]}')
+    with pytest.raises(ConfigError, match="malformed"):
+        FewShotPrompt.load(path)
+
+
+def test_generate_answers_records_prompt_and_template(tiny, tokenizer):
+    run = generate_answers(tiny, tokenizer, ["1+1?", "2+2?"], GenerationSettings(max_new_tokens=4), ids=["a", "b"])
+    assert [g.id for g in run.outputs] == ["a", "b"]
+    assert run.extra["chat_template"] is True and run.extra["prompt"] == "gsm8k-3shot-boxed"
+
+
+def test_choice_loglikelihood_matches_a_direct_computation(tiny, tokenizer):
+    ctx, cont = "Question: how many apples", " are left"
+    c = tokenizer(ctx, add_special_tokens=False)["input_ids"]
+    t = tokenizer(cont, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny(torch.tensor([c + t])).logits[0].double(), -1)
+    direct = sum(float(logp[len(c) - 1 + i, tok]) for i, tok in enumerate(t))
+    batched = choice_loglikelihoods(tiny, tokenizer, [(ctx, cont), ("apples", " 7"), (ctx, cont)], batch_size=2)
+    assert batched[0] == pytest.approx(direct, rel=1e-5) and batched[2] == pytest.approx(direct, rel=1e-5)
+
+
+def test_multiple_choice_records(tiny, tokenizer):
+    qs = [MCQuestion("a", "how many apples?", ("3", "4", "7", "left"), 2),
+          MCQuestion("b", "the final answer?", ("7", "boxed"), 0)]
+    result = score_multiple_choice(tiny, tokenizer, qs)
+    assert result.n == 2 and result.chance == pytest.approx((0.25 + 0.5) / 2)
+    for rec, q in zip(result.records, qs):
+        assert len(rec.scores) == len(q.choices) and rec.pred == max(range(len(rec.scores)), key=rec.scores.__getitem__)
+        assert rec.correct == (rec.pred == q.answer_idx)
+    assert result.to_metric()["records"][0]["id"] == "a"
+    assert result.extra["path"] == "shared-context"
+    batched = score_multiple_choice(tiny, tokenizer, qs, shared_context=False)
+    assert batched.extra["path"] == "batched"
+    for x, y in zip(result.records, batched.records):
+        assert x.scores == pytest.approx(y.scores, rel=1e-4) and x.pred == y.pred
+    with pytest.raises(ConfigError):
+        score_multiple_choice(tiny, tokenizer, qs, normalization="bytes")
+    with pytest.raises(DataError):
+        MCQuestion("c", "?", ("x",), 0)
+
+
+def test_task_slices_from_shared_data():
+    try:
+        gsm = load_gsm8k(3)
+        arc = load_arc_easy(5, offset=2)
+    except DataError as exc:
+        pytest.skip(f"shared data not available: {exc}")
+    assert gsm.items[0].gold == "18" and gsm.items[0].id == "gsm8k-test-0"
+    assert len(arc) == 5 and arc.offset == 2 and all(len(q.choices) == 4 for q in arc.items)
+    assert arc.describe()["sha256"] == arc.sha256 and len(arc.sha256) == 64
+
+
+def test_gold_after_hashes_and_malformed_rows(tmp_path):
+    assert gold_after_hashes("2 + 2 = 4\n#### 1,234") == "1234"
+    with pytest.raises(DataError, match="no '####'"):
+        gold_after_hashes("no marker")
+    bad = tmp_path / "g.jsonl"
+    bad.write_text('{"question": "q", "answer": "#### 3"}\n{"question": "q2"}\n')
+    with pytest.raises(DataError, match="g.jsonl:2: malformed GSM8K row"):
+        load_gsm8k(path=bad)
+    bad.write_text('{"id": "x", "prompt": "p", "choices": ["a", "b"], "answer_idx": 5}\n')
+    with pytest.raises(DataError, match="answer_idx 5"):
+        load_arc_easy(path=bad)
