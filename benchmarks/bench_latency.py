@@ -19,16 +19,26 @@ import copy
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 
 from qcheck.benchmark_integration import qcheck_benchmark  # noqa: F401  (fixture for the pytest part below)
 from qcheck.latency import measure_order
-from qcheck.timing import (classify_regime, device_info, forward_callable, forward_flops, measure, measure_energy,
-                           pinned_flags, random_input_ids, time_forward)
+from qcheck.timing import (
+    classify_regime,
+    device_info,
+    forward_callable,
+    forward_flops,
+    measure,
+    measure_energy,
+    pinned_flags,
+    random_input_ids,
+    time_forward,
+)
 
 SHAPES = ((1, 128), (8, 512), (32, 512))
 VARIANTS = ("fp32", "tf32", "fp16", "bf16", "autocast", "bnb-int8", "bnb-nf4")
@@ -177,7 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ours = measure(fn, device=device, warmup=3, min_repeats=args.repeats, min_time_s=1.0)
                 a = agreement(fn, ours.median_ms, device)
             agree.append({"variant": name, "shape": f"{shape[0]}x{shape[1]}", **a})
-            print(f"agreement {name} {shape}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in a.items()})}",
+            rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in a.items()}
+            print(f"agreement {name} {shape}: {json.dumps(rounded)}",
                   flush=True)
     quality["agreement"] = agree
     compute = [r for r in rows if r["regime"]["kind"] == "compute-bound"]
@@ -193,9 +204,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     """The results as a markdown table plus the quality targets."""
     dev = result["device"]
-    lines = [f"Machine: {dev['name']} (cc {dev['capability']}, driver {dev['driver']}, torch {dev['torch']}, "
-             f"CUDA {dev['cuda']}); clocks as found: {json.dumps(dev['clocks'])}", "",
-             "| variant | shape | median ms | IQR ms (rel) | n | host ms | tokens/s | regime | graph ms | J/token | W |",
+    lines = [(f"Machine: {dev['name']} (cc {dev['capability']}, driver {dev['driver']}, torch {dev['torch']}, "
+             f"CUDA {dev['cuda']}); clocks as found: {json.dumps(dev['clocks'])}"), "",
+             "| variant | shape | median ms | IQR ms (rel) | n | host ms | tokens/s | regime | graph ms | J/token "
+             "| W |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         e = r.get("energy") or {}
@@ -205,11 +217,13 @@ def markdown(result: dict[str, Any]) -> str:
         watts = f"{e['avg_power_w']:.0f}" if e.get("avg_power_w") else ""
         host = f"{r['host_median_ms']:.2f}" if r.get("host_median_ms") is not None else ""
         lines.append(f"| {r['variant']} | {r['shape']} | {r['median_ms']:.3f} | {r['iqr_ms']:.3f} ({r['rel_iqr']:.1%}) "
-                     f"| {r['n']} | {host} | {r['tokens_per_s']:,.0f} | {r['regime']['kind']} | {graph} | {jt} | {watts} |")
+                     f"| {r['n']} | {host} | {r['tokens_per_s']:,.0f} | {r['regime']['kind']} | {graph} | {jt} "
+                     f"| {watts} |")
     q = result["quality"]
-    lines += ["", f"- relative IQR on compute-bound shapes <= {REL_IQR_TARGET:.0%}: "
-                  f"{'no compute-bound rows' if not q['rel_iqr_compute_bound'] else 'met' if q['rel_iqr_target_met'] else 'NOT met'} "
-                  f"({', '.join(f'{k} {v:.2%}' for k, v in q['rel_iqr_compute_bound'].items())})"]
+    verdict = ("no compute-bound shapes" if not q["rel_iqr_compute_bound"] else
+               "met" if q["rel_iqr_target_met"] else "NOT met")
+    lines += ["", (f"- relative IQR on compute-bound shapes <= {REL_IQR_TARGET:.0%}: {verdict} "
+                  f"({', '.join(f'{k} {v:.2%}' for k, v in q['rel_iqr_compute_bound'].items())})")]
     if "fp16_vs_fp32_order" in q:
         o = q["fp16_vs_fp32_order"]
         lines.append(f"- fp16 < fp32 decided: p={o['p']:.2g} after {o['seconds']:.1f} s ({o['n_each']} samples each; "

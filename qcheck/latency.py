@@ -9,16 +9,28 @@ import math
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, InvariantViolation
 from qcheck.results import CheckResult, Status
-from qcheck.timing import (COMPUTE_BOUND, LAUNCH_BOUND, DeviceInfo, Regime, Timing, classify_regime, degenerate_tensors,
-                           device_info, flops_ceiling, measure, placement_problems)
+from qcheck.timing import (
+    COMPUTE_BOUND,
+    LAUNCH_BOUND,
+    DeviceInfo,
+    Regime,
+    Timing,
+    classify_regime,
+    degenerate_tensors,
+    device_info,
+    flops_ceiling,
+    measure,
+    placement_problems,
+)
 
 DEFAULT_SLOWDOWN_FACTOR = 3.0
 ORDER_ALPHA = 0.01
@@ -26,10 +38,10 @@ MIN_ORDER_SAMPLES = 20
 FLAT_TOLERANCE = 0.05
 
 KNOWN_BACKEND_COSTS: dict[str, tuple[float, str]] = {
-    "bnb-int8": (6.0, "LLM.int8 (bitsandbytes, outlier threshold > 0) decomposes each matmul into an int8 and an "
-                      "fp16 part: 4.3x slower than fp16 at 32x512 on an H100"),
-    "bnb-nf4": (3.0, "bitsandbytes NF4 dequantizes weights to 16-bit before each matmul at batch > 1: 1.9x "
-                     "slower than fp16 at 32x512 on an H100"),
+    "bnb-int8": (6.0, ("LLM.int8 (bitsandbytes, outlier threshold > 0) decomposes each matmul into an int8 and an "
+                      "fp16 part: 4.3x slower than fp16 at 32x512 on an H100")),
+    "bnb-nf4": (3.0, ("bitsandbytes NF4 dequantizes weights to 16-bit before each matmul at batch > 1: 1.9x "
+                     "slower than fp16 at 32x512 on an H100")),
 }
 """Slowdowns vs the 16-bit reference that a backend's own kernels explain (measured, not a fallback)."""
 
@@ -115,8 +127,8 @@ def assert_latency_order(faster: Timing, slower: Timing, *, faster_name: str = "
     flags = slower.info.get("flags", {}) if slower.info else {}
     if flags.get("tf32_matmul"):
         evidence["note"] = f"{slower_name} was timed with TF32 on: it then uses tensor cores too"
-    basis = dict(compared=f"{faster_name} vs {slower_name} latency, same shape, {faster.method}",
-                 test=f"one-sided Mann-Whitney U, alpha={alpha}", variant=variant)
+    basis = {"compared": f"{faster_name} vs {slower_name} latency, same shape, {faster.method}",
+             "test": f"one-sided Mann-Whitney U, alpha={alpha}", "variant": variant}
 
     def skipped(reason_id: str, message: str) -> CheckResult:
         evidence["skip"] = reason_id
@@ -255,13 +267,16 @@ def assert_throughput_honest(timings: Mapping[str, Timing], kinds: Mapping[str, 
         message = "; ".join(problems) + (" (CPU timings: reported as a warning)" if status == Status.WARN else "")
     else:
         status = Status.PASS
-        message = (f"{len(timings)} timings consistent; " + (f"simulated ({', '.join(simulated)}) marked: no "
-                                                             "speed-up claimed" if simulated else "no simulated variants"))
+        marked = (f"simulated ({', '.join(simulated)}) marked: no speed-up claimed" if simulated
+                  else "no simulated variants")
+        message = f"{len(timings)} timings consistent; {marked}"
     return _finish(CheckResult("throughput_honest", status, message, n=min(t.n for t in timings.values()),
                                compared=f"variant latencies vs {reference}; real variants across bit widths",
                                test=f"one-sided Mann-Whitney U (alpha={alpha}) for simulated speed-ups; "
                                     "max/min median spread for flatness",
-                               threshold={"flat_tolerance": flat_tolerance, "simulated_tolerance": simulated_tolerance, "alpha": alpha}, evidence=evidence))
+                               threshold={"flat_tolerance": flat_tolerance,
+                                          "simulated_tolerance": simulated_tolerance, "alpha": alpha},
+                               evidence=evidence))
 
 
 # --------------------------------------------------------------------------------------------- slowdown (Z9)
@@ -437,7 +452,8 @@ def audit_timing(fn: Callable[[], Any], *, device: str | torch.device, reported_
         rest = samples[1:] if len(samples) > 1 else samples
         med_rest = statistics.median(rest)
         if len(samples) >= 3 and samples[0] > 2 * med_rest and samples[0] > 2 * steady:
-            problems["warmup-included"] = (f"the first timed call took {samples[0]:.4g} ms, {samples[0] / med_rest:.1f}x "
+            problems["warmup-included"] = (f"the first timed call took {samples[0]:.4g} ms, "
+                                           f"{samples[0] / med_rest:.1f}x "
                                            f"the rest's median {med_rest:.4g} ms: warm-up/compilation (lazy "
                                            "initialisation, autotuning, caches) is inside the samples; exclude it "
                                            "and report it separately")

@@ -13,12 +13,28 @@ import copy
 import pytest
 import torch
 
-from qcheck.latency import (DEFAULT_SLOWDOWN_FACTOR, MIN_ORDER_SAMPLES, assert_latency_order, assert_placement,
-                            assert_plausible_speed, assert_slowdown_bound, assert_throughput_honest,
-                            diagnose_slowdown, variant_kind)
+from qcheck.latency import (
+    DEFAULT_SLOWDOWN_FACTOR,
+    MIN_ORDER_SAMPLES,
+    assert_latency_order,
+    assert_placement,
+    assert_plausible_speed,
+    assert_slowdown_bound,
+    assert_throughput_honest,
+    diagnose_slowdown,
+    variant_kind,
+)
 from qcheck.results import CheckResult, Status
-from qcheck.timing import (classify_regime, device_info, forward_callable, forward_flops, measure_energy,
-                           pinned_flags, random_input_ids, time_forward)
+from qcheck.timing import (
+    classify_regime,
+    device_info,
+    forward_callable,
+    forward_flops,
+    measure_energy,
+    pinned_flags,
+    random_input_ids,
+    time_forward,
+)
 from qcheck.variants import REFERENCE
 
 GPU_SHAPE = (32, 512)
@@ -26,8 +42,8 @@ GPU_SHAPE = (32, 512)
 CPU_SHAPE = (1, 32)
 CPU_TIMED = ("fp32", "bf16", "int8", "w4g64", "fixed8.4")
 """Variants timed on CPU (the budget: simulated ones run fp32 kernels; fp16 is emulated on CPU)."""
-GPU_BUDGET = dict(warmup=3, min_repeats=MIN_ORDER_SAMPLES, min_time_s=1.0, max_time_s=20.0)
-CPU_BUDGET = dict(warmup=1, min_repeats=5, min_time_s=0.2, max_time_s=4.0)
+GPU_BUDGET = {"warmup": 3, "min_repeats": MIN_ORDER_SAMPLES, "min_time_s": 1.0, "max_time_s": 20.0}
+CPU_BUDGET = {"warmup": 1, "min_repeats": 5, "min_time_s": 0.2, "max_time_s": 4.0}
 CPU_SIMULATED_TOLERANCE = 0.25
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

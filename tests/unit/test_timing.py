@@ -11,15 +11,39 @@ import torch
 
 from qcheck.benchmark_integration import benchmark_extra_info, synchronized_perf_counter
 from qcheck.errors import ConfigError, InvariantViolation
-from qcheck.latency import (assert_latency_order, assert_placement, assert_plausible_speed, assert_slowdown_bound,
-                            assert_throughput_honest, variant_kind, VariantKind)
+from qcheck.latency import (
+    VariantKind,
+    assert_latency_order,
+    assert_placement,
+    assert_plausible_speed,
+    assert_slowdown_bound,
+    assert_throughput_honest,
+    variant_kind,
+)
 from qcheck.models import random_init_like, tiny_llama_config
 from qcheck.quant.apply import quantize
 from qcheck.results import Status
-from qcheck.timing import (COMPUTE_BOUND, LAUNCH_BOUND, DeviceInfo, Timing, TimingError, classify_regime,
-                           compute_capability, degenerate_tensors, device_info, flops_ceiling, forward_flops,
-                           has_tensor_cores, measure, measure_energy, numeric_flags, pinned_flags,
-                           placement_problems, random_input_ids, time_forward)
+from qcheck.timing import (
+    COMPUTE_BOUND,
+    LAUNCH_BOUND,
+    DeviceInfo,
+    Timing,
+    TimingError,
+    classify_regime,
+    compute_capability,
+    degenerate_tensors,
+    device_info,
+    flops_ceiling,
+    forward_flops,
+    has_tensor_cores,
+    measure,
+    measure_energy,
+    numeric_flags,
+    pinned_flags,
+    placement_problems,
+    random_input_ids,
+    time_forward,
+)
 
 
 def gpu_info(cc=(9, 0), name="NVIDIA H100 80GB HBM3") -> DeviceInfo:
