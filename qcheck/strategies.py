@@ -101,13 +101,20 @@ def fixed_point_specs(*, min_width: int = 2, max_width: int = 24, signed: bool |
     return _fixed_point_specs(min_width, max_width, signed, frac_widths, None if dtype is None else _dtype(dtype))
 
 
+def _fixed_fits(width: int, frac: int, sgn: bool, dt: torch.dtype | None) -> bool:
+    """Whether (width, frac, sgn) is valid and `dt` (when given) holds both ends of its range exactly."""
+    if not -256 <= frac <= 256:
+        return False
+    r = fixed_point_range(width, frac, sgn)
+    return dt is None or (holds(dt, r.max) and holds(dt, r.min))
+
+
 @functools.lru_cache(maxsize=4096)
 def _frac_candidates(width: int, sgn: bool, dt: torch.dtype | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(usual, extreme) frac_widths of a width whose range ends `dt` holds (all of them without a dtype)."""
 
     def fits(frac: int) -> bool:
-        r = fixed_point_range(width, frac, sgn)
-        return dt is None or (holds(dt, r.max) and holds(dt, r.min))
+        return _fixed_fits(width, frac, sgn, dt)
 
     low = -256 if dt is None else max(-256, _min_frac_for(width, sgn, float(torch.finfo(dt).max)))
     lo = max(low, -8)
@@ -127,7 +134,7 @@ def _fixed_point_specs(min_width: int, max_width: int, signed: bool | None, frac
         usual, extremes = _frac_candidates(width, sgn, dt)
         if frac_widths is not None:
             frac = draw(frac_widths, label="frac_width")
-            if frac not in usual and frac not in extremes and (dt is not None or not -256 <= frac <= 256):
+            if not _fixed_fits(width, frac, sgn, dt):
                 reject()
         elif extremes and draw(st.integers(0, 3), label="extreme frac_width") == 3:
             frac = extremes[draw(st.integers(0, len(extremes) - 1))]
