@@ -3,8 +3,10 @@
 Run on a GPU machine (from the repository root):
 
     PYTHONPATH=. python benchmarks/bench_latency.py --out OUTDIR           # the benchmark, JSON + markdown
-    PYTHONPATH=. python -m pytest benchmarks/bench_latency.py -m gpu \\
-        --benchmark-json OUTDIR/pytest-benchmark.json                    # pytest-benchmark integration
+    PYTHONPATH=. python -m pytest -p qcheck.pytest_plugin -p qcheck.benchmark_integration \\
+        benchmarks/bench_latency.py -m gpu --benchmark-json OUTDIR/pytest-benchmark.json
+
+(`-p qcheck.pytest_plugin` where qcheck is not pip-installed, as on the GPU machine.)
 
 Variants: fp32 (TF32 off), tf32, fp16, bf16, autocast (fp16 under torch.autocast on the fp32 model), and
 bitsandbytes int8 (LLM.int8) / nf4 on an fp16 model when bitsandbytes is importable. Shapes 1x128, 8x512,
