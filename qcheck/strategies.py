@@ -377,7 +377,8 @@ def _int_tensor(draw: st.DrawFn, spec: IntSpec, dtype: torch.dtype, extra: list[
 
 @st.composite
 def format_cases(draw: st.DrawFn, kind: str, *, dtypes: Sequence[str] = ("fp32", "fp16", "bf16"),
-                 allow_nan: bool = False, allow_infinity: bool = False) -> tuple[ReferenceSpec, torch.Tensor]:
+                 allow_nan: bool = False, allow_infinity: bool = False,
+                 max_elements: int = 16) -> tuple[ReferenceSpec, torch.Tensor]:
     """(spec, tensor) for kind 'fixed' | 'int' | 'minifloat'; the tensor's dtype holds every value of the spec."""
     name = draw(st.sampled_from(list(dtypes)), label="dtype")
     if kind == "fixed":
@@ -388,7 +389,8 @@ def format_cases(draw: st.DrawFn, kind: str, *, dtypes: Sequence[str] = ("fp32",
         spec = draw(integer_specs(), label="spec")
     else:
         raise ValueError(f"kind must be 'fixed', 'int' or 'minifloat', got {kind!r}")
-    x = draw(tensors_for(spec, dtypes=(name,), allow_nan=allow_nan, allow_infinity=allow_infinity), label="x")
+    x = draw(tensors_for(spec, dtypes=(name,), allow_nan=allow_nan, allow_infinity=allow_infinity,
+                         max_elements=max_elements), label="x")
     return spec, x
 
 
