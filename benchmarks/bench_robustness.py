@@ -90,18 +90,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "variants": {}}
     for name in args.variants:
         model = reference if name == "fp32" else quantize(reference, builtin_plan(name))[0]
-        times = []
+        times, cpu_times = [], []
         evaluation = None
         for _ in range(args.repeats):
             _sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             evaluation = evaluate_robustness(model, items, ATTACK, pad_id=pad_id, batch_size=args.batch_size,
                                              variant=name, repeats=2)
             _sync(device)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         assert evaluation is not None
         out["variants"][name] = {
             "seconds_median": statistics.median(times), "seconds": times,
+            "process_cpu_seconds_median": statistics.median(cpu_times),
             "seconds_per_question": statistics.median(times) / len(items), "questions": len(items),
             "clean_accuracy": evaluation.clean_accuracy, "robust_accuracy": evaluation.robust_accuracy,
             "attacked": evaluation.attacked, "gradient_source": evaluation.gradient_source,
@@ -126,9 +128,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"epsilon {meta['attack']['epsilon']} (embedding-norm units); batch {meta['batch_size']}; "
             f"median of {meta['repeats']}; load average {meta['load_average']}")
     lines = [head, "",
-             "| variant | seconds | s / question | clean | robust | attacked |", "|---|---|---|---|---|---|"]
+             "| variant | seconds | process CPU s | s / question | clean | robust | attacked |",
+             "|---|---|---|---|---|---|---|"]
     for name, v in result["variants"].items():
-        lines.append(f"| {name} | {v['seconds_median']:.2f} | {v['seconds_per_question']:.3f} | "
+        lines.append(f"| {name} | {v['seconds_median']:.2f} | {v['process_cpu_seconds_median']:.1f} | "
+                     f"{v['seconds_per_question']:.3f} | "
                      f"{v['clean_accuracy']:.3f} | {v['robust_accuracy']:.3f} | {v['attacked']} |")
     return "\n".join(lines) + "\n"
 

@@ -177,8 +177,9 @@ def _check_evaluation(ev: Any, level: float, variant: str | None) -> CheckResult
     elif bad_grad:
         warnings.append(f"gradient problems on {sum(bad_grad.values())} of {attacked} attacked samples ({bad_grad}): "
                         "their robust flags are upper bounds")
+    gap = ev.gap_metric(level)["interval"]
     summary = (f"clean {ev.clean_correct}/{ev.n} ({ev.clean_accuracy:.1%}), robust {ev.robust_correct}/{ev.n} "
-               f"({ev.robust_accuracy:.1%}), gap {ev.gap:+.1%}; attacks {'+'.join(ev.config.attacks)} at epsilon "
+               f"({ev.robust_accuracy:.1%}), gap {ev.gap:+.1%} [{gap['low']:.1%}, {gap['high']:.1%}]; attacks {'+'.join(ev.config.attacks)} at epsilon "
                f"{ev.config.epsilon:g} (embedding-norm units)")
     if problems:
         status, message = Status.FAIL, "; ".join(problems) + f" [{summary}]"

@@ -165,6 +165,16 @@ def test_tampered_records_are_caught(evaluation):
         assert_robust_le_clean(bad)
 
 
+def test_some_zero_gradients_warn_that_robust_is_an_upper_bound(evaluation):
+    import dataclasses
+
+    recs = list(evaluation.records)
+    hit = next(i for i, r in enumerate(recs) if r.attacked)
+    recs[hit] = dataclasses.replace(recs[hit], gradient="zero")
+    result = assert_robust_le_clean(dataclasses.replace(evaluation, records=recs))
+    assert result.status == Status.WARN and "upper bounds" in result.message
+
+
 def test_rounded_inputs_without_ste_report_zero_gradient(items):
     model = random_init_like(tiny_llama_config(), seed=0)
     model.model.layers[0].register_forward_pre_hook(
@@ -175,6 +185,21 @@ def test_rounded_inputs_without_ste_report_zero_gradient(items):
     with pytest.raises(InvariantViolation, match="no gradient") as info:
         assert_robust_le_clean(ev)
     assert info.value.result.evidence["gradients"] == {"zero": ev.attacked}
+
+
+def test_detached_inputs_report_missing_gradient(items):
+    model = random_init_like(tiny_llama_config(), seed=0)
+
+    def detach(mod, args, kwargs):
+        if args:
+            return (args[0].detach(),) + args[1:], kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
+
+    model.model.layers[0].register_forward_pre_hook(detach, with_kwargs=True)
+    ev = evaluate_robustness(model, items, AttackConfig(epsilon=0.5, pgd_steps=1), batch_size=16)
+    assert ev.attacked > 0 and ev.gradient_counts() == {"missing": ev.attacked}
+    with pytest.raises(InvariantViolation, match="no gradient"):
+        assert_robust_le_clean(ev)
 
 
 def test_activation_fake_quant_is_straight_through(tiny, items):
