@@ -24,10 +24,16 @@ _EXPORTS: dict[str, str] = {
     "assert_16bit_differs": "qcheck.invariants",
     "assert_mixed_between": "qcheck.invariants",
     "assert_plan_followed": "qcheck.invariants",
-    "assert_robust_le_clean": "qcheck.invariants",
-    "assert_latency_order": "qcheck.invariants",
-    "assert_boxed_format": "qcheck.invariants",
+    "assert_robust_le_clean": "qcheck.robust",
+    "assert_latency_order": "qcheck.latency",
+    "assert_slowdown_bound": "qcheck.latency",
+    "assert_boxed_format": "qcheck.quality",
+    "assert_perplexity_order": "qcheck.quality",
+    "assert_not_collapsed": "qcheck.quality",
+    "assert_kl_sane": "qcheck.fidelity",
+    "assert_kl_ordering": "qcheck.fidelity",
     "assert_static_search_space": "qcheck.search",
+    "assert_same_as_reference": "qcheck.strategies",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
