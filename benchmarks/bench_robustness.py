@@ -3,7 +3,7 @@
 GPU (from the repository root; the GGUF cannot travel, so the SmolLM2-135M architecture with random weights
 and random token ids shaped like the ARC-Easy slice):
 
-    PYTHONPATH=. python benchmarks/bench_robustness.py --device cuda --questions 256 --out OUTDIR
+    PYTHONPATH=. python benchmarks/bench_robustness.py --device cuda --questions 128 --out OUTDIR
 
 CPU with the embedded SmolLM2 and real ARC-Easy questions (the figures in RESULTS.md):
 
@@ -140,7 +140,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--questions", type=int, default=None, help="questions (default 256 on cuda, 16 on cpu)")
+    parser.add_argument("--questions", type=int, default=None, help="questions (default 128 on cuda, 12 on cpu)")
     parser.add_argument("--batch-size", type=int, default=None, help="questions per forward (16 cuda, 4 cpu)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (3 cuda, 1 cpu)")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for bench_robustness.json/.md")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    args.questions = args.questions or (256 if cuda else 16)
+    args.questions = args.questions or (128 if cuda else 12)
     args.batch_size = args.batch_size or (16 if cuda else 4)
     args.repeats = args.repeats or (3 if cuda else 1)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
