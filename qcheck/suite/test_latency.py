@@ -40,10 +40,11 @@ from qcheck.variants import REFERENCE
 GPU_SHAPE = (32, 512)
 """Compute-bound for SmolLM2-135M on an H100 (1x128 is launch-bound)."""
 CPU_SHAPE = (1, 32)
-CPU_TIMED = ("fp32", "bf16", "int8", "w4g64", "fixed8.4")
-"""Variants timed on CPU (the budget: simulated ones run fp32 kernels; fp16 is emulated on CPU)."""
+CPU_TIMED = ("fp32", "int8", "w4g64")
+"""Variants timed on CPU (the budget): fp32 and two simulated ones (fp32 kernels). fp16/bf16 matmuls are
+emulated on most CPUs (bf16 took minutes under load here) and bitsandbytes' CPU path is slow."""
 GPU_BUDGET = {"warmup": 3, "min_repeats": MIN_ORDER_SAMPLES, "min_time_s": 1.0, "max_time_s": 20.0}
-CPU_BUDGET = {"warmup": 1, "min_repeats": 5, "min_time_s": 0.2, "max_time_s": 4.0}
+CPU_BUDGET = {"warmup": 1, "min_repeats": 3, "min_time_s": 0.1, "max_time_s": 2.0}
 CPU_SIMULATED_TOLERANCE = 0.25
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -87,8 +88,8 @@ def _timed_here(name: str, device: torch.device) -> bool:
 
 def test_latency_plausible(qcheck_variant, qcheck_variants, latency_of, latency_ids, qcheck_device, qcheck_record):
     if not _timed_here(qcheck_variant, qcheck_device):
-        pytest.skip(f"{qcheck_variant} is not timed on CPU (CPU timing covers {', '.join(CPU_TIMED)}: "
-                    "fp16 is emulated there); GPU runs time every variant")
+        pytest.skip(f"{qcheck_variant} is not timed on CPU (CPU timing covers {', '.join(CPU_TIMED)}: 16-bit "
+                    "matmuls are emulated on most CPUs); GPU runs time every variant")
     timing, _ = latency_of(qcheck_variant)
     model = qcheck_variants.model(qcheck_variant)
     qcheck_record(assert_plausible_speed(timing, flops=forward_flops(model, latency_ids.numel()),
