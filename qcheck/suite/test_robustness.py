@@ -11,7 +11,8 @@ from qcheck.robust import assert_robust_le_clean
 from qcheck.variants import DEFAULT_VARIANTS, REFERENCE
 
 ROBUSTNESS_VARIANTS = (REFERENCE, "int8", "w4g64", "bf16")
-"""Built-in variants attacked by default (fp16 is slow on CPU); plans given with --qcheck-plan are added."""
+"""Built-in variants attacked by default (plus fp16 on a GPU; it is slow on CPU); --qcheck-plan plans are added."""
+GPU_ONLY_VARIANTS = ("fp16",)
 CPU_QUESTIONS = 12
 """At most this many questions on CPU (the slice is min(--qcheck-samples, CPU_QUESTIONS)); all on GPU."""
 MAX_TOKENS = 64
@@ -22,10 +23,15 @@ questions: epsilon 0.1 broke every clean-correct one, 0.02 half of them)."""
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "robustness_variant" in metafunc.fixturenames:
+        import torch
+
         from qcheck.pytest_plugin import variant_names
 
         run = variant_names(metafunc.config)
-        names = [REFERENCE] + [n for n in run if n in ROBUSTNESS_VARIANTS or n not in DEFAULT_VARIANTS]
+        device = metafunc.config.getoption("--qcheck-device", "auto")
+        gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        wanted = ROBUSTNESS_VARIANTS + (GPU_ONLY_VARIANTS if gpu else ())
+        names = [REFERENCE] + [n for n in run if n in wanted or n not in DEFAULT_VARIANTS]
         metafunc.parametrize("robustness_variant", list(dict.fromkeys(names)))
 
 
