@@ -107,7 +107,8 @@ def plot_perplexity_vs_bits(data: dict[str, Any]) -> str | None:
 
 def _bars(ax: Any, labels: list[str], values: list[float], intervals: list[tuple[float, float] | None],
           colour: str) -> None:
-    ax.bar(labels, values, yerr=_errors(values, intervals), capsize=5, color=colour, alpha=0.85)
+    ax.bar(labels, values, width=0.6, yerr=_errors(values, intervals), capsize=5, color=colour, alpha=0.85)
+    ax.set_xlim(-0.8, len(labels) - 0.2)
     ax.tick_params(axis="x", rotation=30, labelsize=8)
     ax.grid(axis="y", alpha=0.3)
 
@@ -153,6 +154,7 @@ def plot_rates(data: dict[str, Any]) -> str | None:
                     ivs.append(metric_interval(metric))
             ax.bar(xs, ys, width=width, yerr=_errors(ys, ivs), capsize=3, label=key)
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+        ax.set_xlim(-0.8, len(names) - 0.2)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("rate")
         ax.set_title("Boxed-answer compliance and accuracy per variant (95% intervals)")
