@@ -485,6 +485,8 @@ def evaluate_robustness(
     if repeats < 2:
         raise ConfigError(f"repeats must be >= 2 (the clean pass is repeated to detect randomness), got {repeats}",
                           field="repeats")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}", field="batch_size")
     if not items:
         raise DataError("no questions to evaluate")
     ids = [it.id for it in items]

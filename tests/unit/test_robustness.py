@@ -234,6 +234,9 @@ def test_train_mode_with_dropout_is_detected_and_refused(items):
 def test_bad_policy_and_duplicates_rejected(tiny, items):
     with pytest.raises(ConfigError):
         evaluate_robustness(tiny, items, randomized="ignore")
+    for bad in ({"batch_size": 0}, {"draws": 1}, {"repeats": 1}):
+        with pytest.raises(ConfigError):
+            evaluate_robustness(tiny, items, **bad)
     with pytest.raises(DataError, match="unique"):
         evaluate_robustness(tiny, [items[0], items[0]])
 
