@@ -2,8 +2,9 @@
 model's chat template) are compared with the reference's on the same prompts and settings (McNemar exact),
 empty outputs are bounded, example failures are kept. Records the metric `boxed_rate` per variant.
 
-On CPU the slice is small (generation is slow): at most CPU_PROMPTS prompts, CPU_NEW_TOKENS new tokens, and
-only CPU_VARIANTS; on a GPU, --qcheck-samples prompts and every variant of the run.
+On CPU the slice is small (generation is slow): at most CPU_PROMPTS prompts with the direct-answer prompt
+(replies fit in CPU_NEW_TOKENS tokens), and only CPU_VARIANTS; on a GPU, --qcheck-samples prompts with the
+worked-equation prompt and GPU_NEW_TOKENS tokens, every variant of the run.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from qcheck.quality import assert_boxed_format
 from qcheck.stats import wilson_interval
 from qcheck.variants import REFERENCE
 
-CPU_PROMPTS = 6
-CPU_NEW_TOKENS = 64
+CPU_PROMPTS = 8
+CPU_NEW_TOKENS = 24
+CPU_PROMPT = "gsm8k_3shot_direct"
 CPU_VARIANTS = ("w4g64",)
 GPU_NEW_TOKENS = 256
+GPU_PROMPT = "gsm8k_3shot"
 
 
 def _boxed_metric(run: GenerationRun, golds: list[str]) -> dict[str, Any]:
@@ -54,9 +57,9 @@ def gsm8k_slice(qcheck_options, qcheck_device, qcheck_report):
 
 @pytest.fixture(scope="module")
 def format_settings(qcheck_device):
-    cpu = qcheck_device.type == "cpu"
-    return GenerationSettings(max_new_tokens=CPU_NEW_TOKENS if cpu else GPU_NEW_TOKENS, batch_size=CPU_PROMPTS if cpu
-                              else 16)
+    if qcheck_device.type == "cpu":
+        return GenerationSettings(max_new_tokens=CPU_NEW_TOKENS, batch_size=CPU_PROMPTS, prompt=CPU_PROMPT)
+    return GenerationSettings(max_new_tokens=GPU_NEW_TOKENS, batch_size=16, prompt=GPU_PROMPT)
 
 
 @pytest.fixture(scope="module")

@@ -73,9 +73,11 @@ def test_settings_refuse_a_zero_budget():
 
 def test_packaged_gsm8k_prompt_has_three_boxed_shots():
     prompt = FewShotPrompt.load("gsm8k_3shot")
-    assert "gsm8k_3shot" in packaged_prompts()
-    assert len(prompt.shots) == 3
-    assert all(a.endswith(f"The final answer is \\boxed{{{n}}}.") for (_, a), n in zip(prompt.shots, (72, 10, 5)))
+    assert {"gsm8k_3shot", "gsm8k_3shot_direct"} <= set(packaged_prompts())
+    for name in ("gsm8k_3shot", "gsm8k_3shot_direct"):
+        prompt = FewShotPrompt.load(name)
+        assert len(prompt.shots) == 3
+        assert all(a.endswith(f"The final answer is \\boxed{{{n}}}.") for (_, a), n in zip(prompt.shots, (72, 10, 5)))
     with pytest.raises(ConfigError, match="no prompt file"):
         FewShotPrompt.load("nope")
 

@@ -11,7 +11,7 @@ from qcheck.quality import assert_boxed_format
 from qcheck.quant.apply import quantize
 
 N_PROMPTS = 8
-SETTINGS = GenerationSettings(max_new_tokens=64, batch_size=N_PROMPTS)
+SETTINGS = GenerationSettings(max_new_tokens=24, batch_size=N_PROMPTS, prompt="gsm8k_3shot_direct")
 W2 = {"name": "w2", "default": {"format": "int", "bits": 2, "group_size": 64}}
 
 
@@ -29,7 +29,7 @@ def reference_run(smollm2, problems):
                             ids=[p.id for p in problems])
 
 
-def planted_zero_budget_harness(model, tokenizer, problems, max_length=256):
+def planted_zero_budget_harness(model, tokenizer, problems, max_length=200):
     """The planted bug: the budget is computed as max_length - prompt length, and few-shot chat prompts are
     longer than max_length, so every answer is cut to 0 new tokens (the model never gets to speak)."""
     prompt = FewShotPrompt.load(SETTINGS.prompt)
