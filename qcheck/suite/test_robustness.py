@@ -21,6 +21,23 @@ ATTACK = AttackConfig(epsilon=0.02, pgd_steps=2, attacks=("fgsm", "pgd"), seed=0
 questions: epsilon 0.1 broke every clean-correct one, 0.02 half of them)."""
 
 
+_EVALUATIONS: dict[str, object] = {}
+"""This run's evaluations by variant (fp32 runs first), for paired comparisons with the reference."""
+
+
+def paired_vs_reference(reference, evaluation) -> dict:
+    """Robust flags of a variant vs fp32 on the same question ids: McNemar exact (two-sided) as evidence."""
+    from qcheck.stats import mcnemar_exact
+
+    ref = {r.id: r.robust for r in reference.records}
+    ids = [r.id for r in evaluation.records if r.id in ref]
+    mine = {r.id: r.robust for r in evaluation.records}
+    test = mcnemar_exact([ref[i] for i in ids], [mine[i] for i in ids])
+    return {"fp32_robust": sum(ref[i] for i in ids), "variant_robust": sum(mine[i] for i in ids), "n": len(ids),
+            "only_fp32_robust": test.b, "only_variant_robust": test.c, "pvalue": test.pvalue,
+            "test": "McNemar exact, two-sided, robust flags on the same questions"}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "robustness_variant" in metafunc.fixturenames:
         import torch
@@ -64,8 +81,12 @@ def test_robust_le_clean(robustness_variant, arc_slice, qcheck_variants, qcheck_
         result, violation = exc.result, exc
     qcheck_report.add_metric(robustness_variant, "clean_accuracy", evaluation.metric("clean_accuracy"))
     qcheck_report.add_metric(robustness_variant, "robust_accuracy", evaluation.metric("robust_accuracy"))
-    qcheck_report.add_metric(robustness_variant, "robustness_gap", {**evaluation.gap_metric(),
-                                                                    "verdict": result.status.value})
+    _EVALUATIONS[robustness_variant] = evaluation
+    gap = {**evaluation.gap_metric(), "verdict": result.status.value}
+    reference = _EVALUATIONS.get(REFERENCE)
+    if robustness_variant != REFERENCE and reference is not None:
+        gap["robust_vs_fp32"] = paired_vs_reference(reference, evaluation)
+    qcheck_report.add_metric(robustness_variant, "robustness_gap", gap)
     qcheck_report.add_metric(robustness_variant, "robustness_seconds", round(evaluation.seconds, 2))
     if violation is not None:
         raise violation
