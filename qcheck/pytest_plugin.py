@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import pytest
 
+from qcheck.benchmark_integration import pytest_benchmark_update_machine_info, qcheck_benchmark  # noqa: F401
+
 _REPORT_KEY = pytest.StashKey["Any"]()
 
 

@@ -28,7 +28,8 @@ def make_bnb_linear(linear: nn.Linear, spec: BnbSpec) -> nn.Module:
     """A bitsandbytes module holding `linear`'s weights, quantized on the linear's device."""
     bnb = _bnb()
     device = linear.weight.device
-    weight = linear.weight.detach().to(torch.float32 if device.type == "cpu" else torch.float16).clone()
+    # built on the CPU and moved: bitsandbytes quantizes Int8Params / Params4bit when they move to the device
+    weight = linear.weight.detach().to("cpu", torch.float32 if device.type == "cpu" else torch.float16).clone()
     has_bias = linear.bias is not None
     if spec.format == "bnb-int8":
         module = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
@@ -42,7 +43,7 @@ def make_bnb_linear(linear: nn.Linear, spec: BnbSpec) -> nn.Module:
         module.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
                                           compress_statistics=spec.double_quant, blocksize=spec.blocksize)
     if has_bias:
-        module.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        module.bias = nn.Parameter(linear.bias.detach().to("cpu").clone(), requires_grad=False)
     return module.to(device)
 
 
