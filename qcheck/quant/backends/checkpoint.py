@@ -100,6 +100,7 @@ class CheckpointBackend:
         start = time.perf_counter()
         info = detect_quantization(self.folder)
         model = load_quantized_folder(self.folder, device=self.device)
+        check_same_architecture(reference, model, self.folder)
         plan = {"name": self.variant_name or Path(self.folder).name, **(info.to_dict() if info else {"format": "float"})}
         report = manifest_of(reference, model, backend=f"checkpoint:{info.method if info else 'float'}", plan=plan,
                              bits=info.bits if info else None, group_size=info.group_size if info else None,
@@ -126,3 +127,19 @@ def load_quantized_folder(folder: str | Path, *, device: str = "cpu") -> nn.Modu
     if info is None or info.method != "bitsandbytes":
         model.to(device)
     return model.eval()
+
+
+ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads", "num_key_value_heads")
+
+
+def check_same_architecture(reference: nn.Module, quantized: nn.Module, folder: str | Path) -> None:
+    """Refuse a checkpoint whose shape differs from the reference's: it cannot be a quantization of it."""
+    ref_cfg, q_cfg = getattr(reference, "config", None), getattr(quantized, "config", None)
+    if ref_cfg is None or q_cfg is None:
+        return
+    diff = {k: (getattr(ref_cfg, k, None), getattr(q_cfg, k, None)) for k in ARCH_KEYS
+            if getattr(ref_cfg, k, None) != getattr(q_cfg, k, None)}
+    if diff:
+        raise ModelLoadError(f"checkpoint {folder} is not a quantization of the reference: "
+                             + ", ".join(f"{k} {a} (reference) vs {b}" for k, (a, b) in diff.items()))
