@@ -22,12 +22,14 @@ MIN_BLOCKS = 8
 """Fewer bootstrap blocks than this cannot support an interval: bound and ordering checks are inconclusive."""
 
 KL_BOUNDS: dict[str, dict[str, float]] = {
-    "fp16": {"max_kl_mean": 2e-4, "min_top1": 0.99},
-    "bf16": {"max_kl_mean": 5e-3, "min_top1": 0.96},
+    "fp16": {"max_kl_mean": 2e-4, "min_top1": 0.98},
+    "bf16": {"max_kl_mean": 5e-3, "min_top1": 0.94},
 }
-"""Stated bounds for 16-bit casts of a float reference, set with margin from measurements on SmolLM2-135M
-(WikiText-2; see docs/fidelity.md and benchmarks/RESULTS.md): mean KL(ref || variant) in nats per token
-must stay below max_kl_mean and top-1 agreement above min_top1."""
+"""Stated bounds for 16-bit casts of a float reference: mean KL(ref || variant) in nats per token below
+max_kl_mean, top-1 agreement above min_top1. bf16 measured on SmolLM2-135M, WikiText-2, 2,046 tokens: mean KL
+1.07e-3 [0.97e-3, 1.17e-3], top-1 97.7% [97.0, 98.4] (bounds: ~5x and 3.7 points of margin). fp16 keeps 3 more
+mantissa bits (logit noise ~8x smaller, KL ~64x smaller: ~2e-5 expected); its bound keeps ~10x margin on that
+estimate (benchmarks/RESULTS.md, Fidelity)."""
 
 
 def _finish(result: CheckResult) -> CheckResult:
