@@ -54,7 +54,7 @@ def assert_ptq_not_worse_than_rtn(rtn: Any, ptq: Any, *, variant: str, rtn_name:
     per_token_rtn = [nll / t for nll, t in zip(rtn.window_nll, rtn.window_tokens)]
     per_token_ptq = [nll / t for nll, t in zip(ptq.window_nll, ptq.window_tokens)]
     diff = paired_bootstrap_difference(per_token_rtn, per_token_ptq, level=level, weights=rtn.window_tokens)
-    evidence["nll_difference"] = {"point": diff.point, "low": diff.low, "high": diff.high}
+    evidence["nll_difference"] = {"point": diff.estimate, "low": diff.low, "high": diff.high}
     evidence["ppl_ratio"] = ptq.perplexity / rtn.perplexity
     if diff.low > margin:
         msg = (f"{variant} (perplexity {ptq.perplexity:.4f}) is worse than qcheck's RTN {rtn_name} "
@@ -64,7 +64,7 @@ def assert_ptq_not_worse_than_rtn(rtn: Any, ptq: Any, *, variant: str, rtn_name:
         status = Status.FAIL
     else:
         msg = (f"{variant} perplexity {ptq.perplexity:.4f} vs RTN {rtn_name} {rtn.perplexity:.4f} "
-               f"(NLL difference {diff.point:+.4f}, interval {diff.low:+.4f}..{diff.high:+.4f})")
+               f"(NLL difference {diff.estimate:+.4f}, interval {diff.low:+.4f}..{diff.high:+.4f})")
         status = Status.PASS
     return _finish(CheckResult(name, status, msg, compared=compared, n=n, test=test, threshold=threshold,
                                evidence=evidence, variant=variant))

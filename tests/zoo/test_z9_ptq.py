@@ -1,0 +1,170 @@
+"""PTQ backends (seed 002): the oneshot trap (a backend quantizes the reference itself, so the "reference"
+scores what the variant scores), a user's quantized checkpoint folder as a variant, and the GPTQ-vs-RTN
+differential that flags a broken calibration."""
+import copy
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from qcheck.calibration import CalibrationSpec
+from qcheck.errors import InvariantViolation
+from qcheck.evidence import output_divergence, probe_input_ids
+from qcheck.metrics.perplexity import perplexity
+from qcheck.models import random_init_like, tiny_llama_config
+from qcheck.ptq import assert_ptq_applied, assert_ptq_not_worse_than_rtn
+from qcheck.quant.apply import quantize
+from qcheck.quant.backends import BackendVariant, ReferenceMutatedError, make_backend, manifest_of, produce_variant
+from qcheck.tensor_stats import weight_fingerprint
+
+W4G64 = {"default": {"format": "int", "bits": 4, "group_size": 64}}
+
+
+class OneshotLikeBackend:
+    """A backend in llm-compressor's shape; `inplace=True` plants the trap: it quantizes the model it is given."""
+
+    def __init__(self, inplace: bool) -> None:
+        self.inplace = inplace
+        self.name = "oneshot-inplace" if inplace else "oneshot-on-copy"
+
+    def unavailable_reason(self):
+        return None
+
+    def produce(self, reference, tokenizer):
+        working = reference if self.inplace else copy.deepcopy(reference)
+        quantized, _ = quantize(working, W4G64, inplace=True)
+        report = manifest_of(reference if not self.inplace else copy.deepcopy(quantized), quantized,
+                             backend=self.name, plan={"name": "w4g64", "format": "int"}, bits=4, group_size=64)
+        return BackendVariant("w4g64", self.name, quantized, report, 0.0)
+
+
+@pytest.fixture
+def tiny():
+    return random_init_like(tiny_llama_config(), seed=3)
+
+
+def test_backend_that_mutates_the_reference_is_an_error_naming_it(tiny):
+    fingerprint = weight_fingerprint(tiny)
+    with pytest.raises(ReferenceMutatedError) as err:
+        produce_variant(OneshotLikeBackend(inplace=True), tiny, None)
+    assert err.value.backend == "oneshot-inplace"
+    assert "backend 'oneshot-inplace' changed the reference model's weights" in str(err.value)
+    assert err.value.before == fingerprint and err.value.after != fingerprint
+
+
+def test_without_the_guard_the_reference_scores_exactly_what_the_variant_scores(tiny):
+    variant = OneshotLikeBackend(inplace=True).produce(tiny, None)
+    out = output_divergence(tiny, variant.model, probe_input_ids(512))
+    assert out["identical"], "the seed's symptom: reference and variant agree to the last bit"
+
+
+def test_backend_working_on_a_copy_passes(tiny):
+    fingerprint = weight_fingerprint(tiny)
+    variant = produce_variant(OneshotLikeBackend(inplace=False), tiny, None)
+    assert weight_fingerprint(tiny) == fingerprint == variant.report.reference_fingerprint
+    result = assert_ptq_applied(tiny, variant)
+    assert result.evidence["applied"] == 14
+    assert all(r.max_distinct_per_group <= 16 for r in variant.report.applied)
+
+
+def test_users_quantized_checkpoint_folder_is_a_variant(tiny, tmp_path):
+    user = produce_variant(make_backend("bnb-config", mode="nf4"), tiny, None)
+    user.model.save_pretrained(tmp_path / "user-nf4")
+    variant = produce_variant(make_backend("checkpoint", folder=str(tmp_path / "user-nf4")), tiny, None)
+    assert variant.name == "user-nf4"
+    assert variant.details["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    assert {r.module_class for r in variant.report.applied} == {"Linear4bit"}
+    assert_ptq_applied(tiny, variant)
+
+
+def rtn_copy(model, bits, group_size):
+    """A copy with every decoder-layer Linear rounded to int`bits` in groups (qcheck's RTN, no manifest: cheap)."""
+    from qcheck.formats import integer
+
+    q = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, module in q.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.startswith("model.layers."):
+                module.weight.copy_(integer(module.weight, bits, group_size=group_size))
+    return q
+
+
+@pytest.fixture(scope="module")
+def ppl_setup(smollm2, wikitext_slice):
+    ids = smollm2.tokenizer(wikitext_slice, add_special_tokens=False)["input_ids"][:2560]
+    text = smollm2.tokenizer.decode(ids)
+
+    def score(model):
+        return perplexity(model, smollm2.tokenizer, text, context=256, batch_size=4)
+
+    return score, score(rtn_copy(smollm2.model, 4, 64))
+
+
+def test_ptq_worse_than_rtn_flags_the_calibration(smollm2, ppl_setup):
+    """Planted: a '4-bit GPTQ' whose broken calibration left it at 3-bit quality."""
+    score, rtn = ppl_setup
+    broken = rtn_copy(smollm2.model, 3, 64)
+    calibration = {"source": "chat-gsm8k", "samples": 2, "seq_len": 16, "tokens": 32}
+    with pytest.raises(InvariantViolation) as err:
+        assert_ptq_not_worse_than_rtn(rtn, score(broken), variant="gptq-w4g64", rtn_name="w4g64",
+                                      calibration=calibration)
+    result = err.value.result
+    assert result.name == "ptq_not_worse_than_rtn"
+    assert "check the calibration set (source=chat-gsm8k, samples=2, seq_len=16, tokens=32)" in result.message
+    assert result.n == 10 and result.evidence["nll_difference"]["low"] > 0
+
+
+def test_ptq_at_least_as_good_as_rtn_passes(smollm2, ppl_setup):
+    score, rtn = ppl_setup
+    better = rtn_copy(smollm2.model, 4, 32)
+    result = assert_ptq_not_worse_than_rtn(rtn, score(better), variant="w4g32", rtn_name="w4g64")
+    assert result.status.value == "PASS"
+    assert result.evidence["nll_difference"]["low"] <= math.log1p(0.01)
+
+
+def test_too_few_windows_is_inconclusive(ppl_setup):
+    _, rtn = ppl_setup
+    short = copy.copy(rtn)
+    short.window_nll, short.window_tokens = rtn.window_nll[:3], rtn.window_tokens[:3]
+    result = assert_ptq_not_worse_than_rtn(short, short, variant="x")
+    assert result.status.value == "INCONCLUSIVE" and "only 3 perplexity windows" in result.message
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llmcompressor") is None,
+                    reason="llm-compressor not installed (it pins transformers<=5.17; see docs/ptq.md)")
+def test_llmcompressor_gptq_variant_is_applied_and_not_worse_than_rtn(smollm2, ppl_setup, tmp_path):
+    score, rtn = ppl_setup
+    before = weight_fingerprint(smollm2.model)
+    backend = make_backend("llmcompressor", algorithm="gptq", bits=4, group_size=64,
+                           calibration=CalibrationSpec("wikitext", n_samples=8, seq_len=128),
+                           output_dir=str(tmp_path / "gptq"))
+    variant = produce_variant(backend, smollm2.model, smollm2.tokenizer)
+    assert weight_fingerprint(smollm2.model) == before
+    assert_ptq_applied(smollm2.model, variant)
+    ptq = score(variant.model)
+    assert math.isfinite(ptq.perplexity)
+    assert_ptq_not_worse_than_rtn(rtn, ptq, variant=variant.name, rtn_name="w4g64",
+                                  calibration=variant.details["calibration"])
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "ptq_fixtures"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("compressed_tensors") is None,
+                    reason="compressed-tensors not installed: needed to load llm-compressor checkpoints "
+                           "(pip install 'compressed-tensors>=0.19')")
+def test_llmcompressor_packed_checkpoint_is_unpacked_for_the_evidence_check():
+    """A real GPTQ W4 g32 pack-quantized checkpoint (made by llm-compressor 0.14.0.1): int4 packed in int32."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(FIXTURES / "tiny-float", local_files_only=True).eval()
+    variant = produce_variant(make_backend("checkpoint", folder=str(FIXTURES / "tiny-gptq-w4g32")), reference, None)
+    assert variant.report.backend == "checkpoint:compressed-tensors"
+    layer = variant.report.layer("model.layers.0.mlp.down_proj")
+    assert layer.module_class == "Linear[pack-quantized, compressed]" and layer.dtype == "torch.int32"
+    assert all(r.bits == 4 and r.max_distinct_per_group <= 16 for r in variant.report.applied)
+    assert len(variant.report.applied) == 14
+    result = assert_ptq_applied(reference, variant)
+    assert result.evidence["module_classes"]["Linear[pack-quantized, compressed]"] == 14
