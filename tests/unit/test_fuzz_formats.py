@@ -436,6 +436,14 @@ def test_integer_overflow_near_dtype_max(x: torch.Tensor, bits: int, symmetric: 
     assert bool(integer(x, bits, symmetric=symmetric).isfinite().all())
 
 
+@pytest.mark.xfail(strict=True, reason="known (thorough profile): asymmetric RTN is not idempotent when the zero "
+                   "point is a tie: round(3.5) = 4 shifts the grid by half a step and the re-derived range changes")
+def test_integer_asymmetric_idempotence_with_zero_point_tie() -> None:
+    """q(q(x)) == q(x) for asymmetric 3-bit RTN of [3/7, -3/7] (currently [0.3673, -0.4898])."""
+    x = torch.tensor([[0.4285714626312256, -0.4285714626312256]])
+    assert torch.equal(integer(x, 3, symmetric=False), x)
+
+
 def test_integer_reference_levels() -> None:
     """int4 symmetric per channel: levels k * amax / 7; ties at (k + 0.5) * scale go to even k."""
     w = torch.tensor([[7.0, 0.5, 1.5, 2.5, -3.5, 0.0]])
