@@ -293,7 +293,10 @@ def render_text(comparison: Comparison, show_all: bool = False) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = [f"qcheck compare: {'REGRESSION' if comparison.failed else 'OK'} ({comparison.baseline} -> "
              f"{comparison.new})"]
-    lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
+    if len(rows) > 1:
+        lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
+    else:
+        lines.append("no metric changed")
     for c in comparison.check_regressions:
         lines.append(f"check now {c['new']}: {c['name']} {c['variant'] or ''} (baseline {c['baseline'] or 'absent'})"
                      f": {c['message']}")
