@@ -96,9 +96,15 @@ def plot_perplexity_vs_bits(data: dict[str, Any]) -> str | None:
                         capsize=4, linestyle="none", label=name)
         if reference is not None and math.isfinite(reference):
             ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=f"{REFERENCE} ({reference:.3f})")
+        values = [p[1] for _, points in series for p in points] + [metric_value(v["metrics"]["perplexity"])
+                                                                       for _, v in others]
+        low, high = min(values), max(values)
+        if reference is not None and math.isfinite(reference):
+            low, high = min(low, reference), max(high, reference)
+        ax.set_ylim(low - 0.5 * (high - low) - 0.1 * low, high + 0.5 * (high - low) + 0.1 * high)
         ax.set_xlabel("bits per quantized weight (mean over quantized layers)")
         ax.set_ylabel("perplexity (lower is better)")
-        ax.set_title("Perplexity vs bits, per format family")
+        ax.set_title("Perplexity vs bits, per format family (long error bars are clipped)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
 
@@ -191,7 +197,9 @@ def plot_layer_bits(data: dict[str, Any], name: str) -> str:
             ax.bar([], [], color=colour, label=fmt)
         ax.set_xlabel(f"layer index (0..{len(layers) - 1}, model order); hollow = kept in the reference dtype")
         ax.set_ylabel("bits")
-        ax.set_title(f"Per-layer bits of {name} ({Counter(str(x.get('bits')) for x in layers if x.get('applied'))})")
+        counts = Counter(str(x.get("bits")) for x in layers if x.get("applied"))
+        ax.set_title(f"Per-layer bits of {name} (" + ", ".join(f"{n} layers at {b} bits" for b, n in counts.items())
+                     + ")")
         ax.legend(fontsize=8)
 
     return _figure_png(draw, width=9.0)
