@@ -53,6 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qcheck-optuna-study", default=None, help="name of the stored Optuna study to audit")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped with a reason where there is none)")
     config.addinivalue_line("markers", "slow: long-running; deselect with -m 'not slow'")

@@ -6,4 +6,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from qcheck.strategies import load_profile  # noqa: E402
+
+load_profile("ci")
+
 pytest_plugins = ["pytester"]
