@@ -5,7 +5,9 @@ Models: SmolLM2-135M's architecture with seeded random weights (the GGUF file ca
 memory does not depend on the weights' values), the variant a copy with 1e-3 relative noise on every weight.
 Each measurement runs in a fresh child process so nothing one leaves allocated counts for the other:
 - CPU: resident set size (Linux /proc/self/status); the peak (VmHWM) is reset after the models are built
-  (/proc/self/clear_refs), so the figure is the peak above the models' resident baseline.
+  (/proc/self/clear_refs), so the figure is the peak above the models' resident baseline. The children run
+  with MALLOC_MMAP_THRESHOLD_=131072 (glibc otherwise raises the threshold after big frees and keeps freed
+  blocks resident, so RSS would count memory no tensor holds); --malloc-default measures without it.
 - CUDA: torch.cuda.max_memory_allocated() above memory_allocated() after the models are built.
 "forward" is `model(input_ids=batch).logits` of batch x context tokens; "fidelity" is fidelity_many() over
 --windows window batches of the same shape (reference and variant, head applied in chunks of positions).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -115,7 +118,12 @@ def run_child(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """`measure` in a fresh Python process (nothing allocated by one measurement is reused by the other)."""
     cmd = [sys.executable, __file__, "--child", kind, "--device", args.device, "--batch", str(args.batch),
            "--windows", str(args.windows), "--chunk", str(args.chunk)] + (["--quick"] if args.quick else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if not args.device.startswith("cuda") and not getattr(args, "malloc_default", False):
+        # glibc raises its mmap threshold after big frees and then keeps freed blocks resident: with a fixed
+        # threshold every tensor block is returned on free, so RSS follows the live tensors
+        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"child {kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=4, help="window batches the fidelity pass streams")
     parser.add_argument("--chunk", type=int, default=128, help="positions whose logits exist at once")
     parser.add_argument("--quick", action="store_true", help="tiny model (checks the script)")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="CPU: keep glibc's dynamic mmap threshold (RSS then includes freed, retained blocks)")
     parser.add_argument("--out", default=None, help="folder for bench_fidelity.json / .md")
     parser.add_argument("--child", default=None, choices=("forward", "fidelity"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -171,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _args(device: str, batch: int) -> argparse.Namespace:
-    return argparse.Namespace(device=device, batch=batch, windows=4, chunk=128, quick=False)
+    return argparse.Namespace(device=device, batch=batch, windows=4, chunk=128, quick=False, malloc_default=False)
 
 
 def test_streaming_within_2x_of_a_forward_cpu():
