@@ -99,9 +99,15 @@ def grid_evidence(module: nn.Module, spec: Spec, reference: torch.Tensor | None 
         distinct = distinct_per_group(w, spec.group_size, spec.per_tensor)
         allowed = 2**spec.bits - (1 if spec.symmetric else 0)
         frac = float(off.float().mean().item())
-        ok = frac == 0.0 and distinct <= allowed
-        return GridEvidence(ok, f"{frac:.2%} of weights off the {spec.label} grid; at most {distinct} distinct values "
-                            f"per group (<= {allowed} allowed)", distinct, allowed, frac)
+        group_len = w.numel() if spec.per_tensor else (spec.group_size or w.shape[-1])
+        underused = group_len >= 2 ** (spec.bits + 1) and distinct <= 2 ** (spec.bits - 1) - 1
+        ok = frac == 0.0 and distinct <= allowed and not underused
+        reason = (f"{frac:.2%} of weights off the {spec.label} grid; at most {distinct} distinct values per group "
+                  f"(<= {allowed} allowed)")
+        if underused:
+            reason += (f"; no group of {group_len} uses more than {distinct} values: effectively at most "
+                       f"{spec.bits - 1} bits, not {spec.bits}")
+        return GridEvidence(ok, reason, distinct, allowed, frac)
     frac = float((diff > 0).float().mean().item())
     return GridEvidence(frac == 0.0, f"{frac:.2%} of weights off the {spec.label} grid (a value on the grid "
                         "maps to itself; the grid has at most 2^bits values)", None, 2**spec.bits, frac)
