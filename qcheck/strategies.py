@@ -46,10 +46,12 @@ _SLOW_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.la
 
 
 def register_profiles() -> None:
-    """Register the hypothesis profiles `ci` (derandomized, 60 examples) and `thorough` (10,000 examples)."""
+    """Register the hypothesis profiles `ci` (derandomized, 60 examples) and `thorough` (10,000 examples, or
+    $QCHECK_THOROUGH_EXAMPLES for a shorter or longer nightly run)."""
     common: dict[str, Any] = {"deadline": None, "print_blob": True, "suppress_health_check": _SLOW_CHECKS}
+    thorough = int(os.environ.get("QCHECK_THOROUGH_EXAMPLES", THOROUGH_EXAMPLES))
     settings.register_profile("ci", max_examples=CI_EXAMPLES, derandomize=True, database=None, **common)
-    settings.register_profile("thorough", max_examples=THOROUGH_EXAMPLES, **common)
+    settings.register_profile("thorough", max_examples=thorough, **common)
 
 
 def load_profile(default: str = "ci") -> str:

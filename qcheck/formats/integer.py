@@ -3,6 +3,14 @@
 Symmetric uses the restricted range [-(2^(b-1)-1), 2^(b-1)-1] so that zero and sign symmetry are exact;
 asymmetric uses [0, 2^b - 1] with a zero point, the range always containing 0. The last dimension is the
 input dimension (nn.Linear weights are [out, in]); groups run along it.
+
+Asymmetric RTN follows PyTorch's fake-quant arithmetic, q = clamp(round(x / s + z)), with one deliberate
+difference: a zero point that lands on a tie rounds up (not to even), and the group's range ends are pinned to
+the grid's ends (where exact arithmetic puts them and float rounding of x / s sometimes did not), so
+re-quantizing keeps the range (half-to-even shrank it by a step at such ties). Re-deriving
+the scale from an output's range reproduces it up to float rounding (a few ulps), so asymmetric idempotence is
+exact with the parameters held and holds to a few ulps when they are re-derived. A grid end beyond the input
+dtype's finite range (weights within half a step of its maximum) saturates at that maximum instead of +-inf.
 """
 from __future__ import annotations
 
@@ -69,7 +77,9 @@ def integer_params(
     hi = torch.clamp(g.amax(dim=1, keepdim=True), min=0.0)
     scale = hi / qmax - lo / qmax  # (hi - lo) overflows to inf for |values| near the float32 max: NaN everywhere
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
+    a = -lo / scale
+    frac = a - torch.floor(a)  # exact; floor(a + 0.5) would round a = k + 0.5 - ulp up to k + 1 in float
+    zero = torch.clamp(torch.floor(a) + (frac >= 0.5).to(a.dtype), 0, qmax)  # ties round up (see module doc)
     return IntegerParams(scale, zero, 0, qmax)
 
 
@@ -89,6 +99,16 @@ def integer(
         return x.clone()
     p = integer_params(x, bits, group_size, symmetric, per_tensor)
     g = _grouped(x.to(torch.float32), group_size, per_tensor)
-    q = torch.clamp(torch.round(g / p.scale) + p.zero_point, p.qmin, p.qmax)
+    q = torch.clamp(torch.round(g / p.scale + p.zero_point), p.qmin, p.qmax)
+    if not symmetric:
+        # The range ends land on the grid ends in exact arithmetic; pin them there against float rounding of g / s.
+        finite = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
+        lo = torch.clamp(finite.amin(dim=1, keepdim=True), max=0.0)
+        hi = torch.clamp(finite.amax(dim=1, keepdim=True), min=0.0)
+        q = torch.where((g == lo) & (lo < 0), torch.zeros_like(q), q)
+        q = torch.where((g == hi) & (hi > 0), torch.full_like(q, p.qmax), q)
     out = (q - p.zero_point) * p.scale
+    if x.dtype.is_floating_point:
+        info = torch.finfo(x.dtype)
+        out = out.clamp(info.min, info.max)  # a grid end past the dtype's max saturates there, never +-inf
     return out.reshape(x.shape).to(x.dtype)
