@@ -41,6 +41,10 @@ class MissingDependencyError(QCheckError, ImportError):
         self.package = package
 
 
+class VariantUnavailable(QCheckError):
+    """A requested variant cannot be built on this machine (its backend needs a GPU or a missing package)."""
+
+
 class InvariantViolation(AssertionError):
     """A sanity invariant does not hold. Carries the CheckResult with the evidence."""
 

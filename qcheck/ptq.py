@@ -76,13 +76,14 @@ def _calibration_text(calibration: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={calibration[k]}" for k in ("source", "samples", "seq_len", "tokens") if k in calibration)
 
 
-def assert_reference_untouched(reference: nn.Module, fingerprint: str, *, backend: str) -> CheckResult:
+def assert_reference_untouched(reference: nn.Module, fingerprint: str, *, backend: str,
+                               variant: str | None = None) -> CheckResult:
     """The reference's weights still have the fingerprint taken before `backend` produced its variant."""
     now = weight_fingerprint(reference)
     ok = now == fingerprint
     msg = (f"reference weights unchanged after {backend}" if ok else
            f"backend {backend!r} changed the reference's weights: comparisons against this 'reference' are void")
-    return _finish(CheckResult("reference_untouched", Status.PASS if ok else Status.FAIL, msg,
+    return _finish(CheckResult("reference_untouched", Status.PASS if ok else Status.FAIL, msg, variant=variant,
                                compared="weight fingerprint of the reference before vs after", n=1,
                                test="sha256 of per-tensor float64 sums and norms", threshold="equal",
                                evidence={"before": fingerprint, "after": now, "backend": backend}))

@@ -27,12 +27,14 @@ class RunOptions:
     device: str = "auto"
     report_dir: str | None = None
     samples: int = 50
+    prompts: int | None = None
     tokens: int = 4096
     context: int = 1024
     text: str | None = None
     optuna_objective: str | None = None
     optuna_storage: str | None = None
     optuna_study: str | None = None
+    ptq: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -45,9 +47,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qcheck-device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default auto)")
     group.addoption("--qcheck-report", default=None, metavar="DIR", help="write qcheck-report.json/.md/.html to DIR")
     group.addoption("--qcheck-samples", type=int, default=50, help="questions/prompts per task slice (default 50)")
+    group.addoption("--qcheck-prompts", type=int, default=None,
+                    help="generation prompts (GSM8K) per variant, when fewer than --qcheck-samples are wanted "
+                         "(generation costs far more per sample than multiple-choice scoring)")
     group.addoption("--qcheck-tokens", type=int, default=4096, help="evaluation tokens for perplexity (default 4096)")
     group.addoption("--qcheck-context", type=int, default=1024, help="perplexity context length (default 1024)")
     group.addoption("--qcheck-text", default=None, help="evaluation text file (default: WikiText-2 test)")
+    group.addoption("--qcheck-ptq", action="append", default=[], metavar="SPEC",
+                    help="PTQ backend variant to add (repeat): bnb-config:nf4, torchao:int8-wo, gptq[:SOURCE], "
+                         "checkpoint=FOLDER, ... (also $QCHECK_PTQ, comma-separated)")
     group.addoption("--qcheck-optuna-objective", default=None, help="MODULE:FUNCTION of an Optuna objective to audit")
     group.addoption("--qcheck-optuna-storage", default=None, help="Optuna storage URL of a study to audit")
     group.addoption("--qcheck-optuna-study", default=None, help="name of the stored Optuna study to audit")
@@ -72,6 +80,38 @@ def pytest_configure(config: pytest.Config) -> None:
     from qcheck.report import RunReport
 
     config.stash[_REPORT_KEY] = RunReport()
+    if config.getoption("--qcheck-report", None):
+        _terminate_as_interrupt(config)
+
+
+_OLD_SIGTERM = pytest.StashKey[Any]()
+
+
+def _terminate_as_interrupt(config: pytest.Config) -> None:
+    """Turn SIGTERM (CI timeouts, `timeout`, job cancellation) into a KeyboardInterrupt, so that pytest finishes
+    the session and the report is still written, marked unfinished with the tests that did not run."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return  # someone else handles SIGTERM; leave it to them
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills as usual
+        raise KeyboardInterrupt(f"terminated by signal {signum} (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.stash[_OLD_SIGTERM] = previous
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OLD_SIGTERM in config.stash:
+        import signal
+
+        signal.signal(signal.SIGTERM, config.stash[_OLD_SIGTERM])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -95,11 +135,18 @@ def _options(config: pytest.Config) -> RunOptions:
     return RunOptions(
         model=config.getoption("--qcheck-model"), plans=tuple(config.getoption("--qcheck-plan")), variants=names,
         device=config.getoption("--qcheck-device"), report_dir=config.getoption("--qcheck-report"),
-        samples=config.getoption("--qcheck-samples"), tokens=config.getoption("--qcheck-tokens"),
+        samples=config.getoption("--qcheck-samples"), prompts=config.getoption("--qcheck-prompts"),
+        tokens=config.getoption("--qcheck-tokens"),
         context=config.getoption("--qcheck-context"), text=config.getoption("--qcheck-text"),
         optuna_objective=config.getoption("--qcheck-optuna-objective"),
         optuna_storage=config.getoption("--qcheck-optuna-storage"),
-        optuna_study=config.getoption("--qcheck-optuna-study"))
+        optuna_study=config.getoption("--qcheck-optuna-study"), ptq=_ptq_specs(config))
+
+
+def _ptq_specs(config: pytest.Config) -> tuple[str, ...]:
+    from qcheck.quant.backends import ptq_specs_from_env
+
+    return tuple(dict.fromkeys([*config.getoption("--qcheck-ptq", []), *ptq_specs_from_env()]))
 
 
 def variant_names(config: pytest.Config) -> list[str]:
@@ -115,6 +162,19 @@ def variant_names(config: pytest.Config) -> list[str]:
             names.append(plan.name if plan.name != "plan" else Path(path).stem)
         except Exception:  # reported properly when the variant set is built
             names.append(Path(path).stem)
+    return names + ptq_variant_names(config)
+
+
+def ptq_variant_names(config: pytest.Config) -> list[str]:
+    """The names the run's PTQ backend variants (--qcheck-ptq / $QCHECK_PTQ) run under."""
+    from qcheck.quant.backends import ptq_variant_name
+
+    names = []
+    for spec in _options(config).ptq:
+        try:
+            names.append(ptq_variant_name(spec))
+        except Exception:  # reported properly when the variant set is built
+            names.append(spec)
     return names
 
 
@@ -161,7 +221,7 @@ def qcheck_reference(qcheck_options: RunOptions, qcheck_device: Any, qcheck_repo
 
 
 @pytest.fixture(scope="session")
-def qcheck_variants(qcheck_reference: Any, qcheck_options: RunOptions, qcheck_report: Any,
+def qcheck_variants(qcheck_reference: Any, qcheck_options: RunOptions, qcheck_report: Any, qcheck_device: Any,
                     pytestconfig: pytest.Config) -> Any:
     """A qcheck.variants.VariantSet: `.get(name)` quantizes the reference once per variant and records it."""
     from qcheck.variants import DEFAULT_VARIANTS, REFERENCE, VariantSet
@@ -170,7 +230,8 @@ def qcheck_variants(qcheck_reference: Any, qcheck_options: RunOptions, qcheck_re
 
     def record(variant: Any) -> None:
         v = qcheck_report.variant(variant.name)
-        v.plan = variant.plan.to_dict()
+        v.plan = variant.plan.to_dict() if variant.plan is not None else {
+            "name": variant.name, "ptq": variant.spec, "backend": variant.report.backend, **variant.report.plan}
         v.manifest_summary = variant.report.summary()
         v.manifest = [{"name": r.name, "format": r.format, "bits": r.bits, "rule": r.rule, "applied": r.applied,
                        "kept_reason": r.kept_reason, "dtype": r.dtype, "module_class": r.module_class,
@@ -178,7 +239,20 @@ def qcheck_variants(qcheck_reference: Any, qcheck_options: RunOptions, qcheck_re
                        "underflow_rate": r.underflow_rate, "sparsity": r.sparsity} for r in variant.report.layers]
         v.metrics["quantize_seconds"] = round(variant.seconds, 3)
 
-    variants = VariantSet.from_names(qcheck_reference.model, names, list(qcheck_options.plans), on_build=record)
+    from qcheck.errors import VariantUnavailable
+
+    class SuiteVariants(VariantSet):
+        """A variant this machine cannot build (a GPU-only backend on CPU) skips its tests, saying why."""
+
+        def get(self, name: str) -> Any:
+            try:
+                return super().get(name)
+            except VariantUnavailable as exc:
+                pytest.skip(str(exc))
+
+    variants = SuiteVariants.from_names(qcheck_reference.model, names, list(qcheck_options.plans),
+                                        ptq_specs=list(qcheck_options.ptq), on_build=record,
+                                        tokenizer=qcheck_reference.tokenizer, device=str(qcheck_device))
     variants.validate()
     qcheck_report.variant(REFERENCE).plan = {"name": REFERENCE, "dtype": "fp32"}
     return variants
@@ -308,7 +382,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     report = config.stash[_REPORT_KEY]
     report.complete = exitstatus not in (2, 3) and not session.shouldstop
-    reason = {2: "interrupted (Ctrl-C, pytest.exit or collection errors)", 3: "pytest internal error"}.get(
+    reason = {2: "interrupted (Ctrl-C, SIGTERM, pytest.exit or collection errors)", 3: "pytest internal error"}.get(
         int(exitstatus)) or (str(session.shouldstop) if session.shouldstop else None)
     report.mark_unfinished([item.nodeid for item in session.items], reason, int(exitstatus))
     report.meta = {**run_metadata(), **report.meta, "pytest_exit_status": int(exitstatus)}

@@ -21,6 +21,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--out", default="reports", help="report folder (default: reports)")
     parser.add_argument("--samples", type=int, default=50, help="questions/prompts per task slice")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="generation prompts (GSM8K) per variant, if fewer than --samples (default: --samples)")
     parser.add_argument("--tokens", type=int, default=4096, help="evaluation tokens for perplexity")
     parser.add_argument("--context", type=int, default=1024, help="perplexity context length")
     parser.add_argument("--text", default=None, help="evaluation text file (default: WikiText-2 test)")
@@ -28,6 +30,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optuna-storage", default=None, help="Optuna storage URL of a study to audit")
     parser.add_argument("--optuna-study", default=None, help="name of the stored Optuna study to audit")
     parser.add_argument("-k", dest="keyword", default=None, help="only run suite checks matching this expression")
+    parser.add_argument("--ptq", action="append", default=[], metavar="SPEC",
+                        help="PTQ backend variant to add (repeat): bnb-config:nf4, torchao:int8-wo, gptq[:SOURCE], "
+                             "awq, w8a8-sq, checkpoint=FOLDER")
     parser.add_argument("--pytest-arg", action="append", default=[], help="extra argument passed to pytest")
 
 
@@ -36,7 +41,8 @@ def _validate(args: argparse.Namespace) -> None:
     from qcheck.quant.plan import Plan
     from qcheck.variants import DEFAULT_VARIANTS, VariantSet
 
-    for name, value in (("--samples", args.samples), ("--tokens", args.tokens), ("--context", args.context)):
+    for name, value in (("--samples", args.samples), ("--tokens", args.tokens), ("--context", args.context),
+                        ("--prompts", args.samples if args.prompts is None else args.prompts)):
         if value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value}", field=name)
     if args.device == "cuda":
@@ -53,13 +59,20 @@ def _validate(args: argparse.Namespace) -> None:
         [] if args.variants.strip() == "none" else [v.strip() for v in args.variants.split(",") if v.strip()])
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and _cuda()) else "cpu"
     loaded = load_model(args.model, device=device, cache=True)
-    VariantSet.from_names(loaded.model, names, args.plan).validate()
+    VariantSet.from_names(loaded.model, names, args.plan, ptq_specs=args.ptq).validate()
 
 
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _plugin_installed() -> bool:
+    """Whether pytest will load qcheck's plugin by its entry point (not so when run from an uninstalled source tree)."""
+    from importlib.metadata import entry_points
+
+    return any(ep.value == "qcheck.pytest_plugin" for ep in entry_points(group="pytest11"))
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -69,6 +82,7 @@ def cli_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     argv = ["--pyargs", "qcheck.suite", "-p", "no:cacheprovider", "-q", "-rfEs",
             f"--qcheck-report={out}", f"--qcheck-device={args.device}", f"--qcheck-samples={args.samples}",
+            *([f"--qcheck-prompts={args.prompts}"] if args.prompts is not None else []),
             f"--qcheck-tokens={args.tokens}", f"--qcheck-context={args.context}",
             "-o", "addopts=", "-o", "testpaths=", "-W", "ignore::DeprecationWarning"]
     if args.model:
@@ -77,6 +91,8 @@ def cli_main(args: argparse.Namespace) -> int:
         argv.append(f"--qcheck-plan={plan}")
     if args.variants is not None:
         argv.append(f"--qcheck-variants={args.variants}")
+    for spec in args.ptq:
+        argv.append(f"--qcheck-ptq={spec}")
     if args.text:
         argv.append(f"--qcheck-text={args.text}")
     for key in ("objective", "storage", "study"):
@@ -85,6 +101,8 @@ def cli_main(args: argparse.Namespace) -> int:
             argv.append(f"--qcheck-optuna-{key}={value}")
     if args.keyword:
         argv += ["-k", args.keyword]
+    if not _plugin_installed():
+        argv += ["-p", "qcheck.pytest_plugin"]
     argv += args.pytest_arg
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     code = int(pytest.main(argv))

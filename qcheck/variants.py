@@ -39,13 +39,20 @@ def builtin_plan(name: str) -> Plan:
 
 @dataclass
 class Variant:
-    """A quantized model with its plan and manifest."""
+    """A quantized model with its plan and manifest; PTQ variants carry their backend's result instead of a plan."""
 
     name: str
-    plan: Plan
+    plan: Plan | None
     model: nn.Module
     report: QuantReport
     seconds: float
+    backend: Any = None
+    spec: str | None = None
+
+    @property
+    def is_ptq(self) -> bool:
+        """Whether a PTQ backend (not a qcheck plan) produced this variant."""
+        return self.backend is not None
 
 
 @dataclass
@@ -55,11 +62,18 @@ class VariantSet:
     reference: nn.Module
     plans: dict[str, Plan]
     on_build: Callable[[Variant], None] | None = None
+    backends: dict[str, str] = field(default_factory=dict)
+    tokenizer: Any = None
+    device: str = "cpu"
     _built: dict[str, Variant] = field(default_factory=dict)
+    _failed: dict[str, Exception] = field(default_factory=dict)
 
     @classmethod
     def from_names(cls, reference: nn.Module, names: list[str] | tuple[str, ...], plan_files: list[str] = (),
-                   **kwargs: Any) -> "VariantSet":
+                   ptq_specs: list[str] | tuple[str, ...] = (), **kwargs: Any) -> "VariantSet":
+        """Built-in variants by name, plan files, and PTQ backend specs (see qcheck.quant.backends)."""
+        from qcheck.quant.backends import backend_from_spec, ptq_variant_name
+
         plans = {n: builtin_plan(n) for n in names}
         for path in plan_files:
             plan = Plan.load(path)
@@ -68,28 +82,60 @@ class VariantSet:
                 raise ConfigError(f"plan {path} is named {name!r}, which another variant already uses; "
                                   "set a distinct name = \"...\" in the plan file", field="name")
             plans[name] = plan
-        return cls(reference, plans, **kwargs)
+        backends: dict[str, str] = {}
+        for spec in ptq_specs:
+            backend_from_spec(spec)  # a malformed spec is a ConfigError now, before anything runs
+            name = ptq_variant_name(spec)
+            if name in plans or name in backends or name == REFERENCE:
+                raise ConfigError(f"PTQ variant {spec!r} would run as {name!r}, which another variant already uses; "
+                                  "give its checkpoint folder a distinct name", field="ptq")
+            backends[name] = spec
+        return cls(reference, plans, backends=backends, **kwargs)
 
     @property
     def names(self) -> list[str]:
-        return list(self.plans)
+        return list(self.plans) + list(self.backends)
 
     def validate(self) -> None:
-        """Resolve every plan against the reference (globs, group sizes) before anything runs."""
+        """Resolve every plan against the reference (globs, group sizes) and check every PTQ spec's inputs (a
+        checkpoint folder that is missing or not a model is an error here, before anything runs)."""
+        from qcheck.quant.backends import backend_from_spec
+
         for plan in self.plans.values():
             plan.resolve(self.reference)
+        for spec in self.backends.values():
+            backend_from_spec(spec, device=self.device).unavailable_reason()
 
     def get(self, name: str) -> Variant:
-        if name not in self.plans:
-            raise ConfigError(f"no variant {name!r} in this run; variants: {', '.join(self.plans)}", field="variant")
+        if name not in self.plans and name not in self.backends:
+            raise ConfigError(f"no variant {name!r} in this run; variants: {', '.join(self.names)}", field="variant")
+        if name in self._failed:
+            raise self._failed[name]
         if name not in self._built:
-            start = time.perf_counter()
-            model, report = quantize(self.reference, self.plans[name])
-            variant = Variant(name, self.plans[name], model, report, time.perf_counter() - start)
+            try:
+                variant = self._build(name)
+            except Exception as exc:
+                self._failed[name] = exc  # every test of the variant reports the same build error
+                raise
             self._built[name] = variant
             if self.on_build is not None:
                 self.on_build(variant)
         return self._built[name]
+
+    def _build(self, name: str) -> Variant:
+        start = time.perf_counter()
+        if name in self.plans:
+            model, report = quantize(self.reference, self.plans[name])
+            return Variant(name, self.plans[name], model, report, time.perf_counter() - start)
+        from qcheck.errors import VariantUnavailable
+        from qcheck.quant.backends import backend_from_spec, produce_variant
+
+        backend = backend_from_spec(self.backends[name], device=self.device)
+        reason = backend.unavailable_reason()
+        if reason is not None:
+            raise VariantUnavailable(f"PTQ variant {name} ({self.backends[name]}) cannot be built here: {reason}")
+        built = produce_variant(backend, self.reference, self.tokenizer)
+        return Variant(name, None, built.model, built.report, built.seconds, backend=built, spec=self.backends[name])
 
     def model(self, name: str) -> nn.Module:
         return self.reference if name == REFERENCE else self.get(name).model

@@ -171,11 +171,15 @@ def shared_context_loglikelihoods(model: nn.Module, tokenizer: Any, context: str
 
 def score_multiple_choice(model: nn.Module, tokenizer: Any, questions: Sequence[MCQuestion], *,
                           normalization: str = "sum", batch_size: int = 16, task: str = "arc-easy",
-                          shared_context: bool = True) -> MCResult:
+                          shared_context: bool | None = None) -> MCResult:
     """Score every choice of every question by log-likelihood; refuses non-finite scores naming the question.
 
-    With shared_context (default) each question's context runs once and its choices reuse its KV cache; the
-    path taken ("shared-context" or "batched") is recorded in the result."""
+    With shared_context each question's context runs once and its choices reuse its KV cache (fewest FLOPs: the
+    default on CPU); without it, (context, choice) pairs run in padded batches of `batch_size` (fewest kernel
+    launches: the default on a GPU, where one question at a time is launch-bound). The path taken
+    ("shared-context" or "batched") is recorded in the result."""
+    if shared_context is None:
+        shared_context = next(model.parameters()).device.type == "cpu"
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}",
                           field="normalization")

@@ -3,8 +3,10 @@ model's chat template) are compared with the reference's on the same prompts and
 empty outputs are bounded, example failures are kept. Records the metric `boxed_rate` per variant.
 
 On CPU the slice is small (generation is slow): at most CPU_PROMPTS prompts with the direct-answer prompt
-(replies fit in CPU_NEW_TOKENS tokens), and only CPU_VARIANTS; on a GPU, --qcheck-samples prompts with the
-worked-equation prompt and GPU_NEW_TOKENS tokens, every variant of the run.
+(replies fit in CPU_NEW_TOKENS tokens), and of the built-in variants only CPU_VARIANTS (variants the user
+added, plans or PTQ backends, always run); on a GPU, --qcheck-samples prompts with the
+worked-equation prompt and GPU_NEW_TOKENS tokens, every variant of the run (--qcheck-prompts sets the number of
+prompts apart from --qcheck-samples).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from qcheck.metrics.generation import GenerationRun, GenerationSettings, generat
 from qcheck.metrics.tasks import load_gsm8k
 from qcheck.quality import assert_boxed_format
 from qcheck.stats import wilson_interval
-from qcheck.variants import REFERENCE
+from qcheck.variants import DEFAULT_VARIANTS, REFERENCE
 
 CPU_PROMPTS = 8
 CPU_NEW_TOKENS = 24
@@ -46,7 +48,8 @@ def _boxed_metric(run: GenerationRun, golds: list[str]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gsm8k_slice(qcheck_options, qcheck_device, qcheck_report):
-    n = qcheck_options.samples if qcheck_device.type != "cpu" else min(qcheck_options.samples, CPU_PROMPTS)
+    wanted = qcheck_options.samples if qcheck_options.prompts is None else qcheck_options.prompts
+    n = wanted if qcheck_device.type != "cpu" else min(wanted, CPU_PROMPTS)
     try:
         data = load_gsm8k(n)
     except DataError as exc:
@@ -79,7 +82,7 @@ def answers(qcheck_reference, qcheck_variants, gsm8k_slice, format_settings, qch
 
 
 def test_boxed_format(qcheck_variant, qcheck_device, answers, qcheck_record):
-    if qcheck_device.type == "cpu" and qcheck_variant not in CPU_VARIANTS:
+    if qcheck_device.type == "cpu" and qcheck_variant in DEFAULT_VARIANTS and qcheck_variant not in CPU_VARIANTS:
         pytest.skip(f"generation on CPU is slow: the format check runs only {', '.join(CPU_VARIANTS)} on CPU "
                     "(every variant on a GPU)")
     qcheck_record(assert_boxed_format(answers(REFERENCE), answers(qcheck_variant), variant=qcheck_variant,

@@ -71,15 +71,33 @@ def latency_of(qcheck_variants, latency_ids, qcheck_device, qcheck_report):
         if name not in cache:
             model = qcheck_variants.model(name)
             report = None if name == REFERENCE else qcheck_variants.get(name).report
+            if _cuda(qcheck_device):
+                torch.cuda.synchronize(qcheck_device)
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(qcheck_device)
+                base = torch.cuda.memory_allocated(qcheck_device)
             t = time_forward(model, latency_ids, label=name, tf32=False, **budget)
             kind = variant_kind(model, report)
             cache[name] = (t, kind)
             qcheck_report.add_metric(name, "latency_ms", t.to_metric(
                 simulated=kind.simulated, kind=kind.reason, shape=list(latency_ids.shape),
                 regime=classify_regime(t).kind, tf32=False))
+            memory = {"weights_mb": round(model_bytes(model) / 2**20, 2), "shape": list(latency_ids.shape),
+                      "what": "parameter + buffer bytes as stored (packed where the backend packs)"}
+            if _cuda(qcheck_device):
+                memory.update(peak_forward_mb=round((torch.cuda.max_memory_allocated(qcheck_device) - base) / 2**20, 2),
+                              resident_mb=round(base / 2**20, 2),
+                              peak_what="torch.cuda.max_memory_allocated during the timed forwards, above what was "
+                                        "allocated before (every loaded variant's weights)")
+            qcheck_report.add_metric(name, "memory", memory)
         return cache[name]
 
     return get
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters and buffers as stored (int8/uint8 packed weights count as stored)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 def _timed_here(name: str, device: torch.device) -> bool:

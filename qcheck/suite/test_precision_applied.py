@@ -1,5 +1,6 @@
 """Quantization took effect (Z1), 16-bit/8-bit differ from fp32 yet stay close, mixed plans lie between
-their uniform bounds and follow their plan (Z2). Every variant's perplexity is recorded."""
+their uniform bounds and follow their plan (Z2). Every variant's perplexity is recorded. PTQ backend variants are checked against their backend's manifest
+(unpacked weights on their grid, module classes named) instead of a plan."""
 from __future__ import annotations
 
 import math
@@ -16,12 +17,20 @@ CLOSE_TO_FP32 = {"fp16": 0.01, "bf16": 0.01, "int8": 0.01, "bnb-int8": 0.02}
 
 def test_quantization_applied(qcheck_variant, qcheck_variants, qcheck_reference, qcheck_probe_ids, qcheck_record):
     variant = qcheck_variants.get(qcheck_variant)
+    if variant.is_ptq:
+        from qcheck.ptq import assert_ptq_applied
+
+        qcheck_record(assert_ptq_applied(qcheck_reference.model, variant.backend, input_ids=qcheck_probe_ids))
+        return
     qcheck_record(assert_quantization_applied(qcheck_reference.model, variant.model, variant.report,
                                               input_ids=qcheck_probe_ids, variant=qcheck_variant))
 
 
 def test_plan_followed(qcheck_variant, qcheck_variants, qcheck_reference, qcheck_record):
     variant = qcheck_variants.get(qcheck_variant)
+    if variant.is_ptq:
+        pytest.skip(f"{qcheck_variant} comes from PTQ backend {variant.report.backend}, not a qcheck plan: its "
+                    "manifest and grid are checked by test_quantization_applied")
     qcheck_record(assert_plan_followed(variant.model, variant.plan, reference=qcheck_reference.model,
                                        variant=qcheck_variant))
 

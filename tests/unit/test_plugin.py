@@ -73,3 +73,47 @@ def test_cuda_device_without_cuda_is_a_usage_error(pytester):
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--qcheck-device=cuda")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--qcheck-device cuda was asked for, but no CUDA device is available*"])
+
+
+def test_ptq_backend_runs_as_a_suite_variant(pytester, tmp_path, warm_model):
+    """--qcheck-ptq adds a backend's variant to every module; one this machine cannot build skips, saying why."""
+    out = tmp_path / "rep"
+    result = pytester.runpytest_inprocess(
+        "--pyargs", "qcheck.suite.test_precision_applied", "qcheck.suite.test_ptq", "-p", "no:cacheprovider", "-rs",
+        "--qcheck-variants=none", "--qcheck-ptq=bnb-config:int8", "--qcheck-ptq=torchao:float8-wo",
+        "--qcheck-tokens=256", "--qcheck-context=128", f"--qcheck-report={out}")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("error", 0) == 0, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*torchao-float8-wo (torchao:float8-wo) cannot be built here*"])
+    report = json.loads((out / "qcheck-report.json").read_text())
+    checks = {(c["name"], c["variant"]): c for c in report["checks"]}
+    applied = checks[("ptq_applied", "bnb-config-int8")]
+    assert applied["status"] == "PASS" and applied["evidence"]["module_classes"]["Linear8bitLt"] == 210
+    assert checks[("reference_untouched", "bnb-config-int8")]["status"] == "PASS"
+    variant = report["variants"]["bnb-config-int8"]
+    assert variant["plan"]["ptq"] == "bnb-config:int8" and variant["plan"]["backend"] == "bitsandbytes"
+    assert variant["metrics"]["perplexity"]["context"] == 128
+
+
+def test_sigterm_still_writes_the_report_marked_unfinished(pytester, tmp_path):
+    """A CI timeout (SIGTERM) mid-run ends the session through pytest, so the report says what did not run."""
+    pytester.makepyfile(test_killed="""
+        import os, signal
+
+        def test_first(qcheck_record):
+            from qcheck.results import CheckResult, Status
+            qcheck_record(CheckResult("first", Status.PASS, "ran"))
+
+        def test_killed():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def test_never_runs():
+            pass
+    """)
+    out = tmp_path / "rep"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--qcheck-report={out}")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    report = json.loads((out / "qcheck-report.json").read_text())
+    assert report["complete"] is False and "SIGTERM" in report["interruption"]["reason"]
+    assert any(n.endswith("test_never_runs") for n in report["unfinished"])
+    assert [c["name"] for c in report["checks"]] == ["first"]

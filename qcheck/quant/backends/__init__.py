@@ -246,7 +246,27 @@ def _register_builtin() -> None:
 
 
 PTQ_ENV = "QCHECK_PTQ"
-"""Environment variable naming the PTQ variants a suite run builds, comma-separated (see `backend_from_spec`)."""
+"""Environment variable naming the PTQ variants a suite run builds, comma-separated (see `backend_from_spec`);
+the same as repeating `--qcheck-ptq` (pytest) or `--ptq` (`qcheck run`)."""
+
+
+def ptq_specs_from_env() -> list[str]:
+    """The PTQ variant specs named in $QCHECK_PTQ (comma-separated), in order."""
+    import os
+
+    return [s.strip() for s in os.environ.get(PTQ_ENV, "").split(",") if s.strip()]
+
+
+def ptq_variant_name(spec: str) -> str:
+    """The variant name a PTQ spec runs under: a checkpoint folder's name, else the spec with ':' as '-'
+    (`torchao:int8-wo` -> `torchao-int8-wo`, `checkpoint=/models/gptq-w4` -> `gptq-w4`)."""
+    text = spec.strip()
+    if text.startswith("checkpoint="):
+        folder = Path(text.split("=", 1)[1].rstrip("/"))
+        if not folder.name:
+            raise ConfigError(f"PTQ variant spec {spec!r} names no checkpoint folder", field=PTQ_ENV)
+        return folder.name
+    return text.replace(":", "-")
 
 
 def backend_from_spec(text: str, *, device: str = "cpu") -> Backend:
