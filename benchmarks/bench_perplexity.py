@@ -33,18 +33,10 @@ MIN_SPEEDUP = 2.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def smollm2_config() -> Any:
-    """SmolLM2-135M's architecture (hidden 576, 30 layers, 9 heads / 3 kv heads, vocab 49152, tied embeddings)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                       rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5, hidden_act="silu",
-                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
 
 
 def build(dtype: torch.dtype, device: str, quick: bool) -> torch.nn.Module:
-    from qcheck.models import random_init_like, tiny_llama_config
+    from qcheck.models import random_init_like, smollm2_config, tiny_llama_config
 
     config = tiny_llama_config(max_position_embeddings=CONTEXT) if quick else smollm2_config()
     return random_init_like(config, seed=0, dtype=dtype, device=device)

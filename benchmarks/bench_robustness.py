@@ -33,14 +33,6 @@ from qcheck.suite.test_robustness import ATTACK
 VARIANTS = ("fp32", "int8", "w4g64", "bf16")
 
 
-def smollm2_config() -> Any:
-    """SmolLM2-135M's architecture (hidden 576, 30 layers, 9 heads / 3 kv heads, vocab 49152, tied embeddings)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                       rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5, hidden_act="silu",
-                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
 
 
 def random_items(n: int, vocab: int, seed: int = 0) -> list[ChoiceItem]:
@@ -57,7 +49,7 @@ def random_items(n: int, vocab: int, seed: int = 0) -> list[ChoiceItem]:
 
 
 def build(args: argparse.Namespace) -> tuple[torch.nn.Module, list[ChoiceItem], dict[str, Any], int]:
-    from qcheck.models import load_model, random_init_like, tiny_llama_config
+    from qcheck.models import load_model, random_init_like, smollm2_config, tiny_llama_config
 
     if args.embedded:
         loaded = load_model(device=args.device)
