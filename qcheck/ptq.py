@@ -98,6 +98,7 @@ def assert_ptq_applied(reference: nn.Module, variant: Any, *, input_ids: Any = N
 
     report = variant.report
     problems: dict[str, list[str]] = {"too_many_values": [], "destroyed": [], "unchanged": [], "not_unpacked": []}
+    smoothed: dict[str, list[str]] = {}
     classes: dict[str, int] = {}
     applied = 0
     for rec in report.layers:
@@ -111,6 +112,9 @@ def assert_ptq_applied(reference: nn.Module, variant: Any, *, input_ids: Any = N
         applied += 1
         if rec.bits and rec.max_distinct_per_group is not None and rec.max_distinct_per_group > 2 ** rec.bits:
             problems["too_many_values"].append(rec.name)
+        if rec.transform:  # smoothing rescaled the weights: SQNR against the reference measures that, not rounding
+            smoothed.setdefault(rec.transform, []).append(rec.name)
+            continue
         floor = SQNR_FLOORS_DB.get(f"int{rec.bits}")
         if floor is not None and rec.sqnr_db is not None and rec.sqnr_db < floor:
             problems["destroyed"].append(rec.name)
@@ -126,14 +130,18 @@ def assert_ptq_applied(reference: nn.Module, variant: Any, *, input_ids: Any = N
         messages.append("logits contain NaN/inf")
     evidence = {"backend": report.backend, "module_classes": classes, "applied": applied,
                 "layers": len(report.layers), "problems": {k: v for k, v in problems.items() if v}, "logits": out,
-                "summary": report.summary()}
+                "summary": report.summary(),
+                "smoothed": {k: {"layers": len(v), "first": v[:5], "checked_by": "grid and logits; weight SQNR vs "
+                                 "the reference skipped (the smoothing rescaled the weights)"} for k, v in smoothed.items()}}
     warn_only = messages and not (applied == 0 or out["identical"] or not out["finite"]
                                   or any(problems[k] for k in ("too_many_values", "destroyed")))
     status = Status.WARN if warn_only else Status.FAIL if messages else Status.PASS
     msg = ("; ".join(messages) if messages else
            f"{applied} of {len(report.layers)} layers quantized by {report.backend} "
            f"({', '.join(f'{k} x{v}' for k, v in classes.items())}); logits SQNR {out['sqnr_db']:.1f} dB, "
-           f"top-1 agreement {out['top1_agreement']:.1%}")
+           f"top-1 agreement {out['top1_agreement']:.1%}"
+           + "".join(f"; {len(v)} layers rescaled by {k} (checked by grid and logits, not weight SQNR)"
+                     for k, v in smoothed.items()))
     return _finish(CheckResult("ptq_applied", status, msg, variant=variant.name,
                                compared="unpacked per-layer weights and logits vs the reference",
                                n=int(out["tokens"]), test="distinct values per group <= 2^bits; SQNR floors; "

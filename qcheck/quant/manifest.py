@@ -32,6 +32,9 @@ class LayerRecord:
     activations: dict[str, Any] | None = None
     backend: str = "qcheck"
     shared_with: str | None = None
+    transform: str | None = None
+    """An output-preserving rescaling applied before quantization (SmoothQuant / AWQ smoothing): the layer's
+    weights then differ from the reference's by more than quantization, so weight SQNR is not its measure."""
 
 
 @dataclass

@@ -176,16 +176,38 @@ def _stored_weight(module: nn.Module) -> torch.Tensor | None:
     return w if w is not None else getattr(module, "weight_packed", None)
 
 
+def smoothed_layers(recipe_text: str, names: list[str]) -> dict[str, str]:
+    """Layers an llm-compressor recipe rescales before quantizing (SmoothQuantModifier / AWQModifier), by name ->
+    modifier. Balance layers come from the modifier's `mappings` (`re:` patterns); an AWQ recipe without
+    mappings uses the model's default ones, so every layer is marked."""
+    import re
+
+    out: dict[str, str] = {}
+    blocks = re.split(r"(?m)^(\s*)(\w+Modifier):\s*$", recipe_text)
+    for i in range(2, len(blocks) - 1, 3):
+        modifier, body = blocks[i], blocks[i + 1]
+        if modifier not in ("SmoothQuantModifier", "AWQModifier"):
+            continue
+        patterns = [p for p in re.findall(r"re:([^'\",\]\s]+)", body) if "norm" not in p]
+        for name in names:
+            if not patterns and modifier == "AWQModifier" or any(re.match(p, name) for p in patterns):
+                out[name] = modifier
+    return out
+
+
 def manifest_of(reference: nn.Module, quantized: nn.Module, *, backend: str, plan: dict[str, Any],
-                bits: int | None = None, group_size: int | None = None, skip: tuple[str, ...] = ()) -> QuantReport:
-    """A per-layer manifest measured on `quantized`'s unpacked weights against `reference` (module class named)."""
+                bits: int | None = None, group_size: int | None = None, skip: tuple[str, ...] = (),
+                transformed: dict[str, str] | None = None) -> QuantReport:
+    """A per-layer manifest measured on `quantized`'s unpacked weights against `reference` (module class named);
+    `transformed` names layers a smoothing step rescaled (their records say so)."""
     report = QuantReport(plan=plan, backend=backend, model_dtype=str(_first_float_dtype(quantized)))
     ref_modules = dict(reference.named_modules())
     embedding_ids = {id(m.weight) for m in quantized.modules() if isinstance(m, nn.Embedding)}
     for name, module in linear_like_modules(quantized).items():
         ref = ref_modules.get(name)
         rec = LayerRecord(name=name, module_class=module_label(module), rule=backend, format=plan.get("format", backend),
-                          spec=dict(plan), applied=False, backend=backend)
+                          spec=dict(plan), applied=False, backend=backend,
+                          transform=(transformed or {}).get(name))
         deq = unpacked_weight(module)
         ref_w = None if ref is None or getattr(ref, "weight", None) is None else ref.weight.detach().to(torch.float32)
         rec.dtype = str(_stored_weight(module).dtype)

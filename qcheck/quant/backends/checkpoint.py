@@ -102,9 +102,15 @@ class CheckpointBackend:
         model = load_quantized_folder(self.folder, device=self.device)
         check_same_architecture(reference, model, self.folder)
         plan = {"name": self.variant_name or Path(self.folder).name, **(info.to_dict() if info else {"format": "float"})}
+        recipe = Path(self.folder) / "recipe.yaml"
+        transformed = None
+        if recipe.is_file():
+            from qcheck.quant.backends import linear_like_modules, smoothed_layers
+
+            transformed = smoothed_layers(recipe.read_text(encoding="utf-8"), list(linear_like_modules(model)))
         report = manifest_of(reference, model, backend=f"checkpoint:{info.method if info else 'float'}", plan=plan,
                              bits=info.bits if info else None, group_size=info.group_size if info else None,
-                             skip=info.ignore if info else ())
+                             skip=info.ignore if info else (), transformed=transformed)
         return BackendVariant(plan["name"], self.name, model, report, time.perf_counter() - start, str(self.folder),
                               {"quantization_config": info.raw if info else None})
 
