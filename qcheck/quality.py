@@ -280,7 +280,7 @@ def assert_boxed_format(reference: GenerationRun | Sequence[Generation | str],
     elif cs["boxed"] < rs["boxed"] and n < MIN_SAMPLES:
         status = Status.INCONCLUSIVE
         message = (f"{rates}: lower, but not significantly (McNemar p={test.pvalue:.3g}) with n={n} < {MIN_SAMPLES} "
-                   "prompts; run more prompts (--qcheck-samples)")
+                   "prompts; run more prompts (--qcheck-prompts or --qcheck-samples)")
     elif n < MIN_SAMPLES:
         status = Status.WARN
         message = f"{rates}; not significantly lower (McNemar p={test.pvalue:.3g}), but n={n} < {MIN_SAMPLES}"
