@@ -105,8 +105,12 @@ def integer(
         finite = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
         lo = torch.clamp(finite.amin(dim=1, keepdim=True), max=0.0)
         hi = torch.clamp(finite.amax(dim=1, keepdim=True), min=0.0)
-        q = torch.where((g == lo) & (lo < 0), torch.zeros_like(q), q)
-        q = torch.where((g == hi) & (hi > 0), torch.full_like(q, p.qmax), q)
+        # Only as a correction of float noise (within a step): a scale that fell back to 1 (range underflowed to a
+        # zero scale) leaves the ends where rounding put them.
+        at_lo = (g == lo) & (lo < 0) & ((lo / p.scale + p.zero_point).abs() <= 1)
+        at_hi = (g == hi) & (hi > 0) & ((hi / p.scale + p.zero_point - p.qmax).abs() <= 1)
+        q = torch.where(at_lo, torch.zeros_like(q), q)
+        q = torch.where(at_hi, torch.full_like(q, p.qmax), q)
     out = (q - p.zero_point) * p.scale
     if x.dtype.is_floating_point:
         info = torch.finfo(x.dtype)

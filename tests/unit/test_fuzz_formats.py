@@ -454,6 +454,14 @@ def test_integer_asymmetric_zero_point_tie_keeps_the_range(x: list, expected: li
     assert torch.allclose(twice, once, rtol=5e-7, atol=0), (once.tolist(), twice.tolist())
 
 
+@pytest.mark.parametrize("bits, symmetric", [(2, False), (3, True)])
+def test_integer_subnormal_group_whose_scale_underflows(bits: int, symmetric: bool) -> None:
+    """Found by the thorough profile at 10,000 examples: [1.4e-45] (the smallest subnormal) has range / qmax = 0,
+    so the scale falls back to 1; the range-end pinning must not then put it at qmax (it gave 3.0)."""
+    x = torch.tensor([[1.401298464324817e-45], [0.0]])
+    assert integer(x, bits, symmetric=symmetric).tolist() == [[0.0], [0.0]]
+
+
 def test_integer_reference_levels() -> None:
     """int4 symmetric per channel: levels k * amax / 7; ties at (k + 0.5) * scale go to even k."""
     w = torch.tensor([[7.0, 0.5, 1.5, 2.5, -3.5, 0.0]])

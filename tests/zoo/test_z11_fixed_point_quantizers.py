@@ -139,7 +139,8 @@ def test_integer_off_by_one_qmax_is_caught_and_correct_rtn_passes() -> None:
         g = x.float().reshape(-1, x.shape[-1]) if x.dim() > 1 else x.float().reshape(1, -1)
         qmax = qmax_fn(spec.bits)
         amax = torch.where(torch.isfinite(g), g, torch.zeros_like(g)).abs().amax(dim=1, keepdim=True)
-        scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+        scale = amax / qmax  # test the scale, not amax: a subnormal amax / qmax underflows to 0 (then 0 / 0 = NaN)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         out = torch.round(g / scale).clamp(-qmax, qmax) * scale
         big = torch.finfo(x.dtype).max  # qmax * fl(amax / qmax) can round past the max: saturate, never inf
         return out.clamp(-big, big).reshape(x.shape).to(x.dtype)
