@@ -72,7 +72,7 @@ def assert_ptq_not_worse_than_rtn(rtn: Any, ptq: Any, *, variant: str, rtn_name:
 
 def _calibration_text(calibration: dict[str, Any] | None) -> str:
     if not calibration:
-        return "not recorded"
+        return "not recorded here: for a checkpoint folder, see how it was produced (its recipe.yaml, if any)"
     return ", ".join(f"{k}={calibration[k]}" for k in ("source", "samples", "seq_len", "tokens") if k in calibration)
 
 
