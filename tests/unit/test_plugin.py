@@ -11,7 +11,19 @@ def warm_model():
     return load_model(cache=True)  # the in-process runs below reuse this object
 
 
-def test_suite_run_writes_report_with_variant_metrics(pytester, tmp_path, warm_model):
+@pytest.fixture(scope="module")
+def wikitext():
+    """The suite's default evaluation text (WikiText-2 test from ../shared/data or $QCHECK_DATA_DIR)."""
+    from qcheck.data import WIKITEXT_TEST, find_data_file
+    from qcheck.errors import DataError
+
+    try:
+        return find_data_file(WIKITEXT_TEST)
+    except DataError as exc:
+        pytest.skip(f"WikiText-2 not available: {exc}")
+
+
+def test_suite_run_writes_report_with_variant_metrics(pytester, tmp_path, warm_model, wikitext):
     out = tmp_path / "rep"
     result = pytester.runpytest_inprocess(
         "--pyargs", "qcheck.suite.test_precision_applied", "-p", "no:cacheprovider",
@@ -75,7 +87,7 @@ def test_cuda_device_without_cuda_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*--qcheck-device cuda was asked for, but no CUDA device is available*"])
 
 
-def test_ptq_backend_runs_as_a_suite_variant(pytester, tmp_path, warm_model):
+def test_ptq_backend_runs_as_a_suite_variant(pytester, tmp_path, warm_model, wikitext):
     """--qcheck-ptq adds a backend's variant to every module; one this machine cannot build skips, saying why."""
     out = tmp_path / "rep"
     result = pytester.runpytest_inprocess(
