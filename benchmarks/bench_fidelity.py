@@ -34,6 +34,8 @@ from typing import Any
 import pytest
 import torch
 
+from _output import save
+
 CONTEXT = 1024
 MAX_RATIO = 2.0
 
@@ -163,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     report = compare(args)
     text = render(report)
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_fidelity.json").write_text(json.dumps(report, indent=2))
-        (out / "bench_fidelity.md").write_text(text + "\n")
+    save(args.out, "bench_fidelity", report, text)
     return 0 if report["ok"] else 1
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 import torch
 
+from _output import save
+
 from qcheck.benchmark_integration import qcheck_benchmark  # noqa: F401  (fixture for the pytest part below)
 from qcheck.latency import measure_order
 from qcheck.timing import (
@@ -251,11 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     result = run(args)
     text = markdown(result)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "latency.json").write_text(json.dumps(result, indent=1, default=str))
-        (out / "latency.md").write_text(text)
+    save(args.out, "latency", result, text)
     print(text)
     return 0
 

@@ -16,17 +16,17 @@ Run on a GPU machine (from the repository root):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from _output import save
 
 CONTEXT = 1024
 MIN_SPEEDUP = 2.0
@@ -159,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     data["problems"] = gate(data)
     text = markdown(data)
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_perplexity.json").write_text(json.dumps(data, indent=2))
-        (out / "bench_perplexity.md").write_text(text)
+    save(args.out, "bench_perplexity", data, text)
     for p in data["problems"]:
         print("PROBLEM:", p, file=sys.stderr)
     return 1 if data["problems"] else 0

@@ -21,11 +21,12 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from _output import save
 
 from qcheck.metrics.robustness import ChoiceItem, arc_easy_items, evaluate_robustness
 from qcheck.suite.test_robustness import ATTACK
@@ -148,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     text = markdown(result)
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_robustness.json").write_text(json.dumps(result, indent=2, default=str))
-        (out / "bench_robustness.md").write_text(text)
+    save(args.out, "bench_robustness", result, text)
     return 0
 
 
