@@ -168,3 +168,57 @@ def test_llmcompressor_packed_checkpoint_is_unpacked_for_the_evidence_check():
     assert len(variant.report.applied) == 14
     result = assert_ptq_applied(reference, variant)
     assert result.evidence["module_classes"]["Linear[pack-quantized, compressed]"] == 14
+
+
+SQ_RECIPE = """default_stage:
+  default_modifiers:
+    SmoothQuantModifier:
+      smoothing_strength: 0.8
+      mappings:
+      - !!python/tuple
+        - ['re:.*q_proj', 're:.*k_proj', 're:.*v_proj']
+        - re:.*input_layernorm
+    GPTQModifier:
+      targets: [Linear]
+      ignore: [lm_head]
+      scheme: W8A8
+"""
+
+
+def _smoothed_int8(tiny):
+    """SmoothQuant's move: scale q/k/v input channels by s, fold 1/s into input_layernorm, then int8 RTN."""
+    import copy
+
+    from qcheck.formats import integer
+
+    model = copy.deepcopy(tiny)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            s = torch.rand(layer.input_layernorm.weight.shape, generator=g) * 4.8 + 0.2
+            layer.input_layernorm.weight /= s
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.weight.copy_(integer(proj.weight * s, 8))
+            for proj in (layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                proj.weight.copy_(integer(proj.weight, 8))
+    return model
+
+
+def test_smoothquant_rescaled_layers_are_checked_by_grid_and_logits_not_weight_sqnr(tiny):
+    """Seen on SmolLM2 with llm-compressor's SmoothQuant W8A8: the 150 smoothed q/k/v/gate/up layers had low
+    weight SQNR against the reference (the smoothing, not the rounding) and were called destroyed. With the
+    checkpoint's recipe the manifest marks them and ptq_applied passes; without it they are still flagged."""
+    from qcheck.quant.backends import linear_like_modules, smoothed_layers
+
+    model = _smoothed_int8(tiny)
+    names = list(linear_like_modules(model))
+    marked = smoothed_layers(SQ_RECIPE, names)
+    assert sorted({n.rsplit(".", 1)[1] for n in marked}) == ["k_proj", "q_proj", "v_proj"]
+    plan = {"format": "int8"}
+    blind = manifest_of(tiny, model, backend="test", plan=plan, bits=8, skip=("lm_head",))
+    with pytest.raises(InvariantViolation, match="layers destroyed: model.layers.0.self_attn.q_proj"):
+        assert_ptq_applied(tiny, BackendVariant("sq", "test", model, blind, 0.0))
+    told = manifest_of(tiny, model, backend="test", plan=plan, bits=8, skip=("lm_head",), transformed=marked)
+    result = assert_ptq_applied(tiny, BackendVariant("sq", "test", model, told, 0.0))
+    assert result.status.value == "PASS" and "6 layers rescaled by SmoothQuantModifier" in result.message
+    assert result.evidence["smoothed"]["SmoothQuantModifier"]["layers"] == 6
