@@ -32,6 +32,9 @@ class IntegerParams:
     zero_point: torch.Tensor
     qmin: int
     qmax: int
+    lo: torch.Tensor | None = None
+    """Asymmetric only: each group's range ends (min clamped to <= 0, max to >= 0) the scale was derived from."""
+    hi: torch.Tensor | None = None
 
 
 def check_group_size(group_size: int | None, in_features: int, where: str = "") -> int | None:
@@ -80,7 +83,7 @@ def integer_params(
     a = -lo / scale
     frac = a - torch.floor(a)  # exact; floor(a + 0.5) would round a = k + 0.5 - ulp up to k + 1 in float
     zero = torch.clamp(torch.floor(a) + (frac >= 0.5).to(a.dtype), 0, qmax)  # ties round up (see module doc)
-    return IntegerParams(scale, zero, 0, qmax)
+    return IntegerParams(scale, zero, 0, qmax, lo, hi)
 
 
 def integer(
@@ -102,9 +105,7 @@ def integer(
     q = torch.clamp(torch.round(g / p.scale + p.zero_point), p.qmin, p.qmax)
     if not symmetric:
         # The range ends land on the grid ends in exact arithmetic; pin them there against float rounding of g / s.
-        finite = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
-        lo = torch.clamp(finite.amin(dim=1, keepdim=True), max=0.0)
-        hi = torch.clamp(finite.amax(dim=1, keepdim=True), min=0.0)
+        lo, hi = p.lo, p.hi
         # Only as a correction of float noise (within a step): a scale that fell back to 1 (range underflowed to a
         # zero scale) leaves the ends where rounding put them.
         at_lo = (g == lo) & (lo < 0) & ((lo / p.scale + p.zero_point).abs() <= 1)
