@@ -11,6 +11,12 @@ re-quantizing keeps the range (half-to-even shrank it by a step at such ties). R
 the scale from an output's range reproduces it up to float rounding (a few ulps), so asymmetric idempotence is
 exact with the parameters held and holds to a few ulps when they are re-derived. A grid end beyond the input
 dtype's finite range (weights within half a step of its maximum) saturates at that maximum instead of +-inf.
+
+A group whose range is subnormal (a scale below float32's smallest normal, ranges under ~1e-37) has its scale
+rounded to the subnormal grid, as in any float32 RTN: the levels k * s drift from exact arithmetic by up to
+|k - z| half-units of 1.4e-45, so the top level can fall short of the range end by more than half a step
+([5.38e-43] at 5 bits asymmetric: scale 12 units instead of 12.39, top level 372 units for 384). Range ends are
+pinned only for normal scales.
 """
 from __future__ import annotations
 
@@ -106,10 +112,12 @@ def integer(
     if not symmetric:
         # The range ends land on the grid ends in exact arithmetic; pin them there against float rounding of g / s.
         lo, hi = p.lo, p.hi
-        # Only as a correction of float noise (within a step): a scale that fell back to 1 (range underflowed to a
-        # zero scale) leaves the ends where rounding put them.
-        at_lo = (g == lo) & (lo < 0) & ((lo / p.scale + p.zero_point).abs() <= 1)
-        at_hi = (g == hi) & (hi > 0) & ((hi / p.scale + p.zero_point - p.qmax).abs() <= 1)
+        # Only as a correction of float noise (within a step, normal scale): a subnormal scale has lost the
+        # precision that puts the ends on the grid ends ([2.8e-45] at 2 bits: scale 1.4e-45, not 9.3e-46), and a
+        # scale that fell back to 1 (range underflowed to zero) leaves them where rounding put them.
+        normal = p.scale >= torch.finfo(torch.float32).tiny
+        at_lo = (g == lo) & (lo < 0) & normal & ((lo / p.scale + p.zero_point).abs() <= 1)
+        at_hi = (g == hi) & (hi > 0) & normal & ((hi / p.scale + p.zero_point - p.qmax).abs() <= 1)
         q = torch.where(at_lo, torch.zeros_like(q), q)
         q = torch.where(at_hi, torch.full_like(q, p.qmax), q)
     out = (q - p.zero_point) * p.scale

@@ -127,9 +127,10 @@ def test_seed003_silent_clamp_is_caught() -> None:
 
 
 def test_counterexample_is_shrunk_to_one_element() -> None:
-    """Hypothesis shrinks the failing input: one element, the smallest width."""
+    """Hypothesis shrinks the failing input to one element and a small width. Shrinking is heuristic: the ci
+    profile's fixed seed reaches width 2; a thorough run at 10,000 examples stopped at width 5 (session 3)."""
     msg, spec = caught(truncating)
-    assert "shape (1,)" in msg and spec.width == 2, msg
+    assert "shape (1,)" in msg and spec.width <= 8, msg
 
 
 def test_integer_off_by_one_qmax_is_caught_and_correct_rtn_passes() -> None:
@@ -153,7 +154,10 @@ def test_integer_off_by_one_qmax_is_caught_and_correct_rtn_passes() -> None:
 
 def test_docs_example_runs() -> None:
     """examples/fuzz_my_quantizer.py (shown in docs/fuzzing.md) passes under pytest as users would run it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # As the docs run it: the example's own default profile (ci), also inside a thorough run of this suite, where
+    # it would otherwise draw 50,000 examples for its five sweep configs (over 300 s on a busy 16-core machine).
+    # The properties it shows run at 10,000 examples in this file's differential tests.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "QCHECK_HYPOTHESIS_PROFILE": "ci"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(ROOT / "examples" / "fuzz_my_quantizer.py")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
