@@ -44,6 +44,16 @@ def distinct_per_group(w: torch.Tensor, group_size: int | None = None, per_tenso
     return int(changes.max().item())
 
 
+def stored_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor occupies as stored. A wrapper subclass (torchao's quantized weights) counts its inner tensors
+    (int8/int4 data, scales), not the logical float size its numel() and dtype report."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        inner = [getattr(t, n) for n in names]
+        return sum(stored_bytes(x) for x in inner if isinstance(x, torch.Tensor))
+    return t.numel() * t.element_size()
+
+
 def weight_fingerprint(model: torch.nn.Module) -> str:
     """A cheap fingerprint of every parameter and buffer (sums in float64 plus shapes and dtypes)."""
     import hashlib

@@ -50,6 +50,14 @@ class Variant:
     spec: str | None = None
 
     @property
+    def dtype_name(self) -> str:
+        """The float dtype the variant computes in ("fp32", "fp16" or "bf16"): its plan's, or for a PTQ variant the
+        dtype of its model's first float parameters (the float reference its timing is compared with)."""
+        if self.plan is not None:
+            return self.plan.dtype
+        return {"torch.float16": "fp16", "torch.bfloat16": "bf16"}.get(self.report.model_dtype, "fp32")
+
+    @property
     def is_ptq(self) -> bool:
         """Whether a PTQ backend (not a qcheck plan) produced this variant."""
         return self.backend is not None

@@ -25,6 +25,7 @@ from qcheck.latency import (
     variant_kind,
 )
 from qcheck.results import CheckResult, Status
+from qcheck.tensor_stats import stored_bytes
 from qcheck.timing import (
     classify_regime,
     device_info,
@@ -96,8 +97,8 @@ def latency_of(qcheck_variants, latency_ids, qcheck_device, qcheck_report):
 
 
 def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of a model's parameters and buffers as stored (int8/uint8 packed weights count as stored)."""
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    """Bytes of a model's parameters and buffers as stored (packed and tensor-subclass weights count as stored)."""
+    return sum(stored_bytes(t) for t in (*model.parameters(), *model.buffers()))
 
 
 def _timed_here(name: str, device: torch.device) -> bool:
@@ -157,7 +158,7 @@ def test_slowdown_bound(qcheck_variant, qcheck_variants, latency_of, float_model
     variant = qcheck_variants.get(qcheck_variant)
     if qcheck_variant in ("fp16", "bf16"):
         pytest.skip(f"{qcheck_variant} is a float reference, not a quantized variant")
-    dtype = variant.plan.dtype
+    dtype = variant.dtype_name
     ref_model = float_models.get(dtype, float_models["fp32"])
     reference = time_forward(ref_model, latency_ids, tf32=False, label=dtype, **GPU_BUDGET)
     timing, _ = latency_of(qcheck_variant)

@@ -210,3 +210,56 @@ def test_checkpoint_of_another_architecture_is_refused(nf4_variant, tmp_path):
     with pytest.raises(QCheckError, match="is not a quantization of the reference: hidden_size 32"):
         produce_variant(make_backend("checkpoint", folder=str(tmp_path)), other, None)
 
+
+
+def test_ptq_variant_names_the_float_dtype_it_computes_in(tiny, nf4_variant):
+    """A PTQ variant has no plan: the latency slowdown bound compares it with the float model of its parameters'
+    dtype (found on the H100: `variant.plan.dtype` raised AttributeError for every PTQ variant)."""
+    from qcheck.variants import Variant, builtin_plan
+
+    ptq = Variant("bnb-config-nf4", None, nf4_variant.model, nf4_variant.report, 0.0, backend=nf4_variant)
+    assert nf4_variant.report.model_dtype == "torch.float32" and ptq.dtype_name == "fp32"
+    nf4_variant.report.model_dtype, saved = "torch.bfloat16", nf4_variant.report.model_dtype
+    try:
+        assert ptq.dtype_name == "bf16"
+    finally:
+        nf4_variant.report.model_dtype = saved
+    assert Variant("w4g64", builtin_plan("w4g64"), tiny, nf4_variant.report, 0.0).dtype_name == "fp32"
+    assert Variant("fp16", builtin_plan("fp16"), tiny, nf4_variant.report, 0.0).dtype_name == "fp16"
+
+
+def test_torchao_spec_takes_an_int4_group_size_and_refuses_others():
+    """`torchao:int4-wo:64` sets the group (SmolLM2's 576-wide layers need 64; tinygemm takes 32-256)."""
+    from qcheck.quant.backends import backend_from_spec, ptq_variant_name
+
+    assert backend_from_spec("torchao:int4-wo:64").group_size == 64
+    assert backend_from_spec("torchao:int4-wo").group_size == 128
+    assert ptq_variant_name("torchao:int4-wo:64") == "torchao-int4-wo-64"
+    with pytest.raises(ConfigError, match="only torchao:int4-wo takes a group size"):
+        backend_from_spec("torchao:int8-wo:64")
+    with pytest.raises(ConfigError, match="only torchao:int4-wo takes a group size"):
+        backend_from_spec("torchao:int4-wo:sixty")
+    with pytest.raises(ConfigError, match="int4 supports 32, 64, 128, 256"):
+        backend_from_spec("torchao:int4-wo:48")
+
+
+def test_weight_through_kernel_reads_what_the_layer_computes_with():
+    """The int4 tile-packed layout has no dequantize op; F.linear(I, W)^T recovers W through the layer's kernel."""
+    from qcheck.quant.backends import weight_through_kernel
+
+    layer = torch.nn.Linear(12, 5, bias=True)
+    assert torch.equal(weight_through_kernel(layer), layer.weight.detach())
+
+
+def test_stored_bytes_counts_a_tensor_subclass_by_its_inner_tensors():
+    """torchao's weights report the logical bf16 numel and dtype; what they store is their inner tensors. A real
+    wrapper subclass (torch's TwoTensor) stands in: two fp32 inner tensors, twice the logical size."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    from qcheck.tensor_stats import stored_bytes
+
+    a, b = torch.randn(4, 8), torch.randn(4, 8)
+    assert stored_bytes(a) == 128
+    assert stored_bytes(torch.nn.Parameter(a)) == 128
+    assert stored_bytes(TwoTensor(a, b)) == 256
+    assert stored_bytes(torch.zeros(4, 8, dtype=torch.int8)) == 32

@@ -111,7 +111,10 @@ def unpacked_weight(module: nn.Module) -> torch.Tensor | None:
     if weight is None:
         return None
     if hasattr(weight, "dequantize") and type(weight).__name__ != "Parameter":
-        return weight.dequantize().to(torch.float32)
+        try:
+            return weight.dequantize().to(torch.float32)
+        except (NotImplementedError, RuntimeError):
+            return weight_through_kernel(module)
     if not weight.dtype.is_floating_point:
         scale = getattr(module, "weight_scale", None)
         if scale is None:
@@ -119,6 +122,16 @@ def unpacked_weight(module: nn.Module) -> torch.Tensor | None:
         zero = getattr(module, "weight_zero_point", None)
         return _dequantize_grouped(weight, scale, zero)
     return weight.detach().to(torch.float32)
+
+
+def weight_through_kernel(module: nn.Module) -> torch.Tensor:
+    """The weight a linear layer computes with, read through its own kernel: F.linear(I, W) = W^T. For packed
+    layouts with no dequantize op (torchao's int4 tile-packed tensors); exact where the kernel dequantizes to the
+    activation dtype and accumulates in fp32."""
+    weight = module.weight
+    eye = torch.eye(weight.shape[-1], device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        return torch.nn.functional.linear(eye, weight).t().to(torch.float32).contiguous()
 
 
 def _unpack_compressed_tensors(module: nn.Module) -> torch.Tensor:
@@ -293,7 +306,8 @@ def ptq_variant_name(spec: str) -> str:
 
 def backend_from_spec(text: str, *, device: str = "cpu") -> Backend:
     """A backend from a short spec: `bnb-config:nf4|fp4|int8`, `gptq[:wikitext|chat-gsm8k]`, `awq[:source]`,
-    `w8a8-sq[:source]`, `torchao:int8-wo|int4-wo|float8-wo|float8-dq`, or `checkpoint=PATH` (a quantized folder)."""
+    `w8a8-sq[:source]`, `torchao:int8-wo|int4-wo[:GROUP]|float8-wo|float8-dq`, or `checkpoint=PATH` (a quantized
+    folder)."""
     text = text.strip()
     if text.startswith("checkpoint="):
         return make_backend("checkpoint", folder=text.split("=", 1)[1], device=device)
@@ -307,6 +321,13 @@ def backend_from_spec(text: str, *, device: str = "cpu") -> Backend:
         return make_backend("llmcompressor", algorithm=algorithm, device=device,
                             calibration=CalibrationSpec(source=arg or "wikitext"))
     if kind == "torchao":
-        return make_backend("torchao", mode=arg or "int8-wo", device="cuda" if device == "cpu" else device)
+        mode, _, group = (arg or "int8-wo").partition(":")
+        options: dict[str, Any] = {}
+        if group:
+            if mode != "int4-wo" or not group.isdigit():
+                raise ConfigError(f"PTQ variant spec {text!r}: only torchao:int4-wo takes a group size "
+                                  "(torchao:int4-wo:64)", field=PTQ_ENV)
+            options["group_size"] = int(group)
+        return make_backend("torchao", mode=mode, device="cuda" if device == "cpu" else device, **options)
     raise ConfigError(f"PTQ variant spec {text!r}: use bnb-config:MODE, gptq[:SOURCE], awq[:SOURCE], "
                       "w8a8-sq[:SOURCE], torchao:MODE or checkpoint=PATH", field=PTQ_ENV)

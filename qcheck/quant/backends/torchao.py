@@ -1,7 +1,9 @@
 """torchao weight-only int8 / int4 and float8 on a copy of the reference (real low-bit kernels, CUDA).
 
 `quantize_(model, Config())` swaps each Linear's weight for a tensor subclass; the manifest dequantizes it
-(`weight.dequantize()`) for the evidence checks and names the subclass per layer.
+(`weight.dequantize()`, or through the layer's own kernel where the layout has no dequantize) for the evidence
+checks and names the subclass per layer. int4 needs whole groups: layers whose input width is not a multiple of
+the group size stay in float, and the manifest says why.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from qcheck.errors import ConfigError, require
 from qcheck.quant.backends import BackendVariant, manifest_of
 
 MODES = ("int8-wo", "int4-wo", "float8-wo", "float8-dq")
+INT4_GROUP_SIZES = (32, 64, 128, 256)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -35,6 +38,9 @@ class TorchAOBackend:
             raise ConfigError(f"torchao mode {self.mode!r}: use one of {', '.join(MODES)}", field="mode")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"torchao dtype {self.dtype!r}: use one of {', '.join(_DTYPES)}", field="dtype")
+        if self.group_size not in INT4_GROUP_SIZES:
+            raise ConfigError(f"torchao group_size {self.group_size!r}: int4 supports "
+                              f"{', '.join(map(str, INT4_GROUP_SIZES))}", field="group_size")
 
     def unavailable_reason(self) -> str | None:
         import importlib.util
@@ -65,14 +71,22 @@ class TorchAOBackend:
         ao = require("torchao.quantization", "the torchao backend")
         start = time.perf_counter()
         model = copy.deepcopy(reference).to(device=self.device, dtype=_DTYPES[self.dtype])
-        ao.quantize_(model, self.config(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and "lm_head" not in fqn)
+        partial = {fqn: m.in_features for fqn, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and self.mode == "int4-wo" and m.in_features % self.group_size}
+        ao.quantize_(model, self.config(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and "lm_head" not in fqn
+                     and fqn not in partial)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         bits = 8 if self.mode != "int4-wo" else 4
-        plan = {"name": f"torchao-{self.mode}", "format": f"torchao-{self.mode}", "dtype": self.dtype}
+        plan = {"name": f"torchao-{self.mode}", "format": f"torchao-{self.mode}", "dtype": self.dtype,
+                **({"group_size": self.group_size} if self.mode == "int4-wo" else {})}
         report = manifest_of(reference, model.eval(), backend="torchao", plan=plan, bits=bits,
-                             group_size=self.group_size if self.mode == "int4-wo" else None, skip=("lm_head",))
+                             group_size=self.group_size if self.mode == "int4-wo" else None,
+                             skip=("lm_head", *partial))
         for rec in report.layers:
+            if rec.name in partial:
+                rec.kept_reason = (f"input width {partial[rec.name]} is not a multiple of int4 group size "
+                                   f"{self.group_size} (left in float; try torchao:int4-wo:64)")
             weight = getattr(model.get_submodule(rec.name), "weight", None)
             rec.module_class = f"{rec.module_class}[{type(weight).__name__}]"
         return BackendVariant(plan["name"], self.name, model, report, time.perf_counter() - start, None,
