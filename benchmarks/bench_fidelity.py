@@ -33,13 +33,10 @@ from typing import Any
 
 import pytest
 import torch
-
 from _output import save
 
 CONTEXT = 1024
 MAX_RATIO = 2.0
-
-
 
 
 def _status_kib(field: str) -> int:

@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from _output import save
 
 from qcheck.benchmark_integration import qcheck_benchmark  # noqa: F401  (fixture for the pytest part below)
@@ -48,8 +47,6 @@ SHAPES = ((1, 128), (8, 512), (32, 512))
 VARIANTS = ("fp32", "tf32", "fp16", "bf16", "autocast", "bnb-int8", "bnb-nf4")
 REL_IQR_TARGET = 0.02
 AGREEMENT_TARGET = 0.03
-
-
 
 
 def build_reference(device: str, quick: bool) -> torch.nn.Module:

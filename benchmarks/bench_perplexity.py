@@ -25,14 +25,11 @@ from typing import Any
 
 import pytest
 import torch
-
 from _output import save
 
 CONTEXT = 1024
 MIN_SPEEDUP = 2.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
 
 
 def build(dtype: torch.dtype, device: str, quick: bool) -> torch.nn.Module:

@@ -19,15 +19,7 @@ import time
 
 import torch
 
-
-def stored_bytes(model: torch.nn.Module) -> int:
-    """Bytes of parameters and buffers as stored (int8/packed tensors count as such)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
+from qcheck.tensor_stats import model_stored_bytes
 
 
 def latency_ms(model: torch.nn.Module, vocab: int, device: str, repeats: int) -> dict:
@@ -122,7 +114,7 @@ def main() -> None:
         if kind != "backend":
             model = model.to(device)
         row = {"variant": name, "build_seconds": build_s, "machine": machine,
-               "stored_mb": stored_bytes(model) / 1e6,
+               "stored_mb": model_stored_bytes(model) / 1e6,
                "latency_ms_1x256": latency_ms(model, 49152, device, args.repeats)}
         if tokenizer is not None:
             ppl = perplexity(model, tokenizer, text, context=args.context, max_tokens=args.tokens, batch_size=1)

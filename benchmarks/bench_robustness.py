@@ -25,15 +25,12 @@ from typing import Any
 
 import pytest
 import torch
-
 from _output import save
 
 from qcheck.metrics.robustness import ChoiceItem, arc_easy_items, evaluate_robustness
 from qcheck.suite.test_robustness import ATTACK
 
 VARIANTS = ("fp32", "int8", "w4g64", "bf16")
-
-
 
 
 def random_items(n: int, vocab: int, seed: int = 0) -> list[ChoiceItem]:

@@ -165,10 +165,10 @@ def smollm2_config(**overrides: Any) -> Any:
     to carry to a GPU machine; timings and memory do not depend on the weights)."""
     from transformers import LlamaConfig
 
-    base = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
-                tie_word_embeddings=True, rms_norm_eps=1e-5, hidden_act="silu", bos_token_id=1, eos_token_id=2,
-                pad_token_id=2)
+    base = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+            "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192,
+            "rope_theta": 100000.0, "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
     base.update(overrides)
     return LlamaConfig(**base)
 

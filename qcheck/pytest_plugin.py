@@ -167,13 +167,14 @@ def variant_names(config: pytest.Config) -> list[str]:
 
 def ptq_variant_names(config: pytest.Config) -> list[str]:
     """The names the run's PTQ backend variants (--qcheck-ptq / $QCHECK_PTQ) run under."""
+    from qcheck.errors import ConfigError
     from qcheck.quant.backends import ptq_variant_name
 
     names = []
     for spec in _options(config).ptq:
         try:
             names.append(ptq_variant_name(spec))
-        except Exception:  # reported properly when the variant set is built
+        except ConfigError:  # reported properly when the variant set is built
             names.append(spec)
     return names
 
@@ -295,20 +296,24 @@ def qcheck_probe_ids(qcheck_reference: Any, qcheck_eval_text: EvalText) -> Any:
     return torch.tensor(ids, dtype=torch.long).reshape(2, 32)
 
 
+def run_perplexity(model: Any, tokenizer: Any, text: str, options: RunOptions) -> Any:
+    """Perplexity of `model` on `text` with the run's context and token budget (batches of 8 on a GPU)."""
+    from qcheck.metrics.perplexity import perplexity
+
+    return perplexity(model, tokenizer, text, context=options.context, max_tokens=options.tokens,
+                      batch_size=1 if next(model.parameters()).device.type == "cpu" else 8)
+
+
 @pytest.fixture(scope="session")
 def qcheck_perplexity(qcheck_reference: Any, qcheck_variants: Any, qcheck_eval_text: EvalText,
                       qcheck_options: RunOptions, qcheck_report: Any) -> Callable[[str], Any]:
     """`qcheck_perplexity(name)`: the variant's PerplexityResult on the evaluation text (computed once)."""
-    from qcheck.metrics.perplexity import perplexity
-
     cache: dict[str, Any] = {}
 
     def get(name: str) -> Any:
         if name not in cache:
-            model = qcheck_variants.model(name)
-            result = perplexity(model, qcheck_reference.tokenizer, qcheck_eval_text.text,
-                                context=qcheck_options.context, max_tokens=qcheck_options.tokens,
-                                batch_size=1 if next(model.parameters()).device.type == "cpu" else 8)
+            result = run_perplexity(qcheck_variants.model(name), qcheck_reference.tokenizer, qcheck_eval_text.text,
+                                    qcheck_options)
             cache[name] = result
             qcheck_report.add_metric(name, "perplexity", result.to_dict(with_windows=True))
         return cache[name]

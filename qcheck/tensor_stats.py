@@ -54,6 +54,12 @@ def stored_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def model_stored_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters and buffers as stored (packed and tensor-subclass weights as stored; a tied
+    weight once)."""
+    return sum(stored_bytes(t) for t in (*model.parameters(), *model.buffers()))
+
+
 def weight_fingerprint(model: torch.nn.Module) -> str:
     """A cheap fingerprint of every parameter and buffer (sums in float64 plus shapes and dtypes)."""
     import hashlib

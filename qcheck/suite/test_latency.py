@@ -25,7 +25,7 @@ from qcheck.latency import (
     variant_kind,
 )
 from qcheck.results import CheckResult, Status
-from qcheck.tensor_stats import stored_bytes
+from qcheck.tensor_stats import model_stored_bytes
 from qcheck.timing import (
     classify_regime,
     device_info,
@@ -83,7 +83,7 @@ def latency_of(qcheck_variants, latency_ids, qcheck_device, qcheck_report):
             qcheck_report.add_metric(name, "latency_ms", t.to_metric(
                 simulated=kind.simulated, kind=kind.reason, shape=list(latency_ids.shape),
                 regime=classify_regime(t).kind, tf32=False))
-            memory = {"weights_mb": round(model_bytes(model) / 2**20, 2), "shape": list(latency_ids.shape),
+            memory = {"weights_mb": round(model_stored_bytes(model) / 2**20, 2), "shape": list(latency_ids.shape),
                       "what": "parameter + buffer bytes as stored (packed where the backend packs)"}
             if _cuda(qcheck_device):
                 memory.update(peak_forward_mb=round((torch.cuda.max_memory_allocated(qcheck_device) - base) / 2**20, 2),
@@ -94,11 +94,6 @@ def latency_of(qcheck_variants, latency_ids, qcheck_device, qcheck_report):
         return cache[name]
 
     return get
-
-
-def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of a model's parameters and buffers as stored (packed and tensor-subclass weights count as stored)."""
-    return sum(stored_bytes(t) for t in (*model.parameters(), *model.buffers()))
 
 
 def _timed_here(name: str, device: torch.device) -> bool:

@@ -1,6 +1,7 @@
 """Quantization took effect (Z1), 16-bit/8-bit differ from fp32 yet stay close, mixed plans lie between
-their uniform bounds and follow their plan (Z2). Every variant's perplexity is recorded. PTQ backend variants are checked against their backend's manifest
-(unpacked weights on their grid, module classes named) instead of a plan."""
+their uniform bounds and follow their plan (Z2). Every variant's perplexity is recorded. PTQ backend variants
+are checked against their backend's manifest (unpacked weights on their grid, module classes named) instead of a
+plan."""
 from __future__ import annotations
 
 import math

@@ -44,8 +44,8 @@ def test_ptq_reference_untouched(ptq_variant, reference_fingerprint, qcheck_vari
 
 def test_ptq_not_worse_than_rtn(ptq_variant, qcheck_variants, qcheck_reference, qcheck_perplexity,
                                 qcheck_eval_text, qcheck_options, qcheck_report, qcheck_record):
-    from qcheck.metrics.perplexity import perplexity
     from qcheck.ptq import assert_ptq_not_worse_than_rtn
+    from qcheck.pytest_plugin import run_perplexity
     from qcheck.quant.apply import quantize
 
     variant = qcheck_variants.get(ptq_variant)
@@ -61,9 +61,7 @@ def test_ptq_not_worse_than_rtn(ptq_variant, qcheck_variants, qcheck_reference, 
     rtn_name = f"rtn-w4g{group}"
     rtn_model, _ = quantize(qcheck_reference.model, {"name": rtn_name, "default": {
         "format": "int", "bits": 4, "group_size": group}, "override": [{"match": "lm_head", "format": "keep"}]})
-    device = next(rtn_model.parameters()).device.type
-    rtn = perplexity(rtn_model, qcheck_reference.tokenizer, qcheck_eval_text.text, context=qcheck_options.context,
-                     max_tokens=qcheck_options.tokens, batch_size=1 if device == "cpu" else 8)
+    rtn = run_perplexity(rtn_model, qcheck_reference.tokenizer, qcheck_eval_text.text, qcheck_options)
     qcheck_report.add_metric(ptq_variant, "rtn_perplexity", {**rtn.to_dict(), "rtn_variant": rtn_name})
     qcheck_record(assert_ptq_not_worse_than_rtn(rtn, result, variant=ptq_variant, rtn_name=rtn_name,
                                                 calibration=variant.backend.details.get("calibration")))

@@ -263,3 +263,14 @@ def test_stored_bytes_counts_a_tensor_subclass_by_its_inner_tensors():
     assert stored_bytes(torch.nn.Parameter(a)) == 128
     assert stored_bytes(TwoTensor(a, b)) == 256
     assert stored_bytes(torch.zeros(4, 8, dtype=torch.int8)) == 32
+
+
+def test_model_stored_bytes_counts_a_tied_weight_once(tiny):
+    """The latency module's `memory` metric and bench_ptq: parameters and buffers as stored, shared ones once."""
+    from qcheck.models import random_init_like, tiny_llama_config
+    from qcheck.tensor_stats import model_stored_bytes
+
+    tied = random_init_like(tiny_llama_config(tie_word_embeddings=True), seed=0)
+    per_tensor = {id(t): t.numel() * t.element_size() for t in (*tied.parameters(), *tied.buffers())}
+    assert model_stored_bytes(tied) == sum(per_tensor.values())
+    assert model_stored_bytes(tied) < model_stored_bytes(tiny)  # untied: lm_head stored separately
