@@ -112,6 +112,8 @@ class VariantSet:
         for plan in self.plans.values():
             plan.resolve(self.reference)
         for spec in self.backends.values():
+            # called for what it raises: a checkpoint folder that is missing or has no config.json; a backend that
+            # merely cannot run on this machine is not an error here (its tests skip, saying why)
             backend_from_spec(spec, device=self.device).unavailable_reason()
 
     def get(self, name: str) -> Variant:
