@@ -9,7 +9,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,9 @@ KNOWN_BACKEND_COSTS: dict[str, tuple[float, str]] = {
                       "fp16 part: 4.3x slower than fp16 at 32x512 on an H100")),
     "bnb-nf4": (3.0, ("bitsandbytes NF4 dequantizes weights to 16-bit before each matmul at batch > 1: 1.9x "
                      "slower than fp16 at 32x512 on an H100")),
+    "torchao-int4-wo": (12.0, ("torchao's int4 weight-only kernel (tinygemm, aten::_weight_int4pack_mm) is built "
+                               "for small-batch decoding; at 32x512 tokens on SmolLM2-135M it ran 7.4x (H100) and "
+                               "8.0x-8.9x (H200) slower than bf16, whose own forward is launch-bound there")),
 }
 """Slowdowns vs the 16-bit reference that a backend's own kernels explain (measured, not a fallback)."""
 
@@ -329,8 +332,8 @@ def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
     return causes
 
 
-def profile_ops(fn: Callable[[], Any], device: str | torch.device) -> dict[str, int]:
-    """Counts of operator and kernel names during one call of `fn` (torch.profiler)."""
+def _profile(fn: Callable[[], Any], device: str | torch.device) -> Any:
+    """torch.profiler's per-name averages over one call of `fn` (CPU ops, and GPU kernels on CUDA)."""
     from torch.profiler import ProfilerActivity, profile
 
     dev = torch.device(device)
@@ -339,15 +342,61 @@ def profile_ops(fn: Callable[[], Any], device: str | torch.device) -> dict[str, 
         fn()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-    return {evt.key: int(evt.count) for evt in prof.key_averages()}
+    return prof.key_averages()
+
+
+def profile_ops(fn: Callable[[], Any], device: str | torch.device) -> dict[str, int]:
+    """Counts of operator and kernel names during one call of `fn` (torch.profiler)."""
+    return {evt.key: int(evt.count) for evt in _profile(fn, device)}
+
+
+def short_kernel_name(name: str) -> str:
+    """A kernel's name without its return type, namespaces and template arguments
+    (`void at::native::(anonymous namespace)::tinygemm_m16n8k16_chunk_kernel<...>(...)` -> the kernel's own name);
+    operator names such as `aten::addmm` are kept whole."""
+    if not (name.startswith("void ") or "<" in name or "(" in name):
+        return name[:80]
+    plain = name.removeprefix("void ").replace("(anonymous namespace)", "")
+    base = plain.split("<", 1)[0].split("(", 1)[0].strip()
+    return (base.rsplit("::", 1)[-1] or name)[:80]
+
+
+def time_by_kernel(fn: Callable[[], Any], device: str | torch.device, *, top: int = 5) -> list[dict[str, Any]]:
+    """Where one call of `fn` spends its time, largest first: GPU kernels by device time on CUDA, operators by
+    self CPU time elsewhere, each with its share of the total. Names the kernel behind a slowdown."""
+    dev = torch.device(device)
+    averages = _profile(fn, dev)
+    if dev.type == "cuda":
+        rows = [(e.key, e.count, e.self_device_time_total) for e in averages
+                if e.device_type != torch.autograd.DeviceType.CPU and e.self_device_time_total > 0]
+    else:
+        rows = [(e.key, e.count, e.self_cpu_time_total) for e in averages if e.self_cpu_time_total > 0]
+    return rank_kernels(rows, clock="device" if dev.type == "cuda" else "cpu", top=top)
+
+
+def rank_kernels(rows: Iterable[tuple[str, int, float]], *, clock: str, top: int = 5) -> list[dict[str, Any]]:
+    """(name, calls, microseconds) rows ranked by time, template instances of one kernel merged under its short
+    name (the largest instance's full name kept), each with its share of all the time."""
+    rows = sorted(rows, key=lambda r: -r[2])
+    total = sum(r[2] for r in rows)
+    merged: dict[str, dict[str, Any]] = {}
+    for key, count, us in rows:
+        row = merged.setdefault(short_kernel_name(key), {"name": key[:300], "calls": 0, "us": 0.0})
+        row["calls"] += int(count)
+        row["us"] += us
+    ranked = sorted(merged.items(), key=lambda kv: -kv[1]["us"])[:top]
+    return [{"kernel": short, "name": row["name"], "calls": row["calls"], "ms": row["us"] / 1000,
+             "share": row["us"] / total if total else 0.0, "clock": clock} for short, row in ranked]
 
 
 def assert_slowdown_bound(reference: Timing, timing: Timing, *, factor: float = DEFAULT_SLOWDOWN_FACTOR,
                           variant: str = "quantized", reference_name: str = "fp16", backend_format: str | None = None,
-                          causes: Mapping[str, Any] | None = None, alpha: float = ORDER_ALPHA) -> CheckResult:
+                          causes: Mapping[str, Any] | None = None, kernels: Sequence[Mapping[str, Any]] = (),
+                          alpha: float = ORDER_ALPHA) -> CheckResult:
     """A quantized variant is at most `factor` times slower than the 16-bit reference (beyond noise: one-sided
     Mann-Whitney of factor x reference < variant). Over the bound: FAIL naming the likely cause from `causes`
-    (diagnose_slowdown), or WARN when the backend's own documented cost explains it and no fallback is found."""
+    (diagnose_slowdown), or WARN when the backend's own documented cost explains it and no fallback is found.
+    `kernels` (time_by_kernel of the variant) names where its time goes in the message and evidence."""
     if factor <= 1:
         raise ConfigError("slowdown factor must be > 1", field="factor")
     ratio = timing.median_ms / reference.median_ms
@@ -371,7 +420,11 @@ def assert_slowdown_bound(reference: Timing, timing: Timing, *, factor: float = 
     else:
         status = Status.FAIL
         message = (f"{text} slower, over the {factor:g}x bound (p={p:.2g}); no placement problem, host copies or "
-                   "dequantize fallback found: profile the variant")
+                   "dequantize fallback found" + ("" if kernels else ": profile the variant"))
+    if kernels and status != Status.PASS:
+        evidence["time_by_kernel"] = [dict(k) for k in kernels]
+        message += (f"; {kernels[0].get('clock', 'device')} time by kernel: "
+                    + ", ".join(f"{k['kernel']} {k['share']:.0%}" for k in kernels[:3]))
     return _finish(CheckResult("slowdown_bound", status, message, variant=variant, n=min(reference.n, timing.n),
                                compared=f"{variant} vs {reference_name} latency at the same shape",
                                test=f"one-sided Mann-Whitney U of {factor:g}x reference < variant, alpha={alpha}",

@@ -6,10 +6,11 @@ fixed point 8.4 and 16.8, a mixed int8/int4 plan, and bitsandbytes int8 / nf4.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -78,7 +79,7 @@ class VariantSet:
 
     @classmethod
     def from_names(cls, reference: nn.Module, names: list[str] | tuple[str, ...], plan_files: list[str] = (),
-                   ptq_specs: list[str] | tuple[str, ...] = (), **kwargs: Any) -> "VariantSet":
+                   ptq_specs: list[str] | tuple[str, ...] = (), **kwargs: Any) -> VariantSet:
         """Built-in variants by name, plan files, and PTQ backend specs (see qcheck.quant.backends)."""
         from qcheck.quant.backends import backend_from_spec, ptq_variant_name
 
@@ -144,7 +145,8 @@ class VariantSet:
         reason = backend.unavailable_reason()
         if reason is not None:
             raise VariantUnavailable(f"PTQ variant {name} ({self.backends[name]}) cannot be built here: {reason}")
-        built = produce_variant(backend, self.reference, self.tokenizer)
+        # the backend names its variant from its own options; checks must report the name this run knows it by
+        built = replace(produce_variant(backend, self.reference, self.tokenizer), name=name)
         return Variant(name, None, built.model, built.report, built.seconds, backend=built, spec=self.backends[name])
 
     def model(self, name: str) -> nn.Module:

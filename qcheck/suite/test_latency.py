@@ -22,6 +22,7 @@ from qcheck.latency import (
     assert_slowdown_bound,
     assert_throughput_honest,
     diagnose_slowdown,
+    time_by_kernel,
     variant_kind,
 )
 from qcheck.results import CheckResult, Status
@@ -157,13 +158,15 @@ def test_slowdown_bound(qcheck_variant, qcheck_variants, latency_of, float_model
     ref_model = float_models.get(dtype, float_models["fp32"])
     reference = time_forward(ref_model, latency_ids, tf32=False, label=dtype, **GPU_BUDGET)
     timing, _ = latency_of(qcheck_variant)
-    causes = {}
+    causes, kernels = {}, []
     if timing.median_ms > DEFAULT_SLOWDOWN_FACTOR * reference.median_ms:
-        causes = diagnose_slowdown(variant.model, forward_callable(variant.model, latency_ids),
-                                   device=qcheck_device, report=variant.report)
+        call = forward_callable(variant.model, latency_ids)
+        causes = diagnose_slowdown(variant.model, call, device=qcheck_device, report=variant.report)
+        kernels = time_by_kernel(call, qcheck_device)
     formats = {r.format for r in variant.report.layers if r.applied}
     qcheck_record(assert_slowdown_bound(reference, timing, variant=qcheck_variant, reference_name=dtype,
-                                        backend_format=formats.pop() if len(formats) == 1 else None, causes=causes))
+                                        backend_format=formats.pop() if len(formats) == 1 else None, causes=causes,
+                                        kernels=kernels))
 
 
 @pytest.mark.gpu

@@ -243,6 +243,17 @@ def test_torchao_spec_takes_an_int4_group_size_and_refuses_others():
         backend_from_spec("torchao:int4-wo:48")
 
 
+def test_ptq_checks_report_the_variant_by_the_name_the_run_knows_it_by(tiny):
+    """Seen on an H200: `torchao:int4-wo:64` runs as torchao-int4-wo-64 but the backend called its variant
+    torchao-int4-wo, so ptq_applied landed on a row of its own in the report. The variant set now renames it."""
+    from qcheck.variants import VariantSet
+
+    variants = VariantSet(tiny, {}, backends={"my-nf4": "bnb-config:nf4"})
+    variant = variants.get("my-nf4")
+    assert variant.backend.name == "my-nf4" and variant.backend.backend == "bnb-config"
+    assert assert_ptq_applied(tiny, variant.backend).variant == "my-nf4"
+
+
 def test_weight_through_kernel_reads_what_the_layer_computes_with():
     """The int4 tile-packed layout has no dequantize op; F.linear(I, W)^T recovers W through the layer's kernel."""
     from qcheck.quant.backends import weight_through_kernel

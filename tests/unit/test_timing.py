@@ -18,6 +18,9 @@ from qcheck.latency import (
     assert_plausible_speed,
     assert_slowdown_bound,
     assert_throughput_honest,
+    rank_kernels,
+    short_kernel_name,
+    time_by_kernel,
     variant_kind,
 )
 from qcheck.models import random_init_like, tiny_llama_config
@@ -264,6 +267,58 @@ def test_slowdown_bound_pass_known_cost_and_named_cause():
     with pytest.raises(InvariantViolation) as err:
         assert_slowdown_bound(ref, cuda_timing(343.0, seed=1), variant="w4")
     assert "no placement problem" in err.value.result.message
+
+
+def test_slowdown_over_the_bound_names_where_the_time_goes():
+    """The kernel breakdown rides along when the bound is exceeded; torchao int4's tinygemm cost (measured on an
+    H100 and an H200) is a known cost up to 12x, a WARN; past it, a FAIL that still names the kernel."""
+    ref = cuda_timing(30.0)
+    kernels = [{"kernel": "tinygemm_m16n8k16_chunk_kernel", "share": 0.91, "clock": "device", "ms": 210.0},
+               {"kernel": "ampere_bf16_s16816gemm", "share": 0.05, "clock": "device", "ms": 11.0}]
+    warn = assert_slowdown_bound(ref, cuda_timing(239.2, seed=1), variant="torchao-int4-wo-64",
+                                 reference_name="bf16", backend_format="torchao-int4-wo", kernels=kernels)
+    assert warn.status == Status.WARN and "tinygemm" in warn.message and "known cost" in warn.message
+    assert "device time by kernel: tinygemm_m16n8k16_chunk_kernel 91%, ampere_bf16_s16816gemm 5%" in warn.message
+    assert warn.evidence["time_by_kernel"][0]["ms"] == 210.0
+    with pytest.raises(InvariantViolation) as err:
+        assert_slowdown_bound(ref, cuda_timing(400.0, seed=1), variant="torchao-int4-wo-64", reference_name="bf16",
+                              backend_format="torchao-int4-wo", kernels=kernels)
+    message = err.value.result.message
+    assert "x slower, over the 3x bound" in message and "tinygemm_m16n8k16_chunk_kernel 91%" in message
+    assert "known cost" not in message
+    assert "profile the variant" not in message
+    passed = assert_slowdown_bound(ref, cuda_timing(31.0, seed=1), variant="int8", kernels=kernels)
+    assert passed.status == Status.PASS and "time_by_kernel" not in passed.evidence
+
+
+def test_time_by_kernel_on_cpu_ranks_real_operators(tiny):
+    ids = torch.randint(0, tiny.config.vocab_size, (2, 32))
+    with torch.no_grad():
+        rows = time_by_kernel(lambda: tiny(ids), "cpu", top=4)
+    assert 1 <= len(rows) <= 4 and all(r["clock"] == "cpu" and r["calls"] >= 1 for r in rows)
+    assert [r["share"] for r in rows] == sorted((r["share"] for r in rows), reverse=True)
+    assert 0 < sum(r["share"] for r in rows) <= 1 + 1e-9
+    assert all(r["kernel"].startswith("aten::") for r in rows), rows
+    assert len({r["kernel"] for r in rows}) == len(rows)
+    assert short_kernel_name("void at::native::(anonymous namespace)::tinygemm_m16n8k16_chunk_kernel<(at::native::"
+                             "(anonymous namespace)::KReductionType)0, 256u>(int, int)") == "tinygemm_m16n8k16_chunk_kernel"
+    assert short_kernel_name("aten::addmm") == "aten::addmm"
+
+
+def test_rank_kernels_merges_template_instances_of_one_kernel():
+    """Kernel names as the H200 profile of torchao int4 gave them: two elementwise instances are one kernel."""
+    tinygemm = ("void at::native::tinygemm_m16n8k16_chunk_kernel<at::native::ALayout_RM<(at::native::KReductionType)"
+                "0>, at::native::BLayout_TC_int4<8, 64>, 8, 8>(void const*, int)")
+    rows = [(tinygemm, 28, 27735.0),
+            ("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_TNN", 1, 1313.2),
+            ("void at::native::elementwise_kernel<128, 4, at::native::direct_copy_kernel_cuda>(int)", 28, 828.6),
+            ("void at::native::elementwise_kernel<128, 4, at::native::MulFunctor<float> >(int)", 25, 497.9)]
+    ranked = rank_kernels(rows, clock="device", top=2)
+    assert [r["kernel"] for r in ranked] == ["tinygemm_m16n8k16_chunk_kernel", "elementwise_kernel"]
+    assert ranked[1]["calls"] == 53 and ranked[1]["ms"] == pytest.approx(1.3265)
+    assert ranked[1]["name"].endswith("direct_copy_kernel_cuda>(int)")
+    assert ranked[0]["share"] == pytest.approx(27735 / 30374.7)
+    assert rank_kernels([], clock="cpu") == []
 
 
 def test_plausible_speed_floor():

@@ -78,7 +78,8 @@ class TorchAOBackend:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         bits = 8 if self.mode != "int4-wo" else 4
-        plan = {"name": f"torchao-{self.mode}", "format": f"torchao-{self.mode}", "dtype": self.dtype,
+        label = f"torchao-{self.mode}" + (f"-{self.group_size}" if self.mode == "int4-wo" else "")
+        plan = {"name": label, "format": f"torchao-{self.mode}", "dtype": self.dtype,
                 **({"group_size": self.group_size} if self.mode == "int4-wo" else {})}
         report = manifest_of(reference, model.eval(), backend="torchao", plan=plan, bits=bits,
                              group_size=self.group_size if self.mode == "int4-wo" else None,
