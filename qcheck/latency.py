@@ -304,9 +304,11 @@ def assert_placement(model: nn.Module, device: str | torch.device, *, variant: s
 
 
 def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
-                      device: str | torch.device | None = None, report: Any = None) -> dict[str, Any]:
+                      device: str | torch.device | None = None, report: Any = None,
+                      profile: Any = None) -> dict[str, Any]:
     """Likely causes of a slow variant: parameters off the device, host<->device copies and dequantize ops per
-    call (torch.profiler), bitsandbytes 4-bit layers computing in float32, per-call fake-quant hooks."""
+    call (torch.profiler over one call of `fn`, or the caller's `profile_call` of it), bitsandbytes 4-bit layers
+    computing in float32, per-call fake-quant hooks."""
     causes: dict[str, Any] = {}
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     misplaced = placement_problems(model, dev)
@@ -321,8 +323,10 @@ def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
     if hooks:
         causes["per-call-hooks"] = {"modules": len(hooks), "examples": hooks[:6],
                                     "meaning": "fake-quant or dtype adapters run on every call"}
-    if fn is not None:
-        ops = profile_ops(fn, dev)
+    if profile is None and fn is not None:
+        profile = profile_call(fn, dev)
+    if profile is not None:
+        ops = {evt.key: int(evt.count) for evt in profile}
         copies = {k: v for k, v in ops.items() if "Memcpy HtoD" in k or "Memcpy DtoH" in k}
         deq = {k: v for k, v in ops.items() if "dequant" in k.lower()}
         if sum(copies.values()) > 4:
@@ -332,8 +336,9 @@ def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
     return causes
 
 
-def _profile(fn: Callable[[], Any], device: str | torch.device) -> Any:
-    """torch.profiler's per-name averages over one call of `fn` (CPU ops, and GPU kernels on CUDA)."""
+def profile_call(fn: Callable[[], Any], device: str | torch.device) -> Any:
+    """torch.profiler's per-name averages over one call of `fn` (CPU ops, and GPU kernels on CUDA): measured once,
+    read by diagnose_slowdown and time_by_kernel."""
     from torch.profiler import ProfilerActivity, profile
 
     dev = torch.device(device)
@@ -343,11 +348,6 @@ def _profile(fn: Callable[[], Any], device: str | torch.device) -> Any:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
     return prof.key_averages()
-
-
-def profile_ops(fn: Callable[[], Any], device: str | torch.device) -> dict[str, int]:
-    """Counts of operator and kernel names during one call of `fn` (torch.profiler)."""
-    return {evt.key: int(evt.count) for evt in _profile(fn, device)}
 
 
 def short_kernel_name(name: str) -> str:
@@ -361,16 +361,15 @@ def short_kernel_name(name: str) -> str:
     return (base.rsplit("::", 1)[-1] or name)[:80]
 
 
-def time_by_kernel(fn: Callable[[], Any], device: str | torch.device, *, top: int = 5) -> list[dict[str, Any]]:
-    """Where one call of `fn` spends its time, largest first: GPU kernels by device time on CUDA, operators by
-    self CPU time elsewhere, each with its share of the total. Names the kernel behind a slowdown."""
+def time_by_kernel(profile: Any, device: str | torch.device, *, top: int = 5) -> list[dict[str, Any]]:
+    """Where the profiled call (`profile_call`) spent its time, largest first: GPU kernels by device time on CUDA,
+    operators by self CPU time elsewhere, each with its share of the total. Names the kernel behind a slowdown."""
     dev = torch.device(device)
-    averages = _profile(fn, dev)
     if dev.type == "cuda":
-        rows = [(e.key, e.count, e.self_device_time_total) for e in averages
+        rows = [(e.key, e.count, e.self_device_time_total) for e in profile
                 if e.device_type != torch.autograd.DeviceType.CPU and e.self_device_time_total > 0]
     else:
-        rows = [(e.key, e.count, e.self_cpu_time_total) for e in averages if e.self_cpu_time_total > 0]
+        rows = [(e.key, e.count, e.self_cpu_time_total) for e in profile if e.self_cpu_time_total > 0]
     return rank_kernels(rows, clock="device" if dev.type == "cuda" else "cpu", top=top)
 
 

@@ -6,11 +6,10 @@ fixed point 8.4 and 16.8, a mixed int8/int4 plan, and bitsandbytes int8 / nf4.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -79,7 +78,7 @@ class VariantSet:
 
     @classmethod
     def from_names(cls, reference: nn.Module, names: list[str] | tuple[str, ...], plan_files: list[str] = (),
-                   ptq_specs: list[str] | tuple[str, ...] = (), **kwargs: Any) -> VariantSet:
+                   ptq_specs: list[str] | tuple[str, ...] = (), **kwargs: Any) -> "VariantSet":
         """Built-in variants by name, plan files, and PTQ backend specs (see qcheck.quant.backends)."""
         from qcheck.quant.backends import backend_from_spec, ptq_variant_name
 

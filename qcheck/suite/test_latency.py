@@ -22,6 +22,7 @@ from qcheck.latency import (
     assert_slowdown_bound,
     assert_throughput_honest,
     diagnose_slowdown,
+    profile_call,
     time_by_kernel,
     variant_kind,
 )
@@ -160,9 +161,9 @@ def test_slowdown_bound(qcheck_variant, qcheck_variants, latency_of, float_model
     timing, _ = latency_of(qcheck_variant)
     causes, kernels = {}, []
     if timing.median_ms > DEFAULT_SLOWDOWN_FACTOR * reference.median_ms:
-        call = forward_callable(variant.model, latency_ids)
-        causes = diagnose_slowdown(variant.model, call, device=qcheck_device, report=variant.report)
-        kernels = time_by_kernel(call, qcheck_device)
+        profile = profile_call(forward_callable(variant.model, latency_ids), qcheck_device)
+        causes = diagnose_slowdown(variant.model, device=qcheck_device, report=variant.report, profile=profile)
+        kernels = time_by_kernel(profile, qcheck_device)
     formats = {r.format for r in variant.report.layers if r.applied}
     qcheck_record(assert_slowdown_bound(reference, timing, variant=qcheck_variant, reference_name=dtype,
                                         backend_format=formats.pop() if len(formats) == 1 else None, causes=causes,

@@ -63,7 +63,7 @@ def test_bnb_config_on_cuda(reference, mode):
 def test_int4_slowdown_names_the_kernel_its_time_goes_to(reference):
     """torchao int4 at a prefill shape (32 x 512) is slower than bf16 (tinygemm is a decode kernel); the slowdown
     check's message names the kernel that takes the time, so the user sees a kernel cost, not a fallback."""
-    from qcheck.latency import assert_slowdown_bound, time_by_kernel
+    from qcheck.latency import assert_slowdown_bound, profile_call, time_by_kernel
     from qcheck.results import Status
     from qcheck.timing import forward_callable, random_input_ids, time_forward
 
@@ -75,7 +75,7 @@ def test_int4_slowdown_names_the_kernel_its_time_goes_to(reference):
     ids = random_input_ids(reference.config.vocab_size, 32, 512, device="cuda")
     budget = {"warmup": 3, "min_repeats": 20, "min_time_s": 0.5}
     ref, slow = (time_forward(m, ids, tf32=False, **budget) for m in (bf16, int4))
-    kernels = time_by_kernel(forward_callable(int4, ids), "cuda")
+    kernels = time_by_kernel(profile_call(forward_callable(int4, ids), "cuda"), "cuda")
     print(f"int4 {slow.median_ms:.2f} ms vs bf16 {ref.median_ms:.2f} ms; kernels: {kernels}")
     assert kernels and all(k["clock"] == "device" for k in kernels)
     assert any(re.search("int4|tinygemm", k["name"], re.IGNORECASE) for k in kernels[:3]), kernels

@@ -18,6 +18,7 @@ from qcheck.latency import (
     assert_plausible_speed,
     assert_slowdown_bound,
     assert_throughput_honest,
+    profile_call,
     rank_kernels,
     short_kernel_name,
     time_by_kernel,
@@ -294,7 +295,7 @@ def test_slowdown_over_the_bound_names_where_the_time_goes():
 def test_time_by_kernel_on_cpu_ranks_real_operators(tiny):
     ids = torch.randint(0, tiny.config.vocab_size, (2, 32))
     with torch.no_grad():
-        rows = time_by_kernel(lambda: tiny(ids), "cpu", top=4)
+        rows = time_by_kernel(profile_call(lambda: tiny(ids), "cpu"), "cpu", top=4)
     assert 1 <= len(rows) <= 4 and all(r["clock"] == "cpu" and r["calls"] >= 1 for r in rows)
     assert [r["share"] for r in rows] == sorted((r["share"] for r in rows), reverse=True)
     assert 0 < sum(r["share"] for r in rows) <= 1 + 1e-9

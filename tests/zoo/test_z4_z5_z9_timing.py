@@ -1,7 +1,9 @@
 """Z4, Z5, Z9, Z12 (seeds 000, 001, 002, 004): timing bugs planted and caught by name.
 
 Planted: timing that includes warm-up/compilation (CPU), timing on zeros (CPU), a model partly on another device
-(CPU: the meta device; GPU: layers computing on the CPU), timing without synchronize (GPU), a mock evaluation
+(CPU: the meta device; GPU: layers computing on the CPU), a home-made 4-bit layer that unpacks its weights on
+every call (CPU: seed 002's 10x slower PTQ; the slowdown check names the unpacking ops), timing without
+synchronize (GPU), a mock evaluation
 faster than the arithmetic allows (CPU), simulated formats measured faster than fp32 (CPU), identical throughput
 across bit widths from a fake fp16 labeled real (GPU), the latency ordering asserted where it cannot hold
 (CPU: no tensor cores; GPU: launch-bound). Each correct version passes.
@@ -26,6 +28,8 @@ from qcheck.latency import (
     assert_throughput_honest,
     audit_timing,
     diagnose_slowdown,
+    profile_call,
+    time_by_kernel,
     variant_kind,
 )
 from qcheck.models import random_init_like, tiny_llama_config
@@ -131,6 +135,54 @@ def test_model_partly_on_another_device_is_caught(tiny):
         assert_placement(tiny, "cuda")  # the run times on cuda; the model never moved
     assert "on cpu" in err.value.result.message
     assert assert_placement(tiny, "cpu").status == Status.PASS
+
+
+class HomeMadeInt4Linear(nn.Module):
+    """Seed 002's home-made 4-bit layer: int4 codes (groups of 64, absmax scales) packed two to a byte. The planted
+    bug unpacks and dequantizes them on every call; the correct version unpacks once and keeps the float weight."""
+
+    def __init__(self, linear: nn.Linear, *, unpack_once: bool, group: int = 64) -> None:
+        super().__init__()
+        out_f, in_f = linear.weight.shape
+        groups = linear.weight.detach().reshape(out_f, in_f // group, group)
+        self.register_buffer("scale", groups.abs().amax(-1, keepdim=True) / 7)
+        codes = (torch.clamp(torch.round(groups / self.scale), -8, 7) + 8).to(torch.uint8).reshape(out_f, in_f)
+        self.register_buffer("packed", codes[:, 0::2] | (codes[:, 1::2] << 4))
+        self.bias = linear.bias
+        self.unpacked = self.unpack() if unpack_once else None
+
+    def unpack(self) -> torch.Tensor:
+        low, high = (self.packed & 0xF).float() - 8, (self.packed >> 4).float() - 8
+        codes = torch.stack((low, high), -1).reshape(self.scale.shape[0], self.scale.shape[1], -1)
+        return (codes * self.scale).reshape(self.packed.shape[0], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.unpacked if self.unpacked is not None else self.unpack(), self.bias)
+
+
+def _slowdown_of_home_made_int4(unpack_once: bool):
+    torch.manual_seed(0)
+    reference = nn.Sequential(*(nn.Linear(1024, 1024) for _ in range(4))).eval()
+    variant = nn.Sequential(*(HomeMadeInt4Linear(m, unpack_once=unpack_once) for m in reference)).eval()
+    x = torch.randn(1, 4, 1024)
+    budget = {"warmup": 2, "min_repeats": 15, "min_time_s": 0.2}
+    with torch.no_grad():
+        ref, timing = (measure(lambda m=m: m(x), device="cpu", **budget) for m in (reference, variant))
+        profile = profile_call(lambda: variant(x), "cpu")
+    return assert_slowdown_bound(ref, timing, variant="home-made-w4", reference_name="fp32",
+                                 causes=diagnose_slowdown(variant, device="cpu", profile=profile),
+                                 kernels=time_by_kernel(profile, "cpu"))
+
+
+def test_weights_unpacked_on_every_call_are_caught_and_the_unpacking_named():
+    with pytest.raises(InvariantViolation) as err:
+        _slowdown_of_home_made_int4(unpack_once=False)
+    result = err.value.result
+    assert result.name == "slowdown_bound" and "over the 3x bound" in result.message
+    top = result.evidence["time_by_kernel"][0]["kernel"]
+    assert top not in ("aten::addmm", "aten::mm", "aten::linear"), result.evidence["time_by_kernel"]
+    assert f"cpu time by kernel: {top}" in result.message
+    assert _slowdown_of_home_made_int4(unpack_once=True).status == Status.PASS
 
 
 def _smollm2_meta():
