@@ -47,7 +47,7 @@ def _status_kib(field: str) -> int:
 
 
 def _models(device: str, quick: bool, with_variant: bool) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    from qcheck.models import random_init_like, smollm2_config, tiny_llama_config
+    from qcheck.inputs.models import random_init_like, smollm2_config, tiny_llama_config
 
     config = tiny_llama_config(max_position_embeddings=CONTEXT) if quick else smollm2_config()
     reference = random_init_like(config, seed=0, device=device)
@@ -63,7 +63,7 @@ def _models(device: str, quick: bool, with_variant: bool) -> tuple[torch.nn.Modu
 
 def measure(kind: str, device: str, batch: int, windows: int, quick: bool, chunk: int) -> dict[str, Any]:
     """Peak memory above the models' baseline of one `kind` ('forward' or 'fidelity'), in this process."""
-    from qcheck.metrics.fidelity import fidelity_many
+    from qcheck.measure.fidelity import fidelity_many
 
     reference, variant = _models(device, quick, with_variant=kind == "fidelity")
     vocab = reference.config.vocab_size

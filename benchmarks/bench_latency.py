@@ -30,8 +30,8 @@ import torch
 from _output import save
 
 from qcheck.benchmark_integration import qcheck_benchmark  # noqa: F401  (fixture for the pytest part below)
-from qcheck.latency import measure_order
-from qcheck.timing import (
+from qcheck.invariants.latency import measure_order
+from qcheck.measure.timing import (
     classify_regime,
     device_info,
     forward_callable,
@@ -51,7 +51,7 @@ AGREEMENT_TARGET = 0.03
 
 def build_reference(device: str, quick: bool) -> torch.nn.Module:
     """Random-init SmolLM2-135M-shaped model (never zeros), fp32, eval mode, on `device`."""
-    from qcheck.models import random_init_like, smollm2_config, tiny_llama_config
+    from qcheck.inputs.models import random_init_like, smollm2_config, tiny_llama_config
 
     config = tiny_llama_config() if quick else smollm2_config()
     return random_init_like(config, seed=0, device=device)

@@ -33,7 +33,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def build(dtype: torch.dtype, device: str, quick: bool) -> torch.nn.Module:
-    from qcheck.models import random_init_like, smollm2_config, tiny_llama_config
+    from qcheck.inputs.models import random_init_like, smollm2_config, tiny_llama_config
 
     config = tiny_llama_config(max_position_embeddings=CONTEXT) if quick else smollm2_config()
     return random_init_like(config, seed=0, dtype=dtype, device=device)
@@ -59,7 +59,7 @@ def plain_loop(model: torch.nn.Module, ids: torch.Tensor, context: int = CONTEXT
 
 
 def qcheck_batched(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, context: int = CONTEXT) -> float:
-    from qcheck.metrics.perplexity import perplexity_of_ids
+    from qcheck.measure.perplexity import perplexity_of_ids
 
     return perplexity_of_ids(model, ids, context=context, batch_size=batch_size, pad_id=2).perplexity
 

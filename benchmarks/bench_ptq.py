@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from qcheck.tensor_stats import model_stored_bytes
+from qcheck.quant.tensor_stats import model_stored_bytes
 
 
 def latency_ms(model: torch.nn.Module, vocab: int, device: str, repeats: int) -> dict:
@@ -47,9 +47,9 @@ def boxed_rate(model, tokenizer, n: int) -> dict | None:
     """Share of n GSM8K answers (greedy, 96 new tokens, chat template) with a \\boxed{} answer; accuracy too."""
     if n <= 0:
         return None
-    from qcheck.metrics.boxed import answers_match, extract_boxed
-    from qcheck.metrics.generation import GenerationSettings, generate_answers
-    from qcheck.metrics.tasks import load_gsm8k
+    from qcheck.inputs.tasks import load_gsm8k
+    from qcheck.measure.boxed import answers_match, extract_boxed
+    from qcheck.measure.generation import GenerationSettings, generate_answers
 
     problems = load_gsm8k(n).items
     run = generate_answers(model, tokenizer, [p.question for p in problems],
@@ -73,10 +73,10 @@ def main() -> None:
                         "machines without the model file): latency only, quality figures meaningless")
     args = parser.parse_args()
 
-    from qcheck.data import wikitext_test
     from qcheck.errors import QCheckError
-    from qcheck.metrics.perplexity import perplexity
-    from qcheck.models import load_model, random_init_like
+    from qcheck.inputs.data import wikitext_test
+    from qcheck.inputs.models import load_model, random_init_like
+    from qcheck.measure.perplexity import perplexity
     from qcheck.quant.apply import quantize
     from qcheck.quant.backends import BackendVariant, backend_from_spec, produce_variant
 
@@ -85,7 +85,7 @@ def main() -> None:
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     if args.random_init:
 
-        from qcheck.models import tiny_llama_config
+        from qcheck.inputs.models import tiny_llama_config
 
         config = tiny_llama_config(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192)

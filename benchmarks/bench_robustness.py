@@ -27,7 +27,7 @@ import pytest
 import torch
 from _output import save
 
-from qcheck.metrics.robustness import ChoiceItem, arc_easy_items, evaluate_robustness
+from qcheck.measure.robustness import ChoiceItem, arc_easy_items, evaluate_robustness
 from qcheck.suite.test_robustness import ATTACK
 
 VARIANTS = ("fp32", "int8", "w4g64", "bf16")
@@ -47,7 +47,7 @@ def random_items(n: int, vocab: int, seed: int = 0) -> list[ChoiceItem]:
 
 
 def build(args: argparse.Namespace) -> tuple[torch.nn.Module, list[ChoiceItem], dict[str, Any], int]:
-    from qcheck.models import load_model, random_init_like, smollm2_config, tiny_llama_config
+    from qcheck.inputs.models import load_model, random_init_like, smollm2_config, tiny_llama_config
 
     if args.embedded:
         loaded = load_model(device=args.device)

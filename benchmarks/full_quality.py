@@ -13,13 +13,13 @@ from typing import Any
 
 from torch import nn
 
-from qcheck.metrics.boxed import extract_boxed
-from qcheck.metrics.fidelity import answer_flips
-from qcheck.metrics.generation import GenerationSettings, generate_answers
-from qcheck.metrics.multiple_choice import score_multiple_choice
-from qcheck.metrics.tasks import load_arc_easy, load_gsm8k
-from qcheck.models import load_model
-from qcheck.quality import assert_boxed_format, assert_difference_resolved, assert_not_collapsed
+from qcheck.inputs.models import load_model
+from qcheck.inputs.tasks import load_arc_easy, load_gsm8k
+from qcheck.invariants.quality import assert_boxed_format, assert_difference_resolved, assert_not_collapsed
+from qcheck.measure.boxed import extract_boxed
+from qcheck.measure.choice import score_multiple_choice
+from qcheck.measure.fidelity import answer_flips
+from qcheck.measure.generation import GenerationSettings, generate_answers
 from qcheck.quant.apply import quantize
 from qcheck.variants import REFERENCE, builtin_plan
 

@@ -31,7 +31,7 @@ def synchronized_perf_counter() -> float:
 def benchmark_extra_info(device: Any = None, *, timing: Any = None, regime: Any = None, **fields: Any
                          ) -> dict[str, Any]:
     """The fields qcheck adds to a benchmark's extra_info: device, capability, flags, clocks, regime, events."""
-    from qcheck.timing import device_info
+    from qcheck.measure.timing import device_info
 
     info = device_info(device).to_dict()
     out: dict[str, Any] = {"qcheck_device": info["device"], "qcheck_gpu": info["name"],
@@ -69,7 +69,7 @@ class GpuBenchmark:
         """Benchmark `fn()` (pedantic mode) and record qcheck's fields; returns fn's last result."""
         import torch
 
-        from qcheck.timing import classify_regime, default_device, measure
+        from qcheck.measure.timing import classify_regime, default_device, measure
 
         dev = torch.device(device) if device is not None else default_device()
         if dev.type != "cuda":
@@ -93,7 +93,7 @@ def pytest_benchmark_update_machine_info(config: Any, machine_info: dict[str, An
     try:
         import torch
 
-        from qcheck.timing import device_info
+        from qcheck.measure.timing import device_info
 
         if torch.cuda.is_available():
             machine_info["qcheck_gpu"] = device_info("cuda").to_dict()

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from qcheck.errors import QCheckError
 

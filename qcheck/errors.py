@@ -48,7 +48,7 @@ class VariantUnavailable(QCheckError):
 class InvariantViolation(AssertionError):
     """A sanity invariant does not hold. Carries the CheckResult with the evidence."""
 
-    def __init__(self, result: "CheckResult | str", evidence: dict[str, Any] | None = None) -> None:
+    def __init__(self, result: CheckResult | str, evidence: dict[str, Any] | None = None) -> None:
         from qcheck.results import CheckResult, Status
 
         if isinstance(result, str):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any, Iterable, Iterator, TypeVar
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 _FALSE = ("", "0", "false", "no", "off")

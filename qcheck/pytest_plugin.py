@@ -6,9 +6,10 @@ Checks recorded through `qcheck_record` or raised as InvariantViolation end up i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -208,10 +209,10 @@ def qcheck_device(qcheck_options: RunOptions) -> Any:
 
 @pytest.fixture(scope="session")
 def qcheck_reference(qcheck_options: RunOptions, qcheck_device: Any, qcheck_report: Any) -> Any:
-    """The reference model (fp32) and tokenizer: a qcheck.models.LoadedModel, shared by the session."""
+    """The reference model (fp32) and tokenizer: a qcheck.inputs.models.LoadedModel, shared by the session."""
     import torch
 
-    from qcheck.models import load_model
+    from qcheck.inputs.models import load_model
 
     torch.manual_seed(0)
     loaded = load_model(qcheck_options.model, device=qcheck_device, cache=True)
@@ -272,8 +273,8 @@ class EvalText:
 @pytest.fixture(scope="session")
 def qcheck_eval_text(qcheck_options: RunOptions, qcheck_report: Any) -> EvalText:
     """The perplexity text: --qcheck-text, else WikiText-2 test from ../shared/data (skips when absent)."""
-    from qcheck.data import find_data_file, read_text, sha256_of
     from qcheck.errors import DataError
+    from qcheck.inputs.data import find_data_file, read_text, sha256_of
 
     try:
         path = Path(qcheck_options.text) if qcheck_options.text else find_data_file("wikitext-2-raw/wiki.test.raw")
@@ -298,7 +299,7 @@ def qcheck_probe_ids(qcheck_reference: Any, qcheck_eval_text: EvalText) -> Any:
 
 def run_perplexity(model: Any, tokenizer: Any, text: str, options: RunOptions) -> Any:
     """Perplexity of `model` on `text` with the run's context and token budget (batches of 8 on a GPU)."""
-    from qcheck.metrics.perplexity import perplexity
+    from qcheck.measure.perplexity import perplexity
 
     return perplexity(model, tokenizer, text, context=options.context, max_tokens=options.tokens,
                       batch_size=1 if next(model.parameters()).device.type == "cpu" else 8)

@@ -37,7 +37,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from qcheck.models import load_model, resolve_source
+    from qcheck.inputs.models import load_model, resolve_source
     from qcheck.quant.plan import Plan
     from qcheck.variants import DEFAULT_VARIANTS, VariantSet
 

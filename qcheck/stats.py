@@ -6,8 +6,8 @@ Pure functions on numbers and sequences; scipy supplies the distributions.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 

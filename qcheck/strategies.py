@@ -15,7 +15,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Callable, Mapping, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
 
 import torch
 from hypothesis import HealthCheck, given, reject, settings

@@ -1,15 +1,16 @@
 """Model variants a run compares: the fp32 reference plus quantized variants built lazily from plans.
 
-The default set (package plans in qcheck/plans/) covers fp16, bf16, int8 RTN per channel, w4g64 RTN,
+The default set (package plans in qcheck/inputs/plans/) covers fp16, bf16, int8 RTN per channel, w4g64 RTN,
 fixed point 8.4 and 16.8, a mixed int8/int4 plan, and bitsandbytes int8 / nf4.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -33,7 +34,7 @@ def builtin_plan(name: str) -> Plan:
     """One of the default variant plans shipped with qcheck."""
     if name not in _PLAN_FILES:
         raise ConfigError(f"unknown built-in variant {name!r}; built-in: {', '.join(_PLAN_FILES)}", field="variant")
-    text = resources.files("qcheck.plans").joinpath(_PLAN_FILES[name]).read_text(encoding="utf-8")
+    text = resources.files("qcheck.inputs.plans").joinpath(_PLAN_FILES[name]).read_text(encoding="utf-8")
     return Plan.from_toml(text, name=name)
 
 
@@ -78,7 +79,7 @@ class VariantSet:
 
     @classmethod
     def from_names(cls, reference: nn.Module, names: list[str] | tuple[str, ...], plan_files: list[str] = (),
-                   ptq_specs: list[str] | tuple[str, ...] = (), **kwargs: Any) -> "VariantSet":
+                   ptq_specs: list[str] | tuple[str, ...] = (), **kwargs: Any) -> VariantSet:
         """Built-in variants by name, plan files, and PTQ backend specs (see qcheck.quant.backends)."""
         from qcheck.quant.backends import backend_from_spec, ptq_variant_name
 

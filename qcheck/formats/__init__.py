@@ -15,7 +15,22 @@ from qcheck.formats.minifloat import (
 )
 
 __all__ = [
-    "CAST_DTYPES", "FP8_E4M3", "FP8_E5M2", "PRESETS", "FixedPointRange", "MinifloatFormat", "bf16",
-    "check_group_size", "fixed_point", "fixed_point_range", "fp16", "fp8_e4m3", "fp8_e5m2", "integer",
-    "integer_params", "minifloat", "minifloat_format", "quantize_minifloat",
+    "CAST_DTYPES",
+    "FP8_E4M3",
+    "FP8_E5M2",
+    "PRESETS",
+    "FixedPointRange",
+    "MinifloatFormat",
+    "bf16",
+    "check_group_size",
+    "fixed_point",
+    "fixed_point_range",
+    "fp8_e4m3",
+    "fp8_e5m2",
+    "fp16",
+    "integer",
+    "integer_params",
+    "minifloat",
+    "minifloat_format",
+    "quantize_minifloat",
 ]

@@ -6,8 +6,9 @@ Each layer's record is measured on the weights actually written, not taken from 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from qcheck.errors import ConfigError, QCheckError
 from qcheck.quant.manifest import LayerRecord, QuantReport
 from qcheck.quant.plan import MODEL_DTYPES, Assignment, Plan
 from qcheck.quant.spec import BnbSpec, CastSpec, FixedSpec, IntSpec, KeepSpec, MinifloatSpec, PruneSpec, spec_to_dict
-from qcheck.tensor_stats import distinct_per_group, rel_change, sqnr_db, weight_fingerprint
+from qcheck.quant.tensor_stats import distinct_per_group, rel_change, sqnr_db, weight_fingerprint
 
 
 def quantize(
@@ -43,7 +44,7 @@ def quantize(
         raise QCheckError("the reference model's weights changed while producing the quantized variant "
                           f"(plan {plan.name!r}): the backend mutated its input; keep a separate reference copy")
     quantized.eval()
-    setattr(quantized, "qcheck_report", report)
+    quantized.qcheck_report = report
     return quantized, report
 
 

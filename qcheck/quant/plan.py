@@ -8,9 +8,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ class Plan:
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}", field=key)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> "Plan":
+    def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> Plan:
         """Build a plan from a dict with the TOML schema's keys."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a plan must be a table/dict, got {type(data).__name__}", field="plan")
@@ -97,7 +98,7 @@ class Plan:
                    source=dict(data))
 
     @classmethod
-    def from_toml(cls, text: str, name: str | None = None) -> "Plan":
+    def from_toml(cls, text: str, name: str | None = None) -> Plan:
         """Parse TOML text in the plan schema."""
         import tomllib
 
@@ -108,7 +109,7 @@ class Plan:
         return cls.from_dict(data, name=name)
 
     @classmethod
-    def load(cls, source: "Plan | Mapping[str, Any] | str | Path") -> "Plan":
+    def load(cls, source: Plan | Mapping[str, Any] | str | Path) -> Plan:
         """Accept a Plan, a dict, or a path to a .toml file."""
         if isinstance(source, Plan):
             return source

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 import torch
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from qcheck.errors import DataError
-from qcheck.metrics.multiple_choice import MCResult, score_multiple_choice
-from qcheck.metrics.tasks import load_arc_easy
-from qcheck.quality import assert_difference_resolved, assert_not_collapsed, assert_summary_recomputable
+from qcheck.inputs.tasks import load_arc_easy
+from qcheck.invariants.quality import assert_difference_resolved, assert_not_collapsed, assert_summary_recomputable
+from qcheck.measure.choice import MCResult, score_multiple_choice
 from qcheck.variants import DEFAULT_VARIANTS, REFERENCE
 
 CPU_QUESTIONS = 30

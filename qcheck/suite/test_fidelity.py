@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from qcheck.fidelity import assert_flips_consistent, assert_kl_between, assert_kl_ordering, assert_kl_sane
-from qcheck.metrics.fidelity import answer_flips, fidelity
+from qcheck.invariants.fidelity import assert_flips_consistent, assert_kl_between, assert_kl_ordering, assert_kl_sane
+from qcheck.measure.fidelity import answer_flips, fidelity
 from qcheck.results import Status
 from qcheck.variants import FAMILIES, MIXED_BOUNDS, REFERENCE
 

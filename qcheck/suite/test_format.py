@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from qcheck.errors import DataError
-from qcheck.metrics.boxed import answers_match, extract_boxed
-from qcheck.metrics.generation import GenerationRun, GenerationSettings, generate_answers
-from qcheck.metrics.tasks import load_gsm8k
-from qcheck.quality import assert_boxed_format
+from qcheck.inputs.tasks import load_gsm8k
+from qcheck.invariants.quality import assert_boxed_format
+from qcheck.measure.boxed import answers_match, extract_boxed
+from qcheck.measure.generation import GenerationRun, GenerationSettings, generate_answers
 from qcheck.stats import wilson_interval
 from qcheck.variants import DEFAULT_VARIANTS, REFERENCE
 

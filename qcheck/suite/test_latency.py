@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from qcheck.latency import (
+from qcheck.invariants.latency import (
     DEFAULT_SLOWDOWN_FACTOR,
     MIN_ORDER_SAMPLES,
     assert_latency_order,
@@ -26,9 +26,7 @@ from qcheck.latency import (
     time_by_kernel,
     variant_kind,
 )
-from qcheck.results import CheckResult, Status
-from qcheck.tensor_stats import model_stored_bytes
-from qcheck.timing import (
+from qcheck.measure.timing import (
     classify_regime,
     device_info,
     forward_callable,
@@ -38,6 +36,8 @@ from qcheck.timing import (
     random_input_ids,
     time_forward,
 )
+from qcheck.quant.tensor_stats import model_stored_bytes
+from qcheck.results import CheckResult, Status
 from qcheck.variants import REFERENCE
 
 GPU_SHAPE = (32, 512)

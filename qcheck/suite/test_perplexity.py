@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from qcheck.metrics.perplexity import model_context, perplexity
-from qcheck.quality import assert_context_sensitivity, assert_perplexity_order
+from qcheck.invariants.quality import assert_context_sensitivity, assert_perplexity_order
+from qcheck.measure.perplexity import model_context, perplexity
 from qcheck.variants import FAMILIES, REFERENCE
 
 SHORT_CONTEXT = 128

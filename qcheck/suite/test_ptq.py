@@ -26,14 +26,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def reference_fingerprint(qcheck_reference):
     """The reference's weight fingerprint before any PTQ backend ran (this module's first test builds them)."""
-    from qcheck.tensor_stats import weight_fingerprint
+    from qcheck.quant.tensor_stats import weight_fingerprint
 
     return weight_fingerprint(qcheck_reference.model)
 
 
 def test_ptq_reference_untouched(ptq_variant, reference_fingerprint, qcheck_variants, qcheck_reference,
                                  qcheck_report, qcheck_record):
-    from qcheck.ptq import assert_reference_untouched
+    from qcheck.invariants.ptq import assert_reference_untouched
 
     variant = qcheck_variants.get(ptq_variant)
     qcheck_report.add_metric(ptq_variant, "ptq_build_seconds", {"value": variant.seconds,
@@ -44,7 +44,7 @@ def test_ptq_reference_untouched(ptq_variant, reference_fingerprint, qcheck_vari
 
 def test_ptq_not_worse_than_rtn(ptq_variant, qcheck_variants, qcheck_reference, qcheck_perplexity,
                                 qcheck_eval_text, qcheck_options, qcheck_report, qcheck_record):
-    from qcheck.ptq import assert_ptq_not_worse_than_rtn
+    from qcheck.invariants.ptq import assert_ptq_not_worse_than_rtn
     from qcheck.pytest_plugin import run_perplexity
     from qcheck.quant.apply import quantize
 

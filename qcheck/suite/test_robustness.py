@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from qcheck.errors import DataError, InvariantViolation
-from qcheck.metrics.robustness import AttackConfig, arc_easy_items, evaluate_robustness
-from qcheck.robust import assert_robust_le_clean
+from qcheck.invariants.robustness import assert_robust_le_clean
+from qcheck.measure.robustness import AttackConfig, arc_easy_items, evaluate_robustness
 from qcheck.variants import DEFAULT_VARIANTS, REFERENCE
 
 ROBUSTNESS_VARIANTS = (REFERENCE, "int8", "w4g64", "bf16")

@@ -7,7 +7,8 @@ Error-level findings fail the test with their evidence; warnings are recorded an
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from qcheck.calibration import CHAT_INSTRUCTION, CalibrationSpec, build_calibration
 from qcheck.errors import ConfigError, DataError, InvariantViolation, ModelLoadError, QCheckError
-from qcheck.models import random_init_like, tiny_llama_config
-from qcheck.ptq import assert_ptq_applied, assert_reference_untouched
+from qcheck.inputs.calibration import CHAT_INSTRUCTION, CalibrationSpec, build_calibration
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.invariants.ptq import assert_ptq_applied, assert_reference_untouched
 from qcheck.quant.backends import (
     ReferenceMutatedError,
     backend_names,
@@ -20,7 +20,7 @@ from qcheck.quant.backends import (
 from qcheck.quant.backends.checkpoint import detect_quantization
 from qcheck.quant.backends.llmcompressor import LLMCompressorBackend
 from qcheck.quant.backends.torchao import TorchAOBackend
-from qcheck.tensor_stats import weight_fingerprint
+from qcheck.quant.tensor_stats import weight_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def tokenizer():
     """The embedded model's tokenizer alone (its chat template included): much cheaper than the model."""
     from transformers import AutoTokenizer
 
-    from qcheck.models import embedded_model_path
+    from qcheck.inputs.models import embedded_model_path
 
     try:
         path = embedded_model_path()
@@ -267,7 +267,7 @@ def test_stored_bytes_counts_a_tensor_subclass_by_its_inner_tensors():
     wrapper subclass (torch's TwoTensor) stands in: two fp32 inner tensors, twice the logical size."""
     from torch.testing._internal.two_tensor import TwoTensor
 
-    from qcheck.tensor_stats import stored_bytes
+    from qcheck.quant.tensor_stats import stored_bytes
 
     a, b = torch.randn(4, 8), torch.randn(4, 8)
     assert stored_bytes(a) == 128
@@ -278,8 +278,8 @@ def test_stored_bytes_counts_a_tensor_subclass_by_its_inner_tensors():
 
 def test_model_stored_bytes_counts_a_tied_weight_once(tiny):
     """The latency module's `memory` metric and bench_ptq: parameters and buffers as stored, shared ones once."""
-    from qcheck.models import random_init_like, tiny_llama_config
-    from qcheck.tensor_stats import model_stored_bytes
+    from qcheck.inputs.models import random_init_like, tiny_llama_config
+    from qcheck.quant.tensor_stats import model_stored_bytes
 
     tied = random_init_like(tiny_llama_config(tie_word_embeddings=True), seed=0)
     per_tensor = {id(t): t.numel() * t.element_size() for t in (*tied.parameters(), *tied.buffers())}

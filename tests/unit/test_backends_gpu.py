@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from qcheck.errors import InvariantViolation
-from qcheck.models import random_init_like, tiny_llama_config
-from qcheck.ptq import assert_ptq_applied
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.invariants.ptq import assert_ptq_applied
 from qcheck.quant.backends import make_backend, produce_variant
-from qcheck.tensor_stats import weight_fingerprint
+from qcheck.quant.tensor_stats import weight_fingerprint
 
 pytestmark = pytest.mark.gpu
 
@@ -63,9 +63,9 @@ def test_bnb_config_on_cuda(reference, mode):
 def test_int4_slowdown_names_the_kernel_its_time_goes_to(reference):
     """torchao int4 at a prefill shape (32 x 512) is slower than bf16 (tinygemm is a decode kernel); the slowdown
     check's message names the kernel that takes the time, so the user sees a kernel cost, not a fallback."""
-    from qcheck.latency import assert_slowdown_bound, profile_call, time_by_kernel
+    from qcheck.invariants.latency import assert_slowdown_bound, profile_call, time_by_kernel
+    from qcheck.measure.timing import forward_callable, random_input_ids, time_forward
     from qcheck.results import Status
-    from qcheck.timing import forward_callable, random_input_ids, time_forward
 
     backend = make_backend("torchao", mode="int4-wo", group_size=64, device="cuda")
     if backend.unavailable_reason() is not None:

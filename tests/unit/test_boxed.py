@@ -1,7 +1,7 @@
 """\\boxed{} extraction on a table of tricky inputs, and numeric answer matching."""
 import pytest
 
-from qcheck.metrics.boxed import BoxedAnswer, BoxStatus, answers_match, extract_boxed, normalize_number
+from qcheck.measure.boxed import BoxedAnswer, BoxStatus, answers_match, extract_boxed, normalize_number
 
 OK, EMPTY, MISSING, MALFORMED = BoxStatus.OK, BoxStatus.EMPTY, BoxStatus.MISSING, BoxStatus.MALFORMED
 

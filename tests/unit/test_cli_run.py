@@ -7,7 +7,7 @@ import pytest
 
 from qcheck.cli import main
 from qcheck.errors import ModelLoadError
-from qcheck.models import load_model, resolve_source
+from qcheck.inputs.models import load_model, resolve_source
 
 
 def test_missing_model_exits_2_and_writes_nothing(tmp_path, capsys):

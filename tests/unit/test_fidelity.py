@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from qcheck.errors import DataError, InvariantViolation
-from qcheck.fidelity import (
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.invariants.fidelity import (
     MIN_BLOCKS,
     assert_flips_consistent,
     assert_kl_between,
@@ -15,7 +16,7 @@ from qcheck.fidelity import (
     assert_kl_sane,
     kl_difference_interval,
 )
-from qcheck.metrics.fidelity import (
+from qcheck.measure.fidelity import (
     FULL_PATH,
     HEAD_PATH,
     FidelityResult,
@@ -26,8 +27,7 @@ from qcheck.metrics.fidelity import (
     fidelity_many,
     fidelity_of_ids,
 )
-from qcheck.metrics.perplexity import perplexity_of_ids
-from qcheck.models import random_init_like, tiny_llama_config
+from qcheck.measure.perplexity import perplexity_of_ids
 from qcheck.quant.apply import quantize
 from qcheck.results import Status
 

@@ -5,8 +5,9 @@ keeps exactly what was asked for, or raises ConfigError naming the field. Never 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def test_any_plan_table_builds_the_spec_it_says(table: Any) -> None:
 @pytest.fixture(scope="module")
 def tiny_model() -> torch.nn.Module:
     """A tiny random Llama (hidden 64, 2 layers): cheap layer names for plan strategies."""
-    from qcheck.models import random_init_like, tiny_llama_config
+    from qcheck.inputs.models import random_init_like, tiny_llama_config
 
     return random_init_like(tiny_llama_config())
 

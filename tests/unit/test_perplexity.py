@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from qcheck.errors import DataError
-from qcheck.metrics.perplexity import PerplexityResult, perplexity_of_ids, scored_positions, windows
-from qcheck.models import random_init_like, tiny_llama_config
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.measure.perplexity import PerplexityResult, perplexity_of_ids, scored_positions, windows
 
 
 @pytest.fixture(scope="module")

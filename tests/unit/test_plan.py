@@ -2,7 +2,7 @@
 import pytest
 
 from qcheck.errors import ConfigError
-from qcheck.models import random_init_like, tiny_llama_config
+from qcheck.inputs.models import random_init_like, tiny_llama_config
 from qcheck.quant.plan import Plan
 from qcheck.quant.spec import FixedSpec, IntSpec, KeepSpec
 

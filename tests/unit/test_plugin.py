@@ -6,7 +6,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def warm_model():
-    from qcheck.models import load_model
+    from qcheck.inputs.models import load_model
 
     return load_model(cache=True)  # the in-process runs below reuse this object
 
@@ -14,8 +14,8 @@ def warm_model():
 @pytest.fixture(scope="module")
 def wikitext():
     """The suite's default evaluation text (WikiText-2 test from ../shared/data or $QCHECK_DATA_DIR)."""
-    from qcheck.data import WIKITEXT_TEST, find_data_file
     from qcheck.errors import DataError
+    from qcheck.inputs.data import WIKITEXT_TEST, find_data_file
 
     try:
         return find_data_file(WIKITEXT_TEST)

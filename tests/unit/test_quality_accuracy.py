@@ -4,9 +4,9 @@ import math
 import pytest
 
 from qcheck.errors import DataError, InvariantViolation
-from qcheck.metrics.aggregate import check_summary, summarize, values_of
-from qcheck.metrics.multiple_choice import MCRecord, MCResult
-from qcheck.quality import assert_difference_resolved, assert_not_collapsed, assert_summary_recomputable
+from qcheck.invariants.aggregate import check_summary, summarize, values_of
+from qcheck.invariants.quality import assert_difference_resolved, assert_not_collapsed, assert_summary_recomputable
+from qcheck.measure.choice import MCRecord, MCResult
 
 
 def mc(flags, k=4, task="arc-easy"):

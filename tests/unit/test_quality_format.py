@@ -2,8 +2,8 @@
 import pytest
 
 from qcheck.errors import DataError, InvariantViolation
-from qcheck.metrics.generation import Generation, GenerationRun, GenerationSettings
-from qcheck.quality import assert_boxed_format
+from qcheck.invariants.quality import assert_boxed_format
+from qcheck.measure.generation import Generation, GenerationRun, GenerationSettings
 
 BOXED = r"so 3 + 4 = 7. The final answer is \boxed{7}."
 PLAIN = "so 3 + 4 = 7. The answer is 7."

@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from qcheck.errors import ConfigError, DataError
-from qcheck.metrics.generation import (
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.inputs.tasks import MCQuestion, gold_after_hashes, load_arc_easy, load_gsm8k
+from qcheck.measure.choice import choice_loglikelihoods, score_multiple_choice
+from qcheck.measure.generation import (
     FewShotPrompt,
     GenerationSettings,
     generate,
@@ -12,9 +15,6 @@ from qcheck.metrics.generation import (
     has_chat_template,
     packaged_prompts,
 )
-from qcheck.metrics.multiple_choice import choice_loglikelihoods, score_multiple_choice
-from qcheck.metrics.tasks import MCQuestion, gold_after_hashes, load_arc_easy, load_gsm8k
-from qcheck.models import random_init_like, tiny_llama_config
 
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from qcheck.errors import ConfigError, InvariantViolation
-from qcheck.metrics.perplexity import PerplexityResult, scored_positions, windows
-from qcheck.quality import assert_context_sensitivity, assert_perplexity_claim, assert_perplexity_order
+from qcheck.invariants.quality import assert_context_sensitivity, assert_perplexity_claim, assert_perplexity_order
+from qcheck.measure.perplexity import PerplexityResult, scored_positions, windows
 
 N_IDS = 4096
 

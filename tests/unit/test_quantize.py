@@ -4,9 +4,9 @@ import copy
 import pytest
 import torch
 
-from qcheck.models import random_init_like, tiny_llama_config
+from qcheck.inputs.models import random_init_like, tiny_llama_config
 from qcheck.quant.apply import quantize
-from qcheck.tensor_stats import weight_fingerprint
+from qcheck.quant.tensor_stats import weight_fingerprint
 
 
 @pytest.fixture(scope="module")

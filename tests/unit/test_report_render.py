@@ -3,8 +3,8 @@ import base64
 import re
 from pathlib import Path
 
-from qcheck.html_report import mixed_variants, render_html, variant_bits
 from qcheck.report import load_report, metric_interval, metric_value, render_markdown
+from qcheck.report.html import mixed_variants, render_html, variant_bits
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "reports"
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,8 +8,7 @@ import jsonschema
 import pytest
 
 from qcheck.errors import QCheckError
-from qcheck.report import (SCHEMA_VERSION, RunReport, load_report, run_metadata, schema, validate_report,
-                           write_reports)
+from qcheck.report import SCHEMA_VERSION, RunReport, load_report, run_metadata, schema, validate_report, write_reports
 from qcheck.results import CheckResult, Status
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "reports"

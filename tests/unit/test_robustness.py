@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from qcheck.errors import ConfigError, DataError, InvariantViolation
-from qcheck.metrics.robustness import (
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.invariants.robustness import assert_robust_le_clean, model_state, newcombe_difference
+from qcheck.measure.robustness import (
     AttackConfig,
     ChoiceItem,
     arc_easy_items,
@@ -17,10 +19,8 @@ from qcheck.metrics.robustness import (
     items_from_rows,
     pgd_step,
 )
-from qcheck.models import random_init_like, tiny_llama_config
 from qcheck.quant.apply import quantize
 from qcheck.results import Status
-from qcheck.robust import assert_robust_le_clean, model_state, newcombe_difference
 
 
 def random_items(n: int, vocab: int = 512, seed: int = 1) -> list[ChoiceItem]:

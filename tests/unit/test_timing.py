@@ -11,7 +11,8 @@ import torch
 
 from qcheck.benchmark_integration import benchmark_extra_info, synchronized_perf_counter
 from qcheck.errors import ConfigError, InvariantViolation
-from qcheck.latency import (
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.invariants.latency import (
     VariantKind,
     assert_latency_order,
     assert_placement,
@@ -24,10 +25,7 @@ from qcheck.latency import (
     time_by_kernel,
     variant_kind,
 )
-from qcheck.models import random_init_like, tiny_llama_config
-from qcheck.quant.apply import quantize
-from qcheck.results import Status
-from qcheck.timing import (
+from qcheck.measure.timing import (
     COMPUTE_BOUND,
     LAUNCH_BOUND,
     DeviceInfo,
@@ -48,6 +46,8 @@ from qcheck.timing import (
     random_input_ids,
     time_forward,
 )
+from qcheck.quant.apply import quantize
+from qcheck.results import Status
 
 
 def gpu_info(cc=(9, 0), name="NVIDIA H100 80GB HBM3") -> DeviceInfo:

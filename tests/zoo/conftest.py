@@ -6,7 +6,7 @@ from qcheck.errors import DataError, ModelLoadError
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from qcheck.models import load_model
+    from qcheck.inputs.models import load_model
 
     try:
         return load_model(cache=True)
@@ -16,7 +16,7 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def wikitext_slice():
-    from qcheck.data import wikitext_test
+    from qcheck.inputs.data import wikitext_test
 
     try:
         text, _ = wikitext_test(max_chars=12000)

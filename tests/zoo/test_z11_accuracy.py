@@ -6,10 +6,10 @@ import math
 import pytest
 
 from qcheck.errors import DataError, InvariantViolation
-from qcheck.metrics.aggregate import summarize
-from qcheck.metrics.multiple_choice import score_multiple_choice
-from qcheck.metrics.tasks import load_arc_easy
-from qcheck.quality import assert_difference_resolved, assert_not_collapsed, assert_summary_recomputable
+from qcheck.inputs.tasks import load_arc_easy
+from qcheck.invariants.aggregate import summarize
+from qcheck.invariants.quality import assert_difference_resolved, assert_not_collapsed, assert_summary_recomputable
+from qcheck.measure.choice import score_multiple_choice
 from qcheck.quant.apply import quantize
 
 W2 = {"name": "w2", "default": {"format": "int", "bits": 2, "group_size": 64}}

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from qcheck.errors import InvariantViolation
-from qcheck.fidelity import KL_BOUNDS, assert_kl_between, assert_kl_ordering, assert_kl_sane
 from qcheck.formats import integer
-from qcheck.metrics.fidelity import fidelity
+from qcheck.invariants.fidelity import KL_BOUNDS, assert_kl_between, assert_kl_ordering, assert_kl_sane
+from qcheck.measure.fidelity import fidelity
 from qcheck.quant.apply import quantize
 from qcheck.results import Status
 from qcheck.variants import builtin_plan

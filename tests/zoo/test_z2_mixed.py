@@ -3,7 +3,7 @@ import pytest
 
 from qcheck.errors import ConfigError, InvariantViolation
 from qcheck.invariants import assert_mixed_between
-from qcheck.metrics.perplexity import perplexity
+from qcheck.measure.perplexity import perplexity
 from qcheck.quant.apply import quantize
 from qcheck.quant.plan import Plan
 

@@ -13,7 +13,9 @@ import torch
 
 from qcheck.errors import DataError, InvariantViolation
 from qcheck.formats import integer
-from qcheck.metrics.robustness import (
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.invariants.robustness import CAUSES, assert_robust_le_clean
+from qcheck.measure.robustness import (
     AttackConfig,
     arc_easy_items,
     evaluate_robustness,
@@ -22,9 +24,7 @@ from qcheck.metrics.robustness import (
     prompt_radius,
     score_choices,
 )
-from qcheck.models import random_init_like, tiny_llama_config
 from qcheck.results import Status
-from qcheck.robust import CAUSES, assert_robust_le_clean
 
 EPS = 0.5
 

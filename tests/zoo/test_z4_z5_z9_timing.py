@@ -19,7 +19,8 @@ from torch import nn
 
 from qcheck.errors import InvariantViolation
 from qcheck.formats import integer
-from qcheck.latency import (
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.invariants.latency import (
     VariantKind,
     assert_latency_order,
     assert_placement,
@@ -32,10 +33,9 @@ from qcheck.latency import (
     time_by_kernel,
     variant_kind,
 )
-from qcheck.models import random_init_like, tiny_llama_config
+from qcheck.measure.timing import DeviceInfo, forward_callable, forward_flops, measure, random_input_ids, time_forward
 from qcheck.quant.apply import quantize
 from qcheck.results import Status
-from qcheck.timing import DeviceInfo, forward_callable, forward_flops, measure, random_input_ids, time_forward
 
 
 class LazyQuantMLP(nn.Module):

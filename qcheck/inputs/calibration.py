@@ -12,8 +12,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qcheck.data import GSM8K_TEST, find_data_file, read_text, sha256_of, wikitext_test
 from qcheck.errors import ConfigError, DataError
+from qcheck.inputs.data import GSM8K_TEST, find_data_file, read_text, sha256_of, wikitext_test
 
 SOURCES = ("wikitext", "chat-gsm8k")
 CHAT_INSTRUCTION = "Solve the problem. Put the final answer in \\boxed{}."

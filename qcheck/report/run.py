@@ -74,7 +74,7 @@ class RunReport:
 
     def add_data_slice(self, name: str, path: str | os.PathLike[str], **facts: Any) -> dict[str, Any]:
         """Record a data slice (file, its sha256 and how it was cut, e.g. rows=50) under meta["data"][name]."""
-        from qcheck.data import sha256_of
+        from qcheck.inputs.data import sha256_of
 
         entry = {"path": str(path), "sha256": sha256_of(Path(path)), **facts}
         self.meta.setdefault("data", {})[name] = entry
@@ -184,8 +184,8 @@ def write_json(report: RunReport, path: str | os.PathLike[str]) -> Path:
 
 
 def schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of the report, shipped as qcheck/report_schema.json."""
-    return json.loads(resources.files("qcheck").joinpath("report_schema.json").read_text(encoding="utf-8"))
+    """The JSON Schema (draft 2020-12) of the report, shipped as qcheck/report/schema.json."""
+    return json.loads(resources.files("qcheck.report").joinpath("schema.json").read_text(encoding="utf-8"))
 
 
 def validate_report(data: dict[str, Any]) -> None:
@@ -382,7 +382,7 @@ def write_markdown(report: RunReport | dict[str, Any], path: str | os.PathLike[s
 
 def write_reports(report: RunReport, out_dir: str | os.PathLike[str], stem: str = STEM) -> list[Path]:
     """Write the JSON, Markdown and HTML reports into `out_dir` (JSON first); returns the paths written."""
-    from qcheck.html_report import write_html
+    from qcheck.report.html import write_html
 
     out = Path(out_dir)
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))

@@ -16,9 +16,9 @@ from typing import Any
 from torch import nn
 
 from qcheck.errors import InvariantViolation
+from qcheck.quant.tensor_stats import weight_fingerprint
 from qcheck.results import CheckResult, Status
 from qcheck.stats import paired_bootstrap_difference
-from qcheck.tensor_stats import weight_fingerprint
 
 MIN_WINDOWS = 8
 """Fewer paired perplexity windows than this cannot separate a calibration failure from noise."""
@@ -94,7 +94,7 @@ def assert_ptq_applied(reference: nn.Module, variant: Any, *, input_ids: Any = N
     unpacked values per group, changed from the reference, above the bits' SQNR floor; logits differ and
     are finite. Layers named by module class (the backend's own: Linear4bit, Linear[pack-quantized], ...).
     Layers left unchanged or not unpackable without a declared reason are a WARN naming them."""
-    from qcheck.evidence import SQNR_FLOORS_DB, output_divergence, probe_input_ids
+    from qcheck.measure.weights import SQNR_FLOORS_DB, output_divergence, probe_input_ids
 
     report = variant.report
     problems: dict[str, list[str]] = {"too_many_values": [], "destroyed": [], "unchanged": [], "not_unpacked": []}

@@ -7,14 +7,22 @@ re-exported here so users import every assert_* from one place.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from qcheck.errors import InvariantViolation
-from qcheck.evidence import (effective_weight, floor_for, grid_evidence, output_divergence, probe_input_ids,
-                             spec_of_record, weight_deltas)
+from qcheck.measure.weights import (
+    effective_weight,
+    floor_for,
+    grid_evidence,
+    output_divergence,
+    probe_input_ids,
+    spec_of_record,
+    weight_deltas,
+)
 from qcheck.quant.manifest import QuantReport
 from qcheck.quant.plan import Plan
 from qcheck.quant.spec import CastSpec, KeepSpec
@@ -229,35 +237,3 @@ def assert_mixed_between(mixed: Any, bounds: Mapping[str, Any], *, variant: str 
 def _names(names: list[str], k: int = 8) -> str:
     shown = ", ".join(names[:k])
     return shown + (f" (+{len(names) - k} more)" if len(names) > k else "")
-
-
-_ELSEWHERE: dict[str, str] = {
-    "assert_perplexity_order": "qcheck.quality", "assert_context_sensitivity": "qcheck.quality",
-    "assert_perplexity_claim": "qcheck.quality", "assert_boxed_format": "qcheck.quality",
-    "assert_not_collapsed": "qcheck.quality", "assert_difference_resolved": "qcheck.quality",
-    "assert_summary_recomputable": "qcheck.quality",
-    "assert_kl_sane": "qcheck.fidelity", "assert_kl_ordering": "qcheck.fidelity",
-    "assert_kl_between": "qcheck.fidelity", "assert_flips_consistent": "qcheck.fidelity",
-    "assert_robust_le_clean": "qcheck.robust",
-    "assert_latency_order": "qcheck.latency", "assert_throughput_honest": "qcheck.latency",
-    "assert_placement": "qcheck.latency", "assert_slowdown_bound": "qcheck.latency",
-    "assert_plausible_speed": "qcheck.latency",
-    "assert_ptq_not_worse_than_rtn": "qcheck.ptq", "assert_reference_untouched": "qcheck.ptq",
-    "assert_ptq_applied": "qcheck.ptq",
-    "assert_static_search_space": "qcheck.search",
-}
-"""Invariants that live beside their measurements, importable from here (resolved lazily: no import cycles,
-no heavy optional dependency loaded before it is needed)."""
-
-
-def __getattr__(name: str) -> Any:
-    module = _ELSEWHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'qcheck.invariants' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_ELSEWHERE))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, DataError
-from qcheck.metrics.tasks import MCQuestion
+from qcheck.inputs.tasks import MCQuestion
 from qcheck.stats import Interval, wilson_interval
 
 NORMALIZATIONS = ("sum", "per_char")

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, InvariantViolation
-from qcheck.results import CheckResult, Status
-from qcheck.timing import (
+from qcheck.measure.timing import (
     COMPUTE_BOUND,
     LAUNCH_BOUND,
     DeviceInfo,
@@ -31,6 +30,7 @@ from qcheck.timing import (
     measure,
     placement_problems,
 )
+from qcheck.results import CheckResult, Status
 
 DEFAULT_SLOWDOWN_FACTOR = 3.0
 ORDER_ALPHA = 0.01

@@ -13,9 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcheck.quant.spec import (BnbSpec, CastSpec, FixedSpec, IntSpec, KeepSpec, MinifloatSpec, PruneSpec, Spec,
-                               spec_from_dict)
-from qcheck.tensor_stats import distinct_per_group, rel_change, sqnr_db
+from qcheck.quant.spec import (
+    BnbSpec,
+    CastSpec,
+    IntSpec,
+    KeepSpec,
+    PruneSpec,
+    Spec,
+    spec_from_dict,
+)
+from qcheck.quant.tensor_stats import distinct_per_group, rel_change, sqnr_db
 
 SQNR_FLOORS_DB: dict[str, float] = {
     "int8": 20.0, "int6": 14.0, "int5": 10.0, "int4": 8.0, "fp16": 40.0, "bf16": 30.0, "bnb-int8": 20.0,

@@ -68,7 +68,7 @@ def model_state(model: nn.Module, probe_ids: Any = None, repeats: int = 5, seed:
     Runs under a forked, seeded torch RNG: reproducible, and the caller's RNG state is left alone."""
     import torch
 
-    from qcheck.evidence import probe_input_ids
+    from qcheck.measure.weights import probe_input_ids
 
     training = [name or "<root>" for name, m in model.named_modules() if m.training]
     if probe_ids is None:
@@ -104,7 +104,7 @@ def assert_robust_le_clean(
       a positive gap the interval cannot resolve is INCONCLUSIVE with the sample size needed.
     With `model`, training mode and randomness (a repeated forward) are probed and put first among the causes.
     """
-    from qcheck.metrics.robustness import RobustnessEvaluation
+    from qcheck.measure.robustness import RobustnessEvaluation
 
     if not 0 < level < 1:
         raise ConfigError(f"level must be in (0, 1), got {level}", field="level")

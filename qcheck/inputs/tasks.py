@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from qcheck.data import ARC_EASY_TEST, GSM8K_TEST, find_data_file, sha256_of
 from qcheck.errors import DataError
+from qcheck.inputs.data import ARC_EASY_TEST, GSM8K_TEST, find_data_file, sha256_of
 
 T = TypeVar("T")
 

@@ -240,7 +240,7 @@ class RobustnessEvaluation:
 def arc_easy_items(tokenizer: Any, n: int, *, path: str | Path | None = None, max_tokens: int = 96,
                    offset: int = 0) -> tuple[list[ChoiceItem], dict[str, Any]]:
     """The first `n` ARC-Easy questions (from `offset`) whose prompt + longest choice fit `max_tokens`."""
-    from qcheck.data import ARC_EASY_TEST, find_data_file, sha256_of
+    from qcheck.inputs.data import ARC_EASY_TEST, find_data_file, sha256_of
 
     if n < 1:
         raise ConfigError(f"need at least one question, got n={n}", field="samples")

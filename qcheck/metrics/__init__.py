@@ -1,1 +1,0 @@
-"""Quality measurements: perplexity, multiple-choice accuracy, generation, robustness, aggregation."""
