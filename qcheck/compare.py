@@ -7,20 +7,21 @@ tolerance AND the interval of the change (from the measured noise) excludes no c
 - metrics with recorded intervals (or raw `samples`, or a rate with its `n`): the change's interval from both
   sides' half-widths (root of the sum of squares);
 - a bare number has no measured noise: its change is listed as "unmeasured" and never gates.
-A check that held in the baseline (PASS/WARN/INCONCLUSIVE/SKIPPED) and FAILs or ERRORs in the new run, and a new
-run that did not finish, also fail the gate. Exit 1 on a regression, 0 otherwise, 2 on bad input.
+A check that held in the baseline (PASS/WARN/INCONCLUSIVE/SKIPPED) and FAILs or ERRORs in the new run, a variant or a
+check that ran in the baseline and is absent from the new report, a new report in which no check ran, and a new run
+that did not finish, also fail the gate. Exit 1 on a regression, 0 otherwise, 2 on bad input, 3 on an internal error.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from qcheck.errors import ConfigError, MissingDependencyError, QCheckError
-from qcheck.report import (load_report, metric_interval, metric_value, validate_report, weighted_t_interval,
-                           window_data)
+from qcheck.report import load_report, metric_interval, metric_value, validate_report, weighted_t_interval, window_data
 
 DEFAULT_TOLERANCES: dict[str, float] = {"perplexity": 0.02, "kl_mean": 0.10, "latency_ms": 0.10, "*": 0.05}
 """Relative tolerance per metric ('*' for the rest); prefixes latency/energy use latency_ms's 10%."""
@@ -32,6 +33,10 @@ LOWER_IS_BETTER = ("perplexity", "nll", "latency", "energy", "seconds", "_ms", "
 HIGHER_IS_BETTER = ("accuracy", "agreement", "sqnr", "f1", "throughput", "tokens_per_s")
 OK_STATES = {"PASS", "WARN", "INCONCLUSIVE", "SKIPPED"}
 BAD_STATES = {"FAIL", "ERROR"}
+RAN_STATES = {"PASS", "WARN", "INCONCLUSIVE", "FAIL", "ERROR"}
+"""Statuses of a check that ran; SKIPPED did not, so it vouches for nothing."""
+EXIT_INTERNAL = 3
+"""A bug in qcheck, never 0 or 1 (pytest's convention)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,12 @@ class Change:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Every change between two reports, check regressions, notes, and the gate's verdict."""
+    """Every change between two reports, check regressions, what vanished, notes, and the gate's verdict.
+
+    `vanished_variants` and `vanished_checks` were in the baseline (checks: ran there) and are absent from the
+    new report; `checks_run` counts the new report's checks that ran (not SKIPPED). Each of them, when non-empty
+    (or zero), is a regression: a report that measured less cannot show that nothing got worse.
+    """
 
     baseline: str
     new: str
@@ -63,19 +73,44 @@ class Comparison:
     check_regressions: tuple[dict[str, Any], ...]
     notes: tuple[str, ...]
     level: float
+    vanished_variants: tuple[str, ...] = ()
+    vanished_checks: tuple[dict[str, Any], ...] = ()
+    checks_run: int | None = None
 
     @property
     def regressions(self) -> list[Change]:
+        """The metric changes judged regressions."""
         return [c for c in self.changes if c.verdict == "regression"]
 
     @property
+    def no_check_ran(self) -> bool:
+        """True when the new report's checks are known and none of them ran."""
+        return self.checks_run == 0
+
+    @property
     def failed(self) -> bool:
-        return bool(self.regressions or self.check_regressions or any(n.startswith("gate:") for n in self.notes))
+        """Whether the gate fails: a regressed metric or check, something vanished, nothing ran, or a gate note."""
+        return bool(self.regressions or self.check_regressions or self.vanished_variants or self.vanished_checks
+                    or self.no_check_ran or any(n.startswith("gate:") for n in self.notes))
 
     def to_dict(self) -> dict[str, Any]:
+        """Strict-JSON data of the comparison, with its verdict."""
         return {"baseline": self.baseline, "new": self.new, "verdict": "REGRESSION" if self.failed else "OK",
                 "level": self.level, "changes": [c.to_dict() for c in self.changes],
-                "check_regressions": list(self.check_regressions), "notes": list(self.notes)}
+                "check_regressions": list(self.check_regressions),
+                "vanished_variants": list(self.vanished_variants), "vanished_checks": list(self.vanished_checks),
+                "checks_run": self.checks_run, "notes": list(self.notes)}
+
+    def gate_messages(self) -> list[str]:
+        """One line per structural regression (vanished variant or check, no check run), for the renderers."""
+        lines = [f"variant vanished: {v} is in the baseline but absent from the new report"
+                 for v in self.vanished_variants]
+        lines += [f"check vanished: {c['name']}{' ' + c['variant'] if c['variant'] else ''} ran in the baseline "
+                  f"({c['baseline']}) but is absent from the new report" for c in self.vanished_checks]
+        if self.no_check_ran:
+            lines.append("no check ran: the new report has no check that ran (every check absent or SKIPPED), "
+                         "so it cannot show the absence of regressions")
+        return lines
 
 
 def direction(metric_name: str, metric: Any = None) -> int:
@@ -203,6 +238,22 @@ def _check_key(check: dict[str, Any]) -> tuple[str, str]:
     return str(check.get("name")), str(check.get("variant") or "")
 
 
+def _vanished_checks(base: dict[str, Any], new: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """Checks that ran in the baseline and are absent from the new report; and how many absent ones were SKIPPED."""
+    present = {_check_key(c) for c in new["checks"]}
+    vanished, skipped = [], 0
+    for c in base["checks"]:
+        key = _check_key(c)
+        if key in present:
+            continue
+        if c.get("status") in RAN_STATES:
+            vanished.append({"name": key[0], "variant": key[1] or None, "baseline": c.get("status")})
+        else:
+            skipped += 1
+        present.add(key)
+    return vanished, skipped
+
+
 def compare_reports(base: dict[str, Any], new: dict[str, Any], tolerances: dict[str, float] | None = None,
                     level: float = 0.95, baseline_name: str = "baseline", new_name: str = "new") -> Comparison:
     """Compare two loaded reports metric by metric and check by check."""
@@ -216,8 +267,6 @@ def compare_reports(base: dict[str, Any], new: dict[str, Any], tolerances: dict[
     for variant in sorted(set(base["variants"]) | set(new["variants"])):
         bm = (base["variants"].get(variant) or {}).get("metrics") or {}
         nm = (new["variants"].get(variant) or {}).get("metrics") or {}
-        if variant not in new["variants"]:
-            notes.append(f"variant {variant} is in the baseline but not in the new report")
         for metric in sorted(set(bm) | set(nm)):
             changes.append(compare_metric(variant, metric, bm.get(metric), nm.get(metric),
                                           tolerance_for(metric, tolerances), level, paired))
@@ -229,13 +278,20 @@ def compare_reports(base: dict[str, Any], new: dict[str, Any], tolerances: dict[
             check_regressions.append({"name": c.get("name"), "variant": c.get("variant"),
                                       "baseline": old.get("status") if old else None, "new": c.get("status"),
                                       "message": c.get("message", "")})
+    vanished_variants = tuple(v for v in base["variants"] if v not in new["variants"])
+    vanished_checks, vanished_skipped = _vanished_checks(base, new)
+    if vanished_skipped:
+        notes.append(f"{vanished_skipped} check(s) SKIPPED in the baseline are absent from the new report "
+                     "(they vouched for nothing there, so their absence is not a regression)")
+    checks_run = sum(1 for c in new["checks"] if c.get("status") in RAN_STATES)
     if not new.get("complete", True):
         reason = (new.get("interruption") or {}).get("reason", "stopped early")
         notes.append(f"gate: the new run is incomplete ({reason}; {len(new.get('unfinished') or [])} tests did "
                      "not finish), so it cannot show the absence of regressions")
     if base.get("meta", {}).get("model") != new.get("meta", {}).get("model"):
         notes.append("the two reports describe different models")
-    return Comparison(baseline_name, new_name, tuple(changes), tuple(check_regressions), tuple(notes), level)
+    return Comparison(baseline_name, new_name, tuple(changes), tuple(check_regressions), tuple(notes), level,
+                      vanished_variants, tuple(vanished_checks), checks_run)
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -264,8 +320,8 @@ def render_markdown(comparison: Comparison, show_all: bool = False) -> str:
     """A Markdown table of the changes (regressions first), for CI comments."""
     verdict = "REGRESSION" if comparison.failed else "OK"
     lines = [f"## qcheck compare: {verdict}", "",
-             f"Baseline `{comparison.baseline}` vs new `{comparison.new}`. A regression is worse than the tolerance "
-             f"AND outside the {comparison.level:.0%} interval of the measured noise.", ""]
+             (f"Baseline `{comparison.baseline}` vs new `{comparison.new}`. A regression is worse than the tolerance "
+              f"AND outside the {comparison.level:.0%} interval of the measured noise."), ""]
     order = {"regression": 0, "unmeasured": 1, "changed": 2, "improved": 3, "within noise": 4}
     rows = sorted(_rows(comparison, show_all), key=lambda r: order.get(r[0], 9))
     if rows:
@@ -281,6 +337,9 @@ def render_markdown(comparison: Comparison, show_all: bool = False) -> str:
         for c in comparison.check_regressions:
             lines.append(f"| {c['name']} | {c['variant'] or ''} | {c['baseline'] or 'absent'} | {c['new']} | "
                          f"{str(c['message']).replace('|', '/').replace(chr(10), ' ')[:300]} |")
+    gate = comparison.gate_messages()
+    if gate:
+        lines += ["", "### Missing from the new report", ""] + [f"- **{m}**" for m in gate]
     if comparison.notes:
         lines += [""] + [f"- {n}" for n in comparison.notes]
     lines.append("")
@@ -291,8 +350,7 @@ def render_text(comparison: Comparison, show_all: bool = False) -> str:
     """An aligned plain-text table for terminals."""
     rows = [HEADER, *_rows(comparison, show_all)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    lines = [f"qcheck compare: {'REGRESSION' if comparison.failed else 'OK'} ({comparison.baseline} -> "
-             f"{comparison.new})"]
+    lines = [f"qcheck compare: {'REGRESSION' if comparison.failed else 'OK'} ({comparison.baseline} -> {comparison.new})"]
     if len(rows) > 1:
         lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
     else:
@@ -300,6 +358,7 @@ def render_text(comparison: Comparison, show_all: bool = False) -> str:
     for c in comparison.check_regressions:
         lines.append(f"check now {c['new']}: {c['name']} {c['variant'] or ''} (baseline {c['baseline'] or 'absent'})"
                      f": {c['message']}")
+    lines += comparison.gate_messages()
     lines += [f"note: {n}" for n in comparison.notes]
     return "\n".join(lines) + "\n"
 
@@ -317,6 +376,24 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip JSON Schema validation (otherwise done when jsonschema is installed)")
 
 
+def _check_shape(data: dict[str, Any], path: str) -> None:
+    """What compare reads must have the shape it reads (also without the JSON Schema): QCheckError otherwise."""
+    def bad(where: str, expected: str) -> QCheckError:
+        return QCheckError(f"{path}: not a qcheck report ({where} must be {expected})")
+
+    if not isinstance(data.get("meta"), dict):
+        raise bad("'meta'", "an object")
+    slices = data["meta"].get("data")
+    if slices is not None and not (isinstance(slices, dict) and all(isinstance(v, dict) for v in slices.values())):
+        raise bad("'meta.data'", "an object of objects")
+    for name, variant in data["variants"].items():
+        if variant and not (isinstance(variant, dict) and isinstance(variant.get("metrics") or {}, dict)):
+            raise bad(f"variants/{name}", "an object whose 'metrics' is an object")
+    for i, check in enumerate(data["checks"]):
+        if not isinstance(check, dict):
+            raise bad(f"checks/{i}", "an object")
+
+
 def _load(path: str, validate: bool) -> dict[str, Any]:
     data = load_report(path)
     if validate:
@@ -326,20 +403,27 @@ def _load(path: str, validate: bool) -> dict[str, Any]:
             pass
         except QCheckError as exc:
             raise QCheckError(f"{path}: {exc}") from None
+    _check_shape(data, path)
     return data
 
 
 def cli_main(args: argparse.Namespace) -> int:
+    """Run `qcheck compare`: exit 1 on a regression, 0 otherwise; QCheckError (exit 2) on bad input; 3 on a bug."""
     if not 0 < args.level < 1:
         raise ConfigError(f"--level must be between 0 and 1, got {args.level}", field="--level")
     tolerances = parse_tolerances(args.tolerance)
     base, new = _load(args.baseline, not args.no_validate), _load(args.new, not args.no_validate)
-    comparison = compare_reports(base, new, tolerances, args.level, args.baseline, args.new)
-    if args.format == "json":
-        print(json.dumps(comparison.to_dict(), indent=2))
-    elif args.format == "markdown":
-        print(render_markdown(comparison, args.all), end="")
-    else:
-        print(render_text(comparison, args.all), end="")
+    try:
+        comparison = compare_reports(base, new, tolerances, args.level, args.baseline, args.new)
+        if args.format == "json":
+            text = json.dumps(comparison.to_dict(), indent=2) + "\n"
+        elif args.format == "markdown":
+            text = render_markdown(comparison, args.all)
+        else:
+            text = render_text(comparison, args.all)
+    except Exception as exc:  # noqa: BLE001 - a bug here must not read as OK (0) or REGRESSION (1)
+        print(f"qcheck compare: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(text, end="")
     return 1 if comparison.failed else 0
 

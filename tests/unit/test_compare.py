@@ -153,7 +153,82 @@ def test_newly_failing_check_and_incomplete_run_fail_the_gate(tmp_path, capsys):
     assert f"check now FAIL: {check['name']}" in out and "the new run is incomplete" in out
 
 
-# --- bad input exits 2 ---
+# --- a new report that measured less: vanished variants and checks, no check run ---
+
+def write_report(tmp_path: Path, data: dict, name: str = "new.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_new_report_that_lost_every_variant_and_check_fails_naming_them(tmp_path, capsys):
+    new = load_report(BASELINE)
+    new["variants"], new["checks"] = {}, []
+    new["counts"] = {status: 0 for status in new["counts"]}
+    assert main(["compare", str(BASELINE), str(write_report(tmp_path, new))]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("qcheck compare: REGRESSION")
+    for variant in ("fp32", "int8", "w4g64", "mixed"):
+        assert f"variant vanished: {variant} is in the baseline but absent from the new report" in out
+        assert f"check vanished: perplexity_finite {variant} ran in the baseline (PASS)" in out
+    assert "no check ran: the new report has no check that ran" in out
+
+
+def test_new_report_whose_every_check_was_skipped_fails(tmp_path, capsys):
+    new = load_report(BASELINE)
+    for check in new["checks"]:
+        check["status"] = "SKIPPED"
+    comparison = compare_reports(load_report(BASELINE), new)
+    assert comparison.checks_run == 0 and comparison.failed
+    assert not comparison.regressions and not comparison.check_regressions and not comparison.vanished_checks
+    assert main(["compare", str(BASELINE), str(write_report(tmp_path, new)), "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"] == "REGRESSION" and data["checks_run"] == 0
+
+
+def test_one_vanished_variant_and_its_check_fail_the_gate(tmp_path, capsys):
+    new = load_report(BASELINE)
+    del new["variants"]["w4g64"]
+    new["checks"] = [c for c in new["checks"] if c["variant"] != "w4g64"]
+    comparison = compare_reports(load_report(BASELINE), new)
+    assert comparison.vanished_variants == ("w4g64",)
+    assert comparison.vanished_checks == ({"name": "perplexity_finite", "variant": "w4g64", "baseline": "PASS"},)
+    assert comparison.checks_run == 3 and comparison.failed
+    assert main(["compare", str(BASELINE), str(write_report(tmp_path, new)), "--format", "markdown"]) == 1
+    md = capsys.readouterr().out
+    assert md.startswith("## qcheck compare: REGRESSION")
+    assert "### Missing from the new report" in md
+    assert "- **variant vanished: w4g64 is in the baseline but absent from the new report**" in md
+    assert "- **check vanished: perplexity_finite w4g64 ran in the baseline (PASS)" in md
+
+
+def test_one_vanished_check_fails_the_gate(tmp_path, capsys):
+    new = load_report(BASELINE)
+    new["checks"] = [c for c in new["checks"] if c["variant"] != "int8"]
+    assert main(["compare", str(BASELINE), str(write_report(tmp_path, new))]) == 1
+    out = capsys.readouterr().out
+    assert "check vanished: perplexity_finite int8 ran in the baseline (PASS) but is absent" in out
+    assert "variant vanished" not in out  # int8's metrics are still there
+
+
+def test_check_skipped_in_the_baseline_may_vanish(tmp_path, capsys):
+    base = load_report(BASELINE)
+    base["checks"].append({**base["checks"][0], "name": "latency_order", "status": "SKIPPED"})
+    assert main(["compare", str(write_report(tmp_path, base, "base.json")), str(BASELINE)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("qcheck compare: OK")
+    assert "note: 1 check(s) SKIPPED in the baseline are absent from the new report" in out
+
+
+def test_variant_new_in_the_new_report_is_not_a_regression():
+    base = load_report(BASELINE)
+    del base["variants"]["mixed"]
+    base["checks"] = [c for c in base["checks"] if c["variant"] != "mixed"]
+    comparison = compare_reports(base, load_report(BASELINE))
+    assert not comparison.failed and not comparison.vanished_variants
+
+
+# --- bad input exits 2, a bug in qcheck exits 3 ---
 
 @pytest.mark.parametrize("content, message", [
     (None, "cannot read the report"),
@@ -185,6 +260,31 @@ def test_report_breaking_the_schema_exits_2(tmp_path, capsys):
     path.write_text(json.dumps(data))
     assert main(["compare", str(BASELINE), str(path)]) == 2
     assert "does not match report_schema.json at checks/0/status" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(checks=[1, 2]), "checks/0 must be an object"),
+    (lambda d: d["variants"].update(int8=[1]), "variants/int8 must be an object whose 'metrics' is an object"),
+    (lambda d: d.update(meta="run"), "'meta' must be an object"),
+])
+def test_malformed_report_without_schema_validation_exits_2_in_one_line(tmp_path, capsys, change, message):
+    data = load_report(BASELINE)
+    change(data)
+    assert main(["compare", str(BASELINE), str(write_report(tmp_path, data)), "--no-validate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("qcheck compare: error: ") and message in err
+
+
+def test_internal_error_exits_3_in_one_line(monkeypatch, capsys):
+    import qcheck.compare
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(qcheck.compare, "compare_reports", broken)
+    assert main(["compare", str(BASELINE), str(RERUN)]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "qcheck compare: internal error: ZeroDivisionError: a bug\n"
 
 
 @pytest.mark.parametrize("raw", ["abc", "-0.1", "perplexity=nan%"])
