@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "assert_not_collapsed": "qcheck.invariants.quality",
     "assert_kl_sane": "qcheck.invariants.fidelity",
     "assert_kl_ordering": "qcheck.invariants.fidelity",
-    "assert_static_search_space": "qcheck.search",
+    "assert_static_search_space": "qcheck.audit.optuna.probe",
     "assert_same_as_reference": "qcheck.strategies",
 }
 

@@ -17,7 +17,7 @@ from qcheck.errors import QCheckError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("qcheck.runner", "run the invariant suite against a model and write reports"),
     "lint": ("qcheck.lint.cli", "lint result tables (CSV, JSON, JSONL) for impossible or suspicious numbers"),
-    "optuna": ("qcheck.search", "audit an Optuna objective (MODULE:FUNCTION) or a stored study"),
+    "optuna": ("qcheck.audit.optuna.cli", "audit an Optuna objective (MODULE:FUNCTION) or a stored study"),
     "compare": ("qcheck.compare", "regression gate between two qcheck JSON reports"),
 }
 

@@ -25,7 +25,7 @@ _WHERE: dict[str, str] = {
     "assert_plausible_speed": "qcheck.invariants.latency",
     "assert_ptq_not_worse_than_rtn": "qcheck.invariants.ptq", "assert_reference_untouched": "qcheck.invariants.ptq",
     "assert_ptq_applied": "qcheck.invariants.ptq",
-    "assert_static_search_space": "qcheck.search",
+    "assert_static_search_space": "qcheck.audit.optuna.probe",
 }
 
 

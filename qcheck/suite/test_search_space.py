@@ -47,7 +47,8 @@ def test_optuna_objective_search_space(qcheck_options: Any, qcheck_record: Recor
     spec = _option(qcheck_options, "optuna_objective")
     if not spec:
         pytest.skip("no Optuna objective configured (--qcheck-optuna-objective MODULE:FUNCTION)")
-    from qcheck.search import DEFAULT_N_TRIALS, audit_objective, resolve_objective
+    from qcheck.audit.optuna.probe import DEFAULT_N_TRIALS, audit_objective
+    from qcheck.audit.optuna.resolve import resolve_objective
 
     n_trials = _option(qcheck_options, "optuna_n_trials") or DEFAULT_N_TRIALS
     report = audit_objective(resolve_objective(spec), n_trials=n_trials, target=spec)
@@ -65,6 +66,6 @@ def test_optuna_stored_study(qcheck_options: Any, qcheck_record: Record) -> None
         raise QCheckError("--qcheck-optuna-study needs --qcheck-optuna-storage URL (the storage that holds the study)")
     if not study:
         raise QCheckError("--qcheck-optuna-storage needs --qcheck-optuna-study NAME (the study to audit)")
-    from qcheck.search import audit_study
+    from qcheck.audit.optuna.study import audit_study
 
     _record_and_assert(audit_study(storage, study), qcheck_record)

@@ -17,13 +17,15 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from optuna.distributions import CategoricalDistribution, FloatDistribution  # noqa: E402
-from optuna.trial import create_trial  # noqa: E402
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import create_trial
 
-from qcheck.cli import main as qcheck_main  # noqa: E402
-from qcheck.errors import InvariantViolation  # noqa: E402
-from qcheck.results import Status  # noqa: E402
-from qcheck.search import assert_static_search_space, audit_objective, audit_study, resolve_objective  # noqa: E402
+from qcheck.audit.optuna.probe import assert_static_search_space, audit_objective
+from qcheck.audit.optuna.resolve import resolve_objective
+from qcheck.audit.optuna.study import audit_study
+from qcheck.cli import main as qcheck_main
+from qcheck.errors import InvariantViolation
+from qcheck.results import Status
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJECTIVES = "fixtures/objectives"
@@ -242,3 +244,4 @@ def test_cli_stored_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     capsys.readouterr()
     assert qcheck_main(["optuna", "--storage", url, "--study", "missing"]) == 2
     assert "study 'missing' not found in the storage; studies there: 'seed003', 'fixed'" in capsys.readouterr().err
+

@@ -1,4 +1,4 @@
-"""Unit tests of qcheck.search: distribution comparison, the objective probe, the study audit, resolution.
+"""Unit tests of qcheck.audit.optuna's distributions, rules, tracer and probe (`audit_objective`).
 
 Every objective here runs real Optuna (in-memory studies); a cheap arithmetic score stands in for a model.
 """
@@ -7,39 +7,32 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import re
-import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
-from optuna.trial import TrialState, create_trial  # noqa: E402
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from qcheck.errors import InvariantViolation, QCheckError  # noqa: E402
-from qcheck.results import Status  # noqa: E402
-from qcheck.search import (  # noqa: E402
-    RULES,
-    assert_static_search_space,
-    audit_objective,
-    audit_study,
-    classify_difference,
-    describe_distribution,
-    load_study,
-    resolve_objective,
-    stub_score,
-)
-from qcheck.suite.test_search_space import NOT_CONFIGURED  # noqa: E402
+from qcheck.audit.optuna.distributions import classify_difference, describe_distribution
+from qcheck.audit.optuna.findings import OptunaFinding
+from qcheck.audit.optuna.probe import assert_static_search_space, audit_objective, stub_score
+from qcheck.audit.optuna.rules import RULES
+from qcheck.errors import InvariantViolation, QCheckError
+from qcheck.lint.findings import Finding, Severity
+from qcheck.lint.rules.registry import RULES as LINT_RULES
+from qcheck.lint.rules.registry import RuleSpec
+from qcheck.results import Status
 
-THIS_FILE = "tests/unit/test_search.py"
+THIS_FILE = "tests/unit/test_optuna_probe.py"
 
 
 def site(func: Callable[..., Any], marker: str) -> str:
-    """'tests/unit/test_search.py:LINE' of the line in `func`'s source that carries `# <marker>`."""
+    """'tests/unit/test_optuna_probe.py:LINE' of the line in `func`'s source that carries `# <marker>`."""
     lines, start = inspect.getsourcelines(func)
     hits = [start + i for i, text in enumerate(lines) if text.rstrip().endswith(f"# {marker}")]
     assert len(hits) == 1, (marker, hits)
@@ -85,10 +78,22 @@ def test_describe_distribution() -> None:
 
 
 def test_every_rule_has_a_fix_and_a_known_severity() -> None:
+    assert list(RULES) == sorted(RULES)
     for rule_id, rule in RULES.items():
         assert rule.id == rule_id and rule.id.startswith("OPT")
-        assert rule.severity in ("error", "warning")
-        assert len(rule.fix) > 40
+        assert rule.severity in (Severity.ERROR, Severity.WARNING) and rule.severity == rule.severities
+        assert len(rule.fix) > 40 and rule.name and rule.summary and rule.zoo == "Z10"
+        assert rule.scope in ("objective", "study", "objective, study")
+
+
+def test_rules_and_findings_share_lints_types_but_not_its_rule_list() -> None:
+    assert all(isinstance(rule, RuleSpec) for rule in RULES.values())
+    assert not {spec.id for spec in LINT_RULES} & set(RULES)  # lint's engine runs every rule of its own list
+    [finding] = audit_objective(range_depends_on_width, n_trials=5, target="unit:range").findings
+    assert isinstance(finding, OptunaFinding) and isinstance(finding, Finding)
+    assert (finding.rule, finding.id, finding.severity, finding.source) == ("OPT105", "OPT105", Severity.WARNING,
+                                                                            "unit:range")
+    assert finding.fingerprint() == "OPT105|unit:range|frac"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,7 +238,7 @@ class CallableObjective:
         try:
             bits = trial.suggest_categorical("bits", (2, 4, 8))
             return evaluate(bits, trial.suggest_categorical("group", (32, 128))) + offset
-        except Exception:  # class-handler
+        except Exception:  # noqa: BLE001  # class-handler
             return self.sentinel
 
 
@@ -346,242 +351,6 @@ def test_stub_score_stands_in_for_the_model_without_looking_like_a_sentinel() ->
 
 
 # --------------------------------------------------------------------------------------------------
-# auditing stored studies
-
-
-def _study(**kwargs: Any) -> optuna.Study:
-    return optuna.create_study(**kwargs)
-
-
-def test_repeated_best_configuration_is_not_a_sentinel() -> None:
-    study = _study(direction="maximize")
-    dists = {"bits": CategoricalDistribution((4, 8)), "group": CategoricalDistribution((32, 64))}
-    for _ in range(12):  # a sampler that converged re-evaluates the same configuration
-        study.add_trial(create_trial(params={"bits": 8, "group": 32}, distributions=dists, value=0.87232))
-    for bits, group, value in ((4, 32, 0.81), (4, 64, 0.80), (8, 64, 0.86)):
-        study.add_trial(create_trial(params={"bits": bits, "group": group}, distributions=dists, value=value))
-    report = audit_study(study)
-    assert report.findings == () and report.status is Status.PASS
-    assert report.summary["n_trials"] == 15
-
-
-def test_failed_and_pruned_shares() -> None:
-    study = _study()
-    dist = {"x": IntDistribution(0, 9)}
-    for i in range(10):
-        state = TrialState.FAIL if i < 2 else TrialState.PRUNED if i < 8 else TrialState.COMPLETE
-        value = float(i) if state == TrialState.COMPLETE else None
-        study.add_trial(create_trial(params={"x": i}, distributions=dist, state=state, value=value))
-    report = audit_study(study)
-    assert report.ids == ["OPT203", "OPT204"]
-    failed, pruned = report.findings
-    assert (failed.evidence["count"], failed.evidence["share"], failed.evidence["trials"]) == (2, 0.2, [0, 1])
-    assert (pruned.evidence["count"], pruned.evidence["share"]) == (6, 0.6)
-    assert report.status is Status.WARN
-
-
-def test_missing_params_alone_is_a_warning() -> None:
-    study = _study()
-    dists = {"fmt": CategoricalDistribution(("int", "fp16")), "bits": IntDistribution(2, 8)}
-    study.add_trial(create_trial(params={"fmt": "int", "bits": 4}, distributions=dists, value=0.7))
-    study.add_trial(create_trial(params={"fmt": "int", "bits": 8}, distributions=dists, value=0.8))
-    study.add_trial(create_trial(params={"fmt": "fp16"}, distributions={"fmt": dists["fmt"]}, value=0.85))
-    report = audit_study(study)
-    [finding] = report.findings
-    assert finding.id == "OPT201" and finding.severity == "warning"
-    assert finding.evidence["missing_by_param"] == {"bits": [2]}
-    assert report.status is Status.WARN
-    assert audit_study(study, ignore=["OPT201"]).status is Status.PASS
-
-
-def test_empty_study_is_inconclusive() -> None:
-    report = audit_study(_study())
-    assert report.status is Status.INCONCLUSIVE
-    assert report.to_check_result().status is Status.INCONCLUSIVE
-
-
-def test_multi_objective_sentinel() -> None:
-    study = _study(directions=["maximize", "minimize"])
-    dist = {"bits": IntDistribution(2, 16)}
-    for bits in range(2, 12):
-        values = [0.0, 0.0] if bits % 3 else [0.5 + bits / 100, 1.0 / bits]
-        study.add_trial(create_trial(params={"bits": bits}, distributions=dist, values=values))
-    report = audit_study(study)
-    [finding] = report.findings
-    assert finding.id == "OPT202" and finding.evidence["value"] == [0.0, 0.0] and finding.evidence["count"] == 7
-
-
-# --------------------------------------------------------------------------------------------------
-# resolution and storage errors
-
-
-def test_resolve_objective_forms(tmp_path: Path) -> None:
-    fixed = resolve_objective("fixtures/objectives/seed003_fixed.py:objective")
-    assert fixed.__name__ == "objective"
-    (tmp_path / "objs.py").write_text(
-        "class Holder:\n    @staticmethod\n    def objective(trial):\n        return trial.suggest_int('x', 0, 3)\n"
-    )
-    method = resolve_objective(f"{tmp_path / 'objs.py'}:Holder.objective")
-    assert audit_objective(method, n_trials=3).status is Status.PASS
-
-
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        ("fixtures/objectives/seed003.py", "expected MODULE:FUNCTION"),
-        ("fixtures/objectives/nope.py:objective", "objective file not found"),
-        ("qcheck_no_such_module:objective", "cannot import module 'qcheck_no_such_module'"),
-        (
-            "fixtures/objectives/seed003.py:nope",
-            "has no attribute 'nope'; callables defined there: get_integer_config, objective, run_seed003_study, score",
-        ),
-        ("fixtures/objectives/seed003.py:LAYERS", "is a tuple, not a callable objective"),
-    ],
-)
-def test_resolve_objective_errors(spec: str, message: str) -> None:
-    with pytest.raises(QCheckError, match=re.escape(message)):
-        resolve_objective(spec)
-
-
-def test_resolve_objective_import_error_is_bad_input(tmp_path: Path) -> None:
-    bad = tmp_path / "broken.py"
-    bad.write_text("import qcheck_definitely_missing_dependency\n")
-    with pytest.raises(QCheckError, match="importing .*broken.py' failed: ModuleNotFoundError"):
-        resolve_objective(f"{bad}:objective")
-
-
-def test_storage_errors_do_not_create_files(tmp_path: Path) -> None:
-    missing = tmp_path / "missing.db"
-    with pytest.raises(QCheckError, match="SQLite storage not found"):
-        audit_study(f"sqlite:///{missing}", "s")
-    assert not missing.exists()
-    with pytest.raises(QCheckError, match="neither a storage URL nor an existing file"):
-        audit_study(str(tmp_path / "nothing.db"), "s")
-    other = tmp_path / "other.db"
-    with sqlite3.connect(other) as conn:
-        conn.execute("CREATE TABLE results (x)")
-    with pytest.raises(QCheckError, match="not an Optuna storage"):
-        audit_study(f"sqlite:///{other}", "s")
-    with sqlite3.connect(other) as conn:
-        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["results"]
-    junk = tmp_path / "junk.db"
-    junk.write_text("not a database")
-    with pytest.raises(QCheckError, match="not a SQLite database"):
-        audit_study(str(junk), "s")
-
-
-def test_study_name_errors_list_the_studies(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'two.db'}"
-    for name in ("alpha", "beta"):
-        optuna.create_study(storage=url, study_name=name)
-    with pytest.raises(QCheckError, match="study 'gamma' not found in the storage; studies there: 'alpha', 'beta'"):
-        load_study(url, "gamma")
-    with pytest.raises(QCheckError, match=r"no study name given \(--study NAME\); studies in this storage: 'alpha'"):
-        load_study(url, None)
-    assert audit_study(url, "alpha").status is Status.INCONCLUSIVE
-
-
-# --------------------------------------------------------------------------------------------------
-# the suite module, run by pytest with stand-ins for the plugin's qcheck_options / qcheck_record fixtures
-
-def run_suite(tmp_path: Path, *options: str) -> tuple[str, list[dict[str, Any]]]:
-    """Run qcheck/suite/test_search_space.py under the qcheck plugin in a pytest subprocess.
-
-    Returns pytest's output and the checks of the run report it wrote.
-    """
-    import subprocess
-
-    report_dir = tmp_path / "report"
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "-o", "addopts="]
-    command += ["qcheck/suite/test_search_space.py", "--qcheck-report", str(report_dir), *options]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    report = report_dir / "qcheck-report.json"
-    checks = json.loads(report.read_text())["checks"] if report.exists() else []
-    return done.stdout + done.stderr, checks
-
-
-def test_suite_module_skips_when_nothing_is_configured(tmp_path: Path) -> None:
-    output, checks = run_suite(tmp_path)
-    assert "SKIPPED [2] qcheck/suite/test_search_space.py" in output, output
-    assert "no Optuna objective or study configured (--qcheck-optuna-objective" in output
-    assert "2 skipped" in output
-    assert [(c["name"], c["status"]) for c in checks] == [
-        ("optuna_objective_search_space", "SKIPPED"),
-        ("optuna_stored_study", "SKIPPED"),
-    ]
-    assert checks[0]["message"] == NOT_CONFIGURED
-
-
-def test_suite_module_fails_on_seed003_and_passes_the_fix(tmp_path: Path) -> None:
-    run_seed003_study = resolve_objective("fixtures/objectives/seed003.py:run_seed003_study")
-    url = f"sqlite:///{tmp_path / 'seed003.db'}"
-    run_seed003_study(optuna.create_study(storage=url, study_name="seed003", direction="maximize"))
-    output, checks = run_suite(
-        tmp_path,
-        "--qcheck-optuna-objective=fixtures/objectives/seed003.py:objective",
-        f"--qcheck-optuna-storage={url}",
-        "--qcheck-optuna-study=seed003",
-    )
-    assert "2 failed" in output, output
-    assert "FAILED qcheck/suite/test_search_space.py::test_optuna_objective_search_space" in output
-    assert [(c["name"], c["status"]) for c in checks] == [("optuna.search_space", "FAIL"), ("optuna.study", "FAIL")]
-    params = ", ".join(f"{layer}_data_in_frac_width" for layer in ("key", "output", "query", "value"))
-    assert checks[0]["message"] == f"OPT101 dynamic-choices [{params}]; OPT110 swallowed-suggest-error [{params}]"
-    assert [f["id"] for f in checks[1]["evidence"]["findings"]] == ["OPT202", "OPT201"]
-
-    output, checks = run_suite(tmp_path, "--qcheck-optuna-objective=fixtures/objectives/seed003_fixed.py:objective")
-    assert "1 passed, 1 skipped" in output, output
-    assert "no stored Optuna study configured" in output
-    assert [(c["name"], c["status"], c["n"]) for c in checks] == [
-        ("optuna.search_space", "PASS", 60),
-        ("optuna_stored_study", "SKIPPED", None),
-    ]
-
-
-# --------------------------------------------------------------------------------------------------
-# docs/optuna.md shows real output: replay its console sessions
-
-
-def _doc_blocks(language: str) -> list[str]:
-    text = (Path("docs") / "optuna.md").read_text()
-    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
-
-
-def test_docs_console_sessions_are_real_output(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from qcheck.cli import main as qcheck_main
-
-    root = Path.cwd()
-    monkeypatch.syspath_prepend(str(root))
-    python_blocks = {block.splitlines()[0]: block for block in _doc_blocks("python")}
-    (tmp_path / "my_search.py").write_text(python_blocks["# my_search.py"])
-    monkeypatch.syspath_prepend(str(tmp_path))
-    replayed = 0
-    for block in _doc_blocks("console"):
-        sessions = re.split(r"^\$ ", block, flags=re.M)[1:]
-        code = None
-        for session in sessions:
-            command, _, expected = session.partition("\n")
-            if command == "echo $?":
-                assert str(code) == expected.strip(), block
-                continue
-            if command.startswith("PYTHONPATH=. python make_study.py"):
-                monkeypatch.chdir(tmp_path)
-                make_study = python_blocks["# make_study.py -- run with PYTHONPATH=. python make_study.py"]
-                exec(compile(make_study, "make_study.py", "exec"), {})
-            else:
-                argv = command.split()
-                assert argv[:2] == ["qcheck", "optuna"], command
-                monkeypatch.chdir(tmp_path if "--storage" in argv or "my_search.py" in command else root)
-                code = qcheck_main(argv[1:])
-            captured = capsys.readouterr()
-            assert (captured.out + captured.err).strip() == expected.strip(), command
-            replayed += 1
-    assert replayed == 6
-
-
-# --------------------------------------------------------------------------------------------------
 # where a handled exception goes: returned from the except clause (error) or handled, then a value later
 
 
@@ -602,7 +371,7 @@ def one_line_handler(trial: optuna.Trial) -> float:
     group = trial.suggest_categorical("group", (32, 128))
     try:
         return evaluate(bits, group)
-    except RuntimeError: return float("-inf")  # noqa: E701  # one-line
+    except RuntimeError: return float("-inf")  # one-line
 
 
 def control_flow_only(trial: optuna.Trial) -> float:
@@ -661,14 +430,3 @@ def test_probe_without_the_exploration_phase() -> None:
     assert (report.summary["n_trials"], report.summary["n_shared"], report.summary["n_isolated"]) == (12, 12, 0)
     assert report.ids == ["OPT101", "OPT112"]
 
-
-def test_cli_directions(capsys: pytest.CaptureFixture[str]) -> None:
-    from qcheck.cli import main as qcheck_main
-
-    spec = f"{THIS_FILE}:two_objectives"
-    assert qcheck_main(["optuna", spec, "--n-trials", "5"]) == 2
-    assert "--directions minimize,maximize" in capsys.readouterr().err
-    assert qcheck_main(["optuna", spec, "--n-trials", "20", "--directions", "maximize,minimize"]) == 1
-    assert "error   OPT202 sentinel-value" in capsys.readouterr().out
-    assert qcheck_main(["optuna", spec, "--directions", "up"]) == 2
-    assert "--directions takes minimize/maximize" in capsys.readouterr().err
