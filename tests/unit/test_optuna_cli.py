@@ -1,5 +1,5 @@
 """Unit tests of the ways into qcheck.audit.optuna: resolving MODULE:FUNCTION, `qcheck optuna` (exit codes 0 / 1 /
-2), the suite module `qcheck/suite/test_search_space.py`, and docs/optuna.md (its console sessions replayed).
+2 / 3), the suite module `qcheck/suite/test_search_space.py`, and docs/optuna.md (its console sessions replayed).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from qcheck.audit.optuna import cli as optuna_cli
 from qcheck.audit.optuna.probe import audit_objective
 from qcheck.audit.optuna.resolve import resolve_objective
 from qcheck.audit.optuna.rules import RULES
@@ -70,6 +71,27 @@ def test_resolve_objective_import_error_is_bad_input(tmp_path: Path) -> None:
     bad.write_text("import qcheck_definitely_missing_dependency\n")
     with pytest.raises(QCheckError, match="importing .*broken.py' failed: ModuleNotFoundError"):
         resolve_objective(f"{bad}:objective")
+
+@pytest.mark.parametrize("body", ["import sys\nsys.exit(0)\n", "raise RuntimeError('no GPU\\nhere')\n"])
+def test_module_that_exits_or_raises_on_import_is_bad_input_in_one_line(
+    body: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(body)
+    assert qcheck_main(["optuna", f"{script}:objective"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"qcheck optuna: error: importing '{script}' failed: ") and err.count("\n") == 1
+
+
+def test_internal_error_exits_3_in_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ZeroDivisionError("a bug\nin qcheck")
+
+    monkeypatch.setattr(optuna_cli, "audit_objective", broken)
+    assert qcheck_main(["optuna", "fixtures/objectives/seed003_fixed.py:objective"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "qcheck optuna: internal error: ZeroDivisionError: a bug in qcheck\n"
+
 
 def test_cli_directions(capsys: pytest.CaptureFixture[str]) -> None:
     spec = "tests/unit/test_optuna_probe.py:two_objectives"
@@ -174,7 +196,7 @@ def test_docs_console_sessions_are_real_output(
             captured = capsys.readouterr()
             assert (captured.out + captured.err).strip() == expected.strip(), command
             replayed += 1
-    assert replayed == 6
+    assert replayed == 7
 
 def test_every_rule_is_in_the_docs_table() -> None:
     docs = (Path("docs") / "optuna.md").read_text()

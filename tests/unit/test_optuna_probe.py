@@ -20,7 +20,12 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from qcheck.audit.optuna.distributions import classify_difference, describe_distribution
 from qcheck.audit.optuna.findings import OptunaFinding
-from qcheck.audit.optuna.probe import assert_static_search_space, audit_objective, stub_score
+from qcheck.audit.optuna.probe import (
+    assert_static_search_space,
+    audit_objective,
+    return_problem,
+    stub_score,
+)
 from qcheck.audit.optuna.rules import RULES
 from qcheck.errors import InvariantViolation, QCheckError
 from qcheck.lint.findings import Finding, Severity
@@ -430,3 +435,70 @@ def test_probe_without_the_exploration_phase() -> None:
     assert (report.summary["n_trials"], report.summary["n_shared"], report.summary["n_isolated"]) == (12, 12, 0)
     assert report.ids == ["OPT101", "OPT112"]
 
+
+# --------------------------------------------------------------------------------------------------
+# values Optuna cannot record (OPT114) and objectives that never complete a trial (OPT205)
+
+
+@pytest.mark.parametrize(
+    ("returned", "problem"),
+    [
+        (0.5, None),
+        ((0.5, 1.0), None),
+        (True, None),
+        (None, "None is not a number"),
+        ("0.81", "a str is not a number"),
+        (b"0.81", "a bytes is not a number"),
+        (float("nan"), "NaN is not an acceptable value"),
+        ((0.5, float("nan")), "NaN is not an acceptable value"),
+        ({"accuracy": 0.8}, "a value of type dict cannot be converted to float"),
+    ],
+)
+def test_return_problem(returned: Any, problem: str | None) -> None:
+    assert return_problem(returned) == problem
+
+
+def forgets_a_return(trial: optuna.Trial) -> float:
+    bits = trial.suggest_int("bits", 2, 8)
+    if bits >= 4:
+        return 1.0 - 1.0 / bits
+    # no return for fewer bits: Python returns None
+
+
+def test_value_optuna_cannot_record_is_a_warning_while_other_trials_complete() -> None:
+    report = audit_objective(forgets_a_return, n_trials=20)
+    [finding] = report.findings
+    assert finding.id == "OPT114" and finding.severity is Severity.WARNING
+    assert finding.evidence["reason"] == "None is not a number" and finding.evidence["returned"] == ["None"]
+    assert report.summary["states"]["FAIL"] == len(finding.evidence["trials"]) > 0
+    assert "the objective returned None in" in finding.message
+    assert report.status is Status.WARN
+
+
+def exits(trial: optuna.Trial) -> float:
+    trial.suggest_int("bits", 2, 8)
+    sys.exit(0)  # exit
+
+
+def test_objective_calling_sys_exit_is_a_failed_trial_not_the_audits_exit() -> None:
+    report = audit_objective(exits, n_trials=3)
+    assert report.ids == ["OPT205", "OPT112"]
+    raised = report.by_id("OPT112")[0].evidence
+    assert (raised["error"], raised["raised_at"]) == ("SystemExit: 0", site(exits, "exit"))
+    assert report.status is Status.FAIL
+
+
+def prunes_everything(trial: optuna.Trial) -> float:
+    bits = trial.suggest_int("bits", 2, 8)
+    raise optuna.TrialPruned(f"{bits} bits: no kernel")
+
+
+def test_objective_that_prunes_every_trial_never_completes() -> None:
+    report = audit_objective(prunes_everything, n_trials=5)
+    [finding] = report.findings
+    assert finding.id == "OPT205" and finding.severity is Severity.ERROR
+    assert finding.evidence == {"states": {"PRUNED": 10}, "causes": {"raised optuna.TrialPruned": list(range(10))}}
+    assert "none of the 10 probe trials ended COMPLETE (states {'PRUNED': 10})" in finding.message
+    with pytest.raises(InvariantViolation):
+        assert_static_search_space(prunes_everything, n_trials=5)
+    assert "OPT205" not in audit_objective(prunes_everything, n_trials=5, ignore=["OPT205"]).ids

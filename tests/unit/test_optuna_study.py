@@ -18,6 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from qcheck.audit.optuna.study import audit_study, load_study
 from qcheck.errors import QCheckError
+from qcheck.lint.findings import Severity
 from qcheck.results import Status
 
 
@@ -75,10 +76,35 @@ def test_missing_params_alone_is_a_warning() -> None:
     assert audit_study(study, ignore=["OPT201"]).status is Status.PASS
 
 
-def test_empty_study_is_inconclusive() -> None:
-    report = audit_study(_study())
-    assert report.status is Status.INCONCLUSIVE
-    assert report.to_check_result().status is Status.INCONCLUSIVE
+def test_empty_study_holds_no_score_and_is_an_error() -> None:
+    report = audit_study(_study(study_name="empty"))
+    [finding] = report.findings
+    assert finding.id == "OPT205" and finding.severity is Severity.ERROR
+    assert finding.message == "the study holds no score: it has no trials, so nothing in it can be audited or used."
+    assert finding.evidence == {"states": {}, "n_trials": 0}
+    assert report.to_check_result().status is Status.FAIL
+    ignored = audit_study(_study(), ignore=["OPT205"])
+    assert ignored.findings == () and ignored.status is Status.INCONCLUSIVE  # nothing audited, and not a PASS
+
+
+@pytest.mark.parametrize("state", [TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING])
+def test_study_without_a_complete_trial_is_an_error(state: TrialState) -> None:
+    study = _study()
+    for bits in (2, 4, 8):
+        study.add_trial(create_trial(params={"bits": bits}, distributions={"bits": IntDistribution(2, 8)}, state=state))
+    report = audit_study(study)
+    [finding] = report.by_id("OPT205")
+    assert finding.evidence == {"states": {state.name: 3}, "n_trials": 3}
+    assert f"none of its 3 trials is COMPLETE (states {{'{state.name}': 3}})" in finding.message
+    assert report.status is Status.FAIL
+
+
+def test_one_complete_trial_is_enough_to_audit() -> None:
+    study = _study()
+    dist = {"bits": IntDistribution(2, 8)}
+    study.add_trial(create_trial(params={"bits": 2}, distributions=dist, state=TrialState.FAIL))
+    study.add_trial(create_trial(params={"bits": 8}, distributions=dist, value=0.8))
+    assert "OPT205" not in audit_study(study).ids
 
 
 def test_multi_objective_sentinel() -> None:
@@ -124,4 +150,4 @@ def test_study_name_errors_list_the_studies(tmp_path: Path) -> None:
         load_study(url, "gamma")
     with pytest.raises(QCheckError, match=r"no study name given \(--study NAME\); studies in this storage: 'alpha'"):
         load_study(url, None)
-    assert audit_study(url, "alpha").status is Status.INCONCLUSIVE
+    assert audit_study(url, "alpha").ids == ["OPT205"]

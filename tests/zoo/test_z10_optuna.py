@@ -5,7 +5,10 @@ Planted bugs, all on real Optuna studies (in-memory, SQLite and journal-file sto
   call site; the fixed objective (static choices, invalid combinations pruned) passes;
 - categorical choices reordered between trials;
 - a study assembled with add_trial whose distributions disagree;
-- a study where 70% of COMPLETE trials share the value 0.0.
+- a study where 70% of COMPLETE trials share the value 0.0;
+- objectives that cannot run (return a string, take no argument, always raise) and stored studies without a
+  COMPLETE trial: errors (OPT205), not a clean search space; the correct objective over the same space passes;
+- a module that cannot be imported, a storage or study that does not exist: bad input, exit 2 in one line.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from qcheck.audit.optuna.resolve import resolve_objective
 from qcheck.audit.optuna.study import audit_study
 from qcheck.cli import main as qcheck_main
 from qcheck.errors import InvariantViolation
+from qcheck.lint.findings import Severity
 from qcheck.results import Status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,4 +248,129 @@ def test_cli_stored_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     capsys.readouterr()
     assert qcheck_main(["optuna", "--storage", url, "--study", "missing"]) == 2
     assert "study 'missing' not found in the storage; studies there: 'seed003', 'fixed'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# objectives that cannot run and studies without a score: errors, not a clean search space (issue 17)
+
+NO_SCORE = "No configuration produced a score, so the search space could not be audited"
+
+
+def test_objective_returning_a_string_never_completes() -> None:
+    report = audit_objective(resolve_objective(f"{OBJECTIVES}/unrunnable.py:returns_formatted_score"), n_trials=30)
+    assert report.status is Status.FAIL and report.ids == ["OPT205", "OPT114"]
+    [never] = report.errors
+    assert never.severity is Severity.ERROR
+    assert never.evidence["states"] == {"FAIL": 42, "PRUNED": 18}
+    returned = next(k for k in never.evidence["causes"] if k.startswith("returned '0."))
+    assert returned.endswith("(a str is not a number)") and len(never.evidence["causes"][returned]) == 42
+    pruned = never.evidence["causes"]["raised optuna.TrialPruned"]
+    assert sorted(pruned + never.evidence["causes"][returned]) == list(range(60))
+    assert NO_SCORE in never.message and "(a str is not a number) in 42" in never.message
+    [invalid] = report.warnings
+    assert invalid.evidence["reason"] == "a str is not a number" and len(invalid.evidence["trials"]) == 42
+    assert all(r.startswith("'0.") for r in invalid.evidence["returned"][:3])
+
+
+def test_objective_without_a_trial_argument_never_completes() -> None:
+    report = audit_objective(resolve_objective(f"{OBJECTIVES}/unrunnable.py:objective_without_trial"), n_trials=30)
+    assert report.ids == ["OPT205", "OPT112"]
+    error = "TypeError: objective_without_trial() takes 0 positional arguments but 1 was given"
+    [never] = report.errors
+    assert never.evidence == {
+        "states": {"FAIL": 60},
+        "causes": {f"raised {error} (when called with a trial, before any of its code ran)": list(range(60))},
+    }
+    assert f"the objective raised {error} (when called with a trial, before any of its code ran) in 60" in never.message
+    raised = report.by_id("OPT112")[0].evidence
+    assert (raised["error"], raised["raised_at"], raised["trials"]) == (error, None, list(range(60)))
+
+
+def test_objective_that_always_raises_never_completes() -> None:
+    objective = resolve_objective(f"{OBJECTIVES}/unrunnable.py:always_raises")
+    report = audit_objective(objective, n_trials=30)
+    site = marked_line("unrunnable.py", "always-raises")
+    error = "FileNotFoundError: checkpoint not found: bert-tiny-qat.pt"
+    assert report.ids == ["OPT205", "OPT112"]
+    [never] = report.errors
+    assert never.evidence["states"] == {"FAIL": 42, "PRUNED": 18}
+    assert f"raised {error} (at {site}) in 42" in never.message and NO_SCORE in never.message
+    assert report.by_id("OPT112")[0].evidence["raised_at"] == site
+    with pytest.raises(InvariantViolation) as info:
+        assert_static_search_space(objective, n_trials=30)
+    assert info.value.result.message == "OPT205 no-complete-trial; OPT112 objective-raised"
+
+
+def test_correct_objective_over_the_same_space_passes() -> None:
+    report = audit_objective(resolve_objective(f"{OBJECTIVES}/unrunnable.py:runs"), n_trials=30)
+    assert report.findings == () and report.status is Status.PASS
+    assert report.summary["states"] == {"COMPLETE": 42, "PRUNED": 18}
+
+
+@pytest.mark.parametrize("function", ["returns_formatted_score", "objective_without_trial", "always_raises"])
+def test_cli_exits_1_on_an_objective_that_cannot_run(function: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert qcheck_main(["optuna", f"{OBJECTIVES}/unrunnable.py:{function}", "--n-trials", "10"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: 1 error(s), 1 warning(s)" in out and "error   OPT205 no-complete-trial" in out
+    assert qcheck_main(["optuna", f"{OBJECTIVES}/unrunnable.py:runs", "--n-trials", "10"]) == 0
+    assert "PASS: 0 error(s), 0 warning(s)" in capsys.readouterr().out
+
+
+def test_stored_study_whose_every_trial_failed_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'failed.db'}"
+    broken = optuna.create_study(storage=url, study_name="broken", direction="maximize",
+                                 sampler=optuna.samplers.RandomSampler(seed=0))
+    broken.optimize(resolve_objective(f"{OBJECTIVES}/unrunnable.py:always_raises"), n_trials=12,
+                    catch=(FileNotFoundError,))
+    states = {t.state.name for t in broken.trials}
+    assert states <= {"FAIL", "PRUNED"} and "FAIL" in states  # as Optuna stores it: no COMPLETE trial
+    report = audit_study(url, "broken")
+    [never] = report.by_id("OPT205")
+    counts = {s: sum(t.state.name == s for t in broken.trials) for s in sorted(states)}
+    assert never.evidence == {"states": counts, "n_trials": 12}
+    assert never.message == (f"the study holds no score: none of its 12 trials is COMPLETE (states {counts}), so "
+                             "nothing in it can be audited or used.")
+    assert report.status is Status.FAIL and report.errors == (never,)
+    assert qcheck_main(["optuna", "--storage", url, "--study", "broken"]) == 1
+    assert "error   OPT205 no-complete-trial" in capsys.readouterr().out
+
+    working = optuna.create_study(storage=url, study_name="working", direction="maximize",
+                                  sampler=optuna.samplers.RandomSampler(seed=0))
+    working.optimize(resolve_objective(f"{OBJECTIVES}/unrunnable.py:runs"), n_trials=12)
+    report = audit_study(url, "working")
+    assert "OPT205" not in report.ids and report.errors == ()
+
+
+def test_empty_stored_study_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    optuna.create_study(storage=url, study_name="created-never-run")
+    assert qcheck_main(["optuna", "--storage", url, "--study", "created-never-run", "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "FAIL"
+    assert [(f["id"], f["severity"], f["message"]) for f in data["findings"]] == [
+        ("OPT205", "error", "the study holds no score: it has no trials, so nothing in it can be audited or used.")]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fixtures.objectives.nope:objective"], "cannot import module 'fixtures.objectives.nope': No module named"),
+        (["{tmp}/needs_gpu_lib.py:objective"],
+         "importing '{tmp}/needs_gpu_lib.py' failed: ModuleNotFoundError: No module named 'qcheck_missing_gpu_library'"),
+        (["--storage", "{tmp}/none.db", "--study", "s"], "storage not found: '{tmp}/none.db' is neither"),
+        (["--storage", "sqlite:///{tmp}/none.db", "--study", "s"], "SQLite storage not found: '{tmp}/none.db'"),
+        (["--storage", "sqlite:///{tmp}/one.db", "--study", "two"],
+         "study 'two' not found in the storage; studies there: 'one'"),
+    ],
+)
+def test_what_cannot_be_loaded_is_bad_input_in_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "needs_gpu_lib.py").write_text("import qcheck_missing_gpu_library\n")
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'one.db'}", study_name="one")
+    assert qcheck_main(["optuna", *(a.format(tmp=tmp_path) for a in argv)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qcheck optuna: error: ") and err.count("\n") == 1
+    assert message.format(tmp=tmp_path) in err
+    assert not (tmp_path / "none.db").exists()
 

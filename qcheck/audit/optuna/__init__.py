@@ -1,4 +1,5 @@
-"""Optuna search-space audit (bug Z10): static spaces, swallowed exceptions, sentinel values.
+"""Optuna search-space audit (bug Z10): static spaces, swallowed exceptions, sentinel values, objectives that
+cannot run.
 
 Optuna requires one distribution per parameter name within a study. An objective whose `suggest_categorical`
 choices depend on an earlier parameter makes Optuna raise `ValueError: CategoricalDistribution does not support

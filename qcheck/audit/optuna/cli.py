@@ -1,7 +1,7 @@
 """`qcheck optuna`: probe an objective (MODULE:FUNCTION) or audit a stored study (--storage URL --study NAME).
 
-Exit 0 when the audit found no error, 1 on an error-level finding, 2 on bad input (QCheckError, printed in one
-line by `qcheck.cli`).
+Exit 0 when the audit ran and found no error, 1 on an error-level finding, 2 on bad input (QCheckError, printed
+in one line by `qcheck.cli`), 3 on an internal error (a bug in qcheck or Optuna, one line; never 0 or 1).
 """
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ from qcheck.audit.optuna.probe import DEFAULT_N_TRIALS, audit_objective
 from qcheck.audit.optuna.resolve import resolve_objective
 from qcheck.audit.optuna.rules import ignored_ids
 from qcheck.audit.optuna.study import audit_study
+from qcheck.audit.optuna.trials import error_text
 from qcheck.errors import QCheckError
+
+EXIT_INTERNAL = 3
+"""pytest's convention for an internal error."""
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +65,14 @@ def _audit(args: argparse.Namespace) -> AuditReport:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    """Run `qcheck optuna`: exit 1 on an error-level finding, 0 otherwise (QCheckError -> exit 2)."""
-    report = _audit(args)
-    print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.format == "json" else report.render())
+    """Run `qcheck optuna`: exit 1 on an error-level finding, 0 otherwise (QCheckError -> exit 2, a bug -> 3)."""
+    try:
+        report = _audit(args)
+        text = json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.format == "json" else report.render()
+    except QCheckError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug must not read as a clean audit (0) or a finding (1)
+        print(f"qcheck optuna: internal error: {error_text(exc)}", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(text)
     return 1 if report.errors else 0

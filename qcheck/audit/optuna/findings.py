@@ -68,7 +68,7 @@ class AuditReport:
 
     @property
     def inconclusive(self) -> bool:
-        """True when there was nothing to audit (no probe trial or no finished trial)."""
+        """True when there was nothing to audit and no finding says so (OPT205 ignored)."""
         return not self.findings and not self.summary.get("n_trials")
 
     @property
@@ -113,11 +113,12 @@ class AuditReport:
             name = "optuna.search_space"
             compared = "the suggest calls and return values of the objective's probe trials"
             test = ("one distribution per parameter name; no exception turned into a return value; "
-                    "no shared sentinel value")
+                    "no shared sentinel value; at least one COMPLETE trial")
         else:
             name = "optuna.study"
             compared = "the stored trials' distributions, parameters, values and states"
-            test = "one distribution per parameter name; no shared sentinel value; FAIL/PRUNED shares"
+            test = ("one distribution per parameter name; no shared sentinel value; at least one COMPLETE trial; "
+                    "FAIL/PRUNED shares")
         if self.findings:
             by_id: dict[str, list[OptunaFinding]] = {}
             for finding in self.findings:

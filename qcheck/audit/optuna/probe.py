@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -17,13 +18,27 @@ from qcheck.audit.optuna._optuna import quiet_optuna, require_optuna
 from qcheck.audit.optuna.findings import AuditReport
 from qcheck.audit.optuna.rules import ignored_ids, judge, thresholds_of
 from qcheck.audit.optuna.tracer import ExceptionTracer, SuggestRecorder, innermost_user, objective_code
-from qcheck.audit.optuna.trials import CaughtError, SuggestCall, TrialLog, TrialRecord
+from qcheck.audit.optuna.trials import CaughtError, SuggestCall, TrialLog, TrialRecord, error_text
 from qcheck.errors import InvariantViolation, QCheckError
 from qcheck.results import CheckResult, to_jsonable
 
 DEFAULT_N_TRIALS = 30
 """Probe trials per phase: random sampling reaches a branch of probability p in one of 30 trials with
 probability 1 - (1 - p)**30 (96% for p = 0.1), and the 60 runs of the objective stay cheap."""
+
+
+def return_problem(returned: Any) -> str | None:
+    """Why Optuna cannot record `returned` as a trial's value(s), or None when it can."""
+    for value in returned if isinstance(returned, (list, tuple)) else (returned,):
+        if value is None or isinstance(value, (str, bytes)):
+            return f"{'None' if value is None else 'a ' + type(value).__name__} is not a number"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"a value of type {type(value).__name__} cannot be converted to float"
+        if math.isnan(number):
+            return "NaN is not an acceptable value"
+    return None
 
 
 def run_trial(study: Any, number: int, objective: Callable[..., Any],
@@ -39,20 +54,20 @@ def run_trial(study: Any, number: int, objective: Callable[..., Any],
         returned = objective(trial)
     except optuna.TrialPruned:
         frozen = study.tell(trial, state=TrialState.PRUNED)
-    except Exception as exc:  # noqa: BLE001 - the objective failed: a FAIL trial, as in Optuna
-        fields.update(raised=f"{type(exc).__name__}: {exc}", raised_at=innermost_user(exc.__traceback__))
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the objective failed; even sys.exit() is a FAIL trial
+        fields.update(raised=error_text(exc), raised_at=innermost_user(exc.__traceback__))
         frozen = study.tell(trial, state=TrialState.FAIL)
-    except BaseException:
-        study.tell(trial, state=TrialState.FAIL)
-        raise
     else:
         n_values = len(returned) if isinstance(returned, (list, tuple)) else 1
         if n_values != len(study.directions):
             study.tell(trial, state=TrialState.FAIL)
             raise QCheckError(f"the objective returned {n_values} values but the probe has {len(study.directions)} "
                               "direction(s): pass directions=[...] (CLI: --directions minimize,maximize)")
-        fields.update(returned=returned)
-        frozen = study.tell(trial, returned)
+        fields.update(returned=returned, invalid_return=return_problem(returned))
+        if fields["invalid_return"]:
+            frozen = study.tell(trial, state=TrialState.FAIL)
+        else:
+            frozen = study.tell(trial, returned)
     state = frozen.state.name
     values = tuple(float(v) for v in frozen.values) if state == "COMPLETE" else None
     record = TrialRecord(number, state, dict(frozen.params), values,
@@ -72,7 +87,7 @@ def _caught(state: str, recorder: SuggestRecorder, tracer: ExceptionTracer) -> t
         caught.append(CaughtError(call.error or "", str(call.site), tracer.site(seen.handled_line) if seen else None,
                                   bool(seen and seen.returned_from_handler), call))
     if state == "COMPLETE":
-        caught += [CaughtError(f"{type(h.exc).__name__}: {h.exc}", h.raised_at, tracer.site(h.handled_line),
+        caught += [CaughtError(error_text(h.exc), h.raised_at, tracer.site(h.handled_line),
                                h.returned_from_handler) for key, h in handled.items() if key not in recorder.errors]
     return tuple(caught)
 

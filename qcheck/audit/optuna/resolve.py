@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qcheck.audit.optuna.trials import error_text
 from qcheck.errors import QCheckError
 
 
@@ -41,9 +42,9 @@ def _import_module(name: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):
             raise QCheckError(f"cannot import module {name!r}: {exc} (is it on sys.path / PYTHONPATH?)") from exc
-        raise QCheckError(f"importing {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    except Exception as exc:  # the user's module failing to import is bad input (exit 2)
-        raise QCheckError(f"importing {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise QCheckError(f"importing {name!r} failed: {error_text(exc)}") from exc
+    except (Exception, SystemExit) as exc:  # the user's module failing to import (even sys.exit) is bad input
+        raise QCheckError(f"importing {name!r} failed: {error_text(exc)}") from exc
 
 
 def _import_file(path_text: str) -> Any:
@@ -62,9 +63,9 @@ def _import_file(path_text: str) -> Any:
     sys.path.insert(0, str(resolved.parent))
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file failing to import is bad input (exit 2)
+    except (Exception, SystemExit) as exc:  # the user's file failing to import (even sys.exit) is bad input
         del sys.modules[module_name]
-        raise QCheckError(f"importing {path_text!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise QCheckError(f"importing {path_text!r} failed: {error_text(exc)}") from exc
     finally:
         sys.path.remove(str(resolved.parent))
     return module

@@ -99,6 +99,10 @@ def numbers(values: Sequence[int], limit: int = 8) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
+def _states(trials: Sequence[TrialRecord]) -> dict[str, int]:
+    return dict(sorted(Counter(t.state for t in trials).items()))
+
+
 # --------------------------------------------------------------------------------------------------
 # one distribution per parameter name
 
@@ -178,7 +182,7 @@ def _site_order(site: str) -> tuple[str, int]:
 
 
 # --------------------------------------------------------------------------------------------------
-# exceptions seen by the probe
+# exceptions and return values seen by the probe
 
 
 @audit_rule("OPT110", "swallowed-suggest-error", Severity.ERROR, "objective",
@@ -246,20 +250,52 @@ def handled_exceptions(log: TrialLog) -> list[OptunaFinding]:
     return findings
 
 
+def _raised_where(raised_at: str | None) -> str:
+    return f"at {raised_at}" if raised_at else "when called with a trial, before any of its code ran"
+
+
 @audit_rule("OPT112", "objective-raised", Severity.WARNING, "objective",
             "an exception escaped the objective: the trial ends FAIL (visible, but broken)",
             "The trial ends FAIL in a real study: fix the error, or raise optuna.TrialPruned() if the "
             "configuration is invalid by design.")
 def objective_raised(log: TrialLog) -> list[OptunaFinding]:
     """Exceptions that escaped the objective, by error and place."""
-    raised: dict[tuple[str, str], list[int]] = defaultdict(list)
+    raised: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for record in log.in_state("FAIL"):
         if record.raised:
-            raised[(record.raised, record.raised_at or "<unknown>")].append(record.number)
-    return [finding(log, "OPT112", f"the objective raised {error} (at {raised_at}) in {len(trials)} of "
+            raised[(record.raised, record.raised_at)].append(record.number)
+    return [finding(log, "OPT112", f"the objective raised {error} ({_raised_where(raised_at)}) in {len(trials)} of "
                     f"{len(log.trials)} probe trials ({numbers(trials)}); those trials end FAIL.",
                     error=error, raised_at=raised_at, trials=trials)
             for (error, raised_at), trials in raised.items()]
+
+
+@audit_rule("OPT114", "invalid-return", Severity.WARNING, "objective",
+            "the objective returned something Optuna cannot record as a score (None, a string, NaN): the trial "
+            "ends FAIL",
+            "Return a float (a sequence of floats, one per direction, for a multi-objective study) on every "
+            "path; raise optuna.TrialPruned() for configurations that are invalid by design.")
+def invalid_returns(log: TrialLog) -> list[OptunaFinding]:
+    """Return values Optuna refuses (the trial ends FAIL), by reason."""
+    groups: dict[str, list[TrialRecord]] = defaultdict(list)
+    for record in log.in_state("FAIL"):
+        if record.invalid_return:
+            groups[record.invalid_return].append(record)
+    findings = []
+    for reason, records in groups.items():
+        trials = [r.number for r in records]
+        returned = _examples(records)
+        findings.append(finding(
+            log, "OPT114", f"the objective returned {' or '.join(returned)} in {len(trials)} of {len(log.trials)} "
+            f"probe trials ({numbers(trials)}): {reason}, so Optuna cannot record it as a score and those trials "
+            "end FAIL.", reason=reason, returned=returned, trials=trials))
+    return findings
+
+
+def _examples(records: Sequence[TrialRecord], limit: int = 3) -> list[str]:
+    """The distinct returned values (repr), the first `limit` and a count of the others."""
+    distinct = list(dict.fromkeys(repr(r.returned) for r in records))
+    return distinct[:limit] + ([f"{len(distinct) - limit} other values"] if len(distinct) > limit else [])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,6 +403,47 @@ def state_shares(log: TrialLog) -> list[OptunaFinding]:
                                     f"are {state} (threshold {threshold:.0%}).", count=len(trials),
                                     n_finished=len(finished), share=round(share, 4), trials=trials))
     return findings
+
+
+@audit_rule("OPT205", "no-complete-trial", Severity.ERROR, _BOTH,
+            "no trial ended COMPLETE: the objective cannot run (it raises, returns no number, takes no trial) "
+            "or the study holds no score",
+            "Make the objective run: it takes the optuna.Trial and returns a float (one per direction); fix what "
+            "it raises (OPT112) or returns (OPT114), and pass a stand-in score (qcheck.audit.optuna.stub_score) "
+            "where the real evaluation cannot run during the audit. Audit a stored study after trials complete.")
+def no_complete_trial(log: TrialLog) -> list[OptunaFinding]:
+    """No trial produced a score: nothing shows the search space works, and a study without scores is unusable."""
+    if log.in_state("COMPLETE"):
+        return []
+    states = _states(log.trials)
+    if log.kind == "study":
+        held = (f"none of its {len(log.trials)} trials is COMPLETE (states {states})" if log.trials
+                else "it has no trials")
+        return [finding(log, "OPT205", f"the study holds no score: {held}, so nothing in it can be audited or used.",
+                        states=states, n_trials=len(log.trials))]
+    causes = _failure_causes(log.trials)
+    message = (f"none of the {len(log.trials)} probe trials ended COMPLETE (states {states}): the objective "
+               + "; ".join(f"{text} in {len(trials)}" for text, trials in causes.items())
+               + ". No configuration produced a score, so the search space could not be audited: an objective "
+               "that cannot run is not a clean search space.")
+    return [finding(log, "OPT205", message, states=states, causes=causes)]
+
+
+def _failure_causes(trials: Sequence[TrialRecord]) -> dict[str, list[int]]:
+    """What the probe trials did instead of completing, as text -> trial numbers."""
+    causes: dict[tuple[str, str], list[TrialRecord]] = defaultdict(list)
+    for t in trials:
+        if t.raised:
+            causes[("raised", f"raised {t.raised} ({_raised_where(t.raised_at)})")].append(t)
+        elif t.invalid_return:
+            causes[("returned", t.invalid_return)].append(t)
+        elif t.state == "PRUNED":
+            causes[("pruned", "raised optuna.TrialPruned")].append(t)
+        else:
+            causes[("other", f"ended {t.state}")].append(t)
+    ordered = sorted(causes.items(), key=lambda kv: -len(kv[1]))
+    return {(f"returned {' or '.join(_examples(group))} ({text})" if kind == "returned" else text):
+            [t.number for t in group] for (kind, text), group in ordered}
 
 
 RULES = dict(sorted(RULES.items()))

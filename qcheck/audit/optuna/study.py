@@ -14,7 +14,7 @@ from typing import Any
 from qcheck.audit.optuna._optuna import quiet_optuna, require_optuna
 from qcheck.audit.optuna.findings import AuditReport
 from qcheck.audit.optuna.rules import FAIL_SHARE, PRUNED_SHARE, SENTINEL_SHARE, ignored_ids, judge, thresholds_of
-from qcheck.audit.optuna.trials import SuggestCall, TrialLog, TrialRecord
+from qcheck.audit.optuna.trials import SuggestCall, TrialLog, TrialRecord, error_text
 from qcheck.errors import QCheckError
 
 
@@ -31,14 +31,17 @@ def open_storage(storage: Any) -> Any:
         if path.suffix in (".log", ".jsonl"):
             from optuna.storages.journal import JournalFileBackend
 
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            try:
+                return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            except Exception as exc:  # any failure to read the user's journal is bad input (exit 2)
+                raise QCheckError(f"cannot read Optuna journal {text!r}: {error_text(exc)}") from exc
         text = f"sqlite:///{path.resolve()}"
     if text.startswith("sqlite:///"):
         _check_sqlite_file(text[len("sqlite:///"):].split("?", 1)[0])
     try:
         return optuna.storages.RDBStorage(text)
     except Exception as exc:  # any failure to open the user's storage is bad input (exit 2)
-        raise QCheckError(f"cannot open Optuna storage {text!r}: {type(exc).__name__}: {exc}") from exc
+        raise QCheckError(f"cannot open Optuna storage {text!r}: {error_text(exc)}") from exc
 
 
 def _check_sqlite_file(path: str) -> None:
@@ -64,7 +67,10 @@ def load_study(storage: Any, study_name: str | None) -> Any:
     if isinstance(storage, optuna.Study):
         return storage
     backend = open_storage(storage)
-    names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
+    except Exception as exc:  # a storage Optuna cannot read is bad input (exit 2)
+        raise QCheckError(f"cannot read the studies in {storage!r}: {error_text(exc)}") from exc
     available = ", ".join(repr(n) for n in names) if names else "none"
     if study_name is None:
         raise QCheckError(f"no study name given (--study NAME); studies in this storage: {available}")

@@ -18,7 +18,7 @@ from types import CodeType, FrameType, TracebackType
 from typing import Any
 
 from qcheck.audit.optuna._optuna import require_optuna
-from qcheck.audit.optuna.trials import CallSite, SuggestCall
+from qcheck.audit.optuna.trials import CallSite, SuggestCall, error_text
 
 HIDDEN_EXCEPTIONS = ("StopIteration", "StopAsyncIteration", "GeneratorExit", "TrialPruned")
 """Exceptions that are control flow, not errors: never reported as caught."""
@@ -70,15 +70,22 @@ def innermost(tb: TracebackType | None) -> str:
     return f"{display_path(last.tb_frame.f_code.co_filename)}:{last.tb_lineno}"
 
 
-def innermost_user(tb: TracebackType | None) -> str:
-    """'file:line' of the innermost user frame of a traceback ('<unknown>' when it holds only library frames)."""
-    site = None
+def innermost_user(tb: TracebackType | None) -> str | None:
+    """'file:line' of the innermost user frame of a traceback raised by calling the objective.
+
+    None when the traceback holds no frame beyond the caller's own (the call itself failed, e.g. an objective
+    that takes no argument); '<unknown>' when it holds only library frames.
+    """
+    frames = []
     while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if not is_library_file(filename):
-            site = f"{display_path(filename)}:{tb.tb_lineno}"
+        frames.append(tb)
         tb = tb.tb_next
-    return site or "<unknown>"
+    if len(frames) <= 1:
+        return None
+    users = [f for f in frames[1:] if not is_library_file(f.tb_frame.f_code.co_filename)]
+    if not users:
+        return "<unknown>"
+    return f"{display_path(users[-1].tb_frame.f_code.co_filename)}:{users[-1].tb_lineno}"
 
 
 class SuggestRecorder:
@@ -95,7 +102,7 @@ class SuggestRecorder:
             try:
                 value = suggest(name, distribution)
             except Exception as exc:
-                call = SuggestCall(number, name, method, distribution, site, f"{type(exc).__name__}: {exc}")
+                call = SuggestCall(number, name, method, distribution, site, error_text(exc))
                 self.calls.append(call)
                 self.errors[id(exc)] = call
                 raise

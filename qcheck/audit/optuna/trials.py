@@ -55,7 +55,9 @@ class TrialRecord:
     """One finished (or stored) trial as the rules see it.
 
     `values` are the floats Optuna recorded (COMPLETE trials only). Probe trials also keep what the objective
-    returned, the exception that escaped it (`raised`, `raised_at`) and the exceptions it caught.
+    returned, the exception that escaped it (`raised`, `raised_at`; None when it escaped from the call itself,
+    before any of the objective's code ran), why Optuna could not record the returned value
+    (`invalid_return`), and the exceptions it caught.
     """
 
     number: int
@@ -65,6 +67,7 @@ class TrialRecord:
     returned: Any = None
     raised: str | None = None
     raised_at: str | None = None
+    invalid_return: str | None = None
     caught: tuple[CaughtError, ...] = ()
 
 
@@ -86,3 +89,8 @@ class TrialLog:
     def in_state(self, *states: str) -> list[TrialRecord]:
         """The trials in one of these states (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
         return [t for t in self.trials if t.state in states]
+
+
+def error_text(exc: BaseException) -> str:
+    """'Type: message' on one line, as findings and one-line CLI errors show an exception."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
