@@ -8,16 +8,18 @@ import numpy as np
 from qcheck.errors import ConfigError, DataError
 from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
+from qcheck.lint.loader import load_all
 from qcheck.lint.roles import MEASUREMENT_ROLES
 from qcheck.lint.rules import RULES
-from qcheck.lint.tables import Table, load_all
+from qcheck.lint.tables import Table
 from qcheck.lint.view import TableView, build_view
 
 CRASH_RULE = "Q000-rule-crashed"
 
 
 def _check_layout(view: TableView) -> None:
-    recognised = [n for n, r in view.roles.items() if r in MEASUREMENT_ROLES and r != "metric"]
+    recognised = [n for n, r in view.roles.items()
+                  if r in MEASUREMENT_ROLES and (r != "metric" or view.table.hints.get(n) == "metric")]
     if view.table.n_rows == 0:
         raise DataError(f"{view.table.location}: no data rows (columns: {', '.join(view.table.columns) or 'none'})")
     if not recognised:

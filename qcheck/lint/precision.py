@@ -10,16 +10,18 @@ REFERENCE, HALF, MIXED, QUANTIZED, PRUNED, OTHER = "reference", "half", "mixed",
 COMPRESSED_KINDS = frozenset({HALF, MIXED, QUANTIZED, PRUNED})
 
 _MIXED = re.compile(r"mixed|autocast|(^|[^a-z])amp([^a-z]|$)|hybrid")
-_QUANT = re.compile(r"gptq|awq|smoothquant|(^|[^a-z])(qat|ptq|qlora|bnb|rtn|hqq|int\d|uint\d|w\d+a\d+|w\d+(g\d+)?|"
-                    r"nf4|fp4|fp8|q\d_|\d+[-_ ]?bits?|mxfp\d|fixed)([^a-z]|$)|quantized|quantised")
+_QUANT = re.compile(r"gptq|awq|smoothquant|aqlm|vptq|quanto|eetq|fbgemm|marlin|codebook|(^|[^a-z])(qat|ptq|qlora|bnb|"
+                    r"rtn|hqq|int\d+\w*|uint\d|w\d+a\d+|w\d+(g\d+)?|nf4|fp4|fp6|fp8|nvfp4|float8\w*|i?q\d_|"
+                    r"\d+[-_ ]?bits?|\d+(\.\d+)?[-_ ]?bpw|mxfp\d|fixed|exl2|gguf|ggml|llm\.int8)([^a-z]|$)|"
+                    r"quantized|quantised")
 _PRUNE = re.compile(r"prun|sparse|(^|[^a-z])(l1|magnitude)([^a-z]|$)")
 _HALF = re.compile(r"(^|[^a-z])(fp16|bf16|float16|bfloat16|half|f16)([^a-z0-9]|$)")
 _REFERENCE = re.compile(r"(^|[^a-z])(fp32|float32|f32|full|baseline|base|noquant|unquantized|dense|none|original|"
                         r"reference|ref|uncompressed)([^a-z0-9]|$)")
 _BITS_PATTERNS = (
-    re.compile(r"(^|[^a-z0-9])(\d{1,2})[-_ ]?bits?([^a-z]|$)"),
-    re.compile(r"(^|[^a-z])(?:fp|bf|int|uint|float|f|w|nf|mxfp)(\d{1,2})(?![0-9])"),
-    re.compile(r"(^|[^a-z])q(\d)_"),
+    re.compile(r"(^|[^a-z0-9.])(\d{1,2}(?:\.\d+)?)[-_ ]?(?:bits?|bpw)([^a-z]|$)"),
+    re.compile(r"(^|[^a-z])(?:fp|bf|int|uint|float|f|w|nf|nvfp|mxfp)(\d{1,2})(?![0-9])"),
+    re.compile(r"(^|[^a-z])i?q(\d)_"),
 )
 
 
@@ -38,12 +40,24 @@ def bits_from_text(text: str) -> float:
     for pattern in _BITS_PATTERNS:
         match = pattern.search(lowered)
         if match:
-            value = int(match.groups()[1])
+            value = float(match.groups()[1])
             if 1 <= value <= 64:
                 return float(value)
     if _HALF.search(lowered):
         return 16.0
     return math.nan
+
+
+_FULL_PRECISION = re.compile(r"(^|[^a-z])(fp32|float32|f32|tf32)([^a-z0-9]|$)")
+
+
+@lru_cache(maxsize=4096)
+def names_precision(text: str) -> bool:
+    """True when `text` names a number format or quantization method (FP16, int4, gptq-int4, Q4_0, W8A8, mixed);
+    plain words that only sound like a reference ('base', 'full') or metric names ('f1') do not count."""
+    lowered = text.lower()
+    return bool(_QUANT.search(lowered) or _HALF.search(lowered) or _FULL_PRECISION.search(lowered)
+                or _MIXED.search(lowered))
 
 
 @lru_cache(maxsize=65536)
