@@ -31,14 +31,38 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_baseline(path: str) -> list[str]:
+    """Fingerprints of an earlier `--format json` report; any other file is a usage error (exit 2), never a crash."""
     if not os.path.isfile(path):
         raise QCheckError(f"--baseline {path}: no such file")
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        return [f["fingerprint"] for f in data["findings"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise QCheckError(f"--baseline {path}: not a `qcheck lint --format json` report ({exc})") from exc
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8-sig")
+        data = json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise QCheckError(f"--baseline {path}: not a `qcheck lint --format json` report (binary data, not UTF-8 "
+                          f"text at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise QCheckError(f"--baseline {path}: not a `qcheck lint --format json` report (not JSON: {exc.msg} at "
+                          f"line {exc.lineno})") from exc
+    except OSError as exc:
+        raise QCheckError(f"--baseline {path}: cannot be read ({exc.strerror or exc})") from exc
+    findings = data.get("findings") if isinstance(data, dict) else None
+    if not isinstance(findings, list) or not all(isinstance(f, dict) and isinstance(f.get("fingerprint"), str)
+                                                 for f in findings):
+        raise QCheckError(f"--baseline {path}: not a `qcheck lint --format json` report (expected an object whose "
+                          "'findings' list holds entries with a 'fingerprint')")
+    return [f["fingerprint"] for f in findings]
+
+
+def _check_output(path: str, inputs: list[str]) -> None:
+    """Refuse an output path that cannot or must not be written, before anything is linted."""
+    if os.path.isdir(path):
+        raise QCheckError(f"--output {path}: is a directory; give the name of a file to write")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise QCheckError(f"--output {path}: {parent} is not a directory")
+    if os.path.exists(path) and any(os.path.exists(f) and os.path.samefile(path, f) for f in inputs):
+        raise QCheckError(f"--output {path}: is one of the files being linted; it would be overwritten")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -50,13 +74,20 @@ def cli_main(args: argparse.Namespace) -> int:
     config = dataclasses.replace(
         config, columns=columns, disable=config.disable | frozenset(args.disable),
         num_classes=args.num_classes if args.num_classes is not None else config.num_classes)
+    if args.output:
+        _check_output(args.output, args.files)
+    baseline = _load_baseline(args.baseline) if args.baseline else None
     findings = lint_paths(args.files, config)
-    if args.baseline:
-        findings = filter_baseline(findings, _load_baseline(args.baseline))
+    if baseline is not None:
+        findings = filter_baseline(findings, baseline)
     text = render(findings, args.files, args.format, verbose=args.verbose)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+        from qcheck.report import atomic_write_text
+
+        try:
+            atomic_write_text(args.output, text + "\n")
+        except OSError as exc:
+            raise QCheckError(f"--output {args.output}: cannot be written ({exc.strerror or exc})") from exc
     else:
         sys.stdout.write(text + "\n")
     return 1 if any(f.severity is Severity.ERROR for f in findings) else 0

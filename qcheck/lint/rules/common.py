@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
 
 import numpy as np
 
-from qcheck.lint.tables import NUMBER_WITH_UNIT
+from qcheck.lint.cells import resolution
 from qcheck.lint.view import TableView
+
+__all__ = ["are", "distinct_models", "fmt", "interval_columns", "resolution", "row_sizes"]
 
 
 def fmt(value: float, digits: int = 4) -> str:
@@ -17,18 +18,6 @@ def fmt(value: float, digits: int = 4) -> str:
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
         return f"{value:.2g}" if digits <= 2 else f"{value:.{digits - 2}e}"
     return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
-
-
-def resolution(raw: str) -> float:
-    """Half a unit of the last printed digit of a cell ('0.52' -> 0.005); 0 when it cannot be read."""
-    match = NUMBER_WITH_UNIT.match(raw)
-    if not match:
-        return 0.0
-    try:
-        exponent = Decimal(match.group(1).replace(",", "")).as_tuple().exponent
-    except InvalidOperation:
-        return 0.0
-    return 0.5 * 10.0 ** int(exponent) if isinstance(exponent, int) else 0.0
 
 
 def interval_columns(view: TableView, column: str) -> tuple[str, str] | None:

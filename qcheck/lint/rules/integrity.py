@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from qcheck.lint.cells import FAILED, NOT_RUN
 from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.roles import ENERGY_ROLES, MEASUREMENT_ROLES, QUALITY_HIGHER, QUALITY_ROLES, TIME_ROLES
@@ -14,23 +15,40 @@ from qcheck.lint.rules.registry import rule
 from qcheck.lint.view import TableView
 
 
-@rule("Q002-missing-value", "error", "Z8", "NaN, None, empty, infinite or non-numeric cells in a metric column",
-      records=True)
+@rule("Q002-missing-value", "error|info", "Z8", "NaN, None, empty, infinite or non-numeric cells in a metric column; "
+      "reported failures (OOM) and runs not taken (-, N/A) as info", records=True)
 def missing_value(view: TableView, config: LintConfig) -> Iterator[Finding]:
-    """Flag metric cells that are not finite numbers; any mean over them is undefined or silently skips them."""
+    """Flag metric cells that are not finite numbers; any mean over them is undefined or silently skips them.
+
+    Cells the author marked (OOM, timeout, -, --, N/A, TODO) are not lost values: they are named in an info finding
+    and left out of every comparison.
+    """
     for name in view.columns(*MEASUREMENT_ROLES):
         column = view.table.columns[name]
         rows = view.data_rows
         bad = rows[column.missing[rows] | column.text[rows] | np.isinf(column.values[rows])]
-        if bad.size == 0:
-            continue
-        shown = sorted({view.cell(name, r) or "(empty)" for r in bad[:50]})
-        yield view.finding(
-            "Q002-missing-value", Severity.ERROR,
-            f"column '{name}' has {bad.size} of {rows.size} cells that are not finite numbers "
-            f"({', '.join(shown[:5])}) in {view.describe(bad)}: a mean over it is undefined, and an aggregate that "
-            "skips them (pandas' default) hides failed runs; fix the runs or report them as failures",
-            bad, [name], cells={str(int(r) + 1): view.cell(name, r) for r in bad[:1000]}, count=int(bad.size))
+        if bad.size:
+            shown = sorted({view.cell(name, r) or "(empty)" for r in bad[:50]})
+            yield view.finding(
+                "Q002-missing-value", Severity.ERROR,
+                f"column '{name}' has {bad.size} of {rows.size} cells that are not finite numbers "
+                f"({', '.join(shown[:5])}) in {view.describe(bad)}: a mean over it is undefined, and an aggregate that "
+                "skips them (pandas' default) hides failed runs; fix the runs or report them as failures",
+                bad, [name], cells={str(int(r) + 1): view.cell(name, r) for r in bad[:1000]}, count=int(bad.size))
+        failed = rows[column.is_state(FAILED)[rows]]
+        skipped = rows[column.is_state(NOT_RUN)[rows]]
+        if failed.size or skipped.size:
+            marked = np.sort(np.r_[failed, skipped])
+            parts = ([f"{failed.size} reported as failed ({', '.join(sorted({view.cell(name, r) for r in failed}))})"]
+                     if failed.size else []) + \
+                    ([f"{skipped.size} marked as not run ({', '.join(sorted({view.cell(name, r) for r in skipped}))})"]
+                     if skipped.size else [])
+            yield view.finding(
+                "Q002-missing-value", Severity.INFO,
+                f"column '{name}': {' and '.join(parts)} in {view.describe(marked)}; these cells are left out of "
+                "every comparison (the table says why they hold no number)",
+                marked, [name], cells={str(int(r) + 1): view.cell(name, r) for r in marked[:1000]},
+                failed=int(failed.size), not_run=int(skipped.size))
 
 
 @rule("Q003-aggregate-inconsistent", "error", "Z8", "an aggregate row that skips NaN members or differs from "
@@ -91,8 +109,12 @@ def zero_score_across_models(view: TableView, config: LintConfig) -> Iterator[Fi
 @rule("Q005-constant-across-models", "error", "Z8", "one non-zero value for a metric across four or more distinct "
       "models")
 def constant_across_models(view: TableView, config: LintConfig) -> Iterator[Finding]:
-    """A metric that does not change across many distinct models is a placeholder, default or aggregation bug."""
-    for name in view.columns(*QUALITY_ROLES):
+    """A metric that does not change across many distinct models is a placeholder, default or aggregation bug.
+
+    Only recognised quality columns (perplexity, accuracy, F1, EM, benchmark scores, objective values): a column of
+    unknown meaning may legitimately be constant (a sample count, a setting), so it is never called a placeholder.
+    """
+    for name in view.columns(*(r for r in QUALITY_ROLES if r != "metric")):
         values = view.table.columns[name].values
         for group in view.groups:
             finite = group[np.isfinite(values[group])]

@@ -5,13 +5,14 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+from scipy.stats import norm
 
 from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.precision import MIXED
 from qcheck.lint.references import find_ppl_reference
-from qcheck.lint.roles import QUALITY_HIGHER, QUALITY_ROLES
-from qcheck.lint.rules.common import distinct_models, fmt, interval_columns
+from qcheck.lint.roles import MEASUREMENT_ROLES, QUALITY_HIGHER, QUALITY_ROLES
+from qcheck.lint.rules.common import distinct_models, fmt, interval_columns, resolution
 from qcheck.lint.rules.registry import rule
 from qcheck.lint.view import TableView
 
@@ -26,13 +27,40 @@ def _is_constant_column(view: TableView, values: np.ndarray, group: np.ndarray) 
     return finite.size > 0 and np.ptp(values[finite]) == 0 and distinct_models(view, finite) >= 4
 
 
+def _distinct_elsewhere(view: TableView, name: str, rows: np.ndarray) -> list[str]:
+    """Measured columns other than `name` in which every pair of `rows` differs beyond print precision: evidence
+    that the rows are separate runs, so a tie in `name` is a coincidence of printing, not a copied result."""
+    columns = []
+    for other in view.columns(*MEASUREMENT_ROLES):
+        if other == name:
+            continue
+        column = view.table.columns[other]
+        values = column.values[rows]
+        if not np.all(np.isfinite(values)):
+            continue
+        slack = np.array([resolution(view.cell(other, r)) for r in rows])
+        gaps = np.abs(values[:, None] - values[None, :]) > slack[:, None] + slack[None, :]
+        np.fill_diagonal(gaps, True)
+        if gaps.all():
+            columns.append(other)
+    return columns
+
+
+def _within_uncertainty(view: TableView, name: str, rows: np.ndarray) -> bool:
+    """A tied cell carries an uncertainty (value ± err) wider than its print resolution: equal within noise."""
+    column = view.table.columns[name]
+    return any(math.isfinite(column.errors[r]) and column.errors[r] > resolution(view.cell(name, r)) for r in rows)
+
+
 @rule("Q001-identical-across-precision", "error|warning", "Z1", "the same metric value for configs that differ in "
       "precision")
 def identical_across_precision(view: TableView, config: LintConfig) -> Iterator[Finding]:
     """Exact ties between bit widths that chance cannot explain.
 
     Chance ties expected among m rows printed with d significant digits: C(m, 2) x 10^-d. Error when d >= tie_digits
-    and that is <= 0.01; warning when a format of <= 8 bits ties and it is <= 0.1.
+    and that is <= 0.01; warning when a format below 8 bits ties and it is <= 0.1, unless the tie is explained: the
+    rows differ in another measured column, a tied cell's own uncertainty exceeds its print precision, or every tied
+    format has 8 bits or more (near-lossless by design).
     """
     for name in view.columns(*QUALITY_ROLES):
         column = view.table.columns[name]
@@ -63,11 +91,13 @@ def identical_across_precision(view: TableView, config: LintConfig) -> Iterator[
                     why = (f"a tie to {digits} significant digits does not happen by chance (expected chance ties "
                            f"among these {rows.size} rows ~{chance:.1g}): the lower precision was probably never "
                            "applied (check weights on the format's grid and the per-layer manifest)")
-                elif min(bits) <= 8 and chance <= 0.1:
+                elif min(bits) < 8 and chance <= 0.1 and not _within_uncertainty(view, name, tied) \
+                        and not _distinct_elsewhere(view, name, tied):
                     severity = Severity.WARNING
                     why = (f"only {digits} significant digit(s) are printed, so a chance tie is possible (expected "
-                           f"chance ties ~{chance:.1g}), but formats of 8 bits or fewer normally change results when "
-                           "their width changes: check that quantization was applied")
+                           f"chance ties ~{chance:.1g}), but formats below 8 bits normally change results when "
+                           "their width changes, and no other column of these rows differs: check that quantization "
+                           "was applied")
                 else:
                     continue
                 yield view.finding(
@@ -85,6 +115,9 @@ def ppl_improves_with_fewer_bits(view: TableView, config: LintConfig) -> Iterato
     for name in view.columns("ppl"):
         values = view.table.columns[name].values
         bounds = interval_columns(view, name)
+        column = view.table.columns[name]
+        errors = column.errors
+        z = float(norm.ppf(0.5 + config.level / 2))
         for group in view.groups:
             rows = _uniform(view, group)
             rows = rows[np.isfinite(values[rows])] if rows.size else rows
@@ -96,6 +129,17 @@ def ppl_improves_with_fewer_bits(view: TableView, config: LintConfig) -> Iterato
             if not better:
                 continue
             text = ", ".join(f"{view.labels[r]} {view.cell(name, r)}" for r in better)
+            if bounds is None and all(math.isfinite(errors[r]) for r in better + [ref]):
+                beyond = [r for r in better if values[r] + z * errors[r] < values[ref] - z * errors[ref]]
+                if beyond:
+                    yield view.finding(
+                        "Q011-ppl-improves-with-fewer-bits", Severity.WARNING,
+                        f"{name} of {view.describe(beyond)} is below the {view.kinds[ref].bits:g}-bit reference "
+                        f"{view.labels[ref]} ({view.cell(name, ref)}) beyond their reported uncertainties "
+                        f"({int(config.level * 100)}% normal intervals from the ± values): removing precision does "
+                        "not remove error; suspect a different evaluation set, context length or token count",
+                        beyond, [name], reference_row=ref + 1, z=z)
+                continue
             if bounds is not None:
                 low, high = (view.table.columns[c].values for c in bounds)
                 beyond = [r for r in better if high[r] < low[ref]]

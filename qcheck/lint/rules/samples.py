@@ -5,11 +5,13 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+from scipy.stats import norm
 
 from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.rules.common import fmt, row_sizes
 from qcheck.lint.rules.registry import rule
+from qcheck.lint.scale import proportion_scale
 from qcheck.lint.significance import binomial_greater, binomial_less, newcombe_difference, wilson_bounds
 from qcheck.lint.view import TableView, fraction
 
@@ -139,13 +141,29 @@ def _compare_to_baseline(view: TableView, config: LintConfig):
         counts = _successes(view, name, p, n)
         _, low, high = newcombe_difference(np.where(known, counts[rows], 0), nr, np.where(known, counts[refs], 0), nf,
                                            config.level)
+        err_low, err_high = _stderr_interval(view, name, rows, refs, p, config.level)
         for i in range(rows.size):
             r, ref = int(rows[i]), int(refs[i])
             d = float(p[r] - p[ref])
             if known[i]:
                 yield name, r, ref, d, float(low[i]), float(high[i]), n[r], n[ref]
             else:
-                yield name, r, ref, d, math.nan, math.nan, math.nan, math.nan
+                yield name, r, ref, d, float(err_low[i]), float(err_high[i]), math.nan, math.nan
+
+
+def _stderr_interval(view: TableView, name: str, rows: np.ndarray, refs: np.ndarray, p: np.ndarray,
+                     level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Normal interval d +- z * sqrt(se1^2 + se2^2) from the standard errors the table reports (`0.7303 ± 0.0044`,
+    lm-eval's `acc_stderr`); a row without one is taken to have its partner's (same test set, similar accuracy).
+    NaN where neither row reports one."""
+    column = view.table.columns[name]
+    scale = proportion_scale(column.values, column.unit) or 1.0
+    e_row, e_ref = column.errors[rows] / scale, column.errors[refs] / scale
+    e_row, e_ref = np.where(np.isfinite(e_row), e_row, e_ref), np.where(np.isfinite(e_ref), e_ref, e_row)
+    z = float(norm.ppf(0.5 + level / 2))
+    half = z * np.sqrt(e_row ** 2 + e_ref ** 2)
+    d = p[rows] - p[refs]
+    return d - half, d + half
 
 
 def _comparison_text(view: TableView, name: str, r: int, ref: int, d: float, low: float, high: float,
@@ -153,6 +171,8 @@ def _comparison_text(view: TableView, name: str, r: int, ref: int, d: float, low
     base = f"{view.labels[r]} {view.cell(name, r)} vs {view.labels[ref]} {view.cell(name, ref)}, {d:+.4f}"
     if math.isnan(low):
         return base + " (n unknown: no interval)"
+    if math.isnan(nr):
+        return base + f" [{int(level * 100)}% interval from the reported standard errors {low:+.4f}, {high:+.4f}]"
     return base + f" [{int(level * 100)}% Newcombe interval {low:+.4f}, {high:+.4f}; n={int(nr)}/{int(nf)}]"
 
 
@@ -171,8 +191,8 @@ def difference_within_noise(view: TableView, config: LintConfig) -> Iterator[Fin
             "Q009-difference-within-noise", Severity.INFO,
             f"inconclusive: {name} of {view.describe([e[0] for e in entries])} is above its uncompressed baseline "
             f"but the sample cannot resolve the difference ({text}). Test: Newcombe hybrid-score interval for a "
-            "difference of two proportions (unpaired; conservative for the same test set); do not claim an "
-            "improvement",
+            "difference of two proportions (unpaired; conservative for the same test set), or, without n, a normal "
+            "interval from the reported standard errors; do not claim an improvement",
             [e[0] for e in entries], [name],
             comparisons=[{"row": e[0] + 1, "baseline_row": e[1] + 1, "difference": e[2], "low": e[3], "high": e[4],
                           "n": e[5], "n_baseline": e[6]} for e in entries[:1000]])

@@ -9,7 +9,7 @@ from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.precision import HALF, MIXED
 from qcheck.lint.references import params_from_name
-from qcheck.lint.roles import TIME_ROLES, normalize
+from qcheck.lint.roles import DIRECTED_TIME_ROLES, TIME_ROLES, normalize
 from qcheck.lint.rules.common import are, fmt, row_sizes
 from qcheck.lint.rules.registry import rule
 from qcheck.lint.view import TableView
@@ -24,13 +24,15 @@ def _cost(view: TableView, name: str) -> np.ndarray:
     return values
 
 
-def _seconds_scale(name: str) -> float:
+def _seconds_scale(view: TableView, name: str) -> float:
+    """Seconds per unit of a time column, from its name ('latency_ms') or its cells' unit ('11.7ms')."""
     tokens = normalize(name).split("_")
-    if "ms" in tokens:
+    unit = view.table.columns[name].unit.lower()
+    if "ms" in tokens or unit == "ms":
         return 1e-3
-    if "us" in tokens:
+    if "us" in tokens or unit in ("us", "\u00b5s", "\u03bcs"):
         return 1e-6
-    if tokens[-1] in ("min", "mins", "minutes"):
+    if tokens[-1] in ("min", "mins", "minutes") or unit == "min":
         return 60.0
     return 1.0
 
@@ -62,15 +64,21 @@ def speed_flat_across_precision(view: TableView, config: LintConfig) -> Iterator
                 rows, [name], spread=spread, bits=bits, values={str(int(r) + 1): float(values[r]) for r in rows})
 
 
+def _counts_tokens(view: TableView, name: str) -> bool:
+    """A throughput in tokens per second (by name or by the cells' unit, '181 t/s'), not samples per second."""
+    unit = view.table.columns[name].unit.lower()
+    return "tok" in normalize(name) or unit.startswith(("t/", "tok"))
+
+
 def _per_sample_seconds(view: TableView, name: str) -> np.ndarray | None:
     role = view.roles[name]
     values = view.table.columns[name].values
     if role == "sample_time":
-        return values * _seconds_scale(name)
+        return values * _seconds_scale(view, name)
     if role == "total_time":
         n = row_sizes(view)
-        return values * _seconds_scale(name) / n
-    if role == "throughput" and "tok" not in normalize(name):
+        return values * _seconds_scale(view, name) / n
+    if role == "throughput" and not _counts_tokens(view, name):
         with np.errstate(divide="ignore"):
             return np.where(values > 0, 1.0 / values, np.nan)
     return None
@@ -119,7 +127,7 @@ def quantized_much_slower(view: TableView, config: LintConfig) -> Iterator[Findi
     """Slowdowns beyond any known low-bit kernel cost point at fallbacks or offloading."""
     reference = view.baseline_rows()
     candidates = view.data_rows[view.compressed_mask()[view.data_rows] & (reference[view.data_rows] >= 0)]
-    for name in view.columns(*TIME_ROLES):
+    for name in view.columns(*DIRECTED_TIME_ROLES):
         cost = _cost(view, name)
         refs = reference[candidates]
         ok = np.isfinite(cost[candidates]) & np.isfinite(cost[refs]) & (cost[refs] > 0)
@@ -145,7 +153,7 @@ def quantized_much_slower(view: TableView, config: LintConfig) -> Iterator[Findi
 @rule("Q017-reduced-precision-slower", "warning", "Z5", "fp16/bf16/mixed slower or more energy than fp32")
 def reduced_precision_slower(view: TableView, config: LintConfig) -> Iterator[Finding]:
     """Half precision or autocast slower / costlier than the fp32 reference: only valid without tensor cores."""
-    columns = view.columns(*TIME_ROLES, "energy")
+    columns = view.columns(*DIRECTED_TIME_ROLES, "energy")
     if not columns:
         return
     costs = {name: _cost(view, name) for name in columns}
