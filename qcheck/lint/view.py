@@ -14,7 +14,7 @@ from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.precision import COMPRESSED_KINDS, HALF, MIXED, OTHER, REFERENCE, RowKind, bits_from_text, classify
 from qcheck.lint.references import params_from_name
 from qcheck.lint.roles import CONDITION_ROLES, assign_roles, refine_roles
-from qcheck.lint.scale import proportion_scale
+from qcheck.lint.scale import declared_scale, proportion_scale
 from qcheck.lint.tables import Column, Table, make_column
 
 AGGREGATE_LABELS = frozenset({"mean", "avg", "average", "overall", "total", "all", "summary", "aggregate", "median"})
@@ -296,7 +296,7 @@ def fraction(view: TableView, column: str) -> np.ndarray:
     values (qcheck.lint.scale), and values impossible on that scale are NaN here (rule Q022 reports them)."""
     col = view.table.columns[column]
     values = col.values
-    scale = proportion_scale(values, col.unit)
+    scale = proportion_scale(values, col.unit, declared_scale(view.table, column))
     if scale is None:
         return values
     out = values / scale

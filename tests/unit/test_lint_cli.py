@@ -133,3 +133,51 @@ def test_every_rule_is_documented() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "lint.md").read_text()
     for spec in RULES:
         assert f"| `{spec.id}` | {spec.severities.replace('|', ' / ')} |" in docs, spec.id
+
+
+def test_impossible_accuracy_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, values in (("fraction.csv", "0.71,0.70,-0.2"), ("percent.csv", "71.2,70.9,170.5")):
+        table = tmp_path / name
+        table.write_text("config,accuracy\n" + "".join(f"{c},{v}\n" for c, v in zip(["fp32", "int8", "int4"],
+                                                                                     values.split(","))))
+        assert main(["lint", str(table)]) == 1
+        out = capsys.readouterr().out
+        assert "error Q022-impossible-value" in out and "row 3 (int4)" in out
+
+
+def test_bad_output_and_baseline_are_one_line_usage_errors(tmp_path: Path) -> None:
+    garbage = tmp_path / "baseline.json"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    not_a_report = tmp_path / "other.json"
+    not_a_report.write_text('{"findings": [{"rule": "Q001"}]}')
+    cases = [(["-o", str(tmp_path)], "is a directory"), (["--baseline", str(garbage)], "binary data"),
+             (["--baseline", str(not_a_report)], "'fingerprint'"), (["-o", QUANT], "is one of the files being linted")]
+    for extra, message in cases:
+        result = _run(QUANT, *extra)
+        assert result.returncode == 2, (extra, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr and message in result.stderr
+
+
+def test_output_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "reports" / "lint.json"
+    assert main(["lint", QUANT, "--format", "json", "-o", str(target)]) == 1
+    assert json.loads(target.read_text())["summary"]["error"] == 2
+    assert [p.name for p in target.parent.iterdir()] == ["lint.json"]      # no temporary file left behind
+    import qcheck.report
+
+    def fail(path: object, text: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(qcheck.report, "atomic_write_text", fail)
+    assert main(["lint", QUANT, "-o", str(target)]) == 2
+    assert json.loads(target.read_text())["summary"]["error"] == 2         # the old report is intact
+
+
+def test_published_and_ecosystem_files_lint_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    published = sorted(str(p) for p in (RESULTS / "published").glob("*.csv"))
+    assert main(["lint", *published, "--format", "json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["summary"]["error"] == 0 and len(payload["files"]) == len(published)
+    lm_eval = sorted(str(p) for p in (RESULTS / "ecosystem" / "lm-eval").glob("*.json"))
+    assert main(["lint", *lm_eval]) == 0
+    assert "warning Q008-underpowered" in capsys.readouterr().out   # one comparison of the two files

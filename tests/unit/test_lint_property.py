@@ -10,17 +10,21 @@ from hypothesis import strategies as st
 from qcheck.errors import QCheckError
 from qcheck.lint import lint_tables, table_from_csv_text, table_from_records
 from qcheck.lint.engine import CRASH_RULE
+from qcheck.lint.reshape import normalize_layout
 
 NAMES = ["config", "model", "dataset", "bits", "sparsity", "ppl", "ppl_low", "ppl_high", "accuracy", "clean_acc",
          "robust_acc", "f1", "n", "correct", "num_classes", "latency_ms", "throughput", "sec_per_sample",
          "processing_time_s", "energy_mj", "power_w", "params", "context_length", "number", "value", "sample_id",
-         "response", "odd column"]
+         "response", "odd column", "Tokens/Second", "A100", "SEED", "Example", "group-size", "Measure", "fp16",
+         "gptq-int4", "std err - fp16", "Memory (VRAM)"]
 LABELS = ["fp32", "FP16", "bf16", "int8", "int4", "w4g64", "Mixed", "QAT", "baseline", "mean", "16-bit", "gpt2",
           "wikitext-2", "", "random", "l1"]
 CELLS = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from(LABELS + ["NaN", "None", "inf", "-", "1,234", "40%", "12ms", "n/a", "0", "0.0", "1e308"]),
+    st.sampled_from(LABELS + ["NaN", "None", "inf", "-", "1,234", "40%", "12ms", "n/a", "0", "0.0", "1e308",
+                              "10.76 ± 0.07", "OOM", "--", "...", "4.50 GB (19.05%)", "205 t/s", "-0.019 ± 0.003 %",
+                              "7B", "perplexity", "acc_norm", "TODO(x)"]),
     st.text(max_size=6),
 )
 
@@ -34,6 +38,7 @@ def tables(draw: st.DrawFn) -> list[dict[str, object]]:
 
 def _lint(table) -> None:
     try:
+        table = normalize_layout(table)   # what the loader does to every file: pivot, melt, attach stderr
         findings = lint_tables([table])
     except QCheckError as exc:
         assert str(exc)

@@ -20,6 +20,22 @@ from qcheck.lint.roles import assign_roles, infer_role
     ("bits", "bits"), ("sparsity", "sparsity"), ("number", "trial"), ("value", "value"), ("state", "state"),
     ("dataset", "task"), ("model", "model"), ("config", "config"), ("precision", "config"),
     ("context_length", "context_length"), ("params", "params"), ("sample_id", "sample_id"),
+    # names published tables use (issue 17)
+    ("tokens/s", "throughput"), ("Tokens/Second", "throughput"), ("Token/sec", "throughput"),
+    ("Prefill tokens/s", "throughput"), ("Throughput (tok/s)", "throughput"), ("ms/tok", "latency"),
+    ("ms/tok @ 4th", "latency"), ("Time per token in milliseconds for Batch Size 1", "latency"),
+    ("Per-token latency (ms)", "latency"), ("FP16 latency (ms)", "latency"), ("A100", "timing"), ("4090", "timing"),
+    ("3090Ti", "timing"), ("Wikitext2", "ppl"), ("PTB", "ppl"), ("C4", "ppl"), ("c4(ppl)", "ppl"),
+    ("wikitext-perplexity", "ppl"), ("ScienceQA", "score"), ("TextVQA", "score"), ("MMLU (5-shot)", "score"),
+    ("AIME 2024", "score"), ("Average", "score"), ("Technique", "config"), ("Method", "config"),
+    ("Version", "config"), ("group-size", "qparam"), ("grpsz", "qparam"), ("Alpha", "qparam"),
+    ("num_beams", "condition"), ("Batch Size", "batch"), ("GPU", "condition"), ("framework", "condition"),
+    ("Hardware", "condition"), ("Prefill Length", "condition"), ("memory(MiB)", "memory"),
+    ("Memory (VRAM)", "memory"), ("Model size [GiB]", "memory"), ("Memory Bandwidth (GB/s)", "measure"),
+    ("ΔPPL", "measure"), ("KLD", "measure"), ("Mean Δp", "measure"), ("Speedup", "measure"),
+    ("Mean PPL(Q)/PPL(base)", "measure"), ("Mean ln(PPL(Q)/PPL(base))", "measure"), ("Load time (s)", "measure"),
+    ("Bits Per Weight(BPW)", "bits"), ("bits/weight", "bits"), ("acc_stderr", "interval"),
+    ("std err - fp16", "interval"), ("Number of parameters", "params"), ("bits_per_byte", "measure"),
 ])
 def test_infer_role(name: str, role: str) -> None:
     assert infer_role(name) == role
@@ -67,3 +83,30 @@ def test_references() -> None:
     assert find_ppl_reference("gpt2", "WikiText-2").ppl == 29.41
     assert find_ppl_reference("gpt2-large", "wikitext2").model == "gpt2-large"
     assert find_ppl_reference("gpt2", "ptb") is None
+
+
+def _roles(csv_text: str) -> dict[str, str]:
+    from qcheck.lint import LintConfig, table_from_csv_text
+    from qcheck.lint.view import build_view
+
+    return build_view(table_from_csv_text(csv_text, "t.csv"), LintConfig()).roles
+
+
+def test_cells_refine_roles() -> None:
+    assert _roles("config,SEED,TextVQA\nFP16,60.9,60.4\nAWQ-INT4,59.8,60.4\n")["SEED"] == "score"
+    assert _roles("config,seed,acc\nfp32,0,0.5\nint4,1,0.4\n")["seed"] == "seed"
+    assert _roles("Model,Size,4090\nLlama,7B,205 t/s\nLlama,13B,114 t/s\n") == \
+        {"Model": "model", "Size": "params", "4090": "throughput"}
+    assert _roles("config,A100\nfp16,11.7 ms\nint8,43.5 ms\n")["A100"] == "latency"
+    assert _roles("LLaMA-7B,Bits,Wikitext2\nFP16,16,5.68\nRTN,4,6.29\n")["LLaMA-7B"] == "config"
+
+
+def test_example_column_of_file_names_is_not_sample_ids() -> None:
+    files = _roles("Quant type,Example,ppl\nQ4_K_M,llama-2-7b.Q4_K_M.gguf,6.4\nQ8_0,llama-2-7b.Q8_0.gguf,6.2\n")
+    assert files["Example"] != "sample_id" and files["ppl"] == "ppl"
+    ids = _roles("model,example,correct,acc\nm,1,1,1\nm,2,0,0\nm,3,1,1\n")
+    assert ids["example"] == "sample_id"
+
+
+def test_a_name_column_of_benchmarks_is_the_task() -> None:
+    assert _roles("name,config,acc\nhellaswag,int8,0.5\npiqa,int8,0.7\n")["name"] == "task"

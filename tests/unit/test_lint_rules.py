@@ -222,3 +222,98 @@ def test_half_precision_row_is_the_baseline_when_there_is_no_fp32() -> None:
     rows = [{"config": "bf16", "acc": 0.70, "n": 5000}, {"config": "int4", "acc": 0.75, "n": 5000}]
     found = only("Q010-compressed-beats-baseline", rows)
     assert [(f.rows, f.evidence["comparisons"][0]["baseline_row"]) for f in found] == [((2,), 1)]
+
+
+def test_q001_tie_explained_by_other_columns_uncertainty_or_8_bits() -> None:
+    rule = "Q001-identical-across-precision"
+    other_differs = [{"config": "fp16", "arc": 53.07, "mmlu": 46.87}, {"config": "int4", "arc": 53.07, "mmlu": 43.8}]
+    assert only(rule, other_differs) == []
+    nothing_differs = [{"config": "fp16", "arc": 53.07, "mmlu": 46.87}, {"config": "int4", "arc": 53.07, "mmlu": 46.87}]
+    assert {(f.severity, f.columns) for f in only(rule, nothing_differs)} == {(Severity.WARNING, ("arc",)),
+                                                                              (Severity.WARNING, ("mmlu",))}
+    with_error = [{"config": "fp16", "acc": "0.7849 ± 0.0041"}, {"config": "int4", "acc": "0.7849"}]
+    assert only(rule, with_error) == []
+    eight_bit = [{"config": "fp16", "acc": 0.7048}, {"config": "int8", "acc": 0.7048}]
+    assert only(rule, eight_bit) == []
+    full_digits = [{"config": "fp32", "ppl": 171.9603271484375, "latency_ms": 11.7},
+                   {"config": "fp16", "ppl": 171.9603271484375, "latency_ms": 10.4}]
+    assert [f.severity for f in only(rule, full_digits)] == [Severity.ERROR]   # 16 digits: other columns don't matter
+
+
+def test_q001_proportion_ties_are_judged_in_steps_of_one_over_n() -> None:
+    rule = "Q001-identical-across-precision"
+    lm_eval_like = [{"config": "fp32", "acc": 0.3333333333333333, "n": 12},
+                    {"config": "bf16", "acc": 0.3333333333333333, "n": 12}]
+    assert only(rule, lm_eval_like) == []            # 4/12 in both: one digit of evidence, not 16
+    no_n = [{"config": "fp32", "acc": 1 / 3}, {"config": "bf16", "acc": 1 / 3}]
+    assert only(rule, no_n) == []                   # an exact 1/3 printed to full precision
+    assert [f.rows for f in only(rule, [{"config": "int4", "acc": 0.05, "n": 20},
+                                        {"config": "int2", "acc": 0.05, "n": 20}])] == [(1, 2)]
+
+
+def test_q002_markers_are_info_and_nan_stays_an_error() -> None:
+    found = only("Q002-missing-value", [{"config": "fp16", "tok_s": "OOM", "ppl": 5.6},
+                                        {"config": "int4", "tok_s": 25.5, "ppl": "-"},
+                                        {"config": "int8", "tok_s": 20.1, "ppl": "NaN"}])
+    assert {(f.severity, f.columns, f.rows) for f in found} == {
+        (Severity.INFO, ("tok_s",), (1,)), (Severity.INFO, ("ppl",), (2,)), (Severity.ERROR, ("ppl",), (3,))}
+    info = next(f for f in found if f.columns == ("tok_s",))
+    assert info.evidence["failed"] == 1 and "OOM" in info.message
+
+
+def test_q005_ignores_constant_columns_of_unknown_meaning() -> None:
+    rows = [{"model": f"m{i}", "acc": 0.5 + i / 100, "Decode Length": 64, "eval_size": 1000} for i in range(5)]
+    assert only("Q005-constant-across-models", rows) == []
+
+
+def test_q022_impossible_values() -> None:
+    rule = "Q022-impossible-value"
+    fraction = [{"config": c, "acc": v} for c, v in [("fp32", 0.71), ("int8", 0.70), ("int4", -0.2), ("int2", 0.69)]]
+    percent = [{"config": c, "acc": v} for c, v in [("fp32", 71.2), ("int8", 70.9), ("int4", 170.5), ("int2", 69.0)]]
+    (neg,), (big,) = only(rule, fraction), only(rule, percent)
+    assert (neg.rows, neg.severity, neg.evidence["scale"]) == ((3,), Severity.ERROR, 1.0)
+    assert (big.rows, big.evidence["scale"]) == ((3,), 100.0) and "percentages, [0, 100]" in big.message
+    assert only(rule, [{"config": "a", "acc": "104%"}, {"config": "b", "acc": "71%"}])[0].rows == (1,)
+    assert only(rule, [{"config": "fp16", "ppl": 5.6}, {"config": "int4", "ppl": 0.93}])[0].rows == (2,)
+    assert only(rule, [{"config": "fp16", "latency_ms": 12.0}, {"config": "int4", "latency_ms": -3.0}])[0].rows == (2,)
+    assert only(rule, [{"config": "fp16", "correct": 21, "n": 20, "acc": 0.5}])[0].columns == ("correct", "n")
+    fine = [{"config": "fp16", "acc": 0.0, "mme": 1442.4, "delta_ppl": -0.2, "kld": -0.00005, "ppl": 1.0},
+            {"config": "int4", "acc": 1.0, "mme": 1437.3, "delta_ppl": 0.3, "kld": 0.01, "ppl": 6.2}]
+    assert only(rule, fine) == []
+
+
+def test_q009_uses_reported_standard_errors_without_n() -> None:
+    rows = [{"task": "lambada", "config": "bf16", "acc": "0.6718 ± 0.0065"},
+            {"task": "lambada", "config": "int8", "acc": "0.6808"}]
+    (found,) = only("Q009-difference-within-noise", rows)
+    comparison = found.evidence["comparisons"][0]
+    assert comparison["low"] < 0 < comparison["high"] and "standard errors" in found.message
+    far = [{"config": "bf16", "acc": "0.60 ± 0.005"}, {"config": "int8", "acc": "0.70 ± 0.005"}]
+    assert [f.rows for f in only("Q010-compressed-beats-baseline", far)] == [(2,)]
+
+
+def test_q011_uses_plus_minus_intervals() -> None:
+    rule = "Q011-ppl-improves-with-fewer-bits"
+    beyond = [{"config": "f16", "ppl": "6.23 ± 0.01"}, {"config": "q4_0", "ppl": "5.90 ± 0.01"}]
+    assert [f.severity for f in only(rule, beyond)] == [Severity.WARNING]
+    within = [{"config": "f16", "ppl": "6.23 ± 0.04"}, {"config": "q4_0", "ppl": "6.15 ± 0.04"}]
+    assert only(rule, within) == []
+
+
+def test_conditions_split_groups() -> None:
+    rows = [{"config": "fp16", "batch_size": 1, "tokens_per_s": 1000.0},
+            {"config": "int4", "batch_size": 16, "tokens_per_s": 150.0}]
+    assert only("Q016-quantized-much-slower", rows) == []
+    rows[1]["batch_size"] = 1
+    assert [f.rows for f in only("Q016-quantized-much-slower", rows)] == [(2,)]
+
+
+def test_gpu_named_column_without_unit_has_no_direction() -> None:
+    rows = [{"config": "fp16", "A100": 100.0}, {"config": "int4", "A100": 10.0}]
+    assert not [f for f in lint(rows) if f.rule in ("Q016-quantized-much-slower", "Q017-reduced-precision-slower")]
+
+
+def test_elided_rows_are_not_data() -> None:
+    table = table_from_records([{"config": "fp16", "acc": 0.7}, {"config": "...", "acc": "..."},
+                                {"config": "int4", "acc": 0.69}], "mem.json")
+    assert not lint_tables([table])

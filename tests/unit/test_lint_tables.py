@@ -90,3 +90,52 @@ def test_load_files(tmp_path) -> None:
         load_tables(str(tmp_path / "missing.csv"))
     with pytest.raises(QCheckError, match="is a directory"):
         load_tables(str(tmp_path))
+
+
+@pytest.mark.parametrize("cell, value, error, unit, state", [
+    ("6.233160 ±   0.037828", 6.23316, 0.037828, "", "value"), ("-0.019 ± 0.003 %", -0.019, 0.003, "%", "value"),
+    ("10.76 +/- 0.07", 10.76, 0.07, "", "value"), ("4.50 GB (19.05%)", 4.5, math.nan, "GB", "value"),
+    ("**205** t/s", 205.0, math.nan, "t/s", "value"), ("13.0G", 13.0, math.nan, "G", "value"),
+    ("2.69x", 2.69, math.nan, "x", "value"), ("06.83", 6.83, math.nan, "", "value"),
+    ("OOM", math.nan, math.nan, "", "failed"), ("oom", math.nan, math.nan, "", "failed"),
+    ("-", math.nan, math.nan, "", "not_run"), ("--", math.nan, math.nan, "", "not_run"),
+    ("N/A", math.nan, math.nan, "", "not_run"), ("NA", math.nan, math.nan, "", "not_run"),
+    ("...", math.nan, math.nan, "", "not_run"), ("TODO(https://github.com/pytorch/ao/issues/3549)", math.nan,
+                                                  math.nan, "", "not_run"),
+    ("NaN", math.nan, math.nan, "", "missing"), ("", math.nan, math.nan, "", "missing"),
+    ("Base (bfloat16)", math.nan, math.nan, "", "text"),
+])
+def test_cells_as_published(cell: str, value: float, error: float, unit: str, state: str) -> None:
+    from qcheck.lint.cells import parse
+
+    got = parse(cell)
+    assert got.state == state and got.unit == unit
+    assert (math.isnan(got.value) and math.isnan(value)) or got.value == pytest.approx(value)
+    assert (math.isnan(got.error) and math.isnan(error)) or got.error == pytest.approx(error)
+
+
+def test_column_keeps_states_errors_and_unit() -> None:
+    table = table_from_csv_text("config,ppl,mem\nfp16,6.23 ± 0.04,4.5 GB\nint4,OOM,-\nint2,NaN,3.1 GB\n", "t.csv")
+    ppl, mem = table.columns["ppl"], table.columns["mem"]
+    assert ppl.errors[0] == pytest.approx(0.04) and ppl.is_state("failed").tolist() == [False, True, False]
+    assert ppl.missing.tolist() == [False, False, True] and ppl.marker.tolist() == [False, True, False]
+    assert mem.unit == "GB" and mem.is_state("not_run").tolist() == [False, True, False]
+
+
+def test_second_header_row_is_merged() -> None:
+    text = ("benchmarks,-,-,-,difference\nname,metric,value - int8,value - fp16,-\n"
+            "piqa,acc,0.7965,0.7959,0.0006\n")
+    table = table_from_csv_text(text, "t.csv")
+    assert list(table.columns) == ["name", "metric", "value - int8", "value - fp16", "difference"]
+    assert table.n_rows == 1 and "two header rows" in table.note
+    plain = table_from_csv_text("config,notes\nfp32,reference run\n", "t.csv")
+    assert list(plain.columns) == ["config", "notes"] and plain.n_rows == 1
+
+
+def test_binary_and_nul_files_are_clear_errors(tmp_path) -> None:
+    (tmp_path / "nul.csv").write_bytes(b"config,ppl\nfp32,\x00\x01\n")
+    (tmp_path / "bin.csv").write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(DataError, match="binary data"):
+        load_tables(str(tmp_path / "nul.csv"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_tables(str(tmp_path / "bin.csv"))

@@ -13,6 +13,10 @@ _NOT_VARIANT = frozenset({"pretrained", "tokenizer", "trust_remote_code", "devic
                           "cache_dir", "backend", "logits_cache", "truncation", "attn_implementation", "peft",
                           "delta", "think_end_token", "enable_thinking"})
 _SKIP_KEYS = frozenset({"alias", "name", "sample_len", " ", ""})
+FRACTION_METRICS = frozenset({"acc", "acc_norm", "exact_match", "em", "f1", "mcc", "acc_mutual_info", "pass@1",
+                              "prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
+                              "inst_level_loose_acc", "contains", "brier_score"})
+"""Metrics lm-eval reports as fractions in [0, 1] (its metric registry: mean of per-document 0/1 or [0, 1] scores)."""
 
 
 def detect(data: Any) -> bool:
@@ -83,8 +87,9 @@ def read(data: dict[str, Any], source: str) -> list[Table]:
         if not metrics:
             continue
         row.update(metrics)
+        scales = {name: 1.0 for name in metrics if name.split(",")[0] in FRACTION_METRICS}
         tables.append(table_from_records(
             [row], source, str(task), hints={"model": "model", "config": "config", "task": "task", "n": "n",
                                               "n-shot": "condition"},
-            meta={"family": FAMILY, "model": model}))
+            meta={"family": FAMILY, "model": model, "scales": scales}))
     return tables

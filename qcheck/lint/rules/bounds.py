@@ -9,7 +9,7 @@ from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.rules.common import fmt
 from qcheck.lint.rules.registry import rule
-from qcheck.lint.scale import FRACTION, proportion_scale
+from qcheck.lint.scale import FRACTION, PERCENT, declared_scale, proportion_scale
 from qcheck.lint.view import TableView
 
 PROPORTION_ROLES = ("accuracy", "clean_acc", "robust_acc", "f1", "em")
@@ -24,20 +24,30 @@ def _cells(view: TableView, name: str, rows: np.ndarray) -> str:
 
 
 def _proportions(view: TableView, config: LintConfig) -> Iterator[Finding]:
-    names = view.columns(*PROPORTION_ROLES) + [n for n in view.columns("score")
-                                               if view.table.columns[n].unit == "%"]
-    for name in names:
+    for name in view.columns(*PROPORTION_ROLES, "score"):
         column = view.table.columns[name]
         rows = view.data_rows[np.isfinite(column.values[view.data_rows])]
         if rows.size == 0:
             continue
         values = column.values[rows]
-        scale = proportion_scale(values, column.unit)
+        declared = declared_scale(view.table, name)
+        scale = proportion_scale(values, column.unit, declared)
+        if view.roles[name] == "score":
+            if scale is None:   # scores on their own scale (MME sums to 2800, Elo ratings): no bound known
+                continue
+            if declared is None and column.unit != "%":
+                scale = PERCENT   # a benchmark score column: percent or fraction, bounded by 100 either way
         top = scale if scale is not None else 100.0
         bad = rows[(values < 0) | (values > top)]
         if bad.size == 0:
             continue
-        if column.unit == "%":
+        if declared is not None:
+            name_scale = "fractions, [0, 1]" if declared == FRACTION else "percentages, [0, 100]"
+            why = f"{view.table.meta.get('family', 'the file')} writes {name} as {name_scale}"
+        elif view.roles[name] == "score" and column.unit != "%":
+            why = ("the column holds benchmark scores written as percentages or fractions (its other values say so), "
+                   "and neither reaches outside [0, 100]")
+        elif column.unit == "%":
             why = "its cells are written as percentages, so every value must lie in [0, 100]"
         elif scale is None:
             why = "no reading of the column fits: fractions lie in [0, 1] and percentages in [0, 100]"

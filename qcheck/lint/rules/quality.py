@@ -12,9 +12,12 @@ from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.precision import MIXED
 from qcheck.lint.references import find_ppl_reference
 from qcheck.lint.roles import MEASUREMENT_ROLES, QUALITY_HIGHER, QUALITY_ROLES
-from qcheck.lint.rules.common import distinct_models, fmt, interval_columns, resolution
+from qcheck.lint.rules.common import distinct_models, fmt, interval_columns, resolution, row_sizes
 from qcheck.lint.rules.registry import rule
+from qcheck.lint.scale import declared_scale, proportion_scale, step
 from qcheck.lint.view import TableView
+
+PROPORTION_LIKE = ("accuracy", "clean_acc", "robust_acc", "em", "f1", "score")
 
 
 def _uniform(view: TableView, rows: np.ndarray) -> np.ndarray:
@@ -52,6 +55,22 @@ def _within_uncertainty(view: TableView, name: str, rows: np.ndarray) -> bool:
     return any(math.isfinite(column.errors[r]) and column.errors[r] > resolution(view.cell(name, r)) for r in rows)
 
 
+def _effective_digits(view: TableView, name: str, row: int) -> int:
+    """Significant digits a tie can be judged on: those printed, but for a proportion no more than its granularity
+    allows (k/n moves in steps of 1/n: 4/12 printed as 0.3333333333333333 carries one digit of evidence, not 16)."""
+    column = view.table.columns[name]
+    printed = column.significant_digits(row)
+    if view.roles[name] not in PROPORTION_LIKE:
+        return printed
+    scale = proportion_scale(column.values, column.unit, declared_scale(view.table, name)) or 1.0
+    n = row_sizes(view)[row]
+    granularity = step(float(column.values[row]), float(n), scale)
+    if granularity <= 0:
+        return printed
+    steps = abs(float(column.values[row])) / granularity
+    return min(printed, math.floor(math.log10(steps)) + 1 if steps >= 1 else 0)
+
+
 @rule("Q001-identical-across-precision", "error|warning", "Z1", "the same metric value for configs that differ in "
       "precision")
 def identical_across_precision(view: TableView, config: LintConfig) -> Iterator[Finding]:
@@ -83,7 +102,7 @@ def identical_across_precision(view: TableView, config: LintConfig) -> Iterator[
                 bits = sorted({view.kinds[r].bits for r in tied})
                 if len(bits) < 2:
                     continue
-                digits = min(column.significant_digits(int(r)) for r in tied)
+                digits = min(_effective_digits(view, name, int(r)) for r in tied)
                 chance = rows.size * (rows.size - 1) / 2 * 10.0 ** -digits
                 bit_text = " vs ".join(f"{b:g}" for b in sorted(bits, reverse=True))
                 if digits >= config.tie_digits and chance <= 0.01:

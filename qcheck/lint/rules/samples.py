@@ -11,7 +11,7 @@ from qcheck.lint.config import LintConfig
 from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.rules.common import fmt, row_sizes
 from qcheck.lint.rules.registry import rule
-from qcheck.lint.scale import proportion_scale
+from qcheck.lint.scale import declared_scale, proportion_scale
 from qcheck.lint.significance import binomial_greater, binomial_less, newcombe_difference, wilson_bounds
 from qcheck.lint.view import TableView, fraction
 
@@ -157,7 +157,7 @@ def _stderr_interval(view: TableView, name: str, rows: np.ndarray, refs: np.ndar
     lm-eval's `acc_stderr`); a row without one is taken to have its partner's (same test set, similar accuracy).
     NaN where neither row reports one."""
     column = view.table.columns[name]
-    scale = proportion_scale(column.values, column.unit) or 1.0
+    scale = proportion_scale(column.values, column.unit, declared_scale(view.table, name)) or 1.0
     e_row, e_ref = column.errors[rows] / scale, column.errors[refs] / scale
     e_row, e_ref = np.where(np.isfinite(e_row), e_row, e_ref), np.where(np.isfinite(e_ref), e_ref, e_row)
     z = float(norm.ppf(0.5 + level / 2))
