@@ -145,3 +145,29 @@ def test_messages_name_rows_and_columns() -> None:
     z001 = {f.rule: f for f in lint_paths([str(RESULTS / "seed001_gpt2_formats.csv")])}
     assert "context length is 128" in z001["Q013-ppl-implausible"].message
     assert "compute capability" in z001["Q017-reduced-precision-slower"].message
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_seed_tables_are_read_as_written(name: str) -> None:
+    """The layout rules for published tables (pivot, melt, header merge) leave the seed tables as they are."""
+    from qcheck.lint.loader import load_all
+
+    for table in load_all([str(RESULTS / name)]):
+        assert table.note is None and not table.hints
+
+
+def test_seed_bugs_are_still_caught_when_written_like_published_tables(tmp_path: Path) -> None:
+    """Seed 000 and 004 as a README would print them: uncertainties, a unit in the cells, an OOM row."""
+    quant = tmp_path / "seed000_readme.csv"
+    quant.write_text("config,bits,perplexity\nFP32,32,171.9603271484375 ± 0.21\n16-bit,16,171.9603271484375 ± 0.21\n"
+                     "4-bit,4,169.29 ± 0.20\nMixed,,1298.09 ± 1.9\n8-bit,8,OOM\n")
+    found = {(f.rule, f.severity.value, f.rows) for f in lint_paths([str(quant)])}
+    assert ("Q001-identical-across-precision", "error", (1, 2)) in found
+    assert ("Q012-mixed-outside-uniform-bounds", "error", (4,)) in found
+    assert ("Q002-missing-value", "info", (5,)) in found
+    z004 = tmp_path / "seed004_readme.csv"
+    z004.write_text("dataset,model,bits,accuracy,n,num_classes,processing_time\n"
+                    "ARC-Easy,7B-class (32 layers),4,5.0%,20,4,1 ms\nARC-Easy,7B-class (32 layers),2,5.0%,20,4,1 ms\n")
+    rules = {(f.rule, f.severity.value) for f in lint_paths([str(z004)])}
+    assert {("Q001-identical-across-precision", "warning"), ("Q007-at-chance", "warning"),
+            ("Q008-underpowered", "warning")} <= rules
