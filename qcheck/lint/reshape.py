@@ -96,6 +96,7 @@ def pivot_measures(table: Table) -> Table | None:
             configs[name] = _strip_value_word(name) or name
     if not configs:
         return None
+    single = len(configs) == 1 and not _strip_value_word(next(iter(configs)))   # tidy `config | metric | value`
     records: dict[tuple, dict[str, str]] = {}
     measure_raw = table.columns[measure].raw
     for row in range(table.n_rows):
@@ -104,7 +105,8 @@ def pivot_measures(table: Table) -> Table | None:
             continue
         key = tuple(table.columns[k].raw[row] for k in keys)
         for name, label in configs.items():
-            record = records.setdefault(key + (label,), {**dict(zip(keys, key)), "config": label})
+            record = records.setdefault(key + (label,), dict(zip(keys, key)) if single else
+                                        {**dict(zip(keys, key)), "config": label})
             column = metric
             suffix = 2
             while column in record:
@@ -113,10 +115,13 @@ def pivot_measures(table: Table) -> Table | None:
             record[column] = _with_error(table.columns[name].raw[row],
                                          table.columns[error].raw[row] if error else None)
     config_name = "config" if "config" not in keys else "config (from columns)"
-    rows = [{(config_name if k == "config" else k): v for k, v in r.items()} for r in records.values()]
-    note = (f"pivoted: each '{measure}' row became a column and each of {', '.join(configs)} a row"
+    rows = [{(config_name if k == "config" and not single else k): v for k, v in r.items()}
+            for r in records.values()]
+    note = (f"pivoted: each '{measure}' row became a column" + ("" if single else
+                                                                f" and each of {', '.join(configs)} a row")
             + (f"; derived columns left out: {', '.join(dropped)}" if dropped else ""))
-    return table_from_records(rows, table.source, table.name, hints={config_name: "config", **table.hints},
+    hints = dict(table.hints) if single else {config_name: "config", **table.hints}
+    return table_from_records(rows, table.source, table.name, hints=hints,
                               note=_join_notes(table.note, note), meta=table.meta, absent_is_marker=True)
 
 

@@ -56,3 +56,11 @@ def test_stderr_columns_attach_to_their_values() -> None:
         [{"config": "fp16", "acc": 0.71, "acc_stderr": 0.012}, {"config": "int4", "acc": 0.69, "acc_stderr": None}],
         "s.json"))
     assert table.columns["acc"].errors[0] == pytest.approx(0.012)
+
+
+def test_tidy_long_format_is_pivoted_without_an_extra_config() -> None:
+    table = table_from_csv_text("model,config,metric,value\ngpt2,fp32,ppl,29.4\ngpt2,fp32,acc,0.41\n"
+                                "gpt2,int4,ppl,34.1\ngpt2,int4,acc,0.38\n", "tidy.csv")
+    wide = pivot_measures(table)
+    assert list(wide.columns) == ["model", "config", "ppl", "acc"] and wide.n_rows == 2
+    assert wide.columns["acc"].values.tolist() == [0.41, 0.38]

@@ -222,7 +222,8 @@ def ppl_implausible(view: TableView, config: LintConfig) -> Iterator[Finding]:
         values = view.table.columns[name].values
         flagged: dict[tuple, list[int]] = {}
         for r in view.data_rows:
-            model = model_col.raw[r] if model_col is not None else (config.model or view.identity[r])
+            model = model_col.raw[r] if model_col is not None else (config.model or view.default_model
+                                                                     or view.identity[r])
             dataset = task_col.raw[r] if task_col is not None else (config.dataset or "")
             reference = find_ppl_reference(model, dataset)
             if reference is None or not math.isfinite(values[r]) or values[r] <= reference.ppl * config.ppl_factor:

@@ -92,7 +92,8 @@ def implausible_speed(view: TableView, config: LintConfig) -> Iterator[Finding]:
     model_col = view.column("model")
     n = view.table.n_rows
     params = params_col if params_col is not None else np.array(
-        [params_from_name(model_col.raw[r] if model_col is not None else view.identity[r]) for r in range(n)])
+        [params_from_name(model_col.raw[r] if model_col is not None else view.default_model or view.identity[r])
+         for r in range(n)])
     if config.params is not None:
         params = np.where(np.isfinite(params), params, config.params)
     tokens = np.full(n, float(config.tokens_per_sample))
