@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from qcheck.lint.precision import OTHER, classify
+from qcheck.lint.tables import Column, Table
 from qcheck.lint.vocab import (
     BENCHMARK_PREFIXES,
     BENCHMARKS,
@@ -186,7 +187,7 @@ def _labels_look_like_benchmarks(raw: tuple[str, ...]) -> bool:
     return bool(distinct) and sum(_is_benchmark(d) or d in PPL_DATASETS for d in distinct) * 2 > len(distinct)
 
 
-def _look_like_ids(column, identity: tuple[str, ...] | None) -> bool:
+def _look_like_ids(column: Column, identity: tuple[str, ...] | None) -> bool:
     """Sample ids: integers or id-like strings that never repeat within a config/model."""
     cells = [cell.strip() for cell in column.raw]
     if any(classify(cell).kind != OTHER for cell in set(cells) if cell):
@@ -195,7 +196,7 @@ def _look_like_ids(column, identity: tuple[str, ...] | None) -> bool:
     return len(set(keys)) == len(keys)
 
 
-def refine_roles(table, roles: dict[str, str], explicit: Mapping[str, str]) -> dict[str, str]:
+def refine_roles(table: Table, roles: dict[str, str], explicit: Mapping[str, str]) -> dict[str, str]:
     """Adjust name-based roles with what the cells say (units, integer seeds, id-like cells, label columns)."""
     pinned = set(explicit.values()) | set(table.hints)
     roles = dict(roles)

@@ -6,6 +6,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from qcheck.lint.tables import Table
+
 FRACTION, PERCENT = 1.0, 100.0
 MAX_DENOMINATOR = 10_000
 """Largest sample count recognised from a full-precision float alone (0.3333333333333333 -> 1/3 steps); above it a
@@ -34,7 +36,7 @@ def proportion_scale(values: np.ndarray, unit: str = "", declared: float | None 
     return None
 
 
-def declared_scale(table, name: str) -> float | None:
+def declared_scale(table: Table, name: str) -> float | None:
     """The scale a reader knows for a column (lm-eval writes accuracies as fractions), or None."""
     scales = table.meta.get("scales") or {}
     value = scales.get(name)
