@@ -222,3 +222,93 @@ def test_smoothquant_rescaled_layers_are_checked_by_grid_and_logits_not_weight_s
     result = assert_ptq_applied(tiny, BackendVariant("sq", "test", model, told, 0.0))
     assert result.status.value == "PASS" and "6 layers rescaled by SmoothQuantModifier" in result.message
     assert result.evidence["smoothed"]["SmoothQuantModifier"]["layers"] == 6
+
+
+needs_quanto = pytest.mark.skipif(importlib.util.find_spec("optimum") is None
+                                  or importlib.util.find_spec("optimum.quanto") is None,
+                                  reason="optimum-quanto not installed (pip install \"qcheck[quanto]\")")
+
+
+def _quanto_variant(reference, model, name, bits):
+    """What a quanto backend hands out: the model and the manifest read back from it (never from the plan)."""
+    from qcheck.quant.backends.quanto import quanto_manifest
+
+    report = quanto_manifest(reference, model, plan={"name": name, "format": name}, bits=bits)
+    return BackendVariant(name, "quanto", model, report, 0.0)
+
+
+@needs_quanto
+def test_quanto_quantized_but_never_frozen_is_not_counted_as_quantized(tiny):
+    """Planted: `quantize(model, weights=qint4)` without `freeze(model)`. The model stores float weights and
+    re-quantizes them on every forward, so its logits differ from the reference (a logits-only check passes) while
+    no packed tensor exists: no memory saved, a dynamic quantization per call, nothing to read the grid from."""
+    from optimum.quanto import qint4, quantize
+
+    model = copy.deepcopy(tiny)
+    quantize(model, weights=qint4, exclude=["lm_head"])
+    variant = _quanto_variant(tiny, model, "quanto-int4", 4)
+    assert not output_divergence(tiny, model, probe_input_ids(512))["identical"]
+    reasons = variant.report.summary()["kept_reasons"]
+    assert reasons[next(r for r in reasons if "never freeze()d" in r)] == 14
+    with pytest.raises(InvariantViolation) as err:
+        assert_ptq_applied(tiny, variant)
+    result = err.value.result
+    assert result.name == "ptq_applied" and result.status.value == "FAIL"
+    assert result.message.startswith("no layer of the variant is quantized; 14 layers not unpacked: model.layers.0.")
+    assert any("never freeze()d" in r for r in result.evidence["summary"]["kept_reasons"])
+
+
+@needs_quanto
+def test_quanto_layer_silently_left_float_is_named(tiny):
+    """Planted: the backend's quantize() call also excluded the MLP down projections (a too-wide pattern) while its
+    plan says only lm_head is excluded. The read-back names the float layers; a plan-built manifest would not."""
+    from optimum.quanto import freeze, qint4, quantize
+
+    model = copy.deepcopy(tiny)
+    quantize(model, weights=qint4, exclude=["lm_head", "*down_proj"])
+    freeze(model)
+    variant = _quanto_variant(tiny, model, "quanto-int4", 4)
+    down = [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
+    assert [variant.report.layer(n).module_class for n in down] == ["Linear", "Linear"]
+    result = assert_ptq_applied(tiny, variant)
+    assert result.status.value == "WARN"
+    assert result.message == f"2 layers unchanged: {', '.join(down)}"
+    assert result.evidence["applied"] == 12
+
+
+@needs_quanto
+def test_quanto_int2_that_is_really_int4_is_off_its_grid(tiny):
+    """Planted (seed 004's "4-bit and 2-bit identical"): a spec table that maps int2 to quanto's qint4. The packed
+    tensors say qint4; the per-group count of dequantized values (16 > 2^2) fails the claimed 2 bits."""
+    from optimum.quanto import freeze, qint4, quantize
+
+    model = copy.deepcopy(tiny)
+    quantize(model, weights=qint4, exclude=["lm_head"])
+    freeze(model)
+    variant = _quanto_variant(tiny, model, "quanto-int2", 2)
+    assert {r.spec["weights"] for r in variant.report.applied} == {"qint4"}
+    with pytest.raises(InvariantViolation, match="14 layers too many values: model.layers.0.self_attn.q_proj"):
+        assert_ptq_applied(tiny, variant)
+
+
+@needs_quanto
+def test_quanto_on_the_reference_itself_is_caught_and_the_copy_passes(tiny):
+    """quanto's quantize() replaces modules in place; a backend that hands it the reference is the oneshot trap."""
+    from qcheck.quant.backends.quanto import QuantoBackend, quantize_copy
+
+    class InPlace(QuantoBackend):
+        def produce(self, reference, tokenizer):
+            from optimum.quanto import freeze, qint4, quantize
+
+            kept = copy.deepcopy(reference)
+            quantize(reference, weights=qint4, exclude=["lm_head"])
+            freeze(reference)
+            return _quanto_variant(kept, reference, "quanto-int4", 4)
+
+    fingerprint = weight_fingerprint(tiny)
+    good = produce_variant(make_backend("quanto", weights="int4"), tiny, None)
+    assert weight_fingerprint(tiny) == fingerprint
+    assert assert_ptq_applied(tiny, good).status.value == "PASS"
+    assert quantize_copy(tiny, "int4") is not tiny
+    with pytest.raises(ReferenceMutatedError, match="backend 'quanto' changed the reference"):
+        produce_variant(InPlace(weights="int4"), tiny, None)

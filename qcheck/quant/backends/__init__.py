@@ -1,7 +1,7 @@
 """Post-training quantization backends: a registry, one interface, and the reference-fingerprint guard.
 
 A backend turns a float reference into a quantized variant (GPTQ through llm-compressor, bitsandbytes
-through transformers' BitsAndBytesConfig, torchao, or a user's already-quantized checkpoint folder).
+through transformers' BitsAndBytesConfig, torchao, optimum-quanto, or a user's already-quantized checkpoint folder).
 `produce_variant` fingerprints the reference's weights before and after: a backend that mutated the model
 it was given (llm-compressor's `oneshot` does, when handed the reference itself) is an error naming it.
 """
@@ -273,11 +273,12 @@ def _register_builtin() -> None:
     _BUILTIN_DONE.append(True)
     from qcheck.quant.backends.checkpoint import CheckpointBackend
     from qcheck.quant.backends.llmcompressor import LLMCompressorBackend
+    from qcheck.quant.backends.quanto import QuantoBackend
     from qcheck.quant.backends.torchao import TorchAOBackend
     from qcheck.quant.backends.transformers_bnb import BnbConfigBackend
 
     for name, factory in (("checkpoint", CheckpointBackend), ("llmcompressor", LLMCompressorBackend),
-                          ("bnb-config", BnbConfigBackend), ("torchao", TorchAOBackend)):
+                          ("bnb-config", BnbConfigBackend), ("torchao", TorchAOBackend), ("quanto", QuantoBackend)):
         _REGISTRY.setdefault(name, factory)
 
 
@@ -295,8 +296,8 @@ def ptq_variant_name(spec: str) -> str:
 
 def backend_from_spec(text: str, *, device: str = "cpu") -> Backend:
     """A backend from a short spec: `bnb-config:nf4|fp4|int8`, `gptq[:wikitext|chat-gsm8k]`, `awq[:source]`,
-    `w8a8-sq[:source]`, `torchao:int8-wo|int4-wo[:GROUP]|float8-wo|float8-dq`, or `checkpoint=PATH` (a quantized
-    folder)."""
+    `w8a8-sq[:source]`, `torchao:int8-wo|int4-wo[:GROUP]|float8-wo|float8-dq`,
+    `quanto:int8|int4|int2|float8[:a8|af8[:source]]`, or `checkpoint=PATH` (a quantized folder)."""
     text = text.strip()
     if text.startswith("checkpoint="):
         return make_backend("checkpoint", folder=text.split("=", 1)[1], device=device)
@@ -318,5 +319,10 @@ def backend_from_spec(text: str, *, device: str = "cpu") -> Backend:
                                   "(torchao:int4-wo:64)", field=PTQ_ENV)
             options["group_size"] = int(group)
         return make_backend("torchao", mode=mode, device="cuda" if device == "cpu" else device, **options)
+    if kind == "quanto":
+        from qcheck.quant.backends.quanto import parse_spec
+
+        return make_backend("quanto", device=device, **parse_spec(text))
     raise ConfigError(f"PTQ variant spec {text!r}: use bnb-config:MODE, gptq[:SOURCE], awq[:SOURCE], "
-                      "w8a8-sq[:SOURCE], torchao:MODE or checkpoint=PATH", field=PTQ_ENV)
+                      "w8a8-sq[:SOURCE], torchao:MODE, quanto:WEIGHTS[:ACTIVATIONS[:SOURCE]] or checkpoint=PATH",
+                      field=PTQ_ENV)
