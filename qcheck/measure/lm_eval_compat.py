@@ -1,0 +1,224 @@
+"""lm-evaluation-harness's document perplexity (`loglikelihood_rolling`), computed by qcheck: the figures its
+`wikitext` task prints (`word_perplexity`, `byte_perplexity`, `bits_per_byte`), so they sit next to a paper's.
+
+What lm-eval's HF model (`HFLM`, 0.4.x) does by default, and this module with `RollingSettings()`:
+- each document is encoded alone with the tokenizer's own special-token default (`add_bos_token=None`), except
+  that a text already starting with the prefix token's string gets none;
+- a prefix token (the tokenizer's BOS, else its EOS) is put before the document, so its first token is scored;
+- disjoint windows of `max_length` tokens (the config's `n_positions`/`max_position_embeddings`/`n_ctx`, else the
+  tokenizer's `model_max_length`, else 2048) score every token once; a window after the first sees the
+  `max_length` tokens before its last one, so the last (short) window keeps earlier tokens as context;
+- log-softmax in the logits' dtype (`softmax_dtype=None`), each window's sum taken in that dtype
+  (`round_window_sums=True`: a bf16 model's window sums are rounded to bf16), window sums added per document;
+- word_perplexity = exp(-sum LL / sum words), byte_perplexity = exp(-sum LL / sum bytes), bits_per_byte =
+  -sum LL / sum bytes / ln 2, words and bytes counted on the page before detokenization.
+
+qcheck's own `perplexity` differs on purpose (see `QCHECK_DIFFERENCES`): it scores one text in windows of
+`--qcheck-context` tokens with a stride, per token, without a prefix token. Both are reported, each named.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from qcheck.errors import ConfigError, DataError
+from qcheck.inputs.documents import Document
+
+TOKENIZER_INFINITY = 1000000000000000019884624838656
+"""transformers' `model_max_length` when a tokenizer sets none (lm-eval ignores it then)."""
+DEFAULT_MAX_LENGTH = 2048
+CONFIG_LENGTH_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
+LM_EVAL_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+QCHECK_DIFFERENCES = (
+    ("qcheck perplexity scores the text as one token stream (documents not separated), lm-eval scores each "
+     "document alone"),
+    ("qcheck windows are --qcheck-context tokens with a stride (default 1024, non-overlapping) and a window's first "
+     "token is unscored; lm-eval's windows are the model's max_length and score every token"),
+    ("qcheck puts no BOS/prefix token first (the text's first token is never scored); lm-eval conditions the first "
+     "token on the prefix token (BOS, else EOS)"),
+    ("qcheck reports per token (words and bytes of the scored text on request); lm-eval reports per word and per "
+     "byte of the page before detokenization"),
+)
+
+
+@dataclass(frozen=True)
+class RollingSettings:
+    """How documents are scored; every None means "what lm-eval's HFLM does by default for this model"."""
+
+    max_length: int | None = None
+    prefix_token_id: int | None = None
+    add_special_tokens: bool | None = None
+    softmax_dtype: str | None = None
+    round_window_sums: bool = True
+    """Sum each window's log-probs in the softmax dtype, as lm-eval does: for a bf16/fp16 model its per-window sum
+    keeps 8/11 significant bits. False sums in float64 (with softmax_dtype="float32": the precise figure)."""
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"max_length must be >= 1, got {self.max_length}", field="max_length")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}", field="batch_size")
+        if self.softmax_dtype not in (None, "float32", "float64", "bfloat16", "float16"):
+            raise ConfigError(f"softmax_dtype must be None (the logits' dtype) or a float dtype name, got "
+                              f"{self.softmax_dtype!r}", field="softmax_dtype")
+
+
+def resolve_max_length(model: nn.Module, tokenizer: Any) -> int:
+    """lm-eval's max_length: the config's length attribute (text_config first), the tokenizer's, else 2048."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    for attr in CONFIG_LENGTH_ATTRS:
+        value = getattr(config, attr, None)
+        if value is not None:
+            return int(value)
+    length = getattr(tokenizer, "model_max_length", None)
+    if length is not None and length != TOKENIZER_INFINITY:
+        return int(length)
+    return DEFAULT_MAX_LENGTH
+
+
+def resolve_prefix_token_id(tokenizer: Any) -> int:
+    """lm-eval's prefix token: the tokenizer's BOS, else its EOS."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise DataError("the tokenizer has neither a BOS nor an EOS token: give RollingSettings(prefix_token_id=...)")
+    return int(token)
+
+
+def encode_document(tokenizer: Any, text: str, add_special_tokens: bool | None, prefix_token_id: int) -> list[int]:
+    """Token ids of one document as lm-eval's `tok_encode` makes them (no special tokens when the text starts with
+    the prefix token's string; else the given flag, or the tokenizer's default when None)."""
+    kwargs: dict[str, bool] = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+    if add_special_tokens is None and text.startswith(tokenizer.decode(prefix_token_id)):
+        kwargs = {"add_special_tokens": False}
+    return list(tokenizer.encode(text, **kwargs))
+
+
+def rolling_windows(tokens: Sequence[int], prefix_token_id: int, max_length: int) -> list[tuple[list[int], int]]:
+    """(input ids, n_scored) per window: the last n_scored positions of the input predict the next n_scored
+    document tokens; together the windows score every token once (lm-eval's disjoint rolling windows)."""
+    if max_length < 1:
+        raise ConfigError(f"max_length must be >= 1, got {max_length}", field="max_length")
+    n = len(tokens)
+    if n == 0:
+        return []
+    first = min(max_length, n)
+    out = [([prefix_token_id, *tokens[: first - 1]], first)]
+    done = first
+    while done < n:
+        scored = min(n - done, max_length)
+        end = done + scored
+        out.append((list(tokens[end - max_length - 1: end - 1]), scored))
+        done = end
+    return out
+
+
+def _torch_dtype(name: str | None) -> torch.dtype | None:
+    return None if name is None else getattr(torch, name)
+
+
+def _logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last `keep` positions (the output head runs only there where the model supports it)."""
+    width = inp.shape[1]
+    if keep < width:
+        try:
+            logits = model(input_ids=inp, attention_mask=attn, logits_to_keep=keep).logits
+        except TypeError:
+            logits = model(input_ids=inp, attention_mask=attn).logits
+        return logits[:, -keep:]
+    return model(input_ids=inp, attention_mask=attn).logits
+
+
+@torch.no_grad()
+def _window_loglikelihoods(model: nn.Module, windows: Sequence[tuple[list[int], list[int]]], batch_size: int,
+                           softmax_dtype: torch.dtype | None, pad_id: int, round_sums: bool) -> list[float]:
+    """Summed log p(targets) per (input ids, target ids) window, right-padded batches, padding never scored."""
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for b in range(0, len(windows), batch_size):
+        batch = windows[b: b + batch_size]
+        width = max(len(inp) for inp, _ in batch)
+        keep = width - min(len(inp) - len(t) for inp, t in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (inp, _) in enumerate(batch):
+            ids[row, : len(inp)] = torch.tensor(inp)
+            attn[row, : len(inp)] = 1
+        logits = _logits(model, ids.to(device), attn.to(device), keep)
+        first = width - logits.shape[1]
+        for row, (inp, targets) in enumerate(batch):
+            lo, hi = len(inp) - len(targets) - first, len(inp) - first
+            logprobs = torch.log_softmax(logits[row, lo:hi], dim=-1, dtype=softmax_dtype)
+            picked = logprobs.gather(1, torch.tensor(targets, device=device).unsqueeze(1))
+            out.append(float(picked.sum() if round_sums else picked.double().sum()))
+    return out
+
+
+def _as_documents(documents: Sequence[Document | str]) -> list[Document]:
+    docs = [d if isinstance(d, Document) else Document.plain(f"doc-{i}", d) for i, d in enumerate(documents)]
+    if not docs:
+        raise DataError("no documents to score")
+    return docs
+
+
+def lm_eval_perplexity(model: nn.Module, tokenizer: Any, documents: Sequence[Document | str],
+                       settings: RollingSettings | None = None) -> dict[str, Any]:
+    """Rolling log-likelihood of each document and lm-eval's `word_perplexity`, `byte_perplexity`,
+    `bits_per_byte` (plus `token_perplexity`), with per-document figures and the resolved settings (JSON-able)."""
+    settings = settings or RollingSettings()
+    docs = _as_documents(documents)
+    max_length = settings.max_length or resolve_max_length(model, tokenizer)
+    prefix = settings.prefix_token_id if settings.prefix_token_id is not None else resolve_prefix_token_id(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
+    start = time.perf_counter()
+    windows: list[tuple[list[int], list[int]]] = []
+    owner: list[int] = []
+    n_tokens: list[int] = []
+    for i, doc in enumerate(docs):
+        tokens = encode_document(tokenizer, doc.text, settings.add_special_tokens, prefix)
+        if not tokens:
+            raise DataError(f"document {doc.id} has no tokens")
+        n_tokens.append(len(tokens))
+        done = 0
+        for inp, scored in rolling_windows(tokens, prefix, max_length):
+            windows.append((inp, tokens[done: done + scored]))
+            owner.append(i)
+            done += scored
+    window_ll = _window_loglikelihoods(model, windows, settings.batch_size, _torch_dtype(settings.softmax_dtype),
+                                       pad_id, settings.round_window_sums)
+    doc_ll = [0.0] * len(docs)
+    doc_windows = [0] * len(docs)
+    for i, ll in zip(owner, window_ll):
+        doc_ll[i] += ll
+        doc_windows[i] += 1
+    bad = [d.id for d, ll in zip(docs, doc_ll) if not math.isfinite(ll)]
+    if bad:
+        raise DataError(f"non-finite log-likelihood for documents {bad} (NaN/inf logits)")
+    total = sum(doc_ll)
+    words = sum(d.n_words for d in docs)
+    n_bytes = sum(d.n_bytes for d in docs)
+    tokens_total = sum(n_tokens)
+    dtype = next(model.parameters()).dtype
+    return {
+        "word_perplexity": math.exp(-total / words),
+        "byte_perplexity": math.exp(-total / n_bytes),
+        "bits_per_byte": -total / n_bytes / math.log(2),
+        "token_perplexity": math.exp(-total / tokens_total),
+        "loglikelihood": total, "n_documents": len(docs), "n_words": words, "n_bytes": n_bytes,
+        "n_tokens": tokens_total, "n_windows": len(windows),
+        "documents": [{"id": d.id, "loglikelihood": ll, "words": d.n_words, "bytes": d.n_bytes, "tokens": t,
+                       "windows": w} for d, ll, t, w in zip(docs, doc_ll, n_tokens, doc_windows)],
+        "settings": {**asdict(settings), "max_length": max_length, "prefix_token_id": prefix,
+                     "prefix_token": tokenizer.decode(prefix), "model_dtype": str(dtype).replace("torch.", ""),
+                     "softmax_dtype": settings.softmax_dtype or str(dtype).replace("torch.", "")},
+        "definition": "lm-evaluation-harness loglikelihood_rolling (wikitext task metrics)",
+        "differs_from_qcheck_perplexity": list(QCHECK_DIFFERENCES),
+        "seconds": time.perf_counter() - start,
+    }
