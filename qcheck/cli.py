@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("qcheck.runner", "run the invariant suite against a model and write reports"),
     "lint": ("qcheck.lint.cli", "lint result tables (CSV, JSON, JSONL) for impossible or suspicious numbers"),
     "optuna": ("qcheck.audit.optuna.cli", "audit an Optuna objective (MODULE:FUNCTION) or a stored study"),
-    "compare": ("qcheck.compare", "regression gate between two qcheck JSON reports"),
+    "compare": ("qcheck.report.compare", "regression gate between two qcheck JSON reports"),
 }
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from qcheck.cli import main
-from qcheck.compare import compare_metric, compare_reports, direction, parse_tolerances
 from qcheck.errors import ConfigError
 from qcheck.report import load_report
+from qcheck.report.compare import compare_metric, compare_reports, direction, parse_tolerances
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "reports"
 BASELINE, REGRESSED, RERUN = FIXTURES / "baseline.json", FIXTURES / "regression.json", FIXTURES / "rerun.json"
@@ -276,12 +276,12 @@ def test_malformed_report_without_schema_validation_exits_2_in_one_line(tmp_path
 
 
 def test_internal_error_exits_3_in_one_line(monkeypatch, capsys):
-    import qcheck.compare
+    import qcheck.report.compare
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(qcheck.compare, "compare_reports", broken)
+    monkeypatch.setattr(qcheck.report.compare, "compare_reports", broken)
     assert main(["compare", str(BASELINE), str(RERUN)]) == 3
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == "qcheck compare: internal error: ZeroDivisionError: a bug\n"
