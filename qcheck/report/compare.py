@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from qcheck.errors import ConfigError, MissingDependencyError, QCheckError
-from qcheck.report import load_report, metric_interval, metric_value, validate_report, weighted_t_interval, window_data
+from qcheck.report.io import load_report, validate_report
+from qcheck.report.metrics import metric_interval, metric_value, weighted_t_interval, window_data
 
 DEFAULT_TOLERANCES: dict[str, float] = {"perplexity": 0.02, "kl_mean": 0.10, "latency_ms": 0.10, "*": 0.05}
 """Relative tolerance per metric ('*' for the rest); prefixes latency/energy use latency_ms's 10%."""

@@ -1,291 +1,176 @@
-"""The self-contained HTML report: verdict, metadata, variant and check tables, and matplotlib plots as PNG data URIs.
-
-Plots: perplexity vs bits per family (qcheck.variants.FAMILIES), latency/energy bars with intervals, boxed
-compliance and accuracy per variant, and per-layer bits of mixed plans. A plot without data is replaced by a
-line saying so; a plot that fails to render says why, and the rest of the page still renders.
+"""The self-contained HTML report: the verdict, then every failure and warning with its reason and a link to its
+evidence (all on the first screen), the variants' metrics, passes, skips collapsed by reason, the plots, the
+details of each failure and warning, and the run's facts. Plots are embedded as PNG data URIs (qcheck.report.plots);
+a plot without data is replaced by a line saying so, a plot that fails says why, and the rest still renders.
 Works from report data (RunReport.to_dict() or a loaded JSON file), so old reports can be re-rendered.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
-import math
 import os
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qcheck.report.run import (
-    METRIC_COLUMNS,
-    _basis,
-    _fmt,
-    atomic_write_text,
-    metric_cell,
-    metric_interval,
-    metric_value,
+from qcheck.report.io import atomic_write_text
+from qcheck.report.metrics import METRIC_COLUMNS, fmt, metric_cell
+from qcheck.report.plots import (
+    mixed_variants,
+    perplexity_notes,
+    plot_costs,
+    plot_layer_bits,
+    plot_perplexity_vs_bits,
+    plot_rates,
+    variant_bits,
 )
+from qcheck.report.sections import anchor, attention, basis, reason, skipped_groups, verdict_sentence, with_status
 
-RATE_METRICS = ("boxed_rate", "arc_accuracy", "clean_accuracy", "robust_accuracy", "top1_agreement")
-"""Proportions plotted per variant (bars with their intervals)."""
-COST_PREFIXES = ("latency", "energy")
-"""Metrics whose name starts with one of these are plotted as cost bars with intervals."""
-REFERENCE_BITS = {"fp32": 32.0, "fp16": 16.0, "bf16": 16.0}
 STATUS_COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "ERROR": "#a40e26", "WARN": "#9a6700",
                   "INCONCLUSIVE": "#8250df", "SKIPPED": "#6e7781"}
-
-
-def variant_bits(variant: dict[str, Any]) -> float | None:
-    """Mean bits per quantized layer (from the manifest summary), or the float width of fp16/bf16/fp32."""
-    bits = (variant.get("manifest_summary") or {}).get("bits") or {}
-    pairs = [(float(k), int(v)) for k, v in bits.items() if _is_number(k) and int(v) > 0]
-    if pairs:
-        return sum(b * n for b, n in pairs) / sum(n for _, n in pairs)
-    return REFERENCE_BITS.get(str(variant.get("name")))
-
-
-def _is_number(text: Any) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except (TypeError, ValueError):
-        return False
-
-
-def _figure_png(draw: Callable[[Any], None], width: float = 7.0, height: float = 3.6) -> str:
-    from matplotlib.figure import Figure  # a bare Figure renders through Agg; pyplot's backend is left alone
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    draw(fig.add_subplot(1, 1, 1))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _errors(values: list[float], intervals: list[tuple[float, float] | None]) -> list[list[float]]:
-    low = [v - i[0] if i else 0.0 for v, i in zip(values, intervals)]
-    high = [i[1] - v if i else 0.0 for v, i in zip(values, intervals)]
-    return [[max(0.0, x) for x in low], [max(0.0, x) for x in high]]
-
-
-def plot_perplexity_vs_bits(data: dict[str, Any]) -> str | None:
-    """Perplexity (with intervals) against mean bits, one line per family; fp32 as a dashed reference."""
-    from qcheck.variants import FAMILIES, REFERENCE
-
-    variants = data["variants"]
-    series = []
-    for family, names in FAMILIES.items():
-        points = []
-        for name in names:
-            v = variants.get(name)
-            ppl = metric_value((v or {}).get("metrics", {}).get("perplexity"))
-            bits = variant_bits(v) if v else None
-            if ppl is not None and bits is not None and math.isfinite(ppl):
-                points.append((bits, ppl, metric_interval(v["metrics"]["perplexity"]), name))
-        if points:
-            series.append((family, sorted(points)))
-    others = [(name, v) for name, v in variants.items()
-              if name != REFERENCE and not any(name in names for names in FAMILIES.values())
-              and metric_value(v.get("metrics", {}).get("perplexity")) is not None and variant_bits(v) is not None]
-    reference = metric_value(variants.get(REFERENCE, {}).get("metrics", {}).get("perplexity"))
-    if not series and not others:
-        return None
-
-    def draw(ax: Any) -> None:
-        for family, points in series:
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            ax.errorbar(xs, ys, yerr=_errors(ys, [p[2] for p in points]), marker="o", capsize=4, label=family)
-            for x, y, _, name in points:
-                ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        for name, v in others:
-            x, y = variant_bits(v), metric_value(v["metrics"]["perplexity"])
-            ax.errorbar([x], [y], yerr=_errors([y], [metric_interval(v["metrics"]["perplexity"])]), marker="s",
-                        capsize=4, linestyle="none", label=name)
-        if reference is not None and math.isfinite(reference):
-            ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=f"{REFERENCE} ({reference:.3f})")
-        values = [p[1] for _, points in series for p in points] + [metric_value(v["metrics"]["perplexity"])
-                                                                       for _, v in others]
-        low, high = min(values), max(values)
-        if reference is not None and math.isfinite(reference):
-            low, high = min(low, reference), max(high, reference)
-        ax.set_ylim(low - 0.5 * (high - low) - 0.1 * low, high + 0.5 * (high - low) + 0.1 * high)
-        ax.set_xlabel("bits per quantized weight (mean over quantized layers)")
-        ax.set_ylabel("perplexity (lower is better)")
-        ax.set_title("Perplexity vs bits, per format family (long error bars are clipped)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-
-    return _figure_png(draw)
-
-
-def _bars(ax: Any, labels: list[str], values: list[float], intervals: list[tuple[float, float] | None],
-          colour: str) -> None:
-    ax.bar(labels, values, width=0.6, yerr=_errors(values, intervals), capsize=5, color=colour, alpha=0.85)
-    ax.set_xlim(-0.8, len(labels) - 0.2)
-    ax.tick_params(axis="x", rotation=30, labelsize=8)
-    ax.grid(axis="y", alpha=0.3)
-
-
-def plot_costs(data: dict[str, Any]) -> list[tuple[str, str]]:
-    """One bar chart per latency/energy metric present, with the recorded intervals as error bars."""
-    keys = sorted({k for v in data["variants"].values() for k in v.get("metrics", {})
-                   if k.startswith(COST_PREFIXES)})
-    plots = []
-    for key in keys:
-        rows = [(name, metric_value(v["metrics"][key]), metric_interval(v["metrics"][key]))
-                for name, v in data["variants"].items() if key in v.get("metrics", {})]
-        rows = [r for r in rows if r[1] is not None and math.isfinite(r[1])]
-        if not rows:
-            continue
-
-        def draw(ax: Any, rows: list = rows, key: str = key) -> None:
-            _bars(ax, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], "#4c72b0")
-            ax.set_ylabel(key)
-            ax.set_title(f"{key} per variant (error bars: recorded intervals)")
-
-        plots.append((key, _figure_png(draw)))
-    return plots
-
-
-def plot_rates(data: dict[str, Any]) -> str | None:
-    """Grouped bars of boxed-answer compliance and accuracies per variant, with intervals."""
-    keys = [k for k in RATE_METRICS if any(k in v.get("metrics", {}) for v in data["variants"].values())]
-    if not keys:
-        return None
-    names = [n for n, v in data["variants"].items() if any(k in v.get("metrics", {}) for k in keys)]
-
-    def draw(ax: Any) -> None:
-        width = 0.8 / len(keys)
-        for i, key in enumerate(keys):
-            xs, ys, ivs = [], [], []
-            for j, name in enumerate(names):
-                metric = data["variants"][name]["metrics"].get(key)
-                value = metric_value(metric)
-                if value is not None and math.isfinite(value):
-                    xs.append(j + (i - (len(keys) - 1) / 2) * width)
-                    ys.append(value)
-                    ivs.append(metric_interval(metric))
-            ax.bar(xs, ys, width=width, yerr=_errors(ys, ivs), capsize=3, label=key)
-        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
-        ax.set_xlim(-0.8, len(names) - 0.2)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("rate")
-        ax.set_title("Boxed-answer compliance and accuracy per variant (95% intervals)")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-
-    return _figure_png(draw)
-
-
-def mixed_variants(data: dict[str, Any]) -> list[str]:
-    """Variants whose quantized layers use more than one bit width (mixed plans)."""
-    out = []
-    for name, v in data["variants"].items():
-        bits = {float(layer["bits"]) for layer in v.get("manifest") or []
-                if layer.get("applied") and _is_number(layer.get("bits"))}
-        if len(bits) > 1:
-            out.append(name)
-    return out
-
-
-def plot_layer_bits(data: dict[str, Any], name: str) -> str:
-    """Bits of every layer of a mixed plan, in model order, coloured by format; kept layers drawn hollow."""
-    layers = data["variants"][name]["manifest"]
-    formats = list(dict.fromkeys(str(layer.get("format")) for layer in layers))
-    cmap = {f: c for f, c in zip(formats, ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"))}
-
-    def draw(ax: Any) -> None:
-        for i, layer in enumerate(layers):
-            bits = layer.get("bits")
-            height = float(bits) if _is_number(bits) else 32.0
-            ax.bar(i, height, width=0.9, color=cmap.get(str(layer.get("format")), "grey") if layer.get("applied")
-                   else "none", edgecolor=cmap.get(str(layer.get("format")), "grey"))
-        for fmt, colour in cmap.items():
-            ax.bar([], [], color=colour, label=fmt)
-        ax.set_xlabel(f"layer index (0..{len(layers) - 1}, model order); hollow = kept in the reference dtype")
-        ax.set_ylabel("bits")
-        counts = Counter(str(x.get("bits")) for x in layers if x.get("applied"))
-        ax.set_title(f"Per-layer bits of {name} (" + ", ".join(f"{n} layers at {b} bits" for b, n in counts.items())
-                     + ")")
-        ax.legend(fontsize=8)
-
-    return _figure_png(draw, width=9.0)
-
+EVIDENCE_CHARS = 20000
+"""Evidence JSON longer than this is cut on the page (the JSON report keeps all of it)."""
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#1f2328;max-width:1200px}
-h1 .status{padding:.1em .5em;border-radius:.3em;color:#fff}
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1em 2em;color:#1f2328;max-width:1200px}
+h1{font-size:1.6em;margin:.2em 0 .3em} h1 .status{padding:.1em .5em;border-radius:.3em;color:#fff}
+h2{font-size:1.25em;margin:1.2em 0 .4em} p.verdict{margin:.3em 0 .6em;font-size:1.05em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
 th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.badge{color:#fff;padding:.05em .4em;border-radius:.3em;font-size:.85em;font-weight:600}
+table.attention{width:100%} table.attention td{padding:.2em .5em}
+table.attention .clamp{display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical;overflow:hidden}
+table.attention tr.FAIL td,table.attention tr.ERROR td{background:#ffebe9}
+table.attention tr.WARN td,table.attention tr.INCONCLUSIVE td{background:#fff8c5}
+.badge{color:#fff;padding:.05em .4em;border-radius:.3em;font-size:.85em;font-weight:600;white-space:nowrap}
+details.skipped>summary{font-size:1.25em;font-weight:600;margin:1.2em 0 .4em;cursor:pointer}
+section.detail{border-top:1px solid #d0d7de;padding:.3em 0}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #d0d7de}
-.note{color:#57606a;font-style:italic} pre{white-space:pre-wrap;font-size:.8em;background:#f6f8fa;padding:.5em}
-.warning{background:#fff8c5;border:1px solid #d4a72c;padding:.5em 1em}
+figcaption,.note{color:#57606a;font-style:italic} pre{white-space:pre-wrap;font-size:.8em;background:#f6f8fa;padding:.5em}
+.warning{background:#fff8c5;border:1px solid #d4a72c;padding:.4em 1em;margin:.3em 0}
 """
+
+e = html.escape
 
 
 def _badge(status: str) -> str:
     colour = STATUS_COLOURS.get(status, "#57606a")
-    return f'<span class="badge" style="background:{colour}">{html.escape(status)}</span>'
+    return f'<span class="badge" style="background:{colour}">{e(status)}</span>'
 
 
-def _plot_html(title: str, render: Callable[[], str | None], missing: str) -> str:
+def _text(value: Any) -> str:
+    return e(value if isinstance(value, str) else json.dumps(value))
+
+
+def _plot_html(title: str, render: Callable[[], str | None], missing: str, caption: str = "") -> str:
     try:
         png = render()
-    except Exception as exc:  # a broken plot must not cost the reader the rest of the report
-        return f'<h3>{html.escape(title)}</h3><p class="note">plot failed: {html.escape(type(exc).__name__)}: ' \
-               f'{html.escape(str(exc))}</p>'
+    except Exception as exc:  # noqa: BLE001 - a broken plot must not cost the reader the rest of the report
+        return f'<h3>{e(title)}</h3><p class="note">plot failed: {e(type(exc).__name__)}: {e(str(exc))}</p>'
     if png is None:
-        return f'<h3>{html.escape(title)}</h3><p class="note">{html.escape(missing)}</p>'
-    return (f'<figure><h3>{html.escape(title)}</h3><img class="plot" alt="{html.escape(title)}" '
-            f'src="data:image/png;base64,{png}"></figure>')
+        return f'<h3>{e(title)}</h3><p class="note">{e(missing)}</p>'
+    return (f'<figure><h3>{e(title)}</h3><img class="plot" alt="{e(title)}" src="data:image/png;base64,{png}">'
+            + (f"<figcaption>{e(caption)}</figcaption>" if caption else "") + "</figure>")
 
 
-def render_html(data: dict[str, Any]) -> str:
-    """The whole report as one HTML page (no external resources)."""
-    e = html.escape
-    meta = data.get("meta", {})
+def _head(data: dict[str, Any]) -> list[str]:
     status = str(data.get("status", ""))
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>qcheck report: {e(status)}</title><style>{CSS}</style></head><body>",
-             f'<h1>qcheck report <span class="status" style="background:{STATUS_COLOURS.get(status, "#57606a")}">'
-             f"{e(status)}</span></h1>"]
-    if not data.get("complete", True):
-        reason = (data.get("interruption") or {}).get("reason", "the run stopped early")
-        parts.append(f'<p class="warning">Run incomplete: {e(str(reason))}. '
-                     f"{len(data.get('unfinished') or [])} test(s) did not finish (listed below).</p>")
+    meta = data.get("meta") or {}
     model = meta.get("model", "")
-    rows = [("model", model.get("name", json.dumps(model)) if isinstance(model, dict) else model)]
-    rows += [(k, meta[k]) for k in ("device", "gpu", "compute_capability", "qcheck", "torch", "transformers",
-                                    "python", "platform", "created", "duration_s", "seeds", "argv") if k in meta]
-    for name, entry in (meta.get("data") or {}).items():
-        rows.append((f"data: {name}", json.dumps(entry)))
-    counts = ", ".join(f"{k} {v}" for k, v in (data.get("counts") or {}).items() if v)
-    rows.append(("checks", counts or "none"))
-    parts.append("<h2>Run</h2><table>" + "".join(
-        f"<tr><th>{e(str(k))}</th><td>{e(v if isinstance(v, str) else json.dumps(v))}</td></tr>" for k, v in rows)
-        + "</table>")
+    model = model.get("name", "") if isinstance(model, dict) else model
+    where = ", ".join(str(x) for x in (model, meta.get("device"), meta.get("gpu")) if x)
+    colour = STATUS_COLOURS.get(status, "#57606a")
+    parts = [f'<h1>qcheck report <span class="status" style="background:{colour}">{e(status)}</span></h1>',
+             f'<p class="verdict">{e(verdict_sentence(data))}' + (f" Model: {e(where)}." if where else "") + "</p>"]
+    if not data.get("complete", True):
+        why = (data.get("interruption") or {}).get("reason", "the run stopped early")
+        parts.append(f'<p class="warning">Run incomplete: {e(str(why))}. '
+                     f"{len(data.get('unfinished') or [])} test(s) did not finish (listed below).</p>")
+    return parts
+
+
+def _attention(data: dict[str, Any]) -> list[str]:
+    checks = data.get("checks") or []
+    picked = attention(checks)
+    parts = [f'<h2 id="attention">Failures and warnings ({len(picked)})</h2>']
+    if not picked:
+        ran = any(c.get("status") != "SKIPPED" for c in checks)
+        return parts + [f'<p>{"None: every check that ran passed." if ran else "None: no check ran."}</p>']
+    rows = []
+    for i, c in picked:
+        status = str(c.get("status"))
+        rows.append(f'<tr class="check-row {e(status)}" data-status="{e(status)}"><td>{_badge(status)}</td>'
+                    f"<td>{e(str(c.get('name')))}</td><td>{e(str(c.get('variant') or ''))}</td>"
+                    f'<td title="{e(str(c.get("message", "")))}"><div class="clamp">{e(reason(c))}</div></td>'
+                    f'<td><a href="#{anchor(i, c)}">details</a></td></tr>')
+    head = "".join(f"<th>{h}</th>" for h in ("status", "check", "variant", "reason", "evidence"))
+    return parts + [f'<table class="attention"><tr>{head}</tr>{"".join(rows)}</table>']
+
+
+def _unfinished(data: dict[str, Any]) -> list[str]:
+    unfinished = data.get("unfinished") or []
+    if not unfinished:
+        return []
+    return ["<h2>Not finished</h2><ul>" + "".join(f"<li><code>{e(n)}</code></li>" for n in unfinished) + "</ul>"]
+
+
+def _variants(data: dict[str, Any]) -> list[str]:
     variants = data.get("variants") or {}
-    if variants:
-        cols = [c for c in METRIC_COLUMNS if any(c in v.get("metrics", {}) for v in variants.values())]
-        head = "".join(f"<th>{e(c)}</th>" for c in ["variant", "layers quantized", "mean bits", *cols])
-        body = []
-        for name, v in variants.items():
-            s = v.get("manifest_summary") or {}
-            bits = variant_bits(v)
-            cells = [e(name), e(f"{s.get('applied', '')}/{s.get('layers', '')}" if s else ""),
-                     e(_fmt(bits) if bits is not None else "")]
-            cells += [e(metric_cell(v.get("metrics", {}).get(c))) for c in cols]
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        parts.append(f"<h2>Variants</h2><table><tr>{head}</tr>{''.join(body)}</table>")
-    parts.append("<h2>Plots</h2>")
-    parts.append(_plot_html("Perplexity vs bits per family", lambda: plot_perplexity_vs_bits(data),
-                            "no perplexity recorded for the variants of a format family in this run"))
+    if not variants:
+        return []
+    cols = [c for c in METRIC_COLUMNS if any(c in v.get("metrics", {}) for v in variants.values())]
+    head = "".join(f"<th>{e(c)}</th>" for c in ["variant", "layers quantized", "mean bits", *cols])
+    body = []
+    for name, v in variants.items():
+        s = v.get("manifest_summary") or {}
+        bits = variant_bits(v)
+        cells = [e(name), e(f"{s.get('applied', '')}/{s.get('layers', '')}" if s else ""),
+                 e(fmt(bits) if bits is not None else "")]
+        cells += [e(metric_cell(v.get("metrics", {}).get(c))) for c in cols]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return [f"<h2>Variants</h2><table><tr>{head}</tr>{''.join(body)}</table>"]
+
+
+def _evidence(check: dict[str, Any]) -> str:
+    text = json.dumps(check.get("evidence", {}), indent=1)
+    return f"<pre>{e(text[:EVIDENCE_CHARS])}</pre>"
+
+
+def _passed(data: dict[str, Any]) -> list[str]:
+    passed = with_status(data.get("checks") or [], "PASS")
+    parts = [f'<h2 id="passed">Passed ({len(passed)})</h2>']
+    if not passed:
+        return parts + ["<p>None.</p>"]
+    rows = [f'<tr class="check-row PASS" data-status="PASS"><td>{e(str(c.get("name")))}</td>'
+            f"<td>{e(str(c.get('variant') or ''))}</td><td>{e(str(c.get('message', '')))}</td><td>{e(basis(c))}</td>"
+            f"<td><details><summary>evidence</summary>{_evidence(c)}</details></td></tr>" for _, c in passed]
+    return parts + ["<table><tr><th>check</th><th>variant</th><th>message</th><th>basis</th><th>evidence</th></tr>"
+                    + "".join(rows) + "</table>"]
+
+
+def _skipped(data: dict[str, Any]) -> list[str]:
+    groups = skipped_groups(data)
+    if not groups:
+        return []
+    total = sum(len(checks) for _, checks in groups)
+    items = []
+    for why, checks in groups:
+        names = ", ".join(f"<code>{e(str(c.get('name')))}</code>" + (f" ({e(str(c['variant']))})"
+                                                                     if c.get("variant") else "") for c in checks)
+        items.append(f"<li><b>{e(why)}</b> ({len(checks)}): {names}</li>")
+    summary = f'Skipped: {total} check{"s" if total != 1 else ""}, {len(groups)} reason{"s" if len(groups) != 1 else ""}'
+    return [f'<details class="skipped" id="skipped"><summary>{summary}</summary><ul>{"".join(items)}</ul></details>']
+
+
+def _plots(data: dict[str, Any]) -> list[str]:
+    notes = perplexity_notes(data)
+    parts = ["<h2>Plots</h2>",
+             _plot_html("Perplexity vs bits per family", lambda: plot_perplexity_vs_bits(data),
+                        "no perplexity recorded for the variants of a format family in this run",
+                        caption="Drawn without a bar: " + "; ".join(notes) if notes else "")]
     try:
         costs = plot_costs(data)
-    except Exception as exc:  # same rule as _plot_html
+    except Exception as exc:  # noqa: BLE001 - same rule as _plot_html
         parts.append(f'<p class="note">latency/energy plots failed: {e(type(exc).__name__)}: {e(str(exc))}</p>')
     else:
         if costs:
@@ -298,21 +183,46 @@ def render_html(data: dict[str, Any]) -> str:
     for name in mixed:
         parts.append(_plot_html(f"Per-layer bits: {name}", lambda name=name: plot_layer_bits(data, name), ""))
     if not mixed:
-        parts.append(_plot_html("Per-layer bits of mixed plans", lambda: None,
-                                "no mixed-precision variant in this run"))
-    parts.append("<h2>Checks</h2><table><tr><th>status</th><th>check</th><th>variant</th><th>message</th>"
-                 "<th>basis</th><th>evidence</th></tr>")
-    for c in data.get("checks") or []:
-        evidence = json.dumps(c.get("evidence", {}), indent=1)
-        parts.append(f"<tr><td>{_badge(str(c.get('status')))}</td><td>{e(str(c.get('name')))}</td>"
-                     f"<td>{e(str(c.get('variant') or ''))}</td><td>{e(str(c.get('message', '')))}</td>"
-                     f"<td>{e(_basis(c))}</td><td><details><summary>evidence</summary>"
-                     f"<pre>{e(evidence[:20000])}</pre></details></td></tr>")
-    parts.append("</table>")
-    unfinished = data.get("unfinished") or []
-    if unfinished:
-        parts.append("<h2>Not finished</h2><ul>" + "".join(f"<li><code>{e(n)}</code></li>" for n in unfinished)
-                     + "</ul>")
+        parts.append(_plot_html("Per-layer bits of mixed plans", lambda: None, "no mixed-precision variant in this run"))
+    return parts
+
+
+def _details(data: dict[str, Any]) -> list[str]:
+    picked = attention(data.get("checks") or [])
+    if not picked:
+        return []
+    parts = ["<h2>Details of failures and warnings</h2>"]
+    for i, c in picked:
+        variant = f" ({e(str(c['variant']))})" if c.get("variant") else ""
+        parts.append(f'<section class="detail" id="{anchor(i, c)}"><h3>{_badge(str(c.get("status")))} '
+                     f"{e(str(c.get('name')))}{variant}</h3><p>{e(str(c.get('message', '')))}</p>"
+                     + (f"<p><b>Basis:</b> {e(basis(c))}</p>" if basis(c) else "")
+                     + (f"<p><b>Evidence:</b></p>{_evidence(c)}" if c.get("evidence") else "") + "</section>")
+    return parts
+
+
+def _run_facts(data: dict[str, Any]) -> list[str]:
+    meta = data.get("meta") or {}
+    model = meta.get("model", "")
+    rows = [("model", model.get("name", json.dumps(model)) if isinstance(model, dict) else model)]
+    rows += [(k, meta[k]) for k in ("device", "gpu", "compute_capability", "qcheck", "torch", "transformers",
+                                    "python", "platform", "created", "duration_s", "seeds", "argv") if k in meta]
+    rows += [(f"data: {name}", json.dumps(entry)) for name, entry in (meta.get("data") or {}).items()]
+    counts = ", ".join(f"{k} {v}" for k, v in (data.get("counts") or {}).items() if v)
+    rows.append(("checks", counts or "none"))
+    return ["<h2>Run</h2><table>" + "".join(f"<tr><th>{e(str(k))}</th><td>{_text(v)}</td></tr>" for k, v in rows)
+            + "</table>"]
+
+
+def render_html(data: dict[str, Any]) -> str:
+    """The whole report as one HTML page (no scripts, nothing fetched), failures and warnings first."""
+    status = str(data.get("status", ""))
+    meta = data.get("meta") or {}
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>qcheck report: {e(status)}</title><style>{CSS}</style></head><body>"]
+    parts += (_head(data) + _attention(data) + _unfinished(data) + _variants(data) + _passed(data) + _skipped(data)
+              + _plots(data) + _details(data) + _run_facts(data))
     parts.append(f'<p class="note">schema {e(str(data.get("schema_version")))}; written by qcheck '
                  f'{e(str(meta.get("qcheck", "")))}</p></body></html>')
     return "\n".join(parts) + "\n"

@@ -48,6 +48,7 @@ def test_built_report_validates_and_round_trips(tmp_path):
     validate_report(data)
     paths = write_reports(report, tmp_path / "out")
     assert [p.name for p in paths] == ["qcheck-report.json", "qcheck-report.md", "qcheck-report.html"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)  # JUnit is pytest's
     loaded = load_report(paths[0])
     validate_report(loaded)
     assert loaded["variants"]["int8"]["metrics"]["kl_mean"] == "NaN"
@@ -64,7 +65,7 @@ def test_run_metadata_records_versions_flags_and_platform():
     assert isinstance(meta["argv"], list)
 
 
-@pytest.mark.parametrize("name", ["baseline.json", "regression.json", "rerun.json"])
+@pytest.mark.parametrize("name", ["baseline.json", "regression.json", "rerun.json", "attention.json"])
 def test_fixture_reports_validate(name):
     validate_report(load_report(FIXTURES / name))
 
