@@ -30,7 +30,7 @@ import torch
 from _output import save
 
 from qcheck.benchmark_integration import qcheck_benchmark  # noqa: F401  (fixture for the pytest part below)
-from qcheck.invariants.latency import measure_order
+from qcheck.measure.latency import measure_order
 from qcheck.measure.timing import (
     classify_regime,
     device_info,

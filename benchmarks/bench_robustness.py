@@ -27,8 +27,8 @@ import pytest
 import torch
 from _output import save
 
+from qcheck.measure.robustness import ROBUSTNESS_ATTACK as ATTACK
 from qcheck.measure.robustness import ChoiceItem, arc_easy_items, evaluate_robustness
-from qcheck.suite.test_robustness import ATTACK
 
 VARIANTS = ("fp32", "int8", "w4g64", "bf16")
 

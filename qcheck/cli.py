@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,9 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "lint": ("qcheck.lint.cli", "lint result tables (CSV, JSON, JSONL) for impossible or suspicious numbers"),
     "optuna": ("qcheck.audit.optuna.cli", "audit an Optuna objective (MODULE:FUNCTION) or a stored study"),
     "compare": ("qcheck.report.compare", "regression gate between two qcheck JSON reports"),
+    "judge": ("qcheck.report.judge", "judge a stored run's records again (qcheck-report.json), without a model"),
 }
 
-EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"qcheck {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - an internal error is never 0 (pass) or 1 (a violation)
+        print(f"qcheck {args.command}: internal error: {type(exc).__name__}: {exc} (set QCHECK_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        if os.environ.get("QCHECK_DEBUG"):
+            raise
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -76,3 +76,21 @@ def progress_bar(desc: str, total: int | None = None, unit: str = "it", stream: 
 def hf_progress_env() -> dict[str, str]:
     """Environment that silences Hugging Face's own bars when qcheck's are off (for subprocesses and loaders)."""
     return {} if progress_enabled() else {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+
+
+@contextmanager
+def variant_progress(variants: list[str], stream: IO[str] | None = None) -> Iterator[Any]:
+    """A live line for a run: one tick per variant measured, the current variant and stage as its postfix, and
+    tqdm's ETA; `progress(variant, stage)` moves it. Quiet when bars are off (CI, not a terminal)."""
+    seen: list[str] = []
+    with progress_bar("qcheck", total=len(variants), unit="variant", stream=stream) as bar:
+        def update(variant: str, stage: str) -> None:
+            if variant not in seen:
+                if seen:
+                    bar.update(1)
+                seen.append(variant)
+            bar.set_postfix_str(f"{variant}: {stage}")
+
+        yield update
+        if seen:
+            bar.update(1)

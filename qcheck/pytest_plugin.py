@@ -1,91 +1,138 @@
-"""qcheck's pytest plugin: options, markers, session fixtures and the report hook (entry point pytest11).
+"""qcheck's pytest plugin (entry point pytest11): options, markers, the record store fixture and the report hook.
 
-Thin by design: heavy imports happen inside fixtures, and every number comes from qcheck's library.
-Checks recorded through `qcheck_record` or raised as InvariantViolation end up in the run report.
+Thin and out of the way: installed in any project it imports nothing heavy (no torch, hypothesis or report
+machinery) and sets nothing until a `--qcheck-*` option or a `qcheck_*` fixture is used. The suite's tests are
+marked with the measurements they read (`@pytest.mark.qcheck_needs(...)`); after collection and `-k`/`-m`
+selection the plugin knows what to measure, the `qcheck_store` fixture measures it once, variant by variant
+(`qcheck.engine`), and the tests judge the records. With `--qcheck-records REPORT.json` the store is read from a
+stored run instead: the same tests judge it again without a model.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qcheck.benchmark_integration import pytest_benchmark_update_machine_info, qcheck_benchmark  # noqa: F401
 
-_REPORT_KEY = pytest.StashKey["Any"]()
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The qcheck options of this pytest run."""
-
-    model: str | None = None
-    plans: tuple[str, ...] = ()
-    variants: tuple[str, ...] | None = None
-    device: str = "auto"
-    report_dir: str | None = None
-    samples: int = 50
-    prompts: int | None = None
-    tokens: int = 4096
-    context: int = 1024
-    text: str | None = None
-    optuna_objective: str | None = None
-    optuna_storage: str | None = None
-    optuna_study: str | None = None
-    ptq: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+_REPORT = pytest.StashKey[Any]()
+_NEEDS = pytest.StashKey[dict]()
+_LOADED = pytest.StashKey[Any]()
+_CONTEXT = pytest.StashKey[Any]()
+_RECORDED = pytest.StashKey[bool]()
+_PATHS = pytest.StashKey[list]()
+_OLD_SIGTERM = pytest.StashKey[Any]()
+_OURS = ("ci", "thorough")
+_BENCH_DIR = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from qcheck.options import add_arguments
+
     group = parser.getgroup("qcheck", "qcheck: quantization sanity invariants")
-    group.addoption("--qcheck-model", default=None, help="model: HF folder or .gguf file (default: embedded SmolLM2)")
-    group.addoption("--qcheck-plan", action="append", default=[], help="plan TOML file to add as a variant (repeat)")
-    group.addoption("--qcheck-variants", default=None,
-                    help="comma-separated built-in variants to include (default: all); 'none' for only --qcheck-plan")
-    group.addoption("--qcheck-device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default auto)")
-    group.addoption("--qcheck-report", default=None, metavar="DIR", help="write qcheck-report.json/.md/.html to DIR")
-    group.addoption("--qcheck-samples", type=int, default=50, help="questions/prompts per task slice (default 50)")
-    group.addoption("--qcheck-prompts", type=int, default=None,
-                    help="generation prompts (GSM8K) per variant, when fewer than --qcheck-samples are wanted "
-                         "(generation costs far more per sample than multiple-choice scoring)")
-    group.addoption("--qcheck-tokens", type=int, default=4096, help="evaluation tokens for perplexity (default 4096)")
-    group.addoption("--qcheck-context", type=int, default=1024, help="perplexity context length (default 1024)")
-    group.addoption("--qcheck-text", default=None, help="evaluation text file (default: WikiText-2 test)")
-    group.addoption("--qcheck-ptq", action="append", default=[], metavar="SPEC",
-                    help="PTQ backend variant to add (repeat): bnb-config:nf4, torchao:int8-wo, gptq[:SOURCE], "
-                         "checkpoint=FOLDER, ... (also $QCHECK_PTQ, comma-separated)")
-    group.addoption("--qcheck-optuna-objective", default=None, help="MODULE:FUNCTION of an Optuna objective to audit")
-    group.addoption("--qcheck-optuna-storage", default=None, help="Optuna storage URL of a study to audit")
-    group.addoption("--qcheck-optuna-study", default=None, help="name of the stored Optuna study to audit")
+    add_arguments(group, pytest=True)
+    group.addoption("--qcheck-report", dest="qcheck_report_dir", default=None, metavar="DIR",
+                    help="write qcheck-report.json/.md/.html (and JUnit XML) to DIR")
+    group.addoption("--qcheck-records", dest="qcheck_records", default=None, metavar="REPORT.json",
+                    help="judge the records of a stored run (a qcheck-report.json) again, without a model")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped with a reason where there is none)")
     config.addinivalue_line("markers", "slow: long-running; deselect with -m 'not slow'")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
+    config.addinivalue_line("markers", "qcheck_needs(*measurements, variants=None): the run measurements a qcheck "
+                                       "check reads (for its qcheck_variant, or the variants `variants` names)")
+    _note_benchmark_dir(config)
+    if (config.getoption("hypothesis_profile", None) or "") in _OURS:
         from qcheck.strategies import register_profiles
-    except ImportError:
-        pass
-    else:
+
         register_profiles()
-    if config.getoption("--qcheck-device", "auto") == "cuda":
+    if not _active(config):
+        return
+    from qcheck.errors import QCheckError
+    from qcheck.options import from_pytest_config
+
+    try:
+        options = from_pytest_config(config)
+    except QCheckError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if options.device == "cuda" and not options.records:
         import torch
 
         if not torch.cuda.is_available():
             raise pytest.UsageError("--qcheck-device cuda was asked for, but no CUDA device is available")
-    from qcheck.report import RunReport
-
-    config.stash[_REPORT_KEY] = RunReport()
-    if config.getoption("--qcheck-report", None):
+    if options.records:
+        config.stash[_LOADED] = _load_records(options.records)
+    else:
+        _check_ptq_specs(options.ptq)
+    if options.report_dir:
+        report_of(config)
         _terminate_as_interrupt(config)
 
 
-_OLD_SIGTERM = pytest.StashKey[Any]()
+def _active(config: pytest.Config) -> bool:
+    """Whether this pytest run uses qcheck: any --qcheck-* option differs from its default."""
+    from qcheck.options import OPTIONS
+
+    for opt in OPTIONS:
+        if config.getoption(f"qcheck_{opt.field}", None) not in (opt.kwargs.get("default"), None, []):
+            return True
+    return bool(config.getoption("qcheck_report_dir", None) or config.getoption("qcheck_records", None))
+
+
+def _check_ptq_specs(specs: tuple[str, ...]) -> None:
+    """A malformed --qcheck-ptq / $QCHECK_PTQ spec is a usage error before anything runs."""
+    if not specs:
+        return
+    from qcheck.errors import QCheckError
+    from qcheck.quant.backends import backend_from_spec
+
+    for spec in specs:
+        try:
+            backend_from_spec(spec)
+        except QCheckError as exc:
+            raise pytest.UsageError(f"PTQ spec {spec!r} (--qcheck-ptq or $QCHECK_PTQ): {exc}") from None
+
+
+def _note_benchmark_dir(config: pytest.Config) -> None:
+    """pytest-benchmark (a qcheck dependency) creates ./.benchmarks at every session, even when nothing is benchmarked;
+    remember whether it existed, so an empty one this session made can be removed at the end."""
+    if config.pluginmanager.hasplugin("pytest_benchmark") or config.pluginmanager.hasplugin("benchmark"):
+        from pathlib import Path
+
+        storage = str(config.getoption("benchmark_storage", "") or "")
+        if storage.startswith("file://") or "://" not in storage:
+            path = Path(storage.removeprefix("file://") or ".benchmarks").resolve()
+            config.stash[_BENCH_DIR] = (path, path.exists())
+
+
+def _drop_empty_benchmark_dir(config: pytest.Config) -> None:
+    path, existed = config.stash.get(_BENCH_DIR, (None, True))
+    if path is not None and not existed and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
+def _load_records(path: str) -> Any:
+    from qcheck.errors import QCheckError
+    from qcheck.records import RecordStore
+    from qcheck.report import load_report
+
+    try:
+        data = load_report(path)
+        return RecordStore.from_dict(data.get("records"), source=path)
+    except QCheckError as exc:
+        raise pytest.UsageError(f"--qcheck-records {path}: {exc}") from None
+
+
+def report_of(config: pytest.Config) -> Any:
+    """The run's RunReport (created on first use)."""
+    if _REPORT not in config.stash:
+        from qcheck.report import RunReport
+
+        config.stash[_REPORT] = RunReport()
+    return config.stash[_REPORT]
 
 
 def _terminate_as_interrupt(config: pytest.Config) -> None:
@@ -109,75 +156,67 @@ def _terminate_as_interrupt(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    _drop_empty_benchmark_dir(config)
     if _OLD_SIGTERM in config.stash:
         import signal
 
         signal.signal(signal.SIGTERM, config.stash[_OLD_SIGTERM])
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not any(item.get_closest_marker("gpu") for item in items):
-        return
-    import torch
+# ------------------------------------------------------------------------------------------------- collection
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="gpu test: no CUDA device on this machine (torch.cuda.is_available() is False)")
-    for item in items:
-        if item.get_closest_marker("gpu"):
-            item.add_marker(skip)
+def run_options(config: pytest.Config) -> Any:
+    """The RunOptions of this run (of the stored run, with --qcheck-records)."""
+    from qcheck.options import RunOptions, from_pytest_config
 
-
-def _options(config: pytest.Config) -> RunOptions:
-    variants = config.getoption("--qcheck-variants")
-    names: tuple[str, ...] | None = None
-    if variants is not None:
-        names = () if variants.strip() == "none" else tuple(v.strip() for v in variants.split(",") if v.strip())
-    return RunOptions(
-        model=config.getoption("--qcheck-model"), plans=tuple(config.getoption("--qcheck-plan")), variants=names,
-        device=config.getoption("--qcheck-device"), report_dir=config.getoption("--qcheck-report"),
-        samples=config.getoption("--qcheck-samples"), prompts=config.getoption("--qcheck-prompts"),
-        tokens=config.getoption("--qcheck-tokens"),
-        context=config.getoption("--qcheck-context"), text=config.getoption("--qcheck-text"),
-        optuna_objective=config.getoption("--qcheck-optuna-objective"),
-        optuna_storage=config.getoption("--qcheck-optuna-storage"),
-        optuna_study=config.getoption("--qcheck-optuna-study"), ptq=_ptq_specs(config))
-
-
-def _ptq_specs(config: pytest.Config) -> tuple[str, ...]:
-    from qcheck.quant.backends import ptq_specs_from_env
-
-    return tuple(dict.fromkeys([*config.getoption("--qcheck-ptq", []), *ptq_specs_from_env()]))
+    if _LOADED in config.stash:
+        stored = dict(config.stash[_LOADED].meta.get("options") or {})
+        for key in ("plans", "ptq"):
+            stored[key] = tuple(stored.get(key) or ())
+        if stored.get("variants") is not None:
+            stored["variants"] = tuple(stored["variants"])
+        return RunOptions(**{k: v for k, v in stored.items() if k in RunOptions.__dataclass_fields__})
+    return from_pytest_config(config)
 
 
 def variant_names(config: pytest.Config) -> list[str]:
-    """The variants this run compares (built-in selection plus user plans), for parametrizing suite tests."""
-    from qcheck.quant.plan import Plan
-    from qcheck.variants import DEFAULT_VARIANTS
+    """The variants this run compares (the reference excluded), for parametrizing suite tests."""
+    from qcheck.variants import REFERENCE
 
-    opts = _options(config)
-    names = list(DEFAULT_VARIANTS if opts.variants is None else opts.variants)
-    for path in opts.plans:
-        try:
-            plan = Plan.load(path)
-            names.append(plan.name if plan.name != "plan" else Path(path).stem)
-        except Exception:  # reported properly when the variant set is built
-            names.append(Path(path).stem)
-    return names + ptq_variant_names(config)
+    if _LOADED in config.stash:
+        return [v for v in config.stash[_LOADED].variants if v != REFERENCE]
+    from qcheck.engine import variant_names as names
+
+    return names(run_options(config))
 
 
 def ptq_variant_names(config: pytest.Config) -> list[str]:
-    """The names the run's PTQ backend variants (--qcheck-ptq / $QCHECK_PTQ) run under."""
+    """The names the run's PTQ backend variants run under."""
+    if _LOADED in config.stash:
+        store = config.stash[_LOADED]
+        return [v for v in store.variants if store.has(v, "build") and store.data(v, "build").get("is_ptq")]
     from qcheck.errors import ConfigError
     from qcheck.quant.backends import ptq_variant_name
 
-    names = []
-    for spec in _options(config).ptq:
+    out = []
+    for spec in run_options(config).ptq:
         try:
-            names.append(ptq_variant_name(spec))
-        except ConfigError:  # reported properly when the variant set is built
-            names.append(spec)
-    return names
+            out.append(ptq_variant_name(spec))
+        except ConfigError:
+            out.append(spec)
+    return out
+
+
+def run_on_gpu(config: pytest.Config) -> bool:
+    """Whether the run measures (or measured) on a CUDA device."""
+    if _LOADED in config.stash:
+        return str(config.stash[_LOADED].meta.get("device", "")).startswith("cuda")
+    device = run_options(config).device
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device == "cuda"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -185,175 +224,209 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("qcheck_variant", variant_names(metafunc.config))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip gpu tests without CUDA, then gather what the selected qcheck checks need measured (after -k/-m)."""
+    if any(item.get_closest_marker("gpu") for item in items) and _LOADED not in config.stash:
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="gpu test: no CUDA device on this machine "
+                                           "(torch.cuda.is_available() is False)")
+            for item in items:
+                if item.get_closest_marker("gpu"):
+                    item.add_marker(skip)
+    needs: dict[str, set[str]] = {}
+    marked = [item for item in items if item.get_closest_marker("qcheck_needs")
+              and not item.get_closest_marker("skip")]
+    if marked:
+        from qcheck.variants import REFERENCE
+
+        names = variant_names(config)
+        for item in marked:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            for mark in item.iter_markers("qcheck_needs"):
+                chooser = mark.kwargs.get("variants")
+                if chooser is not None:
+                    targets = list(chooser(params, names))
+                else:
+                    targets = [params.get("qcheck_variant", REFERENCE)]
+                for target in targets:
+                    needs.setdefault(target, set()).update(mark.args)
+    config.stash[_NEEDS] = needs
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+
 @pytest.fixture(scope="session")
-def qcheck_options(pytestconfig: pytest.Config) -> RunOptions:
-    """The qcheck options of this run."""
-    return _options(pytestconfig)
+def qcheck_options(pytestconfig: pytest.Config) -> Any:
+    """The qcheck options of this run (a qcheck.options.RunOptions)."""
+    return run_options(pytestconfig)
 
 
 @pytest.fixture(scope="session")
 def qcheck_report(pytestconfig: pytest.Config) -> Any:
     """The run's RunReport: add metrics with `.add_metric(variant, key, value)`."""
-    return pytestconfig.stash[_REPORT_KEY]
+    return report_of(pytestconfig)
+
+
+def _context(config: pytest.Config) -> Any:
+    """The run context (reference loaded, variants validated), opened on first use."""
+    if _CONTEXT not in config.stash:
+        if _LOADED in config.stash:
+            raise pytest.UsageError("this run judges stored records (--qcheck-records): it has no model to use")
+        from qcheck.engine import open_run
+
+        config.stash[_CONTEXT] = open_run(run_options(config))
+    return config.stash[_CONTEXT]
 
 
 @pytest.fixture(scope="session")
-def qcheck_device(qcheck_options: RunOptions) -> Any:
+def qcheck_store(pytestconfig: pytest.Config) -> Any:
+    """The run's RecordStore: every measurement the selected checks need, taken once, variant by variant (or read
+    from --qcheck-records)."""
+    report = report_of(pytestconfig)
+    if _LOADED in pytestconfig.stash:
+        store = pytestconfig.stash[_LOADED]
+    else:
+        from qcheck.engine import measure_run
+        from qcheck.progress import variant_progress
+
+        ctx = _context(pytestconfig)
+        with variant_progress(ctx.store.variants) as progress:
+            store = measure_run(ctx, pytestconfig.stash.get(_NEEDS, {}), progress=progress)
+    report.records = store
+    return store
+
+
+class Records:
+    """The store as a check reads it: `.data(variant, measurement)` skips the test with the reason when the
+    measurement was not taken, and raises MeasurementError (reported as ERROR) when it failed."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def data(self, variant: str, measurement: str) -> dict[str, Any]:
+        from qcheck.records import MeasurementSkipped
+
+        try:
+            return self.store.data(variant, measurement)
+        except MeasurementSkipped as exc:
+            pytest.skip(exc.reason)
+
+    def has(self, variant: str, measurement: str) -> bool:
+        return self.store.has(variant, measurement)
+
+    def find(self, variant: str, measurement: str) -> Any:
+        return self.store.find(variant, measurement)
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.store.variants)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.store.meta
+
+
+@pytest.fixture(scope="session")
+def qcheck_records(qcheck_store: Any) -> Records:
+    """The run's records, as the suite's checks read them (see Records)."""
+    return Records(qcheck_store)
+
+
+@pytest.fixture(scope="session")
+def qcheck_device(pytestconfig: pytest.Config) -> Any:
     """The torch device of this run (auto: cuda when available)."""
-    import torch
-
-    if qcheck_options.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(qcheck_options.device)
+    return _context(pytestconfig).device
 
 
 @pytest.fixture(scope="session")
-def qcheck_reference(qcheck_options: RunOptions, qcheck_device: Any, qcheck_report: Any) -> Any:
-    """The reference model (fp32) and tokenizer: a qcheck.inputs.models.LoadedModel, shared by the session."""
-    import torch
-
-    from qcheck.inputs.models import load_model
-
-    torch.manual_seed(0)
-    loaded = load_model(qcheck_options.model, device=qcheck_device, cache=True)
-    qcheck_report.meta["model"] = loaded.describe()
-    qcheck_report.meta["device"] = str(qcheck_device)
-    qcheck_report.meta["seeds"] = {"torch": 0, "probe_inputs": 0, "bootstrap": 0}
-    return loaded
+def qcheck_reference(pytestconfig: pytest.Config) -> Any:
+    """The reference model and tokenizer: a qcheck.inputs.models.LoadedModel, shared by the session."""
+    return _context(pytestconfig).loaded
 
 
 @pytest.fixture(scope="session")
-def qcheck_variants(qcheck_reference: Any, qcheck_options: RunOptions, qcheck_report: Any, qcheck_device: Any,
-                    pytestconfig: pytest.Config) -> Any:
-    """A qcheck.variants.VariantSet: `.get(name)` quantizes the reference once per variant and records it."""
-    from qcheck.variants import DEFAULT_VARIANTS, REFERENCE, VariantSet
-
-    names = list(DEFAULT_VARIANTS if qcheck_options.variants is None else qcheck_options.variants)
-
-    def record(variant: Any) -> None:
-        v = qcheck_report.variant(variant.name)
-        v.plan = variant.plan.to_dict() if variant.plan is not None else {
-            "name": variant.name, "ptq": variant.spec, "backend": variant.report.backend, **variant.report.plan}
-        v.manifest_summary = variant.report.summary()
-        v.manifest = [{"name": r.name, "format": r.format, "bits": r.bits, "rule": r.rule, "applied": r.applied,
-                       "kept_reason": r.kept_reason, "dtype": r.dtype, "module_class": r.module_class,
-                       "rel_change": r.rel_change, "sqnr_db": r.sqnr_db, "saturation_rate": r.saturation_rate,
-                       "underflow_rate": r.underflow_rate, "sparsity": r.sparsity} for r in variant.report.layers]
-        v.metrics["quantize_seconds"] = round(variant.seconds, 3)
-
-    from qcheck.errors import VariantUnavailable
-
-    class SuiteVariants(VariantSet):
-        """A variant this machine cannot build (a GPU-only backend on CPU) skips its tests, saying why."""
-
-        def get(self, name: str) -> Any:
-            try:
-                return super().get(name)
-            except VariantUnavailable as exc:
-                pytest.skip(str(exc))
-
-    variants = SuiteVariants.from_names(qcheck_reference.model, names, list(qcheck_options.plans),
-                                        ptq_specs=list(qcheck_options.ptq), on_build=record,
-                                        tokenizer=qcheck_reference.tokenizer, device=str(qcheck_device))
-    variants.validate()
-    qcheck_report.variant(REFERENCE).plan = {"name": REFERENCE, "dtype": "fp32"}
-    return variants
-
-
-@dataclass(frozen=True)
-class EvalText:
-    """The evaluation text slice with where it came from."""
-
-    text: str
-    source: str
-    sha256: str
-    max_tokens: int
+def qcheck_variants(pytestconfig: pytest.Config) -> Any:
+    """A qcheck.variants.VariantSet: `.get(name)` builds a variant (keeping only the last one built)."""
+    return _context(pytestconfig).variants
 
 
 @pytest.fixture(scope="session")
-def qcheck_eval_text(qcheck_options: RunOptions, qcheck_report: Any) -> EvalText:
-    """The perplexity text: --qcheck-text, else WikiText-2 test from ../shared/data (skips when absent)."""
+def qcheck_eval_text(pytestconfig: pytest.Config) -> Any:
+    """The evaluation token slice (`.ids`, `.text`, `.source`, `.sha256`)."""
     from qcheck.errors import DataError
-    from qcheck.inputs.data import find_data_file, read_text, sha256_of
 
     try:
-        path = Path(qcheck_options.text) if qcheck_options.text else find_data_file("wikitext-2-raw/wiki.test.raw")
-        text = read_text(path, max_chars=qcheck_options.tokens * 12)
+        return _context(pytestconfig).inputs.eval_text()
     except DataError as exc:
         pytest.skip(f"no evaluation text: {exc}")
-    data = EvalText(text, str(path), sha256_of(path), qcheck_options.tokens)
-    qcheck_report.meta.setdefault("data", {})["perplexity_text"] = {
-        "path": data.source, "sha256": data.sha256, "max_tokens": data.max_tokens,
-        "context": qcheck_options.context}
-    return data
 
 
 @pytest.fixture(scope="session")
-def qcheck_probe_ids(qcheck_reference: Any, qcheck_eval_text: EvalText) -> Any:
+def qcheck_probe_ids(pytestconfig: pytest.Config) -> Any:
     """Two rows of 32 real tokens from the evaluation text, for output comparisons."""
-    import torch
-
-    ids = qcheck_reference.tokenizer(qcheck_eval_text.text[:4000], add_special_tokens=False)["input_ids"][:64]
-    return torch.tensor(ids, dtype=torch.long).reshape(2, 32)
-
-
-def run_perplexity(model: Any, tokenizer: Any, text: str, options: RunOptions) -> Any:
-    """Perplexity of `model` on `text` with the run's context and token budget (batches of 8 on a GPU)."""
-    from qcheck.measure.perplexity import perplexity
-
-    return perplexity(model, tokenizer, text, context=options.context, max_tokens=options.tokens,
-                      batch_size=1 if next(model.parameters()).device.type == "cpu" else 8)
+    return _context(pytestconfig).inputs.probe_ids()
 
 
 @pytest.fixture(scope="session")
-def qcheck_perplexity(qcheck_reference: Any, qcheck_variants: Any, qcheck_eval_text: EvalText,
-                      qcheck_options: RunOptions, qcheck_report: Any) -> Callable[[str], Any]:
-    """`qcheck_perplexity(name)`: the variant's PerplexityResult on the evaluation text (computed once)."""
-    cache: dict[str, Any] = {}
+def qcheck_perplexity(pytestconfig: pytest.Config) -> Callable[[str], Any]:
+    """`qcheck_perplexity(name)`: the variant's PerplexityResult on the evaluation slice (measured once)."""
+    from qcheck.engine import measure_run
+    from qcheck.measure.perplexity import PerplexityResult
+    from qcheck.records import MeasurementError
 
     def get(name: str) -> Any:
-        if name not in cache:
-            result = run_perplexity(qcheck_variants.model(name), qcheck_reference.tokenizer, qcheck_eval_text.text,
-                                    qcheck_options)
-            cache[name] = result
-            qcheck_report.add_metric(name, "perplexity", result.to_dict(with_windows=True))
-        return cache[name]
+        ctx = _context(pytestconfig)
+        measure_run(ctx, {name: {"perplexity"}})
+        record = ctx.store.find(name, "perplexity")
+        if not record.ok:
+            raise MeasurementError(record)
+        return PerplexityResult.from_dict(record.data)
 
     return get
 
 
 @pytest.fixture
-def qcheck_record(request: pytest.FixtureRequest, qcheck_report: Any) -> Callable[[Any], Any]:
-    """`qcheck_record(result)`: add a CheckResult to the report; INCONCLUSIVE results skip the test, naming why."""
+def qcheck_record(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
+    """`qcheck_record(result)`: add a CheckResult to the report; INCONCLUSIVE and SKIPPED results skip the test,
+    naming why."""
     from qcheck.results import Status
+
+    report = report_of(request.config)
 
     def record(result: Any) -> Any:
         request.node.stash[_RECORDED] = True
-        qcheck_report.add_check(result)
-        if result.status == Status.INCONCLUSIVE:
-            pytest.skip(f"INCONCLUSIVE: {result.message}")
+        report.add_check(result)
+        if result.status in (Status.INCONCLUSIVE, Status.SKIPPED):
+            pytest.skip(f"{result.status.value}: {result.message}")
         return result
 
     return record
 
 
-_RECORDED = pytest.StashKey[bool]()
-
+# ------------------------------------------------------------------------------------------------- report hooks
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     rep = yield
-    if call.when not in ("setup", "call") or _REPORT_KEY not in item.config.stash:
+    if call.when not in ("setup", "call"):
         return rep
     from qcheck.errors import InvariantViolation
+
+    excinfo = call.excinfo
+    in_suite = "qcheck_record" in getattr(item, "fixturenames", ())
+    violation = excinfo is not None and isinstance(excinfo.value, InvariantViolation)
+    if not (in_suite or violation or _REPORT in item.config.stash):
+        return rep
+    from qcheck.records import MeasurementError
     from qcheck.results import CheckResult, Status
 
-    report = item.config.stash[_REPORT_KEY]
-    in_suite = "qcheck_record" in getattr(item, "fixturenames", ())
-    excinfo = call.excinfo
+    report = report_of(item.config)
     variant = getattr(item, "callspec", None) and item.callspec.params.get("qcheck_variant")
     name = item.name.split("[")[0].removeprefix("test_")
-    if excinfo is not None and isinstance(excinfo.value, InvariantViolation):
+    if violation:
         result = excinfo.value.result
         if result.variant is None and variant:
             result.variant = variant
@@ -365,45 +438,50 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         report.add_check(CheckResult(name, Status.SKIPPED, reason.removeprefix("Skipped: "), variant=variant,
                                      evidence={"test": item.nodeid}))
     elif rep.failed and excinfo is not None:
-        status = Status.FAIL if isinstance(excinfo.value, AssertionError) else Status.ERROR
-        report.add_check(CheckResult(name, status, f"{type(excinfo.value).__name__}: {excinfo.value}"[:2000],
-                                     variant=variant, evidence={"test": item.nodeid, "phase": call.when}))
+        if isinstance(excinfo.value, MeasurementError):
+            record = excinfo.value.record
+            message = f"the measurement this check reads failed: {record.measurement} of {record.variant}: " \
+                      f"{record.reason}"
+            evidence = {"test": item.nodeid, "record": record.to_dict()}
+            report.add_check(CheckResult(name, Status.ERROR, message[:2000], variant=variant, evidence=evidence))
+        else:
+            status = Status.FAIL if isinstance(excinfo.value, AssertionError) else Status.ERROR
+            report.add_check(CheckResult(name, status, f"{type(excinfo.value).__name__}: {excinfo.value}"[:2000],
+                                         variant=variant, evidence={"test": item.nodeid, "phase": call.when}))
     return rep
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Any:
     result = yield
-    if _REPORT_KEY in item.config.stash:
-        item.config.stash[_REPORT_KEY].note_finished(item.nodeid)
+    if _REPORT in item.config.stash:
+        item.config.stash[_REPORT].note_finished(item.nodeid)
     return result
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    out = config.getoption("--qcheck-report", None)
-    if not out or _REPORT_KEY not in config.stash:
-        return
+    out = config.getoption("qcheck_report_dir", None)
+    if not out or int(exitstatus) in (4, 5):
+        return  # a usage error or nothing selected: no report (an empty report would read as a pass)
     from qcheck.report import run_metadata, write_reports
 
-    report = config.stash[_REPORT_KEY]
+    report = report_of(config)
     report.complete = exitstatus not in (2, 3) and not session.shouldstop
     reason = {2: "interrupted (Ctrl-C, SIGTERM, pytest.exit or collection errors)", 3: "pytest internal error"}.get(
         int(exitstatus)) or (str(session.shouldstop) if session.shouldstop else None)
     report.mark_unfinished([item.nodeid for item in session.items], reason, int(exitstatus))
+    if _LOADED in config.stash:
+        report.records = config.stash[_LOADED]
+        report.meta["judged_from"] = config.getoption("qcheck_records")
     report.meta = {**run_metadata(), **report.meta, "pytest_exit_status": int(exitstatus)}
-    paths = write_reports(report, out)
-    config.stash[_PATHS] = paths
-
-
-_PATHS = pytest.StashKey[list]()
+    config.stash[_PATHS] = write_reports(report, out)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     paths = config.stash.get(_PATHS, None)
     if paths:
-        report = config.stash[_REPORT_KEY]
+        report = config.stash[_REPORT]
         terminalreporter.write_sep("-", f"qcheck: {report.status.value}; report written")
         for p in paths:
             terminalreporter.write_line(f"qcheck report: {p}")
-

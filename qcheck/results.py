@@ -90,3 +90,13 @@ def to_jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return to_jsonable(value.item())
     return str(value)
+
+
+def raise_if_failed(result: CheckResult) -> CheckResult:
+    """Return the result; raise InvariantViolation (carrying it) when its status is FAIL or ERROR. Every assert_*
+    and judge_* ends with this, so a violation fails the pytest test that called it and keeps its evidence."""
+    if result.status in (Status.FAIL, Status.ERROR):
+        from qcheck.errors import InvariantViolation
+
+        raise InvariantViolation(result)
+    return result

@@ -1,7 +1,11 @@
-"""`qcheck run`: validate the inputs, then run the shipped suite through pytest and write the reports.
+"""`qcheck run` and `qcheck judge`: validate everything first, then run the shipped suite through pytest and write
+the reports (JSON, Markdown, HTML, and pytest's JUnit XML).
 
-Inputs are checked before anything runs (model source, plan files, plan globs against the model), so bad
-input exits 2 with a clear message and nothing is written.
+`run` loads the reference, resolves every plan against it, checks every PTQ spec, the evaluation text and the
+report folder before anything is measured: bad input exits 2 with a message naming it and nothing is written.
+`judge` reads a stored run's records (a qcheck-report.json) and runs the same checks on them, without a model.
+Exit codes: 0 at least one check ran and every invariant holds; 1 an invariant is violated (or a check errored);
+2 bad usage or input, or nothing was judged; 130 interrupted; 3 an internal error.
 """
 from __future__ import annotations
 
@@ -10,62 +14,55 @@ import json
 import os
 from pathlib import Path
 
-from qcheck.errors import ConfigError, QCheckError
+from qcheck.errors import QCheckError
+
+JUNIT = "qcheck-junit.xml"
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="HF model folder or .gguf file (default: embedded SmolLM2)")
-    parser.add_argument("--plan", action="append", default=[], help="plan TOML file to add as a variant (repeat)")
-    parser.add_argument("--variants", default=None,
-                        help="comma-separated built-in variants (default: all); 'none' for only --plan")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--out", default="reports", help="report folder (default: reports)")
-    parser.add_argument("--samples", type=int, default=50, help="questions/prompts per task slice")
-    parser.add_argument("--prompts", type=int, default=None,
-                        help="generation prompts (GSM8K) per variant, if fewer than --samples (default: --samples)")
-    parser.add_argument("--tokens", type=int, default=4096, help="evaluation tokens for perplexity")
-    parser.add_argument("--context", type=int, default=1024, help="perplexity context length")
-    parser.add_argument("--text", default=None, help="evaluation text file (default: WikiText-2 test)")
-    parser.add_argument("--optuna-objective", default=None, help="MODULE:FUNCTION of an Optuna objective to audit")
-    parser.add_argument("--optuna-storage", default=None, help="Optuna storage URL of a study to audit")
-    parser.add_argument("--optuna-study", default=None, help="name of the stored Optuna study to audit")
-    parser.add_argument("-k", dest="keyword", default=None, help="only run suite checks matching this expression")
-    parser.add_argument("--ptq", action="append", default=[], metavar="SPEC",
-                        help="PTQ backend variant to add (repeat): bnb-config:nf4, torchao:int8-wo, gptq[:SOURCE], "
-                             "awq, w8a8-sq, checkpoint=FOLDER")
+    from qcheck.options import add_arguments
+
+    add_arguments(parser)
+    common_arguments(parser)
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="reports", metavar="DIR", help="report folder (default: reports)")
+    parser.add_argument("-k", dest="keyword", default=None, help="only run the checks matching this expression")
     parser.add_argument("--pytest-arg", action="append", default=[], help="extra argument passed to pytest")
 
 
-def _validate(args: argparse.Namespace) -> None:
-    from qcheck.inputs.models import load_model, resolve_source
-    from qcheck.quant.plan import Plan
-    from qcheck.variants import DEFAULT_VARIANTS, VariantSet
-
-    for name, value in (("--samples", args.samples), ("--tokens", args.tokens), ("--context", args.context),
-                        ("--prompts", args.samples if args.prompts is None else args.prompts)):
-        if value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value}", field=name)
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise QCheckError("--device cuda was asked for, but no CUDA device is available (use --device cpu)")
-    if args.text is not None and not Path(args.text).is_file():
-        raise QCheckError(f"--text {args.text}: file not found")
-    for path in args.plan:
-        Plan.load(path)
-    resolve_source(args.model)
-    names = list(DEFAULT_VARIANTS) if args.variants is None else (
-        [] if args.variants.strip() == "none" else [v.strip() for v in args.variants.split(",") if v.strip()])
-    device = "cuda" if args.device == "cuda" or (args.device == "auto" and _cuda()) else "cpu"
-    loaded = load_model(args.model, device=device, cache=True)
-    VariantSet.from_names(loaded.model, names, args.plan, ptq_specs=args.ptq).validate()
+def check_out_dir(out: str) -> Path:
+    """The report folder: an existing file there, or a folder that cannot be written, is bad input (exit 2)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise QCheckError(f"--out {out}: a file is in the way; the reports need a folder there (give another --out)")
+    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise QCheckError(f"--out {out}: cannot write into {parent} (permission denied); give a writable folder")
+    return path
 
 
-def _cuda() -> bool:
-    import torch
+def validate_run(args: argparse.Namespace) -> object:
+    """Everything `qcheck run` can check before it measures; returns the RunOptions."""
+    from qcheck.engine import open_run
+    from qcheck.options import RunOptions
 
-    return torch.cuda.is_available()
+    options = RunOptions.from_values(vars(args))
+    check_out_dir(args.out)
+    if options.variants == () and not options.plans and not options.ptq:
+        raise QCheckError("no variant to check: --variants none leaves only --plan and --ptq variants, and none was "
+                          "given (add --plan FILE or --ptq SPEC, or pick built-in variants)")
+    if options.text is not None and not Path(options.text).is_file():
+        raise QCheckError(f"--text {options.text}: file not found")
+    ctx = open_run(options)
+    ctx.inputs.eval_text()
+    return options
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    options = validate_run(args)
+    return run_suite(options.pytest_args(), args)
 
 
 def _plugin_installed() -> bool:
@@ -75,30 +72,17 @@ def _plugin_installed() -> bool:
     return any(ep.value == "qcheck.pytest_plugin" for ep in entry_points(group="pytest11"))
 
 
-def cli_main(args: argparse.Namespace) -> int:
+def run_suite(options_args: list[str], args: argparse.Namespace) -> int:
     import pytest
 
-    _validate(args)
+    import qcheck.suite
+
     out = Path(args.out)
-    argv = ["--pyargs", "qcheck.suite", "-p", "no:cacheprovider", "-q", "-rfEs",
-            f"--qcheck-report={out}", f"--qcheck-device={args.device}", f"--qcheck-samples={args.samples}",
-            *([f"--qcheck-prompts={args.prompts}"] if args.prompts is not None else []),
-            f"--qcheck-tokens={args.tokens}", f"--qcheck-context={args.context}",
-            "-o", "addopts=", "-o", "testpaths=", "-W", "ignore::DeprecationWarning"]
-    if args.model:
-        argv.append(f"--qcheck-model={args.model}")
-    for plan in args.plan:
-        argv.append(f"--qcheck-plan={plan}")
-    if args.variants is not None:
-        argv.append(f"--qcheck-variants={args.variants}")
-    for spec in args.ptq:
-        argv.append(f"--qcheck-ptq={spec}")
-    if args.text:
-        argv.append(f"--qcheck-text={args.text}")
-    for key in ("objective", "storage", "study"):
-        value = getattr(args, f"optuna_{key}")
-        if value:
-            argv.append(f"--qcheck-optuna-{key}={value}")
+    suite = Path(qcheck.suite.__file__).parent  # conftest files of the folder qcheck runs in stay out of the suite
+    argv = ["--pyargs", "qcheck.suite", f"--confcutdir={suite}", "-p", "no:cacheprovider", "-q", "-rfEs",
+            f"--qcheck-report={out}",
+            f"--junitxml={out / JUNIT}", "-o", "junit_family=xunit2", "-o", "junit_suite_name=qcheck",
+            *options_args, "-o", "addopts=", "-o", "testpaths=", "-W", "ignore::DeprecationWarning"]
     if args.keyword:
         argv += ["-k", args.keyword]
     if not _plugin_installed():
@@ -106,11 +90,27 @@ def cli_main(args: argparse.Namespace) -> int:
     argv += args.pytest_arg
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     code = int(pytest.main(argv))
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        raise QCheckError("no check selected" + (f" by -k {args.keyword!r}" if args.keyword else "")
+                          + "; nothing was judged and no report was written")
+    if code == pytest.ExitCode.USAGE_ERROR:
+        raise QCheckError(f"pytest could not run the suite (usage error, exit {code}); see its message above")
+    if code == pytest.ExitCode.INTERRUPTED:
+        print(f"qcheck {args.command}: interrupted; the report marks what did not finish: {out}")
+        return 130
     report_path = out / "qcheck-report.json"
-    if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.NO_TESTS_COLLECTED):
-        raise QCheckError(f"pytest could not run the suite (exit {code}); see its message above")
-    if not report_path.is_file():
-        raise QCheckError(f"the run wrote no report at {report_path}")
-    status = json.loads(report_path.read_text(encoding="utf-8"))["status"]
-    print(f"qcheck run: {status}; report: {report_path}, {out / 'qcheck-report.md'}, {out / 'qcheck-report.html'}")
-    return 1 if status == "FAIL" or code not in (0,) else 0
+    if code == pytest.ExitCode.INTERNAL_ERROR or not report_path.is_file():
+        where = report_path if report_path.is_file() else "not written"
+        print(f"qcheck {args.command}: internal error: pytest exit {code}, report {where}")
+        return 3
+    data = json.loads(report_path.read_text(encoding="utf-8"))
+    status, counts = data["status"], data["counts"]
+    judged = sum(v for k, v in counts.items() if k != "SKIPPED")
+    print(f"qcheck {args.command}: {status} ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}); report: "
+          f"{report_path}, {out / 'qcheck-report.md'}, {out / 'qcheck-report.html'}, {out / JUNIT}")
+    if status == "FAIL" or code == pytest.ExitCode.TESTS_FAILED:
+        return 1
+    if judged == 0:
+        raise QCheckError(f"no check ran: all {counts.get('SKIPPED', 0)} selected checks were skipped (see their "
+                          f"reasons in {out / 'qcheck-report.md'}); nothing was judged")
+    return 0

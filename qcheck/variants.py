@@ -1,23 +1,28 @@
-"""Model variants a run compares: the fp32 reference plus quantized variants built lazily from plans.
+"""Model variants a run compares: the fp32 reference plus quantized variants, built one at a time and released.
 
 The default set (package plans in qcheck/inputs/plans/) covers fp16, bf16, int8 RTN per channel, w4g64 RTN,
-fixed point 8.4 and 16.8, a mixed int8/int4 plan, and bitsandbytes int8 / nf4.
+fixed point 8.4 and 16.8, a mixed int8/int4 plan, and bitsandbytes int8 / nf4. A run builds a variant, measures it
+and releases it (`VariantSet.built`), so its memory is the reference plus one variant whatever the number of
+variants; `VariantSet.get` keeps at most the last variant it built.
 """
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from qcheck.errors import ConfigError
-from qcheck.quant.apply import quantize
-from qcheck.quant.manifest import QuantReport
 from qcheck.quant.plan import Plan
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from qcheck.quant.manifest import QuantReport
 
 REFERENCE = "fp32"
 DEFAULT_VARIANTS = ("fp16", "bf16", "int8", "w4g64", "fixed8.4", "fixed16.8", "mixed", "bnb-int8", "bnb-nf4")
@@ -66,7 +71,7 @@ class Variant:
 
 @dataclass
 class VariantSet:
-    """Builds each variant once, on first use, from the reference model; `on_build` sees every new variant."""
+    """Builds variants from the reference model on demand; `on_build` sees every new variant."""
 
     reference: nn.Module
     plans: dict[str, Plan]
@@ -74,7 +79,9 @@ class VariantSet:
     backends: dict[str, str] = field(default_factory=dict)
     tokenizer: Any = None
     device: str = "cpu"
-    _built: dict[str, Variant] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where each plan came from (its file; built-in plans are absent), for error messages."""
+    _last: Variant | None = None
     _failed: dict[str, Exception] = field(default_factory=dict)
 
     @classmethod
@@ -84,6 +91,7 @@ class VariantSet:
         from qcheck.quant.backends import backend_from_spec, ptq_variant_name
 
         plans = {n: builtin_plan(n) for n in names}
+        sources: dict[str, str] = {}
         for path in plan_files:
             plan = Plan.load(path)
             name = plan.name if plan.name != "plan" else Path(path).stem
@@ -91,6 +99,7 @@ class VariantSet:
                 raise ConfigError(f"plan {path} is named {name!r}, which another variant already uses; "
                                   "set a distinct name = \"...\" in the plan file", field="name")
             plans[name] = plan
+            sources[name] = str(path)
         backends: dict[str, str] = {}
         for spec in ptq_specs:
             backend_from_spec(spec)  # a malformed spec is a ConfigError now, before anything runs
@@ -99,7 +108,7 @@ class VariantSet:
                 raise ConfigError(f"PTQ variant {spec!r} would run as {name!r}, which another variant already uses; "
                                   "give its checkpoint folder a distinct name", field="ptq")
             backends[name] = spec
-        return cls(reference, plans, backends=backends, **kwargs)
+        return cls(reference, plans, backends=backends, sources=sources, **kwargs)
 
     @property
     def names(self) -> list[str]:
@@ -110,30 +119,61 @@ class VariantSet:
         checkpoint folder that is missing or not a model is an error here, before anything runs)."""
         from qcheck.quant.backends import backend_from_spec
 
-        for plan in self.plans.values():
-            plan.resolve(self.reference)
+        for name, plan in self.plans.items():
+            try:
+                plan.resolve(self.reference)
+            except ConfigError as exc:
+                where = f"plan file {self.sources[name]}" if name in self.sources else f"built-in plan {name!r}"
+                raise ConfigError(f"{where}: {exc}", field=exc.field, layer=exc.layer) from None
         for spec in self.backends.values():
             # called for what it raises: a checkpoint folder that is missing or has no config.json; a backend that
             # merely cannot run on this machine is not an error here (its tests skip, saying why)
             backend_from_spec(spec, device=self.device).unavailable_reason()
 
     def get(self, name: str) -> Variant:
-        if name not in self.plans and name not in self.backends:
-            raise ConfigError(f"no variant {name!r} in this run; variants: {', '.join(self.names)}", field="variant")
+        """The variant, built on first use; building another releases this one (memory: one variant at a time)."""
+        if self._last is not None and self._last.name == name:
+            return self._last
         if name in self._failed:
             raise self._failed[name]
-        if name not in self._built:
-            try:
-                variant = self._build(name)
-            except Exception as exc:
-                self._failed[name] = exc  # every test of the variant reports the same build error
-                raise
-            self._built[name] = variant
-            if self.on_build is not None:
-                self.on_build(variant)
-        return self._built[name]
+        self.release_cached()
+        try:
+            self._last = self.build(name)
+        except Exception as exc:
+            self._failed[name] = exc  # every test of the variant reports the same build error
+            raise
+        return self._last
+
+    def build(self, name: str) -> Variant:
+        """A new copy of the variant (not cached): the caller releases it."""
+        if name not in self.plans and name not in self.backends:
+            raise ConfigError(f"no variant {name!r} in this run; variants: {', '.join(self.names)}", field="variant")
+        variant = self._build(name)
+        if self.on_build is not None:
+            self.on_build(variant)
+        return variant
+
+    @contextmanager
+    def built(self, name: str) -> Iterator[Variant]:
+        """Build the variant, hand it out, then release its memory (also on error)."""
+        variant = self.build(name)
+        try:
+            yield variant
+        finally:
+            release(variant)
+            del variant
+            free_memory()
+
+    def release_cached(self) -> None:
+        """Drop the variant `get` keeps."""
+        if self._last is not None:
+            release(self._last)
+            self._last = None
+            free_memory()
 
     def _build(self, name: str) -> Variant:
+        from qcheck.quant.apply import quantize
+
         start = time.perf_counter()
         if name in self.plans:
             model, report = quantize(self.reference, self.plans[name])
@@ -151,3 +191,20 @@ class VariantSet:
 
     def model(self, name: str) -> nn.Module:
         return self.reference if name == REFERENCE else self.get(name).model
+
+
+def release(variant: Variant) -> None:
+    """Let go of a variant's model (and a PTQ backend's copy of it) so its memory can be freed."""
+    variant.model = None  # type: ignore[assignment]
+    if variant.backend is not None and hasattr(variant.backend, "model"):
+        variant.backend.model = None
+
+
+def free_memory() -> None:
+    """Collect garbage and return cached CUDA blocks, so the next variant starts from the reference alone."""
+    gc.collect()
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

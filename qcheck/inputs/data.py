@@ -22,7 +22,7 @@ def data_dir_candidates() -> list[Path]:
     if os.environ.get("QCHECK_DATA_DIR"):
         out.append(Path(os.environ["QCHECK_DATA_DIR"]))
     out.append(Path.cwd() / ".." / "shared" / "data")
-    out.append(Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+    out.append(Path(__file__).resolve().parents[3] / "shared" / "data")  # beside a source checkout
     return out
 
 

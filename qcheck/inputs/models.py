@@ -124,11 +124,14 @@ def load_model(
             notes.append(f"GGUF weights dequantized to {torch_dtype} by transformers: this float model is the reference")
         else:
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, output_loading_info=True,
+                                                               **kwargs)
+            _refuse_incomplete(path, info)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load model from {path} ({kind}): {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors, tokenizers and torch raise their own types
+        raise ModelLoadError(f"cannot load model from {path} ({kind}): {type(exc).__name__}: {exc}"
+                             f"{_damaged_files(path)}") from None
     model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:
@@ -138,6 +141,41 @@ def load_model(
     if cache:
         _CACHE[key] = loaded
     return loaded
+
+
+def _refuse_incomplete(path: Path, info: dict[str, Any]) -> None:
+    """A checkpoint missing tensors (transformers would initialise them at random) or holding tensors of the
+    wrong shape is not the model the user means: name them."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or ()))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors are missing from the checkpoint and would be initialised at random: "
+                        f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} tensors have another shape than config.json says: "
+                        f"{', '.join(mismatched[:6])}")
+    if info.get("error_msgs"):
+        problems.append("; ".join(str(m) for m in info["error_msgs"][:3]))
+    if problems:
+        raise ModelLoadError(f"{path}: the checkpoint does not match its config: {'; '.join(problems)}. Re-save or "
+                             "re-download the model (a truncated or partial copy is the usual cause)")
+
+
+def _damaged_files(path: Path) -> str:
+    """'; damaged weight files: ...' naming weight files whose safetensors header cannot be read, else ''."""
+    if not path.is_dir():
+        return ""
+    bad = []
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # noqa: BLE001 - any reader error marks the file
+            bad.append(f"{file.name} ({exc})")
+    return f"; damaged weight files: {', '.join(bad)} (truncated download or copy?)" if bad else ""
 
 
 def _clear_gguf_marks(model: nn.Module) -> None:

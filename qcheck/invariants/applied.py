@@ -1,8 +1,6 @@
-"""The invariants: `assert_*` functions that return a CheckResult when they hold and raise
-InvariantViolation (an AssertionError carrying the CheckResult and its evidence) when they do not.
-
-Nothing here knows about pytest. Invariants of later capabilities live beside their measurements and are
-re-exported here so users import every assert_* from one place.
+"""Quantization took effect (Z1) and follows its plan (Z2): judges of the weight evidence a run records
+(`qcheck.measure.weights.quantization_evidence` / `plan_evidence`), and the model-taking `assert_*` forms of the
+public API that measure and judge in one call.
 """
 from __future__ import annotations
 
@@ -14,25 +12,10 @@ import torch
 from torch import nn
 
 from qcheck.errors import InvariantViolation
-from qcheck.measure.weights import (
-    effective_weight,
-    floor_for,
-    grid_evidence,
-    output_divergence,
-    probe_input_ids,
-    spec_of_record,
-    weight_deltas,
-)
+from qcheck.measure.weights import plan_evidence, quantization_evidence
 from qcheck.quant.manifest import QuantReport
 from qcheck.quant.plan import Plan
-from qcheck.quant.spec import CastSpec, KeepSpec
-from qcheck.results import CheckResult, Status
-
-
-def _finish(result: CheckResult) -> CheckResult:
-    if result.status in (Status.FAIL, Status.ERROR):
-        raise InvariantViolation(result)
-    return result
+from qcheck.results import CheckResult, Status, raise_if_failed
 
 
 def assert_quantization_applied(
@@ -48,53 +31,46 @@ def assert_quantization_applied(
 
     Without a report every nn.Linear is compared with the reference and at least one must have changed.
     """
-    report = report if report is not None else getattr(quantized, "qcheck_report", None)
-    deltas = weight_deltas(reference, quantized)
+    return judge_quantization_applied(quantization_evidence(reference, quantized, report, input_ids=input_ids),
+                                      variant=variant)
+
+
+def judge_quantization_applied(evidence: Mapping[str, Any], *, variant: str | None = None) -> CheckResult:
+    """The quantization-applied verdict from recorded evidence (see `quantization_evidence`)."""
     problems: dict[str, list[str]] = {"off_grid": [], "unchanged": [], "wrong_dtype": [], "destroyed": [],
                                       "missing": []}
-    layer_evidence: dict[str, Any] = {}
-    q_modules = dict(quantized.named_modules())
-    ref_modules = dict(reference.named_modules())
-    claimed = 0
-    if report is not None:
-        for rec in report.layers:
-            if not rec.applied:
-                continue
-            claimed += 1
-            spec = spec_of_record(rec)
-            module = q_modules.get(rec.name)
-            if module is None:
-                problems["missing"].append(rec.name)
-                continue
-            ref_w = effective_weight(ref_modules[rec.name]) if rec.name in ref_modules else None
-            grid = grid_evidence(module, spec, ref_w)
-            d = deltas.get(rec.name, {})
-            ev = {"format": spec.label, "grid": grid.reason, "changed_fraction": d.get("changed_fraction"),
-                  "sqnr_db": d.get("sqnr_db"), "dtype": d.get("dtype")}
-            if not grid.on_grid:
-                problems["wrong_dtype" if isinstance(spec, CastSpec) else "off_grid"].append(rec.name)
-            if d.get("changed_fraction") == 0.0:
-                problems["unchanged"].append(rec.name)
-            floor = floor_for(spec)
-            if floor is not None and d.get("sqnr_db") is not None and d["sqnr_db"] < floor:
-                problems["destroyed"].append(rec.name)
-                ev["sqnr_floor_db"] = floor
-            layer_evidence[rec.name] = ev
-    else:
-        for name, d in deltas.items():
-            claimed += 1
-            if d.get("changed_fraction") == 0.0:
-                problems["unchanged"].append(name)
-            layer_evidence[name] = d
-    if input_ids is None:
-        vocab = getattr(getattr(reference, "config", None), "vocab_size", 256)
-        input_ids = probe_input_ids(vocab)
-    out = output_divergence(reference, quantized, input_ids)
-    evidence: dict[str, Any] = {"logits": out, "layers_checked": claimed,
-                                "problems": {k: v for k, v in problems.items() if v}}
-    evidence["layers"] = {k: layer_evidence[k] for k in list(layer_evidence)[:400]}
+    with_manifest = bool(evidence.get("manifest"))
+    layers = evidence.get("layers") or {}
+    for name, layer in layers.items():
+        if layer.get("missing"):
+            problems["missing"].append(name)
+            continue
+        if with_manifest and not layer.get("on_grid", True):
+            problems["wrong_dtype" if layer.get("cast") else "off_grid"].append(name)
+        if layer.get("changed_fraction") == 0.0:
+            problems["unchanged"].append(name)
+        floor, sqnr = layer.get("sqnr_floor_db"), layer.get("sqnr_db")
+        if with_manifest and floor is not None and sqnr is not None and sqnr < floor:
+            problems["destroyed"].append(name)
+    claimed = len(layers)
+    out = evidence["logits"]
+    probe = evidence.get("probe") or {}
     messages = []
-    all_unchanged = report is None and claimed > 0 and len(problems["unchanged"]) == claimed
+    all_unchanged = not with_manifest and claimed > 0 and len(problems["unchanged"]) == claimed
+    changed_layers = claimed - len(problems["unchanged"]) - len(problems["missing"])
+    if not out.get("reference_finite", True):
+        return raise_if_failed(CheckResult(
+            name="quantization_applied", status=Status.ERROR, variant=variant, n=int(out["tokens"]),
+            message="the reference's own logits contain NaN/inf on the probe: the reference is broken, so no "
+                    "variant can be judged against it (check the reference's weights)",
+            compared="reference logits on the probe", evidence=dict(evidence)))
+    if out["identical"] and probe.get("blind") and changed_layers > 0:
+        return CheckResult(
+            name="quantization_applied", status=Status.INCONCLUSIVE, variant=variant, n=int(out["tokens"]),
+            message=f"{changed_layers} of {claimed} layers changed, but the logits cannot tell: {probe['blind']}",
+            compared="quantized vs reference: per-layer weights and logits on the probe",
+            test="exact comparison", threshold={"logits": "not bit-identical"},
+            evidence={**_summary(evidence, problems, claimed)})
     if out["identical"]:
         messages.append("logits are bit-identical to the reference: quantization was not applied")
     if problems["unchanged"]:
@@ -112,8 +88,8 @@ def assert_quantization_applied(
     if problems["missing"]:
         messages.append(f"layers in the manifest are missing from the model: {_names(problems['missing'])}")
     if not out["finite"]:
-        messages.append("the quantized model's logits contain NaN/inf")
-    failed = bool(messages) and (report is not None or all_unchanged or out["identical"] or not out["finite"])
+        messages.append("the quantized model's logits contain NaN/inf (the reference's are finite)")
+    failed = bool(messages) and (with_manifest or all_unchanged or out["identical"] or not out["finite"])
     if not failed and problems["unchanged"]:
         status, message = Status.WARN, messages[0]
     elif failed:
@@ -122,41 +98,41 @@ def assert_quantization_applied(
         status = Status.PASS
         message = (f"{claimed} layers quantized and on their grids; logits differ from the reference "
                    f"(SQNR {out['sqnr_db']:.1f} dB, top-1 agreement {out['top1_agreement']:.1%})")
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="quantization_applied", status=status, message=message, variant=variant,
         compared="quantized vs reference: per-layer weights (grid, change, dtype, SQNR) and logits",
         n=int(out["tokens"]), test="exact comparison; grid = idempotence + distinct-value bound; SQNR floors",
-        threshold={"logits": "not bit-identical", "sqnr_floor_db": "per format (evidence.SQNR_FLOORS_DB)"},
-        evidence=evidence))
+        threshold={"logits": "not bit-identical", "sqnr_floor_db": "per format (measure.weights.SQNR_FLOORS_DB)"},
+        evidence=_summary(evidence, problems, claimed)))
+
+
+def _summary(evidence: Mapping[str, Any], problems: dict[str, list[str]], claimed: int) -> dict[str, Any]:
+    layers = evidence.get("layers") or {}
+    return {"logits": evidence["logits"], "probe": evidence.get("probe"), "layers_checked": claimed,
+            "problems": {k: v for k, v in problems.items() if v},
+            "layers": {k: layers[k] for k in list(layers)[:400]}}
 
 
 def assert_plan_followed(quantized: nn.Module, plan: Plan | Mapping[str, Any] | str, *,
                          reference: nn.Module | None = None, variant: str | None = None) -> CheckResult:
     """Every layer carries the format the plan assigns it, judged on the weights alone (not on any manifest):
     a layer meant for int8 whose weights sit on a 4-bit grid, or the reverse, is named."""
-    plan = Plan.load(plan)
-    ref_modules = dict(reference.named_modules()) if reference is not None else {}
-    mismatched: dict[str, str] = {}
-    checked = 0
-    for a in plan.resolve(quantized):
-        module = quantized.get_submodule(a.layer)
-        spec = a.rule.spec
-        if isinstance(spec, KeepSpec) and a.layer not in ref_modules:
-            continue
-        ref_w = effective_weight(ref_modules[a.layer]) if a.layer in ref_modules else None
-        grid = grid_evidence(module, spec, ref_w)
-        checked += 1
-        if not grid.on_grid:
-            mismatched[a.layer] = f"plan says {spec.label} ({a.rule.label}); {grid.reason}"
+    return judge_plan_followed(plan_evidence(quantized, plan, reference), variant=variant)
+
+
+def judge_plan_followed(evidence: Mapping[str, Any], *, variant: str | None = None) -> CheckResult:
+    """The plan-followed verdict from recorded evidence (see `plan_evidence`)."""
+    mismatched, checked = dict(evidence["mismatched"]), int(evidence["checked"])
+    name = evidence["plan"].get("name")
     status = Status.FAIL if mismatched else Status.PASS
     message = (f"{len(mismatched)} of {checked} layers do not carry the format the plan assigns: "
                f"{_names(list(mismatched))}" if mismatched else
-               f"all {checked} layers carry the formats plan {plan.name!r} assigns")
-    return _finish(CheckResult(
+               f"all {checked} layers carry the formats plan {name!r} assigns")
+    return raise_if_failed(CheckResult(
         name="plan_followed", status=status, message=message, variant=variant, n=checked,
-        compared=f"each layer's weights vs the grid of the spec plan {plan.name!r} assigns it",
+        compared=f"each layer's weights vs the grid of the spec plan {name!r} assigns it",
         test="grid membership (idempotence + distinct-value bound)", threshold="every layer on its grid",
-        evidence={"mismatched": mismatched, "plan": plan.to_dict()}))
+        evidence={"mismatched": mismatched, "plan": evidence["plan"]}))
 
 
 def assert_16bit_differs(reference_ppl: float, ppl: float, *, variant: str, tolerance: float = 0.01,
@@ -175,7 +151,7 @@ def assert_16bit_differs(reference_ppl: float, ppl: float, *, variant: str, tole
     else:
         status, message = Status.PASS, (f"perplexity {ppl:.4f} vs fp32 {reference_ppl:.4f}: differs by {rel:.4%} "
                                          f"(> 0, <= {tolerance:.0%})")
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="precision_differs_from_fp32", status=status, message=message, variant=variant, n=n_tokens,
         compared=f"{variant} perplexity vs fp32 perplexity on the same tokens", test="relative difference",
         threshold={"identical_decimals": 10, "max_relative_difference": tolerance}, evidence=evidence))
@@ -183,35 +159,26 @@ def assert_16bit_differs(reference_ppl: float, ppl: float, *, variant: str, tole
 
 def assert_mixed_between(mixed: Any, bounds: Mapping[str, Any], *, variant: str = "mixed",
                          plan: Plan | Mapping[str, Any] | str | None = None, quantized: nn.Module | None = None,
-                         level: float = 0.95) -> CheckResult:
+                         plan_check: CheckResult | None = None, level: float = 0.95) -> CheckResult:
     """A mixed plan's perplexity lies between the uniform plans it mixes, within noise (paired bootstrap over
-    windows); with `plan` and `quantized`, layers whose format differs from the plan are named first (Z2).
+    blocks of tokens); layers whose format differs from the plan (`plan_check`, or checked here from `plan` and
+    `quantized`) are named first (Z2). `mixed` and the values of `bounds` are PerplexityResults on the same text."""
+    from qcheck.invariants.quality import _paired_nll_difference
 
-    `mixed` and the values of `bounds` are PerplexityResult objects computed on the same windows.
-    """
-    from qcheck.stats import bootstrap_interval
-
-    followed = None
-    if plan is not None and quantized is not None:
+    followed = plan_check
+    if followed is None and plan is not None and quantized is not None:
         try:
             followed = assert_plan_followed(quantized, plan, variant=variant)
         except InvariantViolation as exc:
             followed = exc.result
     ordered = sorted(bounds.items(), key=lambda kv: kv[1].perplexity)
     (low_name, low), (high_name, high) = ordered[0], ordered[-1]
+    above, units, unit = _paired_nll_difference(high, mixed, level)
+    below, _, _ = _paired_nll_difference(low, mixed, level)
     evidence: dict[str, Any] = {"mixed_ppl": mixed.perplexity, "bounds": {k: v.perplexity for k, v in bounds.items()},
-                                "windows": len(mixed.window_nll), "tokens": mixed.n_tokens}
-
-    def diff_interval(other: Any) -> Any:
-        if len(other.window_nll) != len(mixed.window_nll):
-            raise ValueError("mixed and bound perplexities were not computed on the same windows")
-        d = [(a - b) / t for a, b, t in zip(mixed.window_nll, other.window_nll, mixed.window_tokens)]
-        return bootstrap_interval(d, level=level, weights=mixed.window_tokens)
-
-    above = diff_interval(high)
-    below = diff_interval(low)
-    evidence["nll_per_token_minus_upper"] = above.to_dict()
-    evidence["nll_per_token_minus_lower"] = below.to_dict()
+                                "units": units, "unit": unit, "tokens": mixed.n_tokens,
+                                "nll_per_token_minus_upper": above.to_dict(),
+                                "nll_per_token_minus_lower": below.to_dict()}
     messages = []
     if followed is not None:
         evidence["plan_followed"] = followed.evidence.get("mismatched")
@@ -227,10 +194,10 @@ def assert_mixed_between(mixed: Any, bounds: Mapping[str, Any], *, variant: str 
     message = "; ".join(messages) if messages else (
         f"mixed perplexity {mixed.perplexity:.3f} lies within [{low.perplexity:.3f} ({low_name}), "
         f"{high.perplexity:.3f} ({high_name})] within noise")
-    return _finish(CheckResult(
-        name="mixed_between_uniform", status=status, message=message, variant=variant, n=len(mixed.window_nll),
-        compared=f"{variant} vs uniform bounds {list(bounds)} on the same windows",
-        test=f"paired bootstrap over windows of NLL/token differences ({level:.0%} interval)",
+    return raise_if_failed(CheckResult(
+        name="mixed_between_uniform", status=status, message=message, variant=variant, n=units,
+        compared=f"{variant} vs uniform bounds {list(bounds)} on the same tokens",
+        test=f"paired bootstrap over {unit} of NLL/token differences ({level:.0%} interval)",
         threshold="interval of (mixed - bound) must not exclude 0 on the wrong side", evidence=evidence))
 
 

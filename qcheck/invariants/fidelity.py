@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from qcheck.errors import InvariantViolation
 from qcheck.measure.fidelity import FidelityResult, FlipResult
-from qcheck.results import CheckResult, Status
+from qcheck.results import CheckResult, Status, raise_if_failed
 from qcheck.stats import MIN_SAMPLES, Interval, bootstrap_interval
 
 MIN_BLOCKS = 8
@@ -31,11 +30,6 @@ max_kl_mean, top-1 agreement above min_top1. bf16 measured on SmolLM2-135M, Wiki
 mantissa bits (logit noise ~8x smaller, KL ~64x smaller: ~2e-5 expected); its bound keeps ~10x margin on that
 estimate (benchmarks/RESULTS.md, Fidelity)."""
 
-
-def _finish(result: CheckResult) -> CheckResult:
-    if result.status in (Status.FAIL, Status.ERROR):
-        raise InvariantViolation(result)
-    return result
 
 
 def _g(x: float) -> str:
@@ -60,14 +54,14 @@ def assert_kl_sane(result: FidelityResult, *, variant: str | None = None, max_kl
              "test": f"KL(ref || variant) per token in fp32; token-weighted bootstrap over {result.n_blocks} "
                      f"blocks of <= {result.block_tokens} tokens ({level:.0%} interval)"}
     if not result.finite:
-        return _finish(CheckResult(status=Status.FAIL, evidence=evidence, **basis, message=(
+        return raise_if_failed(CheckResult(status=Status.FAIL, evidence=evidence, **basis, message=(
             f"KL is not finite at {result.nonfinite_tokens} of {result.n_tokens} tokens: the variant's logits "
             "contain NaN/inf")))
     if result.identical or result.zero_kl:
         why = ("the variant is the reference object itself" if result.same_object else
                "its logits are bit-identical to the reference's" if result.identical else
                "every next-token distribution is unchanged")
-        return _finish(CheckResult(status=Status.FAIL, evidence=evidence, **basis, message=(
+        return raise_if_failed(CheckResult(status=Status.FAIL, evidence=evidence, **basis, message=(
             f"KL(ref || {name}) is exactly 0 at all {result.n_tokens} tokens ({why}): quantization was not "
             "applied, the variant is the reference (Z1)")))
     kl_iv = result.interval("kl_mean", level)
@@ -78,10 +72,10 @@ def assert_kl_sane(result: FidelityResult, *, variant: str | None = None, max_kl
               f"{_g(result.kl_median)}, p99 {_g(result.kl_p99)}, max {_g(result.kl_max)}), top-1 agreement "
               f"{result.top1_agreement:.2%} [{top_iv.low:.2%}, {top_iv.high:.2%}]")
     if max_kl_mean is None and min_top1 is None:
-        return _finish(CheckResult(status=Status.PASS, evidence=evidence, **basis,
+        return raise_if_failed(CheckResult(status=Status.PASS, evidence=evidence, **basis,
                                    message=f"distributions differ from the reference (KL > 0): {digest}"))
     if result.n_blocks < MIN_BLOCKS:
-        return _finish(CheckResult(status=Status.INCONCLUSIVE, evidence=evidence, **basis, message=(
+        return raise_if_failed(CheckResult(status=Status.INCONCLUSIVE, evidence=evidence, **basis, message=(
             f"KL > 0, but {result.n_tokens} tokens make only {result.n_blocks} bootstrap blocks (< {MIN_BLOCKS}): "
             f"too few to test the bounds; {digest}")))
     fails, warns = [], []
@@ -104,7 +98,7 @@ def assert_kl_sane(result: FidelityResult, *, variant: str | None = None, max_kl
     else:
         status, message = Status.PASS, (f"distributions differ from the reference (KL > 0) and stay within the "
                                          f"bounds: {digest}")
-    return _finish(CheckResult(status=status, message=message, evidence=evidence, **basis))
+    return raise_if_failed(CheckResult(status=status, message=message, evidence=evidence, **basis))
 
 
 def kl_difference_interval(a: FidelityResult, b: FidelityResult, level: float = 0.95, seed: int = 0) -> Interval:
@@ -154,7 +148,7 @@ def assert_kl_ordering(results: Sequence[FidelityResult] | Mapping[str, Fidelity
         status = Status.PASS
         message = "KL grows as bits go down: " + "; ".join(m for _, m, _ in verdicts)
     label = f"family {family!r}" if family else "variants"
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="kl_ordering", status=status, message=message, variant=family or names[-1], n=chain[0].n_tokens,
         compared=f"KL(ref || variant) of {label} {' > '.join(names)} (more to fewer bits) on the same tokens",
         test=f"paired token-weighted bootstrap over {chain[0].n_blocks} blocks of per-token KL differences "
@@ -191,7 +185,7 @@ def assert_kl_between(mixed: FidelityResult, bounds: Mapping[str, FidelityResult
     else:
         status, message = Status.PASS, (f"{name} KL {_g(mixed.kl_mean)} lies within [{_g(low.kl_mean)} "
                                         f"({low_name}), {_g(high.kl_mean)} ({high_name})] within noise")
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="kl_between_uniform", status=status, message=message, variant=name, n=mixed.n_tokens,
         compared=f"KL(ref || {name}) vs uniform bounds {list(bounds)} on the same tokens",
         test=f"paired token-weighted bootstrap over {mixed.n_blocks} blocks of per-token KL differences "
@@ -215,11 +209,11 @@ def assert_flips_consistent(flips: FlipResult, *, variant: str, task: str = "tas
     accuracy = (f"accuracy {flips.reference_accuracy:.1%} → {flips.variant_accuracy:.1%} "
                 f"(Δ {flips.accuracy_difference:+.1%}, McNemar p={flips.mcnemar_pvalue:.3g})")
     if flips.n < MIN_SAMPLES:
-        return _finish(CheckResult(status=Status.INCONCLUSIVE, **basis, message=(
+        return raise_if_failed(CheckResult(status=Status.INCONCLUSIVE, **basis, message=(
             f"only {flips.n} paired {task} answers (< {MIN_SAMPLES}): too few to judge flips; {accuracy}; {counts}")))
     unchanged = abs(flips.accuracy_difference) <= accuracy_tolerance
     if unchanged and flips.flip_rate > max_flip_rate:
-        return _finish(CheckResult(status=Status.WARN, **basis, message=(
+        return raise_if_failed(CheckResult(status=Status.WARN, **basis, message=(
             f"{task} {accuracy} looks unchanged, but {counts}: the variant answers differently from the "
             "reference")))
-    return _finish(CheckResult(status=Status.PASS, **basis, message=f"{task} {accuracy}; {counts}"))
+    return raise_if_failed(CheckResult(status=Status.PASS, **basis, message=f"{task} {accuracy}; {counts}"))

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from qcheck.errors import ConfigError, InvariantViolation
+from qcheck.errors import ConfigError
+from qcheck.measure.latency import DEFAULT_SLOWDOWN_FACTOR, MIN_ORDER_SAMPLES, VariantKind
 from qcheck.measure.timing import (
     COMPUTE_BOUND,
     LAUNCH_BOUND,
@@ -30,12 +29,13 @@ from qcheck.measure.timing import (
     measure,
     placement_problems,
 )
-from qcheck.results import CheckResult, Status
+from qcheck.results import CheckResult, Status, raise_if_failed
 
-DEFAULT_SLOWDOWN_FACTOR = 3.0
 ORDER_ALPHA = 0.01
-MIN_ORDER_SAMPLES = 20
+"""Significance level of every latency ordering test (one-sided Mann-Whitney U): a 1% false-alarm rate per pair."""
 FLAT_TOLERANCE = 0.05
+"""Throughput within 5% across real bit widths 2x apart is 'flat' (seed 000's +-1.6%); an ordering claim allows
+the same 5% for autocast vs fp32."""
 
 KNOWN_BACKEND_COSTS: dict[str, tuple[float, str]] = {
     "bnb-int8": (6.0, ("LLM.int8 (bitsandbytes, outlier threshold > 0) decomposes each matmul into an int8 and an "
@@ -48,15 +48,6 @@ KNOWN_BACKEND_COSTS: dict[str, tuple[float, str]] = {
 }
 """Slowdowns vs the 16-bit reference that a backend's own kernels explain (measured, not a fallback)."""
 
-SIMULATED_FORMATS = frozenset({"int", "fixed", "minifloat", "prune"})
-"""Formats qcheck applies as fake quantization: values on the grid, stored and computed in float."""
-
-
-def _finish(result: CheckResult) -> CheckResult:
-    if result.status in (Status.FAIL, Status.ERROR):
-        raise InvariantViolation(result)
-    return result
-
 
 def _p_less(a: Iterable[float], b: Iterable[float]) -> float:
     from qcheck.stats import mann_whitney_less
@@ -67,38 +58,6 @@ def _p_less(a: Iterable[float], b: Iterable[float]) -> float:
 def _describe(t: Timing) -> str:
     q1, q3 = t.quartiles_ms
     return f"{t.median_ms:.4g} ms (IQR {q1:.4g}-{q3:.4g}, n={t.n})"
-
-
-# --------------------------------------------------------------------------------------------- kinds of variant
-
-@dataclass(frozen=True)
-class VariantKind:
-    """Whether a variant's kernels are real low-precision ones or simulated (fake-quant), and its bit width."""
-
-    simulated: bool
-    bits: float
-    reason: str
-
-
-_DTYPE_BITS = {torch.float32: 32, torch.float16: 16, torch.bfloat16: 16, torch.float64: 64}
-
-
-def variant_kind(model: nn.Module | None = None, report: Any = None, *, autocast: bool = False) -> VariantKind:
-    """Classify a variant from its QuantReport (or the model's dtype when there is none)."""
-    if autocast:
-        return VariantKind(False, 16, "torch.autocast runs matmuls in 16-bit")
-    layers = [r for r in getattr(report, "layers", []) if r.applied] if report is not None else []
-    if not layers:
-        dtype = next(model.parameters()).dtype if model is not None else torch.float32
-        return VariantKind(False, _DTYPE_BITS.get(dtype, 32), f"unquantized, {str(dtype).removeprefix('torch.')}")
-    sim = sorted({r.format for r in layers if r.format in SIMULATED_FORMATS and r.backend == "qcheck"})
-    bits = min(float(r.bits) for r in layers if r.bits is not None) if any(r.bits for r in layers) else 32.0
-    if sim:
-        return VariantKind(True, bits, f"fake-quantized ({', '.join(sim)}): grid values stored and computed in "
-                                       "float, the same kernels as the float model: no speed-up is possible")
-    backends = sorted({r.backend for r in layers})
-    return VariantKind(False, bits, f"real {', '.join(sorted({r.format for r in layers}))} kernels "
-                                    f"({', '.join(backends)})")
 
 
 # --------------------------------------------------------------------------------------------- ordering (Z5)
@@ -187,34 +146,9 @@ def assert_latency_order(faster: Timing, slower: Timing, *, faster_name: str = "
             status, message = Status.INCONCLUSIVE, f"{text}: n={n} < {min_samples}; measure longer"
         else:
             status, message = Status.PASS, f"{text}: not slower ({ratio:.2f}x; p(slower)={p_slower:.2g})"
-    return _finish(CheckResult(name, status, message, n=n, threshold={"alpha": alpha, "tolerance": tolerance,
+    return raise_if_failed(CheckResult(name, status, message, n=n, threshold={"alpha": alpha, "tolerance": tolerance,
                                                                        "mode": mode},
                                evidence=evidence, **basis))
-
-
-def measure_order(fn_a: Callable[[], Any], fn_b: Callable[[], Any], *, device: str | torch.device,
-                  alpha: float = ORDER_ALPHA, max_time_s: float = 30.0, batch: int = 5, warmup: int = 3
-                  ) -> dict[str, Any]:
-    """Interleave batches of timed calls of a and b (drift hits both) until 'a < b' is decided at `alpha`
-    by a one-sided Mann-Whitney test, or `max_time_s` passes. Returns p, samples and seconds used."""
-    a: list[float] = []
-    b: list[float] = []
-    start = time.perf_counter()
-    p = 1.0
-    first = True
-    while time.perf_counter() - start < max_time_s:
-        ta = measure(fn_a, device=device, warmup=warmup if first else 0, min_repeats=batch, min_time_s=0,
-                     max_repeats=batch)
-        tb = measure(fn_b, device=device, warmup=warmup if first else 0, min_repeats=batch, min_time_s=0,
-                     max_repeats=batch)
-        first = False
-        a.extend(ta.samples_ms)
-        b.extend(tb.samples_ms)
-        p = _p_less(a, b)
-        if len(a) >= 2 * batch and p < alpha:
-            break
-    return {"p": p, "decided": p < alpha, "n_each": len(a), "seconds": time.perf_counter() - start,
-            "median_a_ms": statistics.median(a), "median_b_ms": statistics.median(b), "alpha": alpha}
 
 
 # --------------------------------------------------------------------------------------------- honest throughput (Z4)
@@ -273,7 +207,7 @@ def assert_throughput_honest(timings: Mapping[str, Timing], kinds: Mapping[str, 
         marked = (f"simulated ({', '.join(simulated)}) marked: no speed-up claimed" if simulated
                   else "no simulated variants")
         message = f"{len(timings)} timings consistent; {marked}"
-    return _finish(CheckResult("throughput_honest", status, message, n=min(t.n for t in timings.values()),
+    return raise_if_failed(CheckResult("throughput_honest", status, message, n=min(t.n for t in timings.values()),
                                compared=f"variant latencies vs {reference}; real variants across bit widths",
                                test=f"one-sided Mann-Whitney U (alpha={alpha}) for simulated speed-ups; "
                                     "max/min median spread for flatness",
@@ -286,8 +220,13 @@ def assert_throughput_honest(timings: Mapping[str, Timing], kinds: Mapping[str, 
 
 def assert_placement(model: nn.Module, device: str | torch.device, *, variant: str | None = None) -> CheckResult:
     """Every parameter and buffer sits on `device` (a model left partly on CPU runs, slowly, through copies)."""
-    problems = placement_problems(model, device)
     total = sum(1 for _ in model.parameters()) + sum(1 for _ in model.buffers())
+    return judge_placement(placement_problems(model, device), total, str(device), variant=variant)
+
+
+def judge_placement(problems: Mapping[str, str], total: int, device: str, *, variant: str | None = None
+                    ) -> CheckResult:
+    """The placement verdict from recorded misplaced tensors (name -> device) out of `total`."""
     where = Counter(problems.values())
     if problems:
         names = list(problems)
@@ -297,95 +236,10 @@ def assert_placement(model: nn.Module, device: str | torch.device, *, variant: s
                    f"{' ...' if len(names) > 6 else ''}): the model is partly on another device")
     else:
         status, message = Status.PASS, f"all {total} parameters and buffers on {device}"
-    return _finish(CheckResult("device_placement", status, message, variant=variant, n=total,
+    return raise_if_failed(CheckResult("device_placement", status, message, variant=variant, n=total,
                                compared=f"each parameter's and buffer's device vs {device}",
                                test="exact comparison", threshold="all on the timed device",
                                evidence={"misplaced": dict(list(problems.items())[:200]), "by_device": dict(where)}))
-
-
-def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
-                      device: str | torch.device | None = None, report: Any = None,
-                      profile: Any = None) -> dict[str, Any]:
-    """Likely causes of a slow variant: parameters off the device, host<->device copies and dequantize ops per
-    call (torch.profiler over one call of `fn`, or the caller's `profile_call` of it), bitsandbytes 4-bit layers
-    computing in float32, per-call fake-quant hooks."""
-    causes: dict[str, Any] = {}
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    misplaced = placement_problems(model, dev)
-    if misplaced:
-        causes["cpu-placement"] = {"tensors": len(misplaced), "by_device": dict(Counter(misplaced.values())),
-                                   "examples": list(misplaced)[:6]}
-    slow4 = [n for n, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4")
-             and getattr(m, "compute_dtype", None) == torch.float32]
-    if slow4 and dev.type == "cuda":
-        causes["bnb-4bit-float32-compute"] = {"layers": len(slow4), "examples": slow4[:6]}
-    hooks = [n for n, m in model.named_modules() if m._forward_pre_hooks]
-    if hooks:
-        causes["per-call-hooks"] = {"modules": len(hooks), "examples": hooks[:6],
-                                    "meaning": "fake-quant or dtype adapters run on every call"}
-    if profile is None and fn is not None:
-        profile = profile_call(fn, dev)
-    if profile is not None:
-        ops = {evt.key: int(evt.count) for evt in profile}
-        copies = {k: v for k, v in ops.items() if "Memcpy HtoD" in k or "Memcpy DtoH" in k}
-        deq = {k: v for k, v in ops.items() if "dequant" in k.lower()}
-        if sum(copies.values()) > 4:
-            causes["host-device-copies"] = copies
-        if deq:
-            causes["dequantize-per-call"] = deq
-    return causes
-
-
-def profile_call(fn: Callable[[], Any], device: str | torch.device) -> Any:
-    """torch.profiler's per-name averages over one call of `fn` (CPU ops, and GPU kernels on CUDA): measured once,
-    read by diagnose_slowdown and time_by_kernel."""
-    from torch.profiler import ProfilerActivity, profile
-
-    dev = torch.device(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-    return prof.key_averages()
-
-
-def short_kernel_name(name: str) -> str:
-    """A kernel's name without its return type, namespaces and template arguments
-    (`void at::native::(anonymous namespace)::tinygemm_m16n8k16_chunk_kernel<...>(...)` -> the kernel's own name);
-    operator names such as `aten::addmm` are kept whole."""
-    if not (name.startswith("void ") or "<" in name or "(" in name):
-        return name[:80]
-    plain = name.removeprefix("void ").replace("(anonymous namespace)", "")
-    base = plain.split("<", 1)[0].split("(", 1)[0].strip()
-    return (base.rsplit("::", 1)[-1] or name)[:80]
-
-
-def time_by_kernel(profile: Any, device: str | torch.device, *, top: int = 5) -> list[dict[str, Any]]:
-    """Where the profiled call (`profile_call`) spent its time, largest first: GPU kernels by device time on CUDA,
-    operators by self CPU time elsewhere, each with its share of the total. Names the kernel behind a slowdown."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        rows = [(e.key, e.count, e.self_device_time_total) for e in profile
-                if e.device_type != torch.autograd.DeviceType.CPU and e.self_device_time_total > 0]
-    else:
-        rows = [(e.key, e.count, e.self_cpu_time_total) for e in profile if e.self_cpu_time_total > 0]
-    return rank_kernels(rows, clock="device" if dev.type == "cuda" else "cpu", top=top)
-
-
-def rank_kernels(rows: Iterable[tuple[str, int, float]], *, clock: str, top: int = 5) -> list[dict[str, Any]]:
-    """(name, calls, microseconds) rows ranked by time, template instances of one kernel merged under its short
-    name (the largest instance's full name kept), each with its share of all the time."""
-    rows = sorted(rows, key=lambda r: -r[2])
-    total = sum(r[2] for r in rows)
-    merged: dict[str, dict[str, Any]] = {}
-    for key, count, us in rows:
-        row = merged.setdefault(short_kernel_name(key), {"name": key[:300], "calls": 0, "us": 0.0})
-        row["calls"] += int(count)
-        row["us"] += us
-    ranked = sorted(merged.items(), key=lambda kv: -kv[1]["us"])[:top]
-    return [{"kernel": short, "name": row["name"], "calls": row["calls"], "ms": row["us"] / 1000,
-             "share": row["us"] / total if total else 0.0, "clock": clock} for short, row in ranked]
 
 
 def assert_slowdown_bound(reference: Timing, timing: Timing, *, factor: float = DEFAULT_SLOWDOWN_FACTOR,
@@ -424,7 +278,7 @@ def assert_slowdown_bound(reference: Timing, timing: Timing, *, factor: float = 
         evidence["time_by_kernel"] = [dict(k) for k in kernels]
         message += (f"; {kernels[0].get('clock', 'device')} time by kernel: "
                     + ", ".join(f"{k['kernel']} {k['share']:.0%}" for k in kernels[:3]))
-    return _finish(CheckResult("slowdown_bound", status, message, variant=variant, n=min(reference.n, timing.n),
+    return raise_if_failed(CheckResult("slowdown_bound", status, message, variant=variant, n=min(reference.n, timing.n),
                                compared=f"{variant} vs {reference_name} latency at the same shape",
                                test=f"one-sided Mann-Whitney U of {factor:g}x reference < variant, alpha={alpha}",
                                threshold={"factor": factor}, evidence=evidence))
@@ -447,12 +301,14 @@ def _cause_text(key: str, value: Any) -> str:
 
 # --------------------------------------------------------------------------------------------- plausible speed (Z12)
 
-def assert_plausible_speed(timing: Timing | float, *, flops: float, device: str | torch.device,
-                           variant: str | None = None, what: str = "one call") -> CheckResult:
+def assert_plausible_speed(timing: Timing | float, *, flops: float, device: str | torch.device | None = None,
+                           ceiling: float | None = None, variant: str | None = None,
+                           what: str = "one call") -> CheckResult:
     """A measured time (Timing median, or milliseconds) is not below the arithmetic floor: `flops` over a
-    generous ceiling of the device's FLOP/s. Faster means the work was not done (mock, cache, unsynced timer)."""
+    generous ceiling of the device's FLOP/s (`ceiling`, else looked up for `device`). Faster means the work was not
+    done (mock, cache, unsynced timer)."""
     ms = timing.median_ms if isinstance(timing, Timing) else float(timing)
-    ceiling = flops_ceiling(device)
+    ceiling = ceiling if ceiling is not None else flops_ceiling(device)
     floor_ms = flops / ceiling * 1000.0
     evidence = {"measured_ms": ms, "flops": flops, "ceiling_flops_per_s": ceiling, "floor_ms": floor_ms,
                 "device": str(device), "implied_flops_per_s": flops / (ms / 1000.0) if ms > 0 else math.inf}
@@ -464,7 +320,7 @@ def assert_plausible_speed(timing: Timing | float, *, flops: float, device: str 
                    "mock/simulated evaluation, cached outputs, or a timer read before the GPU finished")
     else:
         status, message = Status.PASS, f"{what} took {ms:.4g} ms >= the arithmetic floor {floor_ms:.3g} ms"
-    return _finish(CheckResult("plausible_speed", status, message, variant=variant, n=getattr(timing, "n", 1),
+    return raise_if_failed(CheckResult("plausible_speed", status, message, variant=variant, n=getattr(timing, "n", 1),
                                compared="measured time vs 2 x linear weights x tokens / peak FLOP/s",
                                test="floor comparison", threshold={"ceiling_flops_per_s": ceiling}, evidence=evidence))
 
@@ -544,7 +400,7 @@ def audit_timing(fn: Callable[[], Any], *, device: str | torch.device, reported_
         message = (f"timing sound: {f'reported {reported_ms:.4g} ms vs ' if reported_ms is not None else ''}"
                    f"qcheck {_describe(ours)} on {dev}; inputs and weights not zero"
                    + ("; model on the device" if model is not None else ""))
-    return _finish(CheckResult("timing_audit", status, message, variant=variant, n=ours.n,
+    return raise_if_failed(CheckResult("timing_audit", status, message, variant=variant, n=ours.n,
                                compared="the reported timing vs qcheck's synchronized, warmed-up measurement; inputs, "
                                         "weights and placement",
                                test="ratio to the steady-state median; first-sample outlier; zero and device scans",

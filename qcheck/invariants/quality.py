@@ -16,17 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from qcheck.errors import ConfigError, DataError, InvariantViolation
+from qcheck.errors import ConfigError, DataError
 from qcheck.invariants.aggregate import check_summary
 from qcheck.measure.boxed import BoxStatus, extract_boxed
 from qcheck.measure.choice import MCResult
 from qcheck.measure.generation import Generation, GenerationRun
-from qcheck.measure.perplexity import PerplexityResult, scored_positions
-from qcheck.results import CheckResult, Status
+from qcheck.measure.perplexity import PerplexityResult
+from qcheck.results import CheckResult, Status, raise_if_failed
 from qcheck.stats import MIN_SAMPLES, binomial_test, bootstrap_interval, mcnemar_exact, samples_needed, wilson_interval
 
-BLOCK_TOKENS = 128
-"""Bootstrap unit for perplexity comparisons: runs of this many consecutive scored tokens."""
 ORDER_TOLERANCE = 0.002
 """Nats per token a lower-bit variant may beat a higher-bit one by before the ordering counts as violated."""
 MAX_EMPTY_FRACTION = 0.10
@@ -34,40 +32,35 @@ MAX_EMPTY_FRACTION = 0.10
 SEED_002 = "seed 002's symptoms"
 
 
-def _finish(result: CheckResult) -> CheckResult:
-    if result.status in (Status.FAIL, Status.ERROR):
-        raise InvariantViolation(result)
-    return result
-
 
 # ---------------------------------------------------------------- perplexity
 
-def _token_blocks(diff: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-block mean of `diff` and block sizes, for a token-weighted block bootstrap."""
-    starts = range(0, len(diff), block)
-    means = np.array([diff[s: s + block].mean() for s in starts])
-    sizes = np.array([len(diff[s: s + block]) for s in starts], dtype=np.float64)
-    return means, sizes
+def paired_blocks(a: PerplexityResult, b: PerplexityResult) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block NLL/token difference (b - a) on the blocks both scored, and each block's weight (the tokens a
+    scored there): the paired units of every perplexity comparison."""
+    if not a.block_index or not b.block_index:
+        raise DataError("perplexity results carry no per-block NLL (measure them with qcheck.measure.perplexity)")
+    if a.block_size != b.block_size:
+        raise DataError(f"perplexities blocked differently ({a.block_size} vs {b.block_size} tokens)")
+    first = dict(zip(a.block_index, zip(a.block_nll, a.block_tokens)))
+    diffs, weights = [], []
+    for k, nll, tokens in zip(b.block_index, b.block_nll, b.block_tokens):
+        if k in first and tokens > 0 and first[k][1] > 0:
+            diffs.append(nll / tokens - first[k][0] / first[k][1])
+            weights.append(float(first[k][1]))
+    if not diffs:
+        raise DataError("the two perplexities share no scored block of tokens (compare them on the same text)")
+    return np.asarray(diffs), np.asarray(weights)
 
 
-def _paired_nll_difference(a: PerplexityResult, b: PerplexityResult, level: float,
-                           block: int = BLOCK_TOKENS) -> tuple[Any, int, str]:
-    """Interval of mean NLL/token (b - a) on the tokens both scored: block bootstrap over tokens when per-token
-    NLLs exist, else over windows. Returns (interval, units, unit name)."""
-    if a.token_nll is not None and b.token_nll is not None and a.n_ids is not None and a.n_ids == b.n_ids:
-        pa = scored_positions(a.n_ids, a.context, a.stride)
-        pb = scored_positions(b.n_ids, b.context, b.stride)
-        common, ia, ib = np.intersect1d(pa, pb, assume_unique=True, return_indices=True)
-        if len(common) == 0:
-            raise DataError("the two perplexities share no scored token")
-        diff = np.asarray(b.token_nll)[ib] - np.asarray(a.token_nll)[ia]
-        means, sizes = _token_blocks(diff, block)
-        return bootstrap_interval(means, level=level, weights=sizes), len(means), f"blocks of {block} tokens"
-    if len(a.window_nll) != len(b.window_nll) or a.window_tokens != b.window_tokens:
-        raise DataError("the two perplexities were not computed on the same windows (compare them on the same "
-                        "text, context and stride)")
-    d = [(y - x) / t for x, y, t in zip(a.window_nll, b.window_nll, a.window_tokens)]
-    return bootstrap_interval(d, level=level, weights=a.window_tokens), len(d), "windows"
+def _paired_nll_difference(a: PerplexityResult, b: PerplexityResult, level: float) -> tuple[Any, int, str]:
+    """Interval of mean NLL/token (b - a) on the tokens both scored: a token-weighted bootstrap over blocks of
+    `a.block_size` text positions. Returns (interval, units, unit name)."""
+    if a.n_ids is not None and b.n_ids is not None and a.n_ids != b.n_ids:
+        raise DataError(f"the two perplexities were computed on different texts ({a.n_ids} vs {b.n_ids} tokens)")
+    diffs, weights = paired_blocks(a, b)
+    return (bootstrap_interval(diffs, level=level, weights=weights), len(diffs),
+            f"blocks of {a.block_size} tokens")
 
 
 def assert_perplexity_order(results: Mapping[str, PerplexityResult], *, family: str = "",
@@ -96,7 +89,7 @@ def assert_perplexity_order(results: Mapping[str, PerplexityResult], *, family: 
     chain = " <= ".join(f"{n} {results[n].perplexity:.3f}" for n in names)
     status = Status.FAIL if problems else Status.PASS
     message = "; ".join(problems) if problems else f"perplexity non-decreasing as bits go down: {chain} (within noise)"
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="perplexity_order", status=status, message=message, variant=family or None, n=units,
         compared=f"perplexity along {' -> '.join(names)} on the same tokens",
         test=f"paired block bootstrap of NLL/token differences ({level:.0%} interval)",
@@ -105,47 +98,25 @@ def assert_perplexity_order(results: Mapping[str, PerplexityResult], *, family: 
         evidence={"pairs": pairs, "context": results[names[0]].context, "stride": results[names[0]].stride}))
 
 
-def relative_change_interval(reference: PerplexityResult, result: PerplexityResult, level: float = 0.95) -> Any:
-    """Interval of the perplexity ratio minus one (result / reference - 1) on the tokens both scored: the paired
-    block-bootstrap interval of the NLL/token difference, exponentiated (a monotone map keeps the coverage)."""
-    from qcheck.stats import Interval
+def judge_perplexity_finite(record: Any, *, variant: str) -> CheckResult:
+    """The variant's perplexity is a finite number (a NaN/inf logit anywhere makes it infinite): from the perplexity
+    record, whose measurement stops with a NonFiniteError when the NLL is not finite."""
+    from qcheck.records import MeasurementError, RecordStatus
 
-    interval, units, unit = _paired_nll_difference(reference, result, level)
-    return Interval(math.expm1(interval.estimate), math.expm1(interval.low), math.expm1(interval.high), level,
-                    f"{interval.method}; {units} {unit}")
-
-
-def assert_close_to_reference(reference: PerplexityResult, result: PerplexityResult, *, variant: str, bound: float,
-                              basis: str, reference_name: str = "fp32", level: float = 0.95) -> CheckResult:
-    """A near-lossless variant's perplexity differs from the reference's (identical to 10 decimals means the format
-    never reached the computation, Z1) yet stays within `bound` (relative) of it, judged on the paired interval:
-    FAIL only when the whole interval lies beyond the bound; a point estimate beyond it inside noise is a WARN."""
-    interval = relative_change_interval(reference, result, level)
-    identical = round(result.perplexity, 10) == round(reference.perplexity, 10)
-    evidence = {"reference_ppl": reference.perplexity, "ppl": result.perplexity,
-                "relative_change": interval.to_dict(), "bound": bound, "bound_basis": basis,
-                "n_tokens": result.n_tokens, "context": result.context}
-    head = (f"perplexity {result.perplexity:.4f} vs {reference_name} {reference.perplexity:.4f}: "
-            f"{interval.estimate:+.3%} ({level:.0%} interval [{interval.low:+.3%}, {interval.high:+.3%}])")
-    if identical:
-        status, message = Status.FAIL, (f"perplexity {result.perplexity:.10f} is identical to {reference_name}'s to "
-                                         "10 decimals: quantization was not applied")
-    elif not math.isfinite(result.perplexity):
-        status, message = Status.FAIL, f"perplexity is {result.perplexity}: the variant's computation broke"
-    elif interval.low > bound or interval.high < -bound:
-        status, message = Status.FAIL, (f"{head}: the whole interval lies beyond the +/-{bound:.1%} a {variant} "
-                                         f"model stays within ({basis})")
-    elif abs(interval.estimate) > bound:
-        status, message = Status.WARN, (f"{head}: the estimate is beyond +/-{bound:.1%} but the interval reaches "
-                                         "inside it; use more tokens to decide")
-    else:
-        status, message = Status.PASS, f"{head}: differs from {reference_name}, within +/-{bound:.1%}"
-    return _finish(CheckResult(
-        name="precision_differs_from_fp32", status=status, message=message, variant=variant, n=result.n_tokens,
-        compared=f"{variant} vs {reference_name} perplexity on the same tokens",
-        test=f"identity to 10 decimals; paired block bootstrap of NLL/token differences ({level:.0%} interval)",
-        threshold={"identical_decimals": 10, "max_relative_change": bound, "fail_when": "interval beyond the bound",
-                   "basis": basis}, evidence=evidence))
+    if record is None:
+        raise DataError(f"no perplexity record for {variant}")
+    if record.status == RecordStatus.ERROR and record.data.get("error_type") != "NonFiniteError":
+        raise MeasurementError(record)
+    if record.status == RecordStatus.SKIPPED:
+        return CheckResult("perplexity_finite", Status.SKIPPED, record.reason, variant=variant)
+    ok = record.status == RecordStatus.OK
+    result = PerplexityResult.from_dict(record.data) if ok else None
+    message = (f"perplexity {result.perplexity:.4f} over {result.n_tokens} tokens (context {result.context}, "
+               f"stride {result.stride})" if ok else f"perplexity is not finite: {record.reason}")
+    return raise_if_failed(CheckResult(
+        name="perplexity_finite", status=Status.PASS if ok else Status.FAIL, variant=variant, message=message,
+        compared="token-weighted strided perplexity", n=result.n_tokens if ok else None, test="finite",
+        threshold="finite", evidence=result.to_dict(with_windows=False) if ok else {"reason": record.reason}))
 
 
 def assert_context_sensitivity(short: PerplexityResult, full: PerplexityResult, *, level: float = 0.95,
@@ -172,7 +143,7 @@ def assert_context_sensitivity(short: PerplexityResult, full: PerplexityResult, 
     else:
         status = Status.INCONCLUSIVE
         message = f"{head}: the difference is within noise ({units} {unit}); use more tokens"
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="context_sensitivity", status=status, message=message, variant=variant, n=units,
         compared=f"perplexity at context {short.context} vs {full.context} on the tokens both score",
         test=f"paired block bootstrap of NLL/token differences ({level:.0%} interval)",
@@ -219,7 +190,7 @@ def assert_perplexity_claim(claimed: float, result: PerplexityResult, *, claimed
                         "tokenizer or text")
         status = Status.FAIL
         evidence["matches"] = match
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="perplexity_claim", status=status, message=message, variant=variant, n=result.n_tokens,
         compared="claimed perplexity vs pooled exp(sum NLL / scored tokens) on the same text",
         test="relative difference", threshold={"rel_tol": rel_tol}, evidence=evidence))
@@ -330,7 +301,7 @@ def assert_boxed_format(reference: GenerationRun | Sequence[Generation | str],
     else:
         status = Status.PASS
         message = f"{rates}; not significantly lower (McNemar p={test.pvalue:.3g}); {empty_frac:.0%} empty"
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="boxed_format", status=status, message=message, variant=variant, n=n,
         compared=f"\\boxed{{}} compliance of {variant} vs {reference_name} on the same prompts and settings",
         test="McNemar exact (one-sided: reference better) on paired boxed flags; empty-output fraction",
@@ -374,7 +345,7 @@ def assert_not_collapsed(result: MCResult | int, n: int | None = None, chance: f
         need = samples_needed(chance, acc)
         message = (f"{head}: not distinguishable from chance (binomial p={p_above:.3g}); about {need} questions "
                    f"would be needed{note}")
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="above_chance", status=status, message=message, variant=variant, n=n,
         compared=f"accuracy vs the task's chance rate {chance:.3f}", test="exact binomial test (one-sided)",
         threshold={"alpha": alpha, "min_samples": MIN_SAMPLES}, evidence=evidence))
@@ -412,7 +383,7 @@ def assert_difference_resolved(reference: MCResult | Sequence[bool], candidate: 
         message = (f"{head}: smaller than n={n} questions can resolve (McNemar exact p={test.pvalue:.3g})"
                    + (f"; about {need} questions would be needed to resolve it" if need else
                       "; no difference observed") + note)
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="difference_resolved", status=status, message=message, variant=variant, n=n,
         compared=f"{variant} vs {reference_name} correctness on the same questions",
         test="McNemar exact (two-sided) on paired flags; paired bootstrap interval of the difference",
@@ -434,7 +405,7 @@ def assert_summary_recomputable(claimed: float, records: Sequence[Mapping[str, A
         status = Status.PASS if ok else Status.FAIL
         message = (f"summary {key} = {claimed} equals the mean of its {summary.n} records" if ok else
                    f"summary {key} = {claimed} but its {summary.n} records give {summary.value:.6g}")
-    return _finish(CheckResult(
+    return raise_if_failed(CheckResult(
         name="summary_recomputable", status=status, message=message, variant=variant, n=len(records),
         compared=f"claimed {key} vs the mean recomputed from per-sample records", test="exact recomputation",
         threshold={"tolerance": tolerance, "missing_values": "refused"}, evidence=evidence))

@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from qcheck.errors import ConfigError, InvariantViolation
-from qcheck.results import CheckResult, Status
+from qcheck.errors import ConfigError
+from qcheck.results import CheckResult, Status, raise_if_failed
 
 NAME = "robust_le_clean"
 CAUSES = {
@@ -30,11 +30,6 @@ CAUSES = {
 }
 RULE = "AutoAttack's rule: only clean-correct samples attacked; robust = clean-correct AND correct after the attack"
 
-
-def _finish(result: CheckResult) -> CheckResult:
-    if result.status in (Status.FAIL, Status.ERROR):
-        raise InvariantViolation(result)
-    return result
 
 
 def _causes(order: Sequence[str]) -> str:
@@ -110,12 +105,12 @@ def assert_robust_le_clean(
         raise ConfigError(f"level must be in (0, 1), got {level}", field="level")
     state = model_state(model) if model is not None else None
     if isinstance(clean, RobustnessEvaluation):
-        return _finish(_check_evaluation(clean, level, variant or clean.variant))
+        return raise_if_failed(_check_evaluation(clean, level, variant or clean.variant))
     if robust is None:
         raise ConfigError("give robust accuracy (flags, a count or a rate) next to clean", field="robust")
     if _is_flags(clean) or _is_flags(robust):
-        return _finish(_check_flags(list(clean), list(robust), clean_ids, robust_ids, state, level, variant))
-    return _finish(_check_counts(clean, robust, n, n_robust, state, level, variant))
+        return raise_if_failed(_check_flags(list(clean), list(robust), clean_ids, robust_ids, state, level, variant))
+    return raise_if_failed(_check_counts(clean, robust, n, n_robust, state, level, variant))
 
 
 def _is_flags(x: Any) -> bool:
@@ -179,8 +174,8 @@ def _check_evaluation(ev: Any, level: float, variant: str | None) -> CheckResult
                         "their robust flags are upper bounds")
     gap = ev.gap_metric(level)["interval"]
     summary = (f"clean {ev.clean_correct}/{ev.n} ({ev.clean_accuracy:.1%}), robust {ev.robust_correct}/{ev.n} "
-               f"({ev.robust_accuracy:.1%}), gap {ev.gap:+.1%} [{gap['low']:.1%}, {gap['high']:.1%}]; attacks {'+'.join(ev.config.attacks)} at epsilon "
-               f"{ev.config.epsilon:g} (embedding-norm units)")
+               f"({ev.robust_accuracy:.1%}), gap {ev.gap:+.1%} [{gap['low']:.1%}, {gap['high']:.1%}]; attacks "
+               f"{'+'.join(ev.config.attacks)} at epsilon {ev.config.epsilon:g} (embedding-norm units)")
     if problems:
         status, message = Status.FAIL, "; ".join(problems) + f" [{summary}]"
     elif warnings:
@@ -333,3 +328,16 @@ def _check_counts(clean: Any, robust: Any, n: int | None, n_robust: int | None, 
                                 f"that follows {RULE} on a deterministic model cannot show any excess, so check the "
                                 "pipeline rather than collect more data; "
                                 + _causes(_ranked(state, ["different_samples", "predicted_labels", "randomized"]))))
+
+
+def paired_vs_reference(reference: Any, evaluation: Any) -> dict[str, Any]:
+    """Robust flags of a variant vs the reference on the same question ids: McNemar exact (two-sided) as evidence."""
+    from qcheck.stats import mcnemar_exact
+
+    ref = {r.id: r.robust for r in reference.records}
+    ids = [r.id for r in evaluation.records if r.id in ref]
+    mine = {r.id: r.robust for r in evaluation.records}
+    test = mcnemar_exact([ref[i] for i in ids], [mine[i] for i in ids])
+    return {"fp32_robust": sum(ref[i] for i in ids), "variant_robust": sum(mine[i] for i in ids), "n": len(ids),
+            "only_fp32_robust": test.b, "only_variant_robust": test.c, "pvalue": test.pvalue,
+            "test": "McNemar exact, two-sided, robust flags on the same questions"}

@@ -87,6 +87,16 @@ class MCResult:
                 "records": [r.to_dict() for r in self.records], **self.extra}
 
 
+def mc_result_from_dict(data: dict[str, Any]) -> MCResult:
+    """The result `MCResult.to_metric()` wrote (per-question records included)."""
+    records = [MCRecord(str(r["id"]), int(r["gold"]), int(r["pred"]), bool(r["correct"]), tuple(r["scores"]),
+                        int(r["n_choices"])) for r in data["records"]]
+    known = {"value", "interval", "n", "correct", "chance", "task", "normalization", "higher_is_better", "seconds",
+             "records"}
+    return MCResult(data["task"], records, data.get("normalization", "sum"), data.get("seconds"),
+                    {k: v for k, v in data.items() if k not in known})
+
+
 def mc_context(question: MCQuestion) -> str:
     """The scoring context of a question (lm-eval's ARC format)."""
     return f"Question: {question.prompt}\nAnswer:"

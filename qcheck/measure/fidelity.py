@@ -163,6 +163,29 @@ class FidelityResult:
                 **self.extra}
 
 
+def fidelity_to_record(result: FidelityResult) -> dict[str, Any]:
+    """The result as record data: the summary plus the per-token series (packed), so a stored run is judged again
+    with the same intervals and paired comparisons."""
+    from qcheck.records import pack_array
+
+    return {**result.to_dict(), "token_kl": pack_array(result.token_kl, "float64"),
+            "token_top1": pack_array(result.token_top1, "bool"), "token_dp": pack_array(result.token_dp, "float32"),
+            "token_window": pack_array(result.token_window, "int32"), "extra": dict(result.extra)}
+
+
+def fidelity_from_record(data: dict[str, Any]) -> FidelityResult:
+    """The FidelityResult `fidelity_to_record` wrote."""
+    from qcheck.records import unpack_array
+
+    return FidelityResult(
+        variant=data["variant"], token_kl=unpack_array(data["token_kl"]), token_top1=unpack_array(data["token_top1"]),
+        token_dp=unpack_array(data["token_dp"]).astype(np.float64), token_window=unpack_array(data["token_window"]),
+        context=data["context"], stride=data["stride"], n_windows=data["n_windows"],
+        identical_tokens=data["identical_tokens"], max_abs_logit_diff=data["max_abs_logit_diff"],
+        negative_kl_clamped=data["negative_kl_clamped"], paths=dict(data["paths"]), same_object=data["same_object"],
+        block_tokens=data["block_tokens"], seconds=data.get("seconds"), extra=dict(data.get("extra") or {}))
+
+
 class _Stream:
     """One model's way to logits: decoder hidden states per window, then the output head per chunk."""
 

@@ -96,15 +96,22 @@ class GenerationSettings:
 
     max_new_tokens: int = 64
     batch_size: int = 4
+    """Prompts per generate call; 0 sizes the batch by the device's free memory (all prompts at once where they
+    fit: decoding is host-bound, so a small fixed batch wastes a GPU)."""
     chat_template: bool | None = None
     prompt: str = GSM8K_PROMPT
+    cache: str = "dynamic"
+    """transformers' KV cache: "dynamic", or "static" (fixed shapes; transformers compiles the decoding step on CUDA)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens} (a budget of 0 new tokens "
                               "can only produce empty outputs)", field="max_new_tokens")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}", field="batch_size")
+        if self.batch_size < 0:
+            raise ConfigError(f"batch_size must be >= 1 (or 0: sized by free memory), got {self.batch_size}",
+                              field="batch_size")
+        if self.cache not in ("dynamic", "static"):
+            raise ConfigError(f"cache must be 'dynamic' or 'static', got {self.cache!r}", field="cache")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decoding": "greedy"}
@@ -141,6 +148,15 @@ class GenerationRun:
     def new_tokens(self) -> int:
         return sum(g.n_new_tokens for g in self.outputs)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"outputs": [g.to_dict() for g in self.outputs], "settings": asdict(self.settings),
+                "seconds": self.seconds, "extra": dict(self.extra)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GenerationRun":
+        return cls([Generation(**g) for g in data["outputs"]], GenerationSettings(**data["settings"]),
+                   float(data["seconds"]), dict(data.get("extra") or {}))
+
 
 def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     ids: list[int] = []
@@ -168,12 +184,14 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     device = next(model.parameters()).device
     config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=False, num_beams=1,
-                              pad_token_id=pad, eos_token_id=eos or None)
+                              pad_token_id=pad, eos_token_id=eos or None,
+                              **({"cache_implementation": "static"} if settings.cache == "static" else {}))
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: dict[int, Generation] = {}
+    size = settings.batch_size or memory_batch_size(model, [len(e) for e in encoded], settings.max_new_tokens)
     start = time.perf_counter()
-    for b in range(0, len(order), settings.batch_size):
-        batch = order[b: b + settings.batch_size]
+    for b in range(0, len(order), size):
+        batch = order[b: b + size]
         width = max(len(encoded[i]) for i in batch)
         inp = torch.full((len(batch), width), pad, dtype=torch.long)
         attn = torch.zeros((len(batch), width), dtype=torch.long)
@@ -190,7 +208,31 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
             text = tokenizer.decode(kept, skip_special_tokens=True)
             results[i] = Generation(ids[i], text, len(encoded[i]), len(kept), "budget" if cut is None else "eos")
     seconds = time.perf_counter() - start
-    return GenerationRun([results[i] for i in range(len(prompts))], settings, seconds)
+    return GenerationRun([results[i] for i in range(len(prompts))], settings, seconds, {"batch_size": size})
+
+
+GENERATION_MEMORY_SHARE = 0.5
+"""Share of the device's free memory a generation batch may plan for (the rest absorbs the allocator's slack and
+the estimate's error)."""
+
+
+def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_tokens: int) -> int:
+    """Prompts per generate call that fit GENERATION_MEMORY_SHARE of the free device memory: per sequence its KV cache
+    (2 x layers x KV heads x head dim x tokens, in the model's dtype) and the prefill activations; 8 on a CPU."""
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return 8
+    cfg = model.config
+    heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    width = 2 if not param.dtype.is_floating_point else param.element_size()
+    tokens = max(prompt_lengths) + max_new_tokens
+    kv = 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * tokens * width
+    prefill = max(prompt_lengths) * (int(cfg.hidden_size) * 4 + int(getattr(cfg, "intermediate_size", 0)) * 3) * 4
+    free, _ = torch.cuda.mem_get_info(param.device)
+    fit = int(free * GENERATION_MEMORY_SHARE // max(1, kv + prefill))
+    return max(1, min(len(prompt_lengths), fit))
 
 
 def generate_answers(model: nn.Module, tokenizer: Any, questions: Sequence[str],
@@ -205,3 +247,24 @@ def generate_answers(model: nn.Module, tokenizer: Any, questions: Sequence[str],
                       "chat_template": has_chat_template(tokenizer) if settings.chat_template is None
                       else settings.chat_template})
     return run
+
+
+def boxed_records(run: GenerationRun, golds: Sequence[str]) -> dict[str, Any]:
+    """Per prompt: whether the answer is in \\boxed{}, the extracted answer, the gold, correctness, the output (400
+    characters), with the boxed rate and its Wilson interval (the report's `boxed_rate` metric)."""
+    from qcheck.measure.boxed import answers_match, extract_boxed
+    from qcheck.stats import wilson_interval
+
+    records = []
+    for g, gold in zip(run.outputs, golds):
+        box = extract_boxed(g.text)
+        records.append({"id": g.id, "boxed": box.ok, "status": box.status.value, "answer": box.answer,
+                        "gold": gold, "correct": answers_match(box.answer, gold), "new_tokens": g.n_new_tokens,
+                        "stop": g.stop, "output": g.text[:400]})
+    boxed = sum(r["boxed"] for r in records)
+    ci = wilson_interval(boxed, len(records))
+    return {"value": boxed / len(records), "interval": {"low": ci.low, "high": ci.high, "level": ci.level,
+                                                       "method": ci.method},
+            "n": len(records), "boxed": boxed, "correct": sum(r["correct"] for r in records),
+            "settings": run.settings.to_dict(), "seconds": run.seconds, "higher_is_better": True,
+            **run.extra, "records": records}

@@ -18,9 +18,20 @@ from torch import nn
 from qcheck.errors import DataError
 
 
+class NonFiniteError(DataError):
+    """The model's NLL is not finite (NaN/inf logits): the perplexity_finite check fails on it."""
+
+
+BLOCK_TOKENS = 128
+"""Resampling unit of perplexity intervals and paired comparisons: the scored tokens at absolute text positions
+[k*128, (k+1)*128). Adjacent tokens' NLLs are correlated; blocks this long keep a bootstrap honest and give dozens
+of units where a 4,096-token slice has only four 1,024-token windows."""
+
+
 @dataclass
 class PerplexityResult:
-    """Perplexity with what it was computed on; `window_nll` / `window_tokens` allow recomputation."""
+    """Perplexity with what it was computed on. Per-window and per-block NLL sums and token counts allow
+    recomputation, intervals and paired comparisons; they round-trip through `to_dict` / `from_dict`."""
 
     perplexity: float
     nll_sum: float
@@ -35,8 +46,24 @@ class PerplexityResult:
     n_words: int | None = None
     seconds: float | None = None
     token_nll: Any = None
-    """Per-token NLL (numpy float64) in text order, at the positions `scored_positions(n_ids, context, stride)`."""
+    """Per-token NLL (numpy float64) in text order, at the positions `scored_positions(n_ids, context, stride)`;
+    kept in memory only (the blocks below are what is stored)."""
     n_ids: int | None = None
+    block_size: int = BLOCK_TOKENS
+    block_index: list[int] = field(default_factory=list)
+    block_nll: list[float] = field(default_factory=list)
+    block_tokens: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.block_index and self.token_nll is not None and self.n_ids is not None:
+            import numpy as np
+
+            positions = scored_positions(self.n_ids, self.context, self.stride)
+            block = positions // self.block_size
+            index, inverse = np.unique(block, return_inverse=True)
+            self.block_index = [int(i) for i in index]
+            self.block_nll = np.bincount(inverse, weights=np.asarray(self.token_nll, dtype=np.float64)).tolist()
+            self.block_tokens = [int(c) for c in np.bincount(inverse)]
 
     @property
     def mean_nll(self) -> float:
@@ -51,15 +78,24 @@ class PerplexityResult:
             out["byte"] = math.exp(self.nll_sum / self.n_bytes)
         return out
 
-    def to_dict(self, with_windows: bool = False) -> dict[str, Any]:
+    def to_dict(self, with_windows: bool = True) -> dict[str, Any]:
         data = {"perplexity": self.perplexity, "nll_sum": self.nll_sum, "n_tokens": self.n_tokens,
                 "context": self.context, "stride": self.stride, "n_windows": self.n_windows,
-                "units": self.per_unit(), "n_words": self.n_words, "n_bytes": self.n_bytes,
-                "seconds": self.seconds}
+                "units": self.per_unit(), "n_chars": self.n_chars, "n_words": self.n_words, "n_bytes": self.n_bytes,
+                "n_ids": self.n_ids, "seconds": self.seconds}
         if with_windows:
-            data["window_nll"] = self.window_nll
-            data["window_tokens"] = self.window_tokens
+            data.update(window_nll=list(self.window_nll), window_tokens=list(self.window_tokens),
+                        block_size=self.block_size, block_index=list(self.block_index),
+                        block_nll=list(self.block_nll), block_tokens=list(self.block_tokens))
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PerplexityResult":
+        """The result `to_dict()` wrote (per-token NLLs are not stored: blocks stand in for them)."""
+        keys = ("perplexity", "nll_sum", "n_tokens", "context", "stride", "n_windows", "window_nll", "window_tokens",
+                "n_chars", "n_bytes", "n_words", "seconds", "n_ids", "block_size", "block_index", "block_nll",
+                "block_tokens")
+        return cls(**{k: data[k] for k in keys if k in data})
 
 
 def windows(n_ids: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -185,7 +221,7 @@ def perplexity_of_ids(
     nll_sum = float(sum(window_nll))
     n_tokens = int(sum(window_tokens))
     if not math.isfinite(nll_sum):
-        raise DataError(f"perplexity is not finite (total NLL {nll_sum}): the model produced NaN/inf logits")
+        raise NonFiniteError(f"perplexity is not finite (total NLL {nll_sum}): the model produced NaN/inf logits")
     return PerplexityResult(math.exp(nll_sum / n_tokens), nll_sum, n_tokens, context, stride, len(spans),
                             window_nll, window_tokens, seconds=time.perf_counter() - start, token_nll=token_nll,
                             n_ids=int(ids_t.numel()))

@@ -75,6 +75,11 @@ class AttackConfig:
                 "perturbed": "prompt token embeddings only (choices unperturbed, shared by all choices of a question)"}
 
 
+ROBUSTNESS_ATTACK = AttackConfig(epsilon=0.02, pgd_steps=2, attacks=("fgsm", "pgd"), seed=0)
+"""The suite's attack: FGSM, then 2-step PGD on the survivors, at 2% of each prompt token's embedding norm (SmolLM2 on
+8 ARC-Easy questions: epsilon 0.1 broke every clean-correct one, 0.02 half of them)."""
+
+
 @dataclass(frozen=True)
 class ChoiceItem:
     """One multiple-choice question, tokenized: prompt ids, each choice's ids, and the answer index."""
@@ -235,6 +240,20 @@ class RobustnessEvaluation:
         if with_records:
             d["records"] = [asdict(r) for r in self.records]
         return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RobustnessEvaluation":
+        """The evaluation `to_dict()` wrote (records included)."""
+        att = data["attack"]
+        config = AttackConfig(epsilon=att["epsilon"], pgd_steps=att["pgd_steps"], step_size=att.get("pgd_step_size"),
+                              attacks=tuple(att["attacks"]), random_start=att["random_start"], seed=att["seed"])
+        rnd = data["randomization"]
+        randomization = RandomizationCheck(tuple(rnd["training_modules"]), tuple(rnd["dropout_modules"]),
+                                           rnd["repeat_max_abs_diff"], rnd["repeat_prediction_flips"], rnd["policy"],
+                                           rnd["draws"], rnd.get("repeats", 2))
+        records = [SampleRecord(**r) for r in data["records"]]
+        return cls(records, config, randomization, data["gradient_source"], float(data["seconds"]),
+                   data.get("variant"), data.get("scoring", cls.scoring), dict(data.get("data") or {}))
 
 
 def arc_easy_items(tokenizer: Any, n: int, *, path: str | Path | None = None, max_tokens: int = 96,

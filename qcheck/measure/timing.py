@@ -199,6 +199,15 @@ class DeviceInfo:
                 "multiprocessors": self.multiprocessors, "memory_gib": self.memory_gib, "flags": dict(self.flags),
                 "clocks": dict(self.clocks)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DeviceInfo":
+        """The description `to_dict()` wrote (a stored run is judged without the device)."""
+        cap = data.get("capability")
+        capability = tuple(int(x) for x in str(cap).split(".")) if cap else None
+        return cls(data["device"], data["name"], capability, bool(data["tensor_cores"]), data.get("driver"),
+                   data.get("cuda"), data["torch"], data.get("multiprocessors"), data.get("memory_gib"),
+                   dict(data.get("flags") or {}), dict(data.get("clocks") or {}))
+
 
 def device_info(device: str | torch.device | None = None) -> DeviceInfo:
     """Describe `device` (default: cuda when available) with the numeric flags and clocks as found now."""
@@ -283,7 +292,14 @@ class Timing:
                 "rel_iqr": self.rel_iqr, "min_ms": min(self.samples_ms), "max_ms": max(self.samples_ms),
                 "warmup_ms": list(self.warmup_ms), "host_median_ms": self.host_median_ms,
                 "total_s": self.total_s, "stop_reason": self.stop_reason, "info": dict(self.info),
-                "samples_ms": list(self.samples_ms)}
+                "samples_ms": list(self.samples_ms), "host_ms": list(self.host_ms)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Timing":
+        """The timing `to_dict()` wrote (raw samples included)."""
+        return cls(tuple(data["samples_ms"]), tuple(data.get("warmup_ms") or ()), data["method"], data["device"],
+                   float(data["total_s"]), data["stop_reason"], tuple(data.get("host_ms") or ()),
+                   data.get("label", ""), dict(data.get("info") or {}))
 
     def to_metric(self, **extra: Any) -> dict[str, Any]:
         """The report's latency_ms metric: median with the interquartile range as its interval."""

@@ -1,6 +1,6 @@
 """Proof that quantization took effect: grid membership, weight deltas, and output divergence (SQNR).
 
-These functions read models and return plain data; invariants.py decides what passes.
+These functions read models and return plain data (stored as records); qcheck.invariants.applied judges it.
 A GGUF-loaded model is dequantized float: dtype or module-class checks say nothing about it, only
 comparisons with the reference weights and outputs do.
 """
@@ -136,8 +136,92 @@ def logits_of(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def output_divergence(reference: nn.Module, quantized: nn.Module, input_ids: torch.Tensor) -> dict[str, Any]:
     """Compare logits on the same tokens: bit-identical?, SQNR (dB), max |diff|, top-1 agreement."""
-    ref = logits_of(reference, input_ids)
-    out = logits_of(quantized, input_ids)
+    return _divergence(logits_of(reference, input_ids), logits_of(quantized, input_ids), input_ids)
+
+
+def layer_delta(reference: torch.Tensor, quantized: nn.Module) -> dict[str, Any]:
+    """One nn.Linear against its reference weight: fraction changed, relative change, SQNR, dtype and class."""
+    qw = effective_weight(quantized).to(reference.device)
+    if qw.shape != reference.shape:
+        return {"shape_mismatch": [list(reference.shape), list(qw.shape)]}
+    return {"changed_fraction": float((qw != reference).float().mean().item()),
+            "rel_change": rel_change(reference, qw), "sqnr_db": sqnr_db(reference, qw),
+            "dtype": str(quantized.weight.dtype), "module_class": type(quantized).__name__}
+
+
+def weight_deltas(reference: nn.Module, quantized: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per nn.Linear: fraction of weights changed, relative change, SQNR and dtypes, by name (one layer's float32
+    copy at a time, so a large model is never held twice in float32)."""
+    q_modules = {n: m for n, m in quantized.named_modules() if isinstance(m, nn.Linear) and n}
+    out: dict[str, dict[str, Any]] = {}
+    for name, module in reference.named_modules():
+        if not name or not isinstance(module, nn.Linear):
+            continue
+        if name not in q_modules:
+            out[name] = {"missing": True}
+            continue
+        out[name] = layer_delta(effective_weight(module), q_modules[name])
+    return out
+
+
+def probe_view(reference_logits: torch.Tensor, input_ids: torch.Tensor) -> dict[str, Any]:
+    """Whether the probe can show a weight change: distinct token ids fed, and whether the reference's logits vary
+    over the probe's positions (all-padding or all-one-token inputs give constant rows, whatever the weights)."""
+    distinct = int(torch.unique(input_ids).numel())
+    flat = reference_logits.reshape(-1, reference_logits.shape[-1])
+    varies = bool(flat.shape[0] > 1 and (flat != flat[:1]).any())
+    blind = None
+    if not varies:
+        blind = (f"the reference's logits are the same at every one of the probe's {flat.shape[0]} positions "
+                 f"({distinct} distinct token ids fed): the probe cannot show whether the weights changed (a "
+                 "tokenizer mapping the text to one id, or inputs the model zeroes out)")
+    elif distinct < 8:
+        blind = (f"the probe holds only {distinct} distinct token ids: too few to exercise the weights (a broken or "
+                 "mismatched tokenizer)")
+    return {"distinct_ids": distinct, "reference_logits_vary": varies, "blind": blind}
+
+
+@torch.no_grad()
+def quantization_evidence(reference: nn.Module, quantized: nn.Module, report: Any = None, *,
+                          input_ids: torch.Tensor | None = None,
+                          grids: dict[tuple[str, str], GridEvidence] | None = None) -> dict[str, Any]:
+    """What `assert_quantization_applied` judges, as data: per claimed layer (every nn.Linear without a manifest)
+    its grid membership, change, dtype and SQNR against the reference and its format's floor; the logits on a
+    probe and whether the probe can see the weights at all. `grids`, when given, collects each layer's grid result
+    by (layer, spec) for `plan_evidence` to reuse."""
+    report = report if report is not None else getattr(quantized, "qcheck_report", None)
+    q_modules = dict(quantized.named_modules())
+    ref_modules = dict(reference.named_modules())
+    layers: dict[str, dict[str, Any]] = {}
+    if report is not None:
+        for rec in report.layers:
+            if not rec.applied:
+                continue
+            spec = spec_of_record(rec)
+            module = q_modules.get(rec.name)
+            if module is None:
+                layers[rec.name] = {"format": spec.label, "missing": True}
+                continue
+            ref_w = effective_weight(ref_modules[rec.name]) if rec.name in ref_modules else None
+            grid = grid_evidence(module, spec, ref_w)
+            if grids is not None:
+                grids[(rec.name, repr(spec))] = grid
+            delta = layer_delta(ref_w, module) if ref_w is not None else {}
+            layers[rec.name] = {"format": spec.label, "cast": isinstance(spec, CastSpec), "on_grid": grid.on_grid,
+                                "grid": grid.reason, "changed_fraction": delta.get("changed_fraction"),
+                                "sqnr_db": delta.get("sqnr_db"), "dtype": delta.get("dtype"),
+                                "sqnr_floor_db": floor_for(spec)}
+    else:
+        layers = weight_deltas(reference, quantized)
+    if input_ids is None:
+        input_ids = probe_input_ids(getattr(getattr(reference, "config", None), "vocab_size", 256))
+    ref_logits = logits_of(reference, input_ids)
+    out = _divergence(ref_logits, logits_of(quantized, input_ids), input_ids)
+    return {"manifest": report is not None, "layers": layers, "logits": out,
+            "probe": probe_view(ref_logits, input_ids)}
+
+
+def _divergence(ref: torch.Tensor, out: torch.Tensor, input_ids: torch.Tensor) -> dict[str, Any]:
     finite = bool(torch.isfinite(out).all())
     return {
         "identical": bool(torch.equal(ref, out)),
@@ -145,27 +229,35 @@ def output_divergence(reference: nn.Module, quantized: nn.Module, input_ids: tor
         "max_abs_diff": float((ref - out).abs().max().item()) if finite else math.inf,
         "top1_agreement": float((ref.argmax(-1) == out.argmax(-1)).float().mean().item()),
         "finite": finite,
+        "reference_finite": bool(torch.isfinite(ref).all()),
         "tokens": int(input_ids.numel()),
     }
 
 
-def weight_deltas(reference: nn.Module, quantized: nn.Module) -> dict[str, dict[str, Any]]:
-    """Per nn.Linear: fraction of weights changed, relative change, SQNR and dtypes, by name."""
-    ref_w = linear_weights(reference)
-    q_modules = {n: m for n, m in quantized.named_modules() if isinstance(m, nn.Linear) and n}
-    out: dict[str, dict[str, Any]] = {}
-    for name, rw in ref_w.items():
-        if name not in q_modules:
-            out[name] = {"missing": True}
+@torch.no_grad()
+def plan_evidence(quantized: nn.Module, plan: Any, reference: nn.Module | None = None, *,
+                  grids: dict[tuple[str, str], GridEvidence] | None = None) -> dict[str, Any]:
+    """What `assert_plan_followed` judges: each layer the plan assigns, checked against that spec's grid on the
+    weights alone (no manifest), with the reason where it is off. A grid already computed for the same layer and
+    spec (`grids`, from `quantization_evidence`) is reused: the same weights against the same spec."""
+    from qcheck.quant.plan import Plan
+
+    plan = Plan.load(plan)
+    ref_modules = dict(reference.named_modules()) if reference is not None else {}
+    mismatched: dict[str, str] = {}
+    checked = 0
+    for a in plan.resolve(quantized):
+        spec = a.rule.spec
+        if isinstance(spec, KeepSpec) and a.layer not in ref_modules:
             continue
-        qw = effective_weight(q_modules[name]).to(rw.device)
-        if qw.shape != rw.shape:
-            out[name] = {"shape_mismatch": [list(rw.shape), list(qw.shape)]}
-            continue
-        out[name] = {"changed_fraction": float((qw != rw).float().mean().item()), "rel_change": rel_change(rw, qw),
-                     "sqnr_db": sqnr_db(rw, qw), "dtype": str(q_modules[name].weight.dtype),
-                     "module_class": type(q_modules[name]).__name__}
-    return out
+        grid = (grids or {}).get((a.layer, repr(spec)))
+        if grid is None:
+            ref_w = effective_weight(ref_modules[a.layer]) if a.layer in ref_modules else None
+            grid = grid_evidence(quantized.get_submodule(a.layer), spec, ref_w)
+        checked += 1
+        if not grid.on_grid:
+            mismatched[a.layer] = f"plan says {spec.label} ({a.rule.label}); {grid.reason}"
+    return {"plan": plan.to_dict(), "checked": checked, "mismatched": mismatched}
 
 
 def spec_of_record(record: Any) -> Spec:

@@ -123,7 +123,10 @@ class Plan:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read plan file {path}: {exc}", field="plan") from None
-        return cls.from_toml(text, name=path.stem)
+        try:
+            return cls.from_toml(text, name=path.stem)
+        except ConfigError as exc:
+            raise ConfigError(f"plan file {path}: {exc}", field=exc.field, layer=exc.layer) from None
 
     @property
     def rules(self) -> tuple[Rule, ...]:

@@ -1,7 +1,7 @@
 """PTQ backend variants (issue 9). Variants from `--qcheck-ptq SPEC` (or $QCHECK_PTQ) run through every module of
-the suite like any other variant (applied, perplexity, accuracy, format, fidelity, latency); this module adds
-what is specific to PTQ: the reference is untouched by the backend (the `oneshot` trap), the build is recorded,
-and a calibrated 4-bit method (GPTQ/AWQ) is not worse than qcheck's own RTN at the same bits and group size.
+the suite like any other variant; this module adds what is specific to PTQ: the reference is untouched by the
+backend (the `oneshot` trap) and a calibrated 4-bit method (GPTQ/AWQ) is not worse than qcheck's own RTN at the same
+bits and group size. Judges the run's build, perplexity and rtn_perplexity records.
 
 Without PTQ variants every test here skips, saying how to add one.
 """
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from qcheck.quant.backends import PTQ_ENV
+from qcheck.invariants.ptq import assert_ptq_not_worse_than_rtn, judge_reference_untouched
+from qcheck.measure.perplexity import PerplexityResult
+from qcheck.options import PTQ_ENV
 
+needs = pytest.mark.qcheck_needs
 _NONE = (f"no PTQ variants configured (--qcheck-ptq SPEC, `qcheck run --ptq SPEC` or {PTQ_ENV}=SPEC[,SPEC]; "
          "e.g. bnb-config:nf4, torchao:int8-wo or checkpoint=/path/to/quantized-folder)")
 
@@ -23,45 +26,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("ptq_variant", names or [pytest.param("none", marks=pytest.mark.skip(reason=_NONE))])
 
 
-@pytest.fixture(scope="session")
-def reference_fingerprint(qcheck_reference):
-    """The reference's weight fingerprint before any PTQ backend ran (this module's first test builds them)."""
-    from qcheck.quant.tensor_stats import weight_fingerprint
-
-    return weight_fingerprint(qcheck_reference.model)
-
-
-def test_ptq_reference_untouched(ptq_variant, reference_fingerprint, qcheck_variants, qcheck_reference,
-                                 qcheck_report, qcheck_record):
-    from qcheck.invariants.ptq import assert_reference_untouched
-
-    variant = qcheck_variants.get(ptq_variant)
-    qcheck_report.add_metric(ptq_variant, "ptq_build_seconds", {"value": variant.seconds,
-                                                                "backend": variant.backend.backend})
-    qcheck_record(assert_reference_untouched(qcheck_reference.model, reference_fingerprint,
-                                             backend=variant.backend.backend, variant=ptq_variant))
+@needs("build", variants=lambda params, names: [params["ptq_variant"]])
+def test_ptq_reference_untouched(ptq_variant, qcheck_records, qcheck_record):
+    build = qcheck_records.data(ptq_variant, "build")
+    qcheck_record(judge_reference_untouched(build["fingerprint_before"], build["fingerprint_after"],
+                                            backend=build["backend"]["name"], variant=ptq_variant))
 
 
-def test_ptq_not_worse_than_rtn(ptq_variant, qcheck_variants, qcheck_reference, qcheck_perplexity,
-                                qcheck_eval_text, qcheck_options, qcheck_report, qcheck_record):
-    from qcheck.invariants.ptq import assert_ptq_not_worse_than_rtn
-    from qcheck.pytest_plugin import run_perplexity
-    from qcheck.quant.apply import quantize
-
-    variant = qcheck_variants.get(ptq_variant)
-    report = variant.report
-    bits = {r.bits for r in report.applied}
-    group = report.plan.get("group_size")
-    calibrated = report.backend.startswith(("llmcompressor:gptq", "llmcompressor:awq")) or \
-        report.plan.get("format") == "compressed-tensors"
-    if bits != {4} or not group or not calibrated:
-        pytest.skip(f"{ptq_variant}: the RTN differential applies to calibrated 4-bit grouped variants "
-                    f"(bits {sorted(b for b in bits if b)}, group {group}, backend {report.backend})")
-    result = qcheck_perplexity(ptq_variant)
-    rtn_name = f"rtn-w4g{group}"
-    rtn_model, _ = quantize(qcheck_reference.model, {"name": rtn_name, "default": {
-        "format": "int", "bits": 4, "group_size": group}, "override": [{"match": "lm_head", "format": "keep"}]})
-    rtn = run_perplexity(rtn_model, qcheck_reference.tokenizer, qcheck_eval_text.text, qcheck_options)
-    qcheck_report.add_metric(ptq_variant, "rtn_perplexity", {**rtn.to_dict(), "rtn_variant": rtn_name})
-    qcheck_record(assert_ptq_not_worse_than_rtn(rtn, result, variant=ptq_variant, rtn_name=rtn_name,
-                                                calibration=variant.backend.details.get("calibration")))
+@needs("build", "perplexity", "rtn_perplexity", variants=lambda params, names: [params["ptq_variant"]])
+def test_ptq_not_worse_than_rtn(ptq_variant, qcheck_records, qcheck_record):
+    rtn_data = qcheck_records.data(ptq_variant, "rtn_perplexity")
+    result = PerplexityResult.from_dict(qcheck_records.data(ptq_variant, "perplexity"))
+    qcheck_record(assert_ptq_not_worse_than_rtn(PerplexityResult.from_dict(rtn_data), result, variant=ptq_variant,
+                                                rtn_name=rtn_data["rtn_variant"],
+                                                calibration=rtn_data.get("calibration")))

@@ -13,12 +13,14 @@ from qcheck.benchmark_integration import benchmark_extra_info, synchronized_perf
 from qcheck.errors import ConfigError, InvariantViolation
 from qcheck.inputs.models import random_init_like, tiny_llama_config
 from qcheck.invariants.latency import (
-    VariantKind,
     assert_latency_order,
     assert_placement,
     assert_plausible_speed,
     assert_slowdown_bound,
     assert_throughput_honest,
+)
+from qcheck.measure.latency import (
+    VariantKind,
     profile_call,
     rank_kernels,
     short_kernel_name,

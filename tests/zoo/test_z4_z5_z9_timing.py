@@ -21,18 +21,14 @@ from qcheck.errors import InvariantViolation
 from qcheck.formats import integer
 from qcheck.inputs.models import random_init_like, tiny_llama_config
 from qcheck.invariants.latency import (
-    VariantKind,
     assert_latency_order,
     assert_placement,
     assert_plausible_speed,
     assert_slowdown_bound,
     assert_throughput_honest,
     audit_timing,
-    diagnose_slowdown,
-    profile_call,
-    time_by_kernel,
-    variant_kind,
 )
+from qcheck.measure.latency import VariantKind, diagnose_slowdown, profile_call, time_by_kernel, variant_kind
 from qcheck.measure.timing import DeviceInfo, forward_callable, forward_flops, measure, random_input_ids, time_forward
 from qcheck.quant.apply import quantize
 from qcheck.results import Status

@@ -1,0 +1,60 @@
+"""The project's shared test configuration: offline hub, deterministic threads, the hypothesis `ci` profile by
+default, where the evaluation data lives, and the models the tests share (the embedded SmolLM2, loaded once per
+process, and a tiny random-init Llama folder with SmolLM2's tokenizer for tests where the weights do not matter)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from qcheck.strategies import load_profile  # noqa: E402
+
+load_profile("ci")
+
+pytest_plugins = ["pytester"]
+ROOT = Path(__file__).resolve().parent
+DATA = ROOT.parent / "shared" / "data"
+"""../shared/data: WikiText-2, GSM8K and ARC-Easy (tests that need them skip with the reason when absent)."""
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct reference (fp32), loaded once per process."""
+    from qcheck.errors import ModelLoadError
+    from qcheck.inputs.models import load_model
+
+    try:
+        return load_model(cache=True)
+    except ModelLoadError as exc:
+        pytest.skip(f"embedded model unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def wikitext_slice():
+    """The first 12,000 characters of WikiText-2 test."""
+    from qcheck.errors import DataError
+    from qcheck.inputs.data import wikitext_test
+
+    try:
+        text, _ = wikitext_test(max_chars=12000)
+    except DataError as exc:
+        pytest.skip(f"WikiText-2 not available: {exc}")
+    return text
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, smollm2) -> Path:
+    """A tiny random-init 2-layer Llama (hidden 64) saved as an HF folder with SmolLM2's tokenizer: a real model a
+    user could pass with --model, small enough to build in a second (weights' values do not matter here)."""
+    from qcheck.inputs.models import random_init_like, tiny_llama_config
+
+    folder = tmp_path_factory.mktemp("tiny-smollm")
+    config = tiny_llama_config(vocab_size=len(smollm2.tokenizer), max_position_embeddings=2048,
+                               pad_token_id=smollm2.tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
+    random_init_like(config, seed=0).save_pretrained(folder)
+    smollm2.tokenizer.save_pretrained(folder)
+    return folder

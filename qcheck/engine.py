@@ -1,0 +1,273 @@
+"""The run engine: measure once, variant by variant, into one record store.
+
+The reference is loaded and measured first; then each variant is built, measured for everything the selected
+checks need, recorded and released before the next one is built. Memory is the reference plus one variant (two
+models where a measurement compares them) whatever the number of variants. A measurement that fails becomes an
+ERROR record for the checks that need it; one that does not apply here becomes a SKIPPED record with the reason.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from qcheck.errors import QCheckError
+from qcheck.options import RunOptions
+from qcheck.records import Record, RecordStatus, RecordStore
+from qcheck.variants import DEFAULT_VARIANTS, REFERENCE
+
+Needs = Mapping[str, Iterable[str]]
+"""Variant name -> measurement names the selected checks read."""
+
+
+@dataclass
+class RunContext:
+    """Everything a measurement step reads: options, device, the reference, the data slices, the store so far."""
+
+    options: RunOptions
+    device: Any
+    loaded: Any
+    variants: Any
+    inputs: Any
+    store: RecordStore
+    reference_fingerprint: str = ""
+    _budget: Any = field(default=None, repr=False)
+
+    @property
+    def reference_model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.reference_model.config.vocab_size)
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def reference_dtype(self) -> str:
+        return "fp32"
+
+    @property
+    def budget(self) -> Any:
+        if self._budget is None:
+            from qcheck.measure.budget import Budget
+
+            self._budget = Budget(self.gpu, self.options.samples, self.options.n_prompts, self.options.tokens)
+        return self._budget
+
+    def batch_size(self, measurement: str) -> int:
+        """Batch sizes per measurement: 1 window / 16 questions / 8 prompts on a CPU; more on a GPU, where generation
+        is sized by free memory (0)."""
+        cpu = {"perplexity": 1, "fidelity": 1, "choice": 16, "generation": 8}
+        gpu = {"perplexity": 8, "fidelity": 8, "choice": 64, "generation": 0}
+        return (gpu if self.gpu else cpu)[measurement]
+
+    def describe_model(self) -> dict[str, Any]:
+        return self.loaded.describe()
+
+    def fingerprint_reference(self) -> str:
+        from qcheck.quant.tensor_stats import weight_fingerprint
+
+        return weight_fingerprint(self.reference_model)
+
+
+def resolve_device(device: str) -> Any:
+    """The torch device of `--device` (auto: cuda when available); cuda without a GPU is a usage error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise QCheckError("--device cuda was asked for, but no CUDA device is available (use --device cpu)")
+    return torch.device(device)
+
+
+def variant_names(options: RunOptions) -> list[str]:
+    """The run's variants in order: built-in selection, then plan files, then PTQ specs (by their run names)."""
+    from pathlib import Path
+
+    from qcheck.errors import ConfigError
+    from qcheck.quant.backends import ptq_variant_name
+    from qcheck.quant.plan import Plan
+
+    names = list(DEFAULT_VARIANTS if options.variants is None else options.variants)
+    for path in options.plans:
+        try:
+            plan = Plan.load(path)
+            names.append(plan.name if plan.name != "plan" else Path(path).stem)
+        except (QCheckError, OSError):  # reported with its file when the variant set is built
+            names.append(Path(path).stem)
+    for spec in options.ptq:
+        try:
+            names.append(ptq_variant_name(spec))
+        except ConfigError:
+            names.append(spec)
+    return names
+
+
+_OPENED: dict[RunOptions, RunContext] = {}
+
+
+def open_run(options: RunOptions) -> RunContext:
+    """Load the reference, validate every variant and input (errors here are bad input: exit 2 before anything
+    runs), and return the context the steps read (the same context for the same options in one process: `qcheck
+    run` validates before pytest starts, and the plugin measures with what it validated)."""
+    if options in _OPENED:
+        return _OPENED[options]
+    import torch
+
+    from qcheck.inputs.models import load_model
+    from qcheck.inputs.run_inputs import RunInputs
+    from qcheck.quant.tensor_stats import weight_fingerprint
+    from qcheck.variants import VariantSet
+
+    device = resolve_device(options.device)
+    torch.manual_seed(0)
+    loaded = load_model(options.model, device=device, cache=True)
+    check_reference_finite(loaded.model)
+    names = list(DEFAULT_VARIANTS if options.variants is None else options.variants)
+    variants = VariantSet.from_names(loaded.model, names, list(options.plans), ptq_specs=list(options.ptq),
+                                     tokenizer=loaded.tokenizer, device=str(device))
+    variants.validate()
+    inputs = RunInputs(options, loaded.tokenizer, int(loaded.model.config.vocab_size))
+    store = RecordStore()
+    store.meta.update(model=loaded.describe(), device=str(device), options=options.to_dict(),
+                      seeds={"torch": 0, "probe_inputs": 0, "bootstrap": 0})
+    store.variants = [REFERENCE, *variants.names]
+    ctx = RunContext(options, device, loaded, variants, inputs, store, weight_fingerprint(loaded.model))
+    _OPENED[options] = ctx
+    return ctx
+
+
+def check_reference_finite(model: Any) -> None:
+    """A reference whose own weights hold NaN/inf cannot judge any variant: bad input, naming the tensors."""
+    import torch
+
+    bad = []
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            bad.append(f"{name} ({int((~torch.isfinite(p)).sum())} of {p.numel()} values)")
+    if bad:
+        raise QCheckError(f"the reference model's own weights hold NaN/inf: {', '.join(bad[:5])}"
+                          f"{f' (+{len(bad) - 5} more)' if len(bad) > 5 else ''}. The checkpoint is broken; every "
+                          "variant is judged against the reference, so nothing is measured")
+
+
+def measure_run(ctx: RunContext, needs: Needs, progress: Any = None) -> RecordStore:
+    """Take every needed measurement: the reference's first, then each variant's between its build and release."""
+    from qcheck.measure.steps import ORDER
+
+    wanted = {v: {m for m in ms} for v, ms in needs.items()}
+    order = [REFERENCE] + [n for n in ctx.variants.names if n in wanted]
+    ctx.store.meta.setdefault("data", {})
+    for name in order:
+        measurements = [m for m in ORDER if m in wanted.get(name, set()) or m == "build"]
+        if name == REFERENCE and not wanted.get(REFERENCE):
+            measurements = ["build"]
+        _measure_subject(ctx, name, measurements, progress)
+    ctx.store.meta["data"].update(_data_descriptions(ctx))
+    return ctx.store
+
+
+def _measure_subject(ctx: RunContext, name: str, measurements: list[str], progress: Any) -> None:
+    from qcheck.measure.steps import STEPS, Subject
+
+    todo = [m for m in measurements if (name, m) not in ctx.store]
+    if not todo:
+        return
+    skipped = {m: reason for m in todo if (reason := _not_measured(ctx, m, name))}
+    for m, reason in skipped.items():
+        ctx.store.put(Record(name, m, RecordStatus.SKIPPED, reason=reason))
+    todo = [m for m in todo if m not in skipped]
+    if not todo:
+        return
+    if name == REFERENCE:
+        subject = Subject(name, ctx.reference_model)
+        for m in todo:
+            _run_step(ctx, STEPS[m], subject, progress)
+        return
+    start = time.perf_counter()
+    try:
+        built = ctx.variants.built(name)
+        variant = built.__enter__()
+    except Exception as exc:  # noqa: BLE001 - a variant that cannot be built is an ERROR for each of its checks
+        from qcheck.errors import VariantUnavailable
+
+        status = RecordStatus.SKIPPED if isinstance(exc, VariantUnavailable) else RecordStatus.ERROR
+        for m in todo:
+            ctx.store.put(Record(name, m, status, reason=f"building {name} failed: {type(exc).__name__}: {exc}"
+                                 if status == RecordStatus.ERROR else str(exc),
+                                 data={"traceback": traceback.format_exc(limit=8)} if status == RecordStatus.ERROR
+                                 else {}))
+        return
+    try:
+        subject = Subject(name, variant.model, variant)
+        for m in todo:
+            if not STEPS[m].after_release:
+                _run_step(ctx, STEPS[m], subject, progress)
+    finally:
+        built.__exit__(None, None, None)
+        subject = Subject(name, None, None)
+        del variant
+    for m in todo:
+        if STEPS[m].after_release:
+            _run_step(ctx, STEPS[m], Subject(name, None, None), progress)
+    ctx.store.meta.setdefault("variant_seconds", {})[name] = round(time.perf_counter() - start, 2)
+
+
+def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
+    from qcheck.measure.steps import NotApplicable
+
+    if progress is not None:
+        progress(subject.name, step.name)
+    start = time.perf_counter()
+    try:
+        data, settings = step.run(ctx, subject)
+    except NotApplicable as exc:
+        ctx.store.put(Record(subject.name, step.name, RecordStatus.SKIPPED, reason=str(exc)))
+        return
+    except QCheckError as exc:
+        ctx.store.put(Record(subject.name, step.name, RecordStatus.ERROR, reason=f"{type(exc).__name__}: {exc}",
+                             data={"error_type": type(exc).__name__}, seconds=round(time.perf_counter() - start, 3)))
+        return
+    except Exception as exc:  # noqa: BLE001 - a failed measurement is an ERROR record, not a crashed run
+        ctx.store.put(Record(subject.name, step.name, RecordStatus.ERROR, reason=f"{type(exc).__name__}: {exc}",
+                             data={"error_type": type(exc).__name__, "traceback": traceback.format_exc(limit=12)},
+                             seconds=round(time.perf_counter() - start, 3)))
+        return
+    ctx.store.put(Record(subject.name, step.name, RecordStatus.OK, data=data, settings=settings,
+                         seconds=round(time.perf_counter() - start, 3)))
+
+
+def _not_measured(ctx: RunContext, measurement: str, name: str) -> str | None:
+    from qcheck.measure.budget import not_measured
+
+    if name != REFERENCE and measurement in ("latency_casts", "energy", "perplexity_short"):
+        return f"{measurement} is measured on the reference only"
+    if name == REFERENCE and measurement in ("weights", "rtn_perplexity"):
+        return f"{measurement} compares a variant with the reference"
+    return not_measured(measurement, name, gpu=ctx.gpu, options=ctx.options, context=ctx.options.context)
+
+
+def _data_descriptions(ctx: RunContext) -> dict[str, Any]:
+    """The data slices the records were measured on (path, SHA-256, offset, size), for the report's meta."""
+    out: dict[str, Any] = {}
+    cache = ctx.inputs._cache
+    if "text" in cache:
+        out["perplexity_text"] = {**cache["text"].describe(), "context": ctx.options.context}
+    for key, value in cache.items():
+        if key.startswith("arc:"):
+            out["arc_easy"] = {k: v for k, v in value.describe().items() if k != "ids"}
+        elif key.startswith("gsm8k:"):
+            out["gsm8k"] = {k: v for k, v in value.describe().items() if k != "ids"}
+        elif key.startswith("robust:"):
+            out["robustness_arc_easy"] = value[1]
+    return out

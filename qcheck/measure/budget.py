@@ -1,0 +1,98 @@
+"""What a run measures on which device: slice sizes and the variants each costly measurement covers on a CPU.
+
+On a GPU every variant gets every measurement the selected checks need. On a CPU the slow measurements cover the
+reference, `w4g64` and every variant the user added (plans, PTQ backends); the skip reason says so, and the checks
+that need a skipped measurement skip with it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qcheck.variants import DEFAULT_VARIANTS, REFERENCE
+
+CPU_CHOICE_QUESTIONS = 30
+CPU_CHOICE_VARIANTS = ("w4g64",)
+CPU_PROMPTS = 8
+CPU_NEW_TOKENS = 24
+CPU_PROMPT = "gsm8k_3shot_direct"
+CPU_GENERATION_VARIANTS = ("w4g64",)
+GPU_NEW_TOKENS = 256
+GPU_PROMPT = "gsm8k_3shot"
+CPU_FIDELITY_TOKENS = 2048
+CPU_FIDELITY_SLOW = ("fp16", "bnb-int8", "bnb-nf4")
+"""fp16 matmuls and bitsandbytes kernels are many times slower than fp32 on CPU."""
+ROBUSTNESS_VARIANTS = (REFERENCE, "int8", "w4g64", "bf16")
+ROBUSTNESS_GPU_ONLY = ("fp16",)
+CPU_ROBUSTNESS_QUESTIONS = 12
+ROBUSTNESS_MAX_TOKENS = 64
+CPU_TIMED = (REFERENCE, "int8", "w4g64")
+"""Variants timed on CPU: fp32 and two simulated ones (fp32 kernels). fp16/bf16 matmuls are emulated on most CPUs
+and bitsandbytes' CPU path is slow."""
+SHORT_CONTEXT = 128
+GPU_ONLY = {"latency_casts": "reference casts are timed for the latency ordering on a GPU only",
+            "energy": "energy is read from NVML on a GPU only"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The slice sizes of one run on one device."""
+
+    gpu: bool
+    samples: int
+    prompts: int
+    tokens: int
+
+    @property
+    def choice_questions(self) -> int:
+        return self.samples if self.gpu else min(self.samples, CPU_CHOICE_QUESTIONS)
+
+    @property
+    def generation_prompts(self) -> int:
+        return self.prompts if self.gpu else min(self.prompts, CPU_PROMPTS)
+
+    @property
+    def fidelity_tokens(self) -> int:
+        return self.tokens if self.gpu else min(self.tokens, CPU_FIDELITY_TOKENS)
+
+    @property
+    def robustness_questions(self) -> int:
+        return self.samples if self.gpu else min(self.samples, CPU_ROBUSTNESS_QUESTIONS)
+
+    @property
+    def new_tokens(self) -> int:
+        return GPU_NEW_TOKENS if self.gpu else CPU_NEW_TOKENS
+
+    @property
+    def prompt(self) -> str:
+        return GPU_PROMPT if self.gpu else CPU_PROMPT
+
+
+def robustness_variants(names: list[str], gpu: bool) -> list[str]:
+    """The variants attacked: the reference, the built-in ROBUSTNESS_VARIANTS (+ fp16 on a GPU), every user variant."""
+    wanted = ROBUSTNESS_VARIANTS + (ROBUSTNESS_GPU_ONLY if gpu else ())
+    return list(dict.fromkeys([REFERENCE] + [n for n in names if n in wanted or n not in DEFAULT_VARIANTS]))
+
+
+def not_measured(measurement: str, variant: str, *, gpu: bool, options: Any, context: int) -> str | None:
+    """Why `measurement` of `variant` is not taken in this run, or None when it is."""
+    builtin = variant in DEFAULT_VARIANTS
+    if measurement in GPU_ONLY and not gpu:
+        return f"{GPU_ONLY[measurement]}; this run has no CUDA device"
+    if measurement == "perplexity_short" and context <= SHORT_CONTEXT:
+        return f"the run's context ({context}) is not above {SHORT_CONTEXT}, the short context it is compared with"
+    if gpu:
+        return None
+    if measurement == "choice" and builtin and variant not in CPU_CHOICE_VARIANTS:
+        return (f"ARC-Easy scoring on CPU runs only {', '.join(CPU_CHOICE_VARIANTS)} besides {REFERENCE} and the "
+                "variants you add (every variant on a GPU)")
+    if measurement == "generation" and builtin and variant not in CPU_GENERATION_VARIANTS:
+        return (f"generation on CPU is slow: the format check runs only {', '.join(CPU_GENERATION_VARIANTS)} besides "
+                f"{REFERENCE} and the variants you add on CPU (every variant on a GPU)")
+    if measurement == "fidelity" and variant in CPU_FIDELITY_SLOW and options.variants is None:
+        return (f"fidelity of {variant} is not measured on CPU by default ({variant} is slow there); name it in "
+                "--variants or run on a GPU")
+    if measurement == "latency" and variant not in CPU_TIMED:
+        return (f"{variant} is not timed on CPU (CPU timing covers {', '.join(CPU_TIMED)}: 16-bit matmuls are "
+                "emulated on most CPUs); GPU runs time every variant")
+    return None

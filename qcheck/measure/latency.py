@@ -1,0 +1,321 @@
+"""Latency measurements: what kind of kernels a variant runs (real or simulated), timing a variant and the
+reference's casts at the run's shape, energy through NVML, and — for a variant over the slowdown bound — a profile
+that names where its time goes. Returns record data; `qcheck.invariants.latency` judges it."""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from qcheck.measure.timing import measure, placement_problems
+
+if TYPE_CHECKING:
+    from qcheck.engine import RunContext
+    from qcheck.measure.steps import Subject
+
+SIMULATED_FORMATS = frozenset({"int", "fixed", "minifloat", "prune"})
+"""Formats qcheck applies as fake quantization: values on the grid, stored and computed in float."""
+DEFAULT_SLOWDOWN_FACTOR = 3.0
+"""A quantized variant may be this many times slower than the float reference of its dtype before it is a finding
+(seed 002 reported 10x; real backends' known costs are in invariants.latency.KNOWN_BACKEND_COSTS)."""
+MIN_ORDER_SAMPLES = 20
+GPU_SHAPE = (32, 512)
+"""Compute-bound for SmolLM2-135M on an H100 (1x128 is launch-bound)."""
+CPU_SHAPE = (1, 32)
+GPU_BUDGET = {"warmup": 3, "min_repeats": MIN_ORDER_SAMPLES, "min_time_s": 1.0, "max_time_s": 20.0}
+CPU_BUDGET = {"warmup": 1, "min_repeats": 3, "min_time_s": 0.1, "max_time_s": 2.0}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _p_less(a: Iterable[float], b: Iterable[float]) -> float:
+    from qcheck.stats import mann_whitney_less
+
+    return mann_whitney_less(list(a), list(b))
+
+
+@dataclass(frozen=True)
+class VariantKind:
+    """Whether a variant's kernels are real low-precision ones or simulated (fake-quant), and its bit width."""
+
+    simulated: bool
+    bits: float
+    reason: str
+
+
+_DTYPE_BITS = {torch.float32: 32, torch.float16: 16, torch.bfloat16: 16, torch.float64: 64}
+
+
+def variant_kind(model: nn.Module | None = None, report: Any = None, *, autocast: bool = False) -> VariantKind:
+    """Classify a variant from its QuantReport (or the model's dtype when there is none)."""
+    if autocast:
+        return VariantKind(False, 16, "torch.autocast runs matmuls in 16-bit")
+    layers = [r for r in getattr(report, "layers", []) if r.applied] if report is not None else []
+    if not layers:
+        dtype = next(model.parameters()).dtype if model is not None else torch.float32
+        return VariantKind(False, _DTYPE_BITS.get(dtype, 32), f"unquantized, {str(dtype).removeprefix('torch.')}")
+    sim = sorted({r.format for r in layers if r.format in SIMULATED_FORMATS and r.backend == "qcheck"})
+    bits = min(float(r.bits) for r in layers if r.bits is not None) if any(r.bits for r in layers) else 32.0
+    if sim:
+        return VariantKind(True, bits, f"fake-quantized ({', '.join(sim)}): grid values stored and computed in "
+                                       "float, the same kernels as the float model: no speed-up is possible")
+    backends = sorted({r.backend for r in layers})
+    return VariantKind(False, bits, f"real {', '.join(sorted({r.format for r in layers}))} kernels "
+                                    f"({', '.join(backends)})")
+
+
+def measure_order(fn_a: Callable[[], Any], fn_b: Callable[[], Any], *, device: str | torch.device,
+                  alpha: float = 0.01, max_time_s: float = 30.0, batch: int = 5, warmup: int = 3
+                  ) -> dict[str, Any]:
+    """Interleave batches of timed calls of a and b (drift hits both) until 'a < b' is decided at `alpha`
+    by a one-sided Mann-Whitney test, or `max_time_s` passes. Returns p, samples and seconds used."""
+    a: list[float] = []
+    b: list[float] = []
+    start = time.perf_counter()
+    p = 1.0
+    first = True
+    while time.perf_counter() - start < max_time_s:
+        ta = measure(fn_a, device=device, warmup=warmup if first else 0, min_repeats=batch, min_time_s=0,
+                     max_repeats=batch)
+        tb = measure(fn_b, device=device, warmup=warmup if first else 0, min_repeats=batch, min_time_s=0,
+                     max_repeats=batch)
+        first = False
+        a.extend(ta.samples_ms)
+        b.extend(tb.samples_ms)
+        p = _p_less(a, b)
+        if len(a) >= 2 * batch and p < alpha:
+            break
+    return {"p": p, "decided": p < alpha, "n_each": len(a), "seconds": time.perf_counter() - start,
+            "median_a_ms": statistics.median(a), "median_b_ms": statistics.median(b), "alpha": alpha}
+
+
+def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
+                      device: str | torch.device | None = None, report: Any = None,
+                      profile: Any = None) -> dict[str, Any]:
+    """Likely causes of a slow variant: parameters off the device, host<->device copies and dequantize ops per
+    call (torch.profiler over one call of `fn`, or the caller's `profile_call` of it), bitsandbytes 4-bit layers
+    computing in float32, per-call fake-quant hooks."""
+    causes: dict[str, Any] = {}
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    misplaced = placement_problems(model, dev)
+    if misplaced:
+        causes["cpu-placement"] = {"tensors": len(misplaced), "by_device": dict(Counter(misplaced.values())),
+                                   "examples": list(misplaced)[:6]}
+    slow4 = [n for n, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4")
+             and getattr(m, "compute_dtype", None) == torch.float32]
+    if slow4 and dev.type == "cuda":
+        causes["bnb-4bit-float32-compute"] = {"layers": len(slow4), "examples": slow4[:6]}
+    hooks = [n for n, m in model.named_modules() if m._forward_pre_hooks]
+    if hooks:
+        causes["per-call-hooks"] = {"modules": len(hooks), "examples": hooks[:6],
+                                    "meaning": "fake-quant or dtype adapters run on every call"}
+    if profile is None and fn is not None:
+        profile = profile_call(fn, dev)
+    if profile is not None:
+        ops = {evt.key: int(evt.count) for evt in profile}
+        copies = {k: v for k, v in ops.items() if "Memcpy HtoD" in k or "Memcpy DtoH" in k}
+        deq = {k: v for k, v in ops.items() if "dequant" in k.lower()}
+        if sum(copies.values()) > 4:
+            causes["host-device-copies"] = copies
+        if deq:
+            causes["dequantize-per-call"] = deq
+    return causes
+
+
+def profile_call(fn: Callable[[], Any], device: str | torch.device) -> Any:
+    """torch.profiler's per-name averages over one call of `fn` (CPU ops, and GPU kernels on CUDA): measured once,
+    read by diagnose_slowdown and time_by_kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = torch.device(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    return prof.key_averages()
+
+
+def short_kernel_name(name: str) -> str:
+    """A kernel's name without its return type, namespaces and template arguments
+    (`void at::native::(anonymous namespace)::tinygemm_m16n8k16_chunk_kernel<...>(...)` -> the kernel's own name);
+    operator names such as `aten::addmm` are kept whole."""
+    if not (name.startswith("void ") or "<" in name or "(" in name):
+        return name[:80]
+    plain = name.removeprefix("void ").replace("(anonymous namespace)", "")
+    base = plain.split("<", 1)[0].split("(", 1)[0].strip()
+    return (base.rsplit("::", 1)[-1] or name)[:80]
+
+
+def time_by_kernel(profile: Any, device: str | torch.device, *, top: int = 5) -> list[dict[str, Any]]:
+    """Where the profiled call (`profile_call`) spent its time, largest first: GPU kernels by device time on CUDA,
+    operators by self CPU time elsewhere, each with its share of the total. Names the kernel behind a slowdown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        rows = [(e.key, e.count, e.self_device_time_total) for e in profile
+                if e.device_type != torch.autograd.DeviceType.CPU and e.self_device_time_total > 0]
+    else:
+        rows = [(e.key, e.count, e.self_cpu_time_total) for e in profile if e.self_cpu_time_total > 0]
+    return rank_kernels(rows, clock="device" if dev.type == "cuda" else "cpu", top=top)
+
+
+def rank_kernels(rows: Iterable[tuple[str, int, float]], *, clock: str, top: int = 5) -> list[dict[str, Any]]:
+    """(name, calls, microseconds) rows ranked by time, template instances of one kernel merged under its short
+    name (the largest instance's full name kept), each with its share of all the time."""
+    rows = sorted(rows, key=lambda r: -r[2])
+    total = sum(r[2] for r in rows)
+    merged: dict[str, dict[str, Any]] = {}
+    for key, count, us in rows:
+        row = merged.setdefault(short_kernel_name(key), {"name": key[:300], "calls": 0, "us": 0.0})
+        row["calls"] += int(count)
+        row["us"] += us
+    ranked = sorted(merged.items(), key=lambda kv: -kv[1]["us"])[:top]
+    return [{"kernel": short, "name": row["name"], "calls": row["calls"], "ms": row["us"] / 1000,
+             "share": row["us"] / total if total else 0.0, "clock": clock} for short, row in ranked]
+
+
+
+
+def kind_of(manifest: dict[str, Any] | None, dtype_name: str = "fp32") -> VariantKind:
+    """The VariantKind of a recorded variant: from its manifest's applied layers, else its float dtype."""
+    layers = [r for r in (manifest or {}).get("layers", []) if r.get("applied")]
+    if not layers:
+        bits = {"fp32": 32, "fp16": 16, "bf16": 16}.get(dtype_name, 32)
+        names = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+        return VariantKind(False, bits, f"unquantized, {names.get(dtype_name, dtype_name)}")
+    sim = sorted({r["format"] for r in layers if r["format"] in SIMULATED_FORMATS and r.get("backend") == "qcheck"})
+    with_bits = [float(r["bits"]) for r in layers if r.get("bits")]
+    bits = min(with_bits) if with_bits else 32.0
+    if sim:
+        return VariantKind(True, bits, f"fake-quantized ({', '.join(sim)}): grid values stored and computed in "
+                                       "float, the same kernels as the float model: no speed-up is possible")
+    backends = sorted({r.get("backend", "qcheck") for r in layers})
+    return VariantKind(False, bits, f"real {', '.join(sorted({r['format'] for r in layers}))} kernels "
+                                    f"({', '.join(backends)})")
+
+
+def latency_inputs(ctx: RunContext) -> torch.Tensor:
+    """Seeded random token ids at the run's shape (never zeros): GPU_SHAPE on a GPU, CPU_SHAPE on a CPU."""
+    from qcheck.measure.timing import random_input_ids
+
+    b, s = GPU_SHAPE if ctx.gpu else CPU_SHAPE
+    return random_input_ids(ctx.vocab_size, b, s, device=ctx.device, seed=0)
+
+
+def _budget(ctx: RunContext) -> dict[str, Any]:
+    return GPU_BUDGET if ctx.gpu else CPU_BUDGET
+
+
+def measure_latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Time one variant's forward; record its kind, regime, arithmetic floor and memory. On a GPU, a quantized
+    variant slower than DEFAULT_SLOWDOWN_FACTOR x the reference of its dtype is profiled once: the causes found
+    and the time by kernel go into the record for the slowdown check."""
+    from qcheck.measure.timing import (
+        classify_regime,
+        device_info,
+        flops_ceiling,
+        forward_callable,
+        forward_flops,
+        time_forward,
+    )
+    from qcheck.quant.tensor_stats import model_stored_bytes
+
+    ids = latency_inputs(ctx)
+    model = s.model
+    if ctx.gpu:
+        torch.cuda.synchronize(ctx.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+        base = torch.cuda.memory_allocated(ctx.device)
+    timing = time_forward(model, ids, tf32=False, label=s.name, **_budget(ctx))
+    manifest = None if s.is_reference else s.variant.report.to_dict()
+    dtype_name = ctx.reference_dtype if s.is_reference else s.variant.dtype_name
+    kind = kind_of(manifest, dtype_name)
+    memory: dict[str, Any] = {"weights_mb": round(model_stored_bytes(model) / 2**20, 2), "shape": list(ids.shape),
+                              "what": "parameter + buffer bytes as stored (packed where the backend packs)"}
+    if ctx.gpu:
+        memory.update(peak_forward_mb=round((torch.cuda.max_memory_allocated(ctx.device) - base) / 2**20, 2),
+                      resident_mb=round(base / 2**20, 2),
+                      peak_what="torch.cuda.max_memory_allocated during the timed forwards, above what was "
+                                "allocated before (the reference and this variant)")
+    formats = sorted({r["format"] for r in (manifest or {}).get("layers", []) if r.get("applied")})
+    data: dict[str, Any] = {
+        "timing": timing.to_dict(), "kind": asdict(kind), "regime": classify_regime(timing).to_dict(),
+        "shape": list(ids.shape), "flops": forward_flops(model, ids.numel()), "ceiling_flops_per_s":
+        flops_ceiling(ctx.device), "device_info": device_info(ctx.device).to_dict(), "memory": memory,
+        "dtype_name": dtype_name, "backend_format": formats[0] if len(formats) == 1 else None}
+    if ctx.gpu and not s.is_reference and s.name not in ("fp16", "bf16"):
+        reference = reference_timing(ctx, dtype_name)
+        if reference is not None and timing.median_ms > DEFAULT_SLOWDOWN_FACTOR * reference.median_ms:
+            profile = profile_call(forward_callable(model, ids), ctx.device)
+            data["slowdown"] = {
+                "causes": diagnose_slowdown(model, device=ctx.device, report=s.variant.report, profile=profile),
+                "kernels": time_by_kernel(profile, ctx.device)}
+    return data, {"shape": list(ids.shape), "budget": dict(_budget(ctx)), "tf32": False, "seed": 0}
+
+
+def reference_timing(ctx: RunContext, dtype_name: str) -> Any:
+    """The reference's timing in `dtype_name` (fp32: its own latency record; fp16/bf16: its casts), if measured."""
+    from qcheck.measure.timing import Timing
+    from qcheck.variants import REFERENCE
+
+    if dtype_name == ctx.reference_dtype and ctx.store.has(REFERENCE, "latency"):
+        return Timing.from_dict(ctx.store.data(REFERENCE, "latency")["timing"])
+    if ctx.store.has(REFERENCE, "latency_casts"):
+        casts = ctx.store.data(REFERENCE, "latency_casts")["timings"]
+        if dtype_name in casts:
+            return Timing.from_dict(casts[dtype_name])
+    return None
+
+
+def _casts(ctx: RunContext) -> Any:
+    """The reference cast to fp16 and bf16, one at a time (plain casts: no per-layer adapters adding host time)."""
+    from qcheck.variants import free_memory
+
+    for name in ("fp16", "bf16"):
+        model = copy.deepcopy(ctx.reference_model).to(_DTYPES[name])
+        try:
+            yield name, model
+        finally:
+            del model
+            free_memory()
+
+
+def measure_reference_casts(ctx: RunContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """fp16 / bf16 casts of the reference and the reference under fp16 autocast, timed at the run's shape: the
+    latency ordering (Z5) and the float baseline a quantized variant's slowdown is measured against (Z9)."""
+    from qcheck.measure.timing import device_info, time_forward
+
+    ids = latency_inputs(ctx)
+    timings = {"autocast": time_forward(ctx.reference_model, ids, autocast=torch.float16, tf32=False,
+                                        label="autocast", **_budget(ctx)).to_dict()}
+    for name, model in _casts(ctx):
+        timings[name] = time_forward(model, ids, tf32=False, label=name, **_budget(ctx)).to_dict()
+    return ({"timings": timings, "device_info": device_info(ctx.device).to_dict()},
+            {"shape": list(ids.shape), "budget": dict(_budget(ctx)), "tf32": False})
+
+
+def measure_reference_energy(ctx: RunContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Energy per forward of the reference in fp32 and cast to fp16, from NVML's total-energy counter over a
+    2 s window (1 s idle baseline)."""
+    from qcheck.measure.timing import device_info, forward_callable, measure_energy, pinned_flags
+
+    ids = latency_inputs(ctx)
+    out: dict[str, Any] = {}
+    models = [("fp32", ctx.reference_model)]
+    with pinned_flags(tf32=False):
+        out["fp32"] = measure_energy(forward_callable(ctx.reference_model, ids), device=ctx.device, window_s=2.0,
+                                     idle_s=1.0).to_dict()
+        for name, model in _casts(ctx):
+            if name == "fp16":
+                out[name] = measure_energy(forward_callable(model, ids), device=ctx.device, window_s=2.0,
+                                           idle_s=1.0).to_dict()
+    del models
+    limit = device_info(ctx.device).clocks.get("power_limit_w")
+    return {"energy": out, "tokens": int(ids.numel()), "power_limit_w": limit}, {"shape": list(ids.shape)}

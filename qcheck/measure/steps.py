@@ -1,0 +1,236 @@
+"""The measurements a run can take, by name: each step reads one model (and the reference where it compares) and
+returns record data plus the settings that produced it. The engine calls them variant by variant; the invariants
+read the records they write (`qcheck.records`), never the models.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from qcheck.engine import RunContext
+    from qcheck.variants import Variant
+
+
+@dataclass
+class Subject:
+    """What a step measures: the variant's name, its model, and the built Variant (None for the reference)."""
+
+    name: str
+    model: nn.Module | None
+    variant: Variant | None = None
+
+    @property
+    def is_reference(self) -> bool:
+        return self.variant is None
+
+
+StepFn = Callable[["RunContext", Subject], tuple[dict[str, Any], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One measurement: its function and whether it runs after the variant's model is released (it builds a model
+    of its own, so two models, never more, are alive)."""
+
+    name: str
+    run: StepFn
+    summary: str
+    after_release: bool = False
+
+
+STEPS: dict[str, Step] = {}
+ORDER = ("build", "weights", "perplexity", "perplexity_short", "fidelity", "choice", "generation", "robustness",
+         "latency_casts", "energy", "latency", "rtn_perplexity")
+"""The order a variant's measurements run in (cheap evidence first; timing last on a quiet device)."""
+
+
+def step(name: str, summary: str, *, after_release: bool = False) -> Callable[[StepFn], StepFn]:
+    def register(fn: StepFn) -> StepFn:
+        STEPS[name] = Step(name, fn, summary, after_release)
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------------------------------------------------- build
+
+@step("build", "the variant's plan, per-layer manifest, build time, stored bytes, placement and reference fingerprint")
+def _build(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.timing import placement_problems
+    from qcheck.quant.tensor_stats import model_stored_bytes
+
+    data: dict[str, Any] = {"weights_mb": round(model_stored_bytes(s.model) / 2**20, 2),
+                            "placement": dict(list(placement_problems(s.model, ctx.device).items())[:200]),
+                            "tensors": sum(1 for _ in s.model.parameters()) + sum(1 for _ in s.model.buffers()),
+                            "device": str(ctx.device)}
+    if s.is_reference:
+        data.update(reference=True, plan={"name": s.name, "dtype": ctx.reference_dtype}, model=ctx.describe_model(),
+                    fingerprint=ctx.reference_fingerprint)
+        return data, {}
+    v = s.variant
+    data.update(reference=False, seconds=round(v.seconds, 3), dtype_name=v.dtype_name, is_ptq=v.is_ptq,
+                manifest=v.report.to_dict())
+    if v.is_ptq:  # qcheck's own quantize guards the reference itself; a backend is fingerprinted after it ran
+        data.update(fingerprint_before=ctx.reference_fingerprint, fingerprint_after=ctx.fingerprint_reference())
+        data["plan"] = {"name": v.name, "ptq": v.spec, "backend": v.report.backend, **v.report.plan}
+        data["backend"] = {"name": v.backend.backend, "details": dict(v.backend.details),
+                           "calibration": v.backend.details.get("calibration")}
+    else:
+        data["plan"] = v.plan.to_dict()
+    return data, {}
+
+
+# ---------------------------------------------------------------------------------------------------------- weights
+
+@step("weights", "quantization evidence: per-layer grid, change, SQNR against the reference; logits on a probe")
+def _weights(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.weights import plan_evidence, quantization_evidence
+
+    ids = ctx.inputs.probe_ids()
+    settings = {"probe_tokens": int(ids.numel()), "probe": "the first tokens of the evaluation text"}
+    v = s.variant
+    if v.is_ptq:
+        from qcheck.invariants.ptq import ptq_evidence
+
+        return {"ptq": ptq_evidence(ctx.reference_model, v.backend, input_ids=ids)}, settings
+    grids: dict = {}
+    evidence = quantization_evidence(ctx.reference_model, s.model, v.report, input_ids=ids, grids=grids)
+    evidence["plan_followed"] = plan_evidence(s.model, v.plan, reference=ctx.reference_model, grids=grids)
+    return evidence, settings
+
+
+# ---------------------------------------------------------------------------------------------------------- perplexity
+
+def _perplexity_of(ctx: RunContext, model: nn.Module, context: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.perplexity import perplexity_of_ids
+
+    text = ctx.inputs.eval_text()
+    pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
+    result = perplexity_of_ids(model, text.ids, context=context, batch_size=ctx.batch_size("perplexity"),
+                               pad_id=pad)
+    result.n_chars, result.n_bytes, result.n_words = text.n_chars, text.n_bytes, text.n_words
+    return result.to_dict(), {"context": context, "stride": context, **text.describe()}
+
+
+@step("perplexity", "token-weighted strided perplexity with per-window and per-block NLL")
+def _perplexity(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    return _perplexity_of(ctx, s.model, ctx.options.context)
+
+
+@step("perplexity_short", "the reference's perplexity at context 128 on the same tokens (context sensitivity)")
+def _perplexity_short(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.budget import SHORT_CONTEXT
+    from qcheck.measure.perplexity import model_context
+
+    data, settings = _perplexity_of(ctx, s.model, SHORT_CONTEXT)
+    data["model_max_context"] = model_context(s.model)
+    return data, settings
+
+
+@step("rtn_perplexity", "qcheck's own RTN at a calibrated PTQ variant's bits and group size, for the differential",
+      after_release=True)
+def _rtn_perplexity(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.quant.apply import quantize
+    from qcheck.variants import free_memory
+
+    build = ctx.store.data(s.name, "build")
+    manifest = build["manifest"]
+    bits = {r.get("bits") for r in manifest["layers"] if r.get("applied")}
+    group = manifest["plan"].get("group_size")
+    backend = manifest.get("backend", "")
+    calibrated = backend.startswith(("llmcompressor:gptq", "llmcompressor:awq")) or \
+        manifest["plan"].get("format") == "compressed-tensors"
+    if bits != {4} or not group or not calibrated:
+        raise NotApplicable(f"{s.name}: the RTN differential applies to calibrated 4-bit grouped variants "
+                            f"(bits {sorted(b for b in bits if b)}, group {group}, backend {backend})")
+    name = f"rtn-w4g{group}"
+    model, _ = quantize(ctx.reference_model, {"name": name, "default": {"format": "int", "bits": 4,
+                                                                        "group_size": group},
+                                              "override": [{"match": "lm_head", "format": "keep"}]})
+    try:
+        data, settings = _perplexity_of(ctx, model, ctx.options.context)
+    finally:
+        del model
+        free_memory()
+    return {**data, "rtn_variant": name, "calibration": (build.get("backend") or {}).get("calibration")}, settings
+
+
+class NotApplicable(Exception):
+    """A step that does not apply to this subject: recorded as SKIPPED with the message."""
+
+
+# ---------------------------------------------------------------------------------------------------------- fidelity
+
+@step("fidelity", "next-token KL(reference || variant), top-1 agreement and |dp| per scored token")
+def _fidelity(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.fidelity import fidelity_many, fidelity_to_record
+
+    text = ctx.inputs.eval_text()
+    tokens = ctx.budget.fidelity_tokens
+    pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
+    result = fidelity_many(ctx.reference_model, {s.name: s.model}, text.ids[:tokens], context=ctx.options.context,
+                           batch_size=ctx.batch_size("fidelity"), pad_id=pad)[s.name]
+    return fidelity_to_record(result), {"context": ctx.options.context, **text.describe(), "tokens": tokens}
+
+
+# ---------------------------------------------------------------------------------------------------------- tasks
+
+@step("choice", "ARC-Easy multiple-choice log-likelihood scoring with per-question records")
+def _choice(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.choice import score_multiple_choice
+
+    data = ctx.inputs.arc(ctx.budget.choice_questions)
+    result = score_multiple_choice(s.model, ctx.tokenizer, data.items, batch_size=ctx.batch_size("choice"))
+    return result.to_metric(), {k: v for k, v in data.describe().items() if k != "ids"}
+
+
+@step("generation", "greedy GSM8K answers with the few-shot prompt, their \\boxed{} status per prompt")
+def _generation(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.generation import GenerationSettings, boxed_records, generate_answers
+
+    data = ctx.inputs.gsm8k(ctx.budget.generation_prompts)
+    settings = GenerationSettings(max_new_tokens=ctx.budget.new_tokens, batch_size=ctx.batch_size("generation"),
+                                  prompt=ctx.budget.prompt)
+    run = generate_answers(s.model, ctx.tokenizer, [p.question for p in data.items], settings,
+                           ids=[p.id for p in data.items])
+    return ({"run": run.to_dict(), "boxed": boxed_records(run, [p.gold for p in data.items])},
+            {**{k: v for k, v in data.describe().items() if k != "ids"}, **settings.to_dict()})
+
+
+@step("robustness", "FGSM then PGD on the clean-correct ARC-Easy questions, per-question records")
+def _robustness(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.budget import ROBUSTNESS_MAX_TOKENS
+    from qcheck.measure.robustness import ROBUSTNESS_ATTACK, evaluate_robustness
+
+    items, info = ctx.inputs.robustness_items(ctx.budget.robustness_questions, ROBUSTNESS_MAX_TOKENS)
+    pad = ctx.tokenizer.pad_token_id or 0
+    evaluation = evaluate_robustness(s.model, items, ROBUSTNESS_ATTACK, pad_id=pad, variant=s.name, data=info,
+                                     repeats=2)
+    return evaluation.to_dict(), {"data": info, "attack": ROBUSTNESS_ATTACK.to_dict()}
+
+
+# ---------------------------------------------------------------------------------------------------------- timing
+
+@step("latency", "forward latency at the run's shape (CUDA events or perf_counter, warm-up apart), the variant's "
+                 "kind, arithmetic floor, memory; a profile by kernel when over the slowdown bound")
+def _latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.latency import measure_latency
+
+    return measure_latency(ctx, s)
+
+
+@step("latency_casts", "the reference cast to fp16 / bf16 and under autocast, timed at the run's shape (GPU)")
+def _latency_casts(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.latency import measure_reference_casts
+
+    return measure_reference_casts(ctx)
+
+
+@step("energy", "energy per token of the reference in fp32 and fp16 from NVML's counter (GPU)")
+def _energy(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure.latency import measure_reference_energy
+
+    return measure_reference_energy(ctx)

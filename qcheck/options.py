@@ -1,0 +1,160 @@
+"""The run's options, declared once: `qcheck run --X` and pytest's `--qcheck-X` are built from the same table, and
+RunOptions (a frozen dataclass validated on construction) is what the engine and the suite read."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from qcheck.errors import ConfigError
+
+PTQ_ENV = "QCHECK_PTQ"
+"""Comma-separated PTQ specs added to every run (the same as repeating --ptq)."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its RunOptions field, its `qcheck run` flag, and argparse/pytest keyword arguments."""
+
+    field: str
+    flag: str
+    kwargs: dict[str, Any]
+    pytest_flag: str | None = None
+
+    @property
+    def pytest_name(self) -> str:
+        return self.pytest_flag or "--qcheck-" + self.flag.removeprefix("--")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "--model", {"default": None, "metavar": "SRC",
+                                "help": "model: HF folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)"}),
+    Option("plans", "--plan", {"action": "append", "default": [], "metavar": "FILE",
+                               "help": "plan TOML file to add as a variant (repeat)"}),
+    Option("variants", "--variants", {"default": None, "metavar": "A,B",
+                                      "help": "comma-separated built-in variants (default: all); 'none' for only "
+                                              "--plan/--ptq variants"}),
+    Option("ptq", "--ptq", {"action": "append", "default": [], "metavar": "SPEC",
+                            "help": "PTQ backend variant to add (repeat): bnb-config:nf4, torchao:int8-wo, "
+                                    f"gptq[:SOURCE], awq, w8a8-sq, checkpoint=FOLDER (also ${PTQ_ENV})"}),
+    Option("device", "--device", {"default": "auto", "choices": ("auto", "cpu", "cuda"),
+                                  "help": "device (default auto: cuda when available)"}),
+    Option("samples", "--samples", {"type": int, "default": 50, "metavar": "N",
+                                    "help": "questions/prompts per task slice (default 50)"}),
+    Option("prompts", "--prompts", {"type": int, "default": None, "metavar": "N",
+                                    "help": "generation prompts (GSM8K) per variant, when fewer than --samples are "
+                                            "wanted (generation costs far more per sample than scoring)"}),
+    Option("tokens", "--tokens", {"type": int, "default": 4096, "metavar": "N",
+                                  "help": "evaluation tokens for perplexity and fidelity (default 4096)"}),
+    Option("context", "--context", {"type": int, "default": 1024, "metavar": "N",
+                                    "help": "perplexity context length (default 1024)"}),
+    Option("text", "--text", {"default": None, "metavar": "FILE",
+                              "help": "evaluation text file (default: WikiText-2 test)"}),
+    Option("data_slice", "--slice", {"type": int, "default": 0, "metavar": "K",
+                                     "help": "use the K-th slice of every data set (text tokens, ARC-Easy questions, "
+                                             "GSM8K problems), for trying checks on data they were not tuned on "
+                                             "(default 0: the first)"}),
+    Option("optuna_objective", "--optuna-objective", {"default": None, "metavar": "MODULE:FUNCTION",
+                                                      "help": "an Optuna objective to audit"}),
+    Option("optuna_storage", "--optuna-storage", {"default": None, "metavar": "URL",
+                                                  "help": "Optuna storage URL of a study to audit"}),
+    Option("optuna_study", "--optuna-study", {"default": None, "metavar": "NAME",
+                                              "help": "name of the stored Optuna study to audit"}),
+)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options of one run; invalid values raise ConfigError naming the flag and what to pass."""
+
+    model: str | None = None
+    plans: tuple[str, ...] = ()
+    variants: tuple[str, ...] | None = None
+    ptq: tuple[str, ...] = ()
+    device: str = "auto"
+    samples: int = 50
+    prompts: int | None = None
+    tokens: int = 4096
+    context: int = 1024
+    text: str | None = None
+    data_slice: int = 0
+    optuna_objective: str | None = None
+    optuna_storage: str | None = None
+    optuna_study: str | None = None
+    report_dir: str | None = None
+    records: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, flag, low in (("samples", "--samples", 1), ("tokens", "--tokens", 2), ("context", "--context", 2),
+                                ("data_slice", "--slice", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}", field=flag)
+        if self.prompts is not None and (not isinstance(self.prompts, int) or self.prompts < 1):
+            raise ConfigError(f"--prompts must be an integer >= 1, got {self.prompts!r}", field="--prompts")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}", field="--device")
+        if self.variants is not None:
+            for name in self.variants:
+                if not name or name != name.strip():
+                    raise ConfigError(f"--variants has an empty or padded name: {self.variants!r}", field="--variants")
+
+    @property
+    def n_prompts(self) -> int:
+        """Generation prompts per variant (--prompts, else --samples)."""
+        return self.samples if self.prompts is None else self.prompts
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> RunOptions:
+        """From parsed flag values keyed by field name (argparse namespace or pytest options)."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in values.items() if k in known}
+        variants = kw.get("variants")
+        if isinstance(variants, str):
+            kw["variants"] = () if variants.strip() == "none" else tuple(
+                v.strip() for v in variants.split(",") if v.strip())
+        kw["plans"] = tuple(kw.get("plans") or ())
+        kw["ptq"] = tuple(dict.fromkeys([*(kw.get("ptq") or ()), *ptq_specs_from_env()]))
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    def pytest_args(self) -> list[str]:
+        """The same options as pytest arguments (for `qcheck run`, which runs the suite through pytest)."""
+        args: list[str] = []
+        for opt in OPTIONS:
+            value = getattr(self, opt.field)
+            if opt.field == "variants":
+                if value is not None:
+                    args.append(f"{opt.pytest_name}={','.join(value) if value else 'none'}")
+            elif opt.field == "ptq":
+                args += [f"{opt.pytest_name}={v}" for v in value if v not in ptq_specs_from_env()]
+            elif isinstance(value, tuple):
+                args += [f"{opt.pytest_name}={v}" for v in value]
+            elif value is not None and value != opt.kwargs.get("default"):
+                args.append(f"{opt.pytest_name}={value}")
+        return args
+
+
+def ptq_specs_from_env() -> list[str]:
+    """PTQ specs from $QCHECK_PTQ (comma-separated)."""
+    return [s.strip() for s in os.environ.get(PTQ_ENV, "").split(",") if s.strip()]
+
+
+def add_arguments(parser: Any, *, pytest: bool = False) -> None:
+    """Declare every option on an argparse parser (`qcheck run`) or a pytest option group (`--qcheck-*`)."""
+    for opt in OPTIONS:
+        kwargs = dict(opt.kwargs)
+        if pytest:
+            parser.addoption(opt.pytest_name, dest=f"qcheck_{opt.field}", **kwargs)
+        else:
+            parser.add_argument(opt.flag, dest=opt.field, **kwargs)
+
+
+def from_pytest_config(config: Any) -> RunOptions:
+    """The RunOptions of a pytest run (its --qcheck-* options)."""
+    values = {opt.field: config.getoption(f"qcheck_{opt.field}") for opt in OPTIONS}
+    values["report_dir"] = config.getoption("qcheck_report_dir", None)
+    values["records"] = config.getoption("qcheck_records", None)
+    return RunOptions.from_values(values)

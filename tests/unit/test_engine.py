@@ -1,0 +1,127 @@
+"""The measure-once engine: variant-major (one variant alive at a time), measurements chosen by the selected checks,
+a failed measurement is an ERROR record (not a crashed run), and a stored run is judged again from its JSON alone."""
+import gc
+import json
+import shutil
+import subprocess
+import sys
+import weakref
+
+import pytest
+
+from qcheck.engine import measure_run, open_run
+from qcheck.options import RunOptions
+from qcheck.records import RecordStatus
+
+
+def _options(folder, **kw):
+    base = dict(model=str(folder), variants=("int8", "w4g64", "fixed8.4", "fixed16.8"), device="cpu", tokens=512,
+                context=128)
+    base.update(kw)
+    return RunOptions(**base)
+
+
+def test_variants_are_built_one_at_a_time_and_released(tiny_folder, monkeypatch):
+    ctx = open_run(_options(tiny_folder, samples=2))
+    alive: list[weakref.ref] = []
+    seen_alive_at_build: list[int] = []
+    original = ctx.variants.build
+
+    def build(name):
+        gc.collect()
+        seen_alive_at_build.append(sum(ref() is not None for ref in alive))
+        variant = original(name)
+        alive.append(weakref.ref(variant.model))
+        return variant
+
+    monkeypatch.setattr(ctx.variants, "build", build)
+    needs = {n: {"perplexity", "weights"} for n in ["fp32", *ctx.variants.names]}
+    store = measure_run(ctx, needs)
+    assert seen_alive_at_build == [0, 0, 0, 0]  # the previous variant was freed before the next was built
+    gc.collect()
+    assert all(ref() is None for ref in alive)
+    for name in ctx.variants.names:
+        assert store.has(name, "perplexity") and store.has(name, "weights") and store.has(name, "build")
+    assert store.find("fp32", "weights").status == RecordStatus.SKIPPED  # compares a variant with the reference
+
+
+def test_a_failed_measurement_is_an_error_record_and_the_run_goes_on(tiny_folder, monkeypatch):
+    from qcheck.measure import steps
+
+    ctx = open_run(_options(tiny_folder, variants=("int8", "w4g64"), tokens=256))
+    real = steps.STEPS["perplexity"]
+
+    def flaky(ctx_, subject):
+        if subject.name == "int8":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real.run(ctx_, subject)
+
+    monkeypatch.setitem(steps.STEPS, "perplexity", steps.Step("perplexity", flaky, real.summary))
+    store = measure_run(ctx, {"int8": {"perplexity"}, "w4g64": {"perplexity"}})
+    failed = store.find("int8", "perplexity")
+    assert failed.status == RecordStatus.ERROR and "illegal memory access" in failed.reason
+    assert "Traceback" in failed.data["traceback"]
+    assert store.has("w4g64", "perplexity")
+
+
+def test_selected_checks_decide_what_is_measured(pytester, tmp_path, tiny_folder):
+    out = tmp_path / "rep"
+    result = pytester.runpytest_inprocess(
+        "--pyargs", "qcheck.suite", "-p", "no:cacheprovider", f"--qcheck-model={tiny_folder}",
+        "--qcheck-variants=int8,w4g64", "--qcheck-device=cpu", "--qcheck-tokens=256", "--qcheck-context=128",
+        f"--qcheck-report={out}", "-k", "perplexity_finite")
+    result.assert_outcomes(passed=2)
+    report = json.loads((out / "qcheck-report.json").read_text())
+    taken = {(r["variant"], r["measurement"]) for r in report["records"]["records"]}
+    assert taken == {("fp32", "build"), ("int8", "build"), ("int8", "perplexity"), ("w4g64", "build"),
+                     ("w4g64", "perplexity")}
+
+
+@pytest.fixture(scope="module")
+def stored_run(tmp_path_factory, tiny_folder):
+    """A real `qcheck run` on a copy of the tiny model, whose folder is then deleted: judging can only use the JSON."""
+    base = tmp_path_factory.mktemp("stored")
+    model = base / "model"
+    shutil.copytree(tiny_folder, model)
+    out = base / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "qcheck.cli", "run", "--model", str(model), "--variants", "fp16,int8,w4g64",
+         "--device", "cpu", "--tokens", "512", "--context", "128", "--out", str(out),
+         "-k", "quantization_applied or perplexity_order or close_to or plan_followed"],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    shutil.rmtree(model)
+    return out / "qcheck-report.json"
+
+
+def _verdicts(path):
+    data = json.loads(path.read_text())
+    return {(c["name"], c.get("variant")): c["status"] for c in data["checks"]}
+
+
+def test_judge_reproduces_the_verdicts_from_the_json_alone(stored_run, tmp_path):
+    out = tmp_path / "judged"
+    proc = subprocess.run([sys.executable, "-m", "qcheck.cli", "judge", str(stored_run), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    original = json.loads(stored_run.read_text())
+    expected = 1 if original["status"] == "FAIL" else 0
+    assert proc.returncode == expected, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _verdicts(out / "qcheck-report.json") == _verdicts(stored_run)
+    judged = json.loads((out / "qcheck-report.json").read_text())
+    assert judged["records"] == original["records"]
+    assert judged["meta"]["judged_from"] == str(stored_run)
+
+
+def test_a_changed_threshold_changes_the_verdict_without_a_model(stored_run, tmp_path, pytester, monkeypatch):
+    from qcheck.invariants import closeness
+    from qcheck.inputs import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("judging must not load a model"))
+    before = _verdicts(stored_run)[("precision_differs_from_fp32", "int8")]
+    assert before == "PASS"
+    monkeypatch.setitem(closeness.CLOSE_TO_REFERENCE, "int8", closeness.Bound(0.0, "a test: no change allowed"))
+    out = tmp_path / "rejudged"
+    pytester.runpytest_inprocess("--pyargs", "qcheck.suite.test_precision_applied", "-p", "no:cacheprovider",
+                                 f"--qcheck-records={stored_run}", f"--qcheck-report={out}")
+    after = _verdicts(out / "qcheck-report.json")[("precision_differs_from_fp32", "int8")]
+    assert after in ("WARN", "FAIL") and after != "PASS"
