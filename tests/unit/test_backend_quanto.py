@@ -174,3 +174,18 @@ def test_activation_variant_calibrates_on_the_named_set(tokenizer):
     assert variant.report.plan["activations"] == "qint8"
     assert variant.report.layer("lm_head").kept_reason.endswith("its weight is the input embedding's (tied))")
     assert assert_ptq_applied(model, variant).status.value == "PASS"
+
+
+@pytest.mark.xfail(raises=RuntimeError, strict=True,
+                   reason="quanto's int4/int2 tensors cannot be viewed under torch.inference_mode: 'Cannot set "
+                          "version_counter for inference tensor' (optimum-quanto #304, closed unfixed; PyTorch "
+                          "#170419). When this passes, drop the limitation from docs/ptq.md")
+def test_int4_under_inference_mode(tiny):
+    from qcheck.quant.backends.quanto import quantize_copy
+
+    model = quantize_copy(tiny, "int4")
+    ids = torch.randint(0, 512, (1, 8))
+    with torch.no_grad():
+        model(ids, use_cache=False)  # works
+    with torch.inference_mode():
+        model(ids, use_cache=False)
