@@ -21,7 +21,6 @@ _EXPORTS: dict[str, str] = {
     "Plan": "qcheck.quant.plan",
     "quantize": "qcheck.quant.apply",
     "assert_quantization_applied": "qcheck.invariants.applied",
-    "assert_16bit_differs": "qcheck.invariants.applied",
     "assert_mixed_between": "qcheck.invariants.applied",
     "assert_plan_followed": "qcheck.invariants.applied",
     "assert_robust_le_clean": "qcheck.invariants.robustness",

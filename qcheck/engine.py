@@ -33,6 +33,7 @@ class RunContext:
     inputs: Any
     store: RecordStore
     reference_fingerprint: str = ""
+    lm_eval_files: list[Any] = field(default_factory=list)
     _budget: Any = field(default=None, repr=False)
 
     @property
@@ -113,15 +114,15 @@ def variant_names(options: RunOptions) -> list[str]:
     return names
 
 
-_OPENED: dict[RunOptions, RunContext] = {}
+_OPENED: dict[tuple[RunOptions, int | None], RunContext] = {}
 
 
-def open_run(options: RunOptions) -> RunContext:
+def open_run(options: RunOptions, device_index: int | None = None) -> RunContext:
     """Load the reference, validate every variant and input (errors here are bad input: exit 2 before anything
     runs), and return the context the steps read (the same context for the same options in one process: `qcheck
     run` validates before pytest starts, and the plugin measures with what it validated)."""
-    if options in _OPENED:
-        return _OPENED[options]
+    if (options, device_index) in _OPENED:
+        return _OPENED[(options, device_index)]
     import torch
 
     from qcheck.inputs.models import load_model
@@ -130,6 +131,8 @@ def open_run(options: RunOptions) -> RunContext:
     from qcheck.variants import VariantSet
 
     device = resolve_device(options.device)
+    if device_index is not None and device.type == "cuda":
+        device = torch.device("cuda", device_index)
     torch.manual_seed(0)
     loaded = load_model(options.model, device=device, cache=True)
     check_reference_finite(loaded.model)
@@ -142,8 +145,12 @@ def open_run(options: RunOptions) -> RunContext:
     store.meta.update(model=loaded.describe(), device=str(device), options=options.to_dict(),
                       seeds={"torch": 0, "probe_inputs": 0, "bootstrap": 0})
     store.variants = [REFERENCE, *variants.names]
-    ctx = RunContext(options, device, loaded, variants, inputs, store, weight_fingerprint(loaded.model))
-    _OPENED[options] = ctx
+    from qcheck.inputs.lm_eval_results import read_lm_eval_file
+
+    lm_eval_files = [read_lm_eval_file(spec, [REFERENCE, *variants.names]) for spec in options.lm_eval_results]
+    ctx = RunContext(options, device, loaded, variants, inputs, store, weight_fingerprint(loaded.model),
+                     lm_eval_files)
+    _OPENED[(options, device_index)] = ctx
     return ctx
 
 
@@ -161,20 +168,40 @@ def check_reference_finite(model: Any) -> None:
                           "variant is judged against the reference, so nothing is measured")
 
 
-def measure_run(ctx: RunContext, needs: Needs, progress: Any = None) -> RecordStore:
-    """Take every needed measurement: the reference's first, then each variant's between its build and release."""
-    from qcheck.measure.steps import ORDER
+def measure_run(ctx: RunContext, needs: Needs, progress: Any = None, *, reference: bool = True) -> RecordStore:
+    """Take every needed measurement: the reference's first, then each variant's between its build and release.
+    With reference=False the reference is loaded (variants compare with it) but its own records are left to
+    another worker."""
+    from qcheck.measure.steps import ORDER, STEPS
 
     wanted = {v: {m for m in ms} for v, ms in needs.items()}
-    order = [REFERENCE] + [n for n in ctx.variants.names if n in wanted]
+    order = ([REFERENCE] if reference else []) + [n for n in ctx.variants.names if n in wanted]
     ctx.store.meta.setdefault("data", {})
     for name in order:
-        measurements = [m for m in ORDER if m in wanted.get(name, set()) or m == "build"]
+        measurements = [m for m in ORDER if m in wanted.get(name, set())]
+        if any(not STEPS[m].model_free for m in measurements):
+            measurements = ["build", *[m for m in measurements if m != "build"]]
         if name == REFERENCE and not wanted.get(REFERENCE):
             measurements = ["build"]
         _measure_subject(ctx, name, measurements, progress)
     ctx.store.meta["data"].update(_data_descriptions(ctx))
+    ctx.store.meta["peak_memory"] = peak_memory(ctx.device)
     return ctx.store
+
+
+def peak_memory(device: Any) -> dict[str, Any]:
+    """The process's peak resident memory and, on a GPU, the allocator's peak, in MiB (what a run cost)."""
+    import resource
+    import sys
+
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out: dict[str, Any] = {"rss_max_mb": round(rss_kb / (1024 if sys.platform != "darwin" else 2**20), 1)}
+    if device.type == "cuda":
+        import torch
+
+        out["gpu_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        out["gpu_max_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+    return out
 
 
 def _measure_subject(ctx: RunContext, name: str, measurements: list[str], progress: Any) -> None:
@@ -193,6 +220,10 @@ def _measure_subject(ctx: RunContext, name: str, measurements: list[str], progre
         subject = Subject(name, ctx.reference_model)
         for m in todo:
             _run_step(ctx, STEPS[m], subject, progress)
+        return
+    if all(STEPS[m].model_free for m in todo):
+        for m in todo:
+            _run_step(ctx, STEPS[m], Subject(name, None, None), progress)
         return
     start = time.perf_counter()
     try:
@@ -271,3 +302,84 @@ def _data_descriptions(ctx: RunContext) -> dict[str, Any]:
         elif key.startswith("robust:"):
             out["robustness_arc_easy"] = value[1]
     return out
+
+
+def worker_count(options: RunOptions) -> int:
+    """Worker processes for a run: --workers N, or with 0 one per visible GPU on a CUDA run (else 1)."""
+    if options.workers:
+        return options.workers
+    import torch
+
+    return max(1, torch.cuda.device_count()) if options.device != "cpu" and torch.cuda.is_available() else 1
+
+
+def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore:
+    """Spread the variants over `workers` processes (round robin; on a GPU run worker i uses GPU i mod the GPUs
+    there are); each loads the reference, measures its share into a store of its own, and this process merges
+    them into the run's store. Worker 0 also measures the reference's own records. Any number of workers works;
+    the records are those one process would take (timing aside)."""
+    import json
+    import multiprocessing
+    import tempfile
+    from pathlib import Path
+
+    names = [n for n in ctx.variants.names if n in needs]
+    shares = [names[i::workers] for i in range(workers)]
+    gpus = 0
+    if ctx.gpu:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="qcheck-workers-") as tmp:
+        procs = []
+        for i, share in enumerate(shares):
+            if not share and i:
+                continue
+            part = {n: sorted(needs[n]) for n in share}
+            if i == 0 and REFERENCE in needs:
+                part[REFERENCE] = sorted(needs[REFERENCE])
+            out = Path(tmp) / f"worker-{i}.json"
+            proc = spawn.Process(target=_worker, args=(ctx.options.to_dict(), part, i == 0,
+                                                       (i % gpus) if gpus else None, str(out)))
+            proc.start()
+            procs.append((i, proc, out))
+        for i, proc, out in procs:
+            proc.join()
+            if proc.exitcode != 0 or not out.is_file():
+                for name in shares[i]:
+                    for m in needs[name]:
+                        ctx.store.put(Record(name, m, RecordStatus.ERROR, reason=f"worker {i} died (exit "
+                                             f"{proc.exitcode}) before recording its share"))
+                continue
+            part_store = RecordStore.from_dict(json.loads(out.read_text(encoding="utf-8")), source=str(out))
+            for record in part_store:
+                ctx.store.put(record)
+            for key, value in part_store.meta.items():
+                if key in ("variant_seconds", "peak_memory"):
+                    ctx.store.meta.setdefault(f"workers_{key}", {})[str(i)] = value
+                elif key == "data":
+                    ctx.store.meta.setdefault("data", {}).update(value)
+    ctx.store.meta["workers"] = len(procs)
+    ctx.store.variants = [REFERENCE, *ctx.variants.names]
+    return ctx.store
+
+
+def _worker(options: dict[str, Any], needs: dict[str, list[str]], reference: bool, device_index: int | None,
+            out: str) -> None:
+    """One worker process: open the run on its device, measure its share, write its store as JSON."""
+    import json
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["QCHECK_PROGRESS"] = "0"
+    kw = dict(options)
+    for key in ("plans", "ptq", "lm_eval_results"):
+        kw[key] = tuple(kw.get(key) or ())
+    if kw.get("variants") is not None:
+        kw["variants"] = tuple(kw["variants"])
+    kw["workers"] = 1
+    ctx = open_run(RunOptions(**kw), device_index=device_index)
+    store = measure_run(ctx, {k: set(v) for k, v in needs.items()}, reference=reference)
+    Path(out).write_text(json.dumps(store.to_dict(), allow_nan=False), encoding="utf-8")

@@ -28,7 +28,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("model", "--model", {"default": None, "metavar": "SRC",
-                                "help": "model: HF folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)"}),
+                                "help": "model: HF folder or .gguf file (default: the embedded SmolLM2-135M)"}),
     Option("plans", "--plan", {"action": "append", "default": [], "metavar": "FILE",
                                "help": "plan TOML file to add as a variant (repeat)"}),
     Option("variants", "--variants", {"default": None, "metavar": "A,B",
@@ -54,6 +54,13 @@ OPTIONS: tuple[Option, ...] = (
                                      "help": "use the K-th slice of every data set (text tokens, ARC-Easy questions, "
                                              "GSM8K problems), for trying checks on data they were not tuned on "
                                              "(default 0: the first)"}),
+    Option("workers", "--workers", {"type": int, "default": 1, "metavar": "N",
+                                    "help": "measure the variants in N worker processes, one per GPU (0: one per "
+                                            "visible GPU, else 1); the checks then judge all their records once"}),
+    Option("lm_eval_results", "--lm-eval-results", {"action": "append", "default": [], "metavar": "[VARIANT=]FILE",
+                                                    "help": "an lm-evaluation-harness results JSON of one of the "
+                                                            "run's variants (fp32 when VARIANT= is left out), "
+                                                            "checked against what qcheck measured (repeat)"}),
     Option("optuna_objective", "--optuna-objective", {"default": None, "metavar": "MODULE:FUNCTION",
                                                       "help": "an Optuna objective to audit"}),
     Option("optuna_storage", "--optuna-storage", {"default": None, "metavar": "URL",
@@ -78,6 +85,8 @@ class RunOptions:
     context: int = 1024
     text: str | None = None
     data_slice: int = 0
+    workers: int = 1
+    lm_eval_results: tuple[str, ...] = ()
     optuna_objective: str | None = None
     optuna_storage: str | None = None
     optuna_study: str | None = None
@@ -86,7 +95,7 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         for name, flag, low in (("samples", "--samples", 1), ("tokens", "--tokens", 2), ("context", "--context", 2),
-                                ("data_slice", "--slice", 0)):
+                                ("data_slice", "--slice", 0), ("workers", "--workers", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}", field=flag)
@@ -114,6 +123,7 @@ class RunOptions:
             kw["variants"] = () if variants.strip() == "none" else tuple(
                 v.strip() for v in variants.split(",") if v.strip())
         kw["plans"] = tuple(kw.get("plans") or ())
+        kw["lm_eval_results"] = tuple(kw.get("lm_eval_results") or ())
         kw["ptq"] = tuple(dict.fromkeys([*(kw.get("ptq") or ()), *ptq_specs_from_env()]))
         return cls(**kw)
 

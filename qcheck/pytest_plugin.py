@@ -171,7 +171,7 @@ def run_options(config: pytest.Config) -> Any:
 
     if _LOADED in config.stash:
         stored = dict(config.stash[_LOADED].meta.get("options") or {})
-        for key in ("plans", "ptq"):
+        for key in ("plans", "ptq", "lm_eval_results"):
             stored[key] = tuple(stored.get(key) or ())
         if stored.get("variants") is not None:
             stored["variants"] = tuple(stored["variants"])
@@ -289,12 +289,20 @@ def qcheck_store(pytestconfig: pytest.Config) -> Any:
     if _LOADED in pytestconfig.stash:
         store = pytestconfig.stash[_LOADED]
     else:
-        from qcheck.engine import measure_run
+        from qcheck.engine import measure_parallel, measure_run, worker_count
         from qcheck.progress import variant_progress
 
         ctx = _context(pytestconfig)
-        with variant_progress(ctx.store.variants) as progress:
-            store = measure_run(ctx, pytestconfig.stash.get(_NEEDS, {}), progress=progress)
+        ctx.store.meta["selection"] = {"keyword": pytestconfig.getoption("keyword", "") or None,
+                                       "markexpr": pytestconfig.getoption("markexpr", "") or None}
+        report.records = ctx.store  # filled as it goes: an interrupted run still reports what it measured
+        needs = pytestconfig.stash.get(_NEEDS, {})
+        workers = worker_count(ctx.options)
+        if workers > 1:
+            store = measure_parallel(ctx, needs, workers)
+        else:
+            with variant_progress(ctx.store.variants) as progress:
+                store = measure_run(ctx, needs, progress=progress)
     report.records = store
     return store
 
@@ -474,6 +482,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _LOADED in config.stash:
         report.records = config.stash[_LOADED]
         report.meta["judged_from"] = config.getoption("qcheck_records")
+    if report.records is not None:
+        for key in ("model", "device", "data", "seeds", "options", "variant_seconds"):
+            if key in report.records.meta:
+                report.meta.setdefault(key, report.records.meta[key])
     report.meta = {**run_metadata(), **report.meta, "pytest_exit_status": int(exitstatus)}
     config.stash[_PATHS] = write_reports(report, out)
 

@@ -163,3 +163,32 @@ def mann_whitney_less(a: Sequence[float], b: Sequence[float]) -> float:
     from scipy.stats import mannwhitneyu
 
     return float(mannwhitneyu(a, b, alternative="less").pvalue)
+
+
+def wilson_bounds(successes: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval bounds, element-wise (successes may be a rate times n: averaged runs)."""
+    s = np.asarray(successes, dtype=np.float64)
+    m = np.asarray(n, dtype=np.float64)
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = s / m
+        denom = 1 + z * z / m
+        centre = (p + z * z / (2 * m)) / denom
+        half = z * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / denom
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+def newcombe_difference(s1: np.ndarray, n1: np.ndarray, s2: np.ndarray, n2: np.ndarray,
+                        level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Newcombe's hybrid-score interval for p1 - p2 of two independent proportions: (diff, low, high)."""
+    l1, u1 = wilson_bounds(s1, n1, level)
+    l2, u2 = wilson_bounds(s2, n2, level)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p1 = np.asarray(s1, dtype=np.float64) / n1
+        p2 = np.asarray(s2, dtype=np.float64) / n2
+    d = p1 - p2
+    low = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, low, high

@@ -11,7 +11,7 @@ from typing import Any
 
 _WHERE: dict[str, str] = {
     "assert_quantization_applied": "qcheck.invariants.applied", "assert_plan_followed": "qcheck.invariants.applied",
-    "assert_mixed_between": "qcheck.invariants.applied", "assert_16bit_differs": "qcheck.invariants.applied",
+    "assert_mixed_between": "qcheck.invariants.applied",
     "assert_close_to_reference": "qcheck.invariants.closeness",
     "assert_perplexity_order": "qcheck.invariants.quality", "assert_context_sensitivity": "qcheck.invariants.quality",
     "assert_perplexity_claim": "qcheck.invariants.quality", "assert_boxed_format": "qcheck.invariants.quality",

@@ -37,25 +37,13 @@ def _causes(order: Sequence[str]) -> str:
     return "likely causes: " + "; ".join(f"({i + 1}) {CAUSES[k]}" for i, k in enumerate(list(order) + rest))
 
 
-def wilson_bounds(p: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion given as a rate (a rate need not be k/n, e.g. averaged runs)."""
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + level / 2))
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n))) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def newcombe_difference(p_robust: float, n_robust: int, p_clean: float, n_clean: int,
                         level: float = 0.95) -> tuple[float, float]:
     """Newcombe's hybrid score interval (method 10) for p_robust - p_clean from two independent proportions."""
-    l1, u1 = wilson_bounds(p_robust, n_robust, level)
-    l2, u2 = wilson_bounds(p_clean, n_clean, level)
-    d = p_robust - p_clean
-    return (d - math.sqrt((p_robust - l1) ** 2 + (u2 - p_clean) ** 2),
-            d + math.sqrt((u1 - p_robust) ** 2 + (p_clean - l2) ** 2))
+    from qcheck.stats import newcombe_difference as newcombe
+
+    _, low, high = newcombe(p_robust * n_robust, n_robust, p_clean * n_clean, n_clean, level)
+    return float(low), float(high)
 
 
 def model_state(model: nn.Module, probe_ids: Any = None, repeats: int = 5, seed: int = 0) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
     (2 x layers x KV heads x head dim x tokens, in the model's dtype) and the prefill activations; 8 on a CPU."""
     param = next(model.parameters())
     if param.device.type != "cuda":
-        return 8
+        return max(1, min(8, len(prompt_lengths)))
     cfg = model.config
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)

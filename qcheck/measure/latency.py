@@ -27,7 +27,10 @@ DEFAULT_SLOWDOWN_FACTOR = 3.0
 (seed 002 reported 10x; real backends' known costs are in invariants.latency.KNOWN_BACKEND_COSTS)."""
 MIN_ORDER_SAMPLES = 20
 GPU_SHAPE = (32, 512)
-"""Compute-bound for SmolLM2-135M on an H100 (1x128 is launch-bound)."""
+"""Compute-bound for SmolLM2-135M on an H100 (1x128 is launch-bound): 4.4e12 FLOP per forward."""
+GPU_FORWARD_FLOPS = 2 * 134.5e6 * GPU_SHAPE[0] * GPU_SHAPE[1]
+"""The arithmetic a timed GPU forward is sized to: SmolLM2-135M's at GPU_SHAPE. A larger model gets fewer tokens (rows
+of 512, at least one), so an 8B fp32 forward takes ~0.1 s, not the 5 s that 32 x 512 would (20 repeats per variant)."""
 CPU_SHAPE = (1, 32)
 GPU_BUDGET = {"warmup": 3, "min_repeats": MIN_ORDER_SAMPLES, "min_time_s": 1.0, "max_time_s": 20.0}
 CPU_BUDGET = {"warmup": 1, "min_repeats": 3, "min_time_s": 0.1, "max_time_s": 2.0}
@@ -204,7 +207,11 @@ def latency_inputs(ctx: RunContext) -> torch.Tensor:
     """Seeded random token ids at the run's shape (never zeros): GPU_SHAPE on a GPU, CPU_SHAPE on a CPU."""
     from qcheck.measure.timing import random_input_ids
 
-    b, s = GPU_SHAPE if ctx.gpu else CPU_SHAPE
+    if not ctx.gpu:
+        b, s = CPU_SHAPE
+    else:
+        params = sum(p.numel() for p in ctx.reference_model.parameters())
+        b, s = max(1, min(GPU_SHAPE[0], int(GPU_FORWARD_FLOPS / (2 * params * GPU_SHAPE[1])))), GPU_SHAPE[1]
     return random_input_ids(ctx.vocab_size, b, s, device=ctx.device, seed=0)
 
 

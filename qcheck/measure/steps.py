@@ -25,7 +25,9 @@ class Subject:
 
     @property
     def is_reference(self) -> bool:
-        return self.variant is None
+        from qcheck.variants import REFERENCE
+
+        return self.name == REFERENCE
 
 
 StepFn = Callable[["RunContext", Subject], tuple[dict[str, Any], dict[str, Any]]]
@@ -40,17 +42,20 @@ class Step:
     run: StepFn
     summary: str
     after_release: bool = False
+    model_free: bool = False
+    """Reads no model (a user's result files): a variant is not built for it alone."""
 
 
 STEPS: dict[str, Step] = {}
 ORDER = ("build", "weights", "perplexity", "perplexity_short", "fidelity", "choice", "generation", "robustness",
-         "latency_casts", "energy", "latency", "rtn_perplexity")
+         "latency_casts", "energy", "latency", "rtn_perplexity", "lm_eval_results")
 """The order a variant's measurements run in (cheap evidence first; timing last on a quiet device)."""
 
 
-def step(name: str, summary: str, *, after_release: bool = False) -> Callable[[StepFn], StepFn]:
+def step(name: str, summary: str, *, after_release: bool = False, model_free: bool = False
+         ) -> Callable[[StepFn], StepFn]:
     def register(fn: StepFn) -> StepFn:
-        STEPS[name] = Step(name, fn, summary, after_release)
+        STEPS[name] = Step(name, fn, summary, after_release, model_free)
         return fn
     return register
 
@@ -234,3 +239,19 @@ def _energy(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]
     from qcheck.measure.latency import measure_reference_energy
 
     return measure_reference_energy(ctx)
+
+
+# ---------------------------------------------------------------------------------------------------------- evidence
+
+@step("lm_eval_results", "the user's lm-evaluation-harness results for this variant (--lm-eval-results), read "
+                         "with their n and stderr, and all given files linted as one comparison", model_free=True)
+def _lm_eval_results(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    files = [f for f in ctx.lm_eval_files if f.variant == s.name]
+    if not files:
+        raise NotApplicable(f"no --lm-eval-results file names {s.name}")
+    from qcheck.lint import lint_paths
+
+    lint = [finding.to_dict() for finding in lint_paths([f.path for f in ctx.lm_eval_files])]
+    return ({"files": [f.to_dict() for f in files], "lint": lint, "linted": [f.path for f in ctx.lm_eval_files]},
+            {"paths": [f.path for f in files]})
+

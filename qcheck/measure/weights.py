@@ -164,6 +164,17 @@ def weight_deltas(reference: nn.Module, quantized: nn.Module) -> dict[str, dict[
     return out
 
 
+def already_in_format(reference: torch.Tensor, spec: Spec) -> bool:
+    """Whether the reference's weight already holds only values of `spec` (a bf16 checkpoint loaded in fp32 is
+    bf16-exact): quantizing it to that format cannot change it, and an unchanged layer is then no evidence of a
+    quantization that was never applied."""
+    if isinstance(spec, CastSpec):
+        return bool(torch.equal(reference.to(spec.dtype).to(reference.dtype), reference))
+    if isinstance(spec, (BnbSpec, PruneSpec, KeepSpec)):
+        return isinstance(spec, KeepSpec)
+    return bool(torch.equal(spec.quantize(reference.to(torch.float32)).to(reference.dtype), reference))
+
+
 def probe_view(reference_logits: torch.Tensor, input_ids: torch.Tensor) -> dict[str, Any]:
     """Whether the probe can show a weight change: distinct token ids fed, and whether the reference's logits vary
     over the probe's positions (all-padding or all-one-token inputs give constant rows, whatever the weights)."""
@@ -211,6 +222,8 @@ def quantization_evidence(reference: nn.Module, quantized: nn.Module, report: An
                                 "grid": grid.reason, "changed_fraction": delta.get("changed_fraction"),
                                 "sqnr_db": delta.get("sqnr_db"), "dtype": delta.get("dtype"),
                                 "sqnr_floor_db": floor_for(spec)}
+            if delta.get("changed_fraction") == 0.0:
+                layers[rec.name]["reference_in_format"] = already_in_format(ref_w, spec)
     else:
         layers = weight_deltas(reference, quantized)
     if input_ids is None:

@@ -57,3 +57,95 @@ def test_run_subprocess_on_embedded_default_exit_0(tmp_path):
     assert report["status"] == "PASS"
     assert {c["name"] for c in report["checks"]} == {"quantization_applied", "plan_followed"}
     assert "qcheck run: PASS" in proc.stdout
+
+
+# ---------------------------------------------------------------- bad input: exit 2 before anything runs (issue 17)
+
+def _copy_model(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_checkpoint_names_the_file(tiny_folder, tmp_path, capsys):
+    model = _copy_model(tiny_folder, tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(["run", "--model", str(model), "--device", "cpu", "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "truncated" in err and "Traceback" not in err
+    assert not (tmp_path / "rep").exists()
+
+
+def test_checkpoint_missing_a_tensor_names_it(tiny_folder, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    model = _copy_model(tiny_folder, tmp_path / "model")
+    state = load_file(model / "model.safetensors")
+    del state["model.layers.0.mlp.up_proj.weight"]
+    save_file(state, model / "model.safetensors", metadata={"format": "pt"})
+    assert main(["run", "--model", str(model), "--device", "cpu", "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "missing from the checkpoint" in err and "model.layers.0.mlp.up_proj.weight" in err
+
+
+def test_nan_in_the_reference_is_blamed_on_the_reference(tiny_folder, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = _copy_model(tiny_folder, tmp_path / "model")
+    state = load_file(model / "model.safetensors")
+    state["model.layers.1.self_attn.o_proj.weight"][0, :3] = torch.nan
+    save_file(state, model / "model.safetensors", metadata={"format": "pt"})
+    assert main(["run", "--model", str(model), "--device", "cpu", "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "reference model's own weights hold NaN/inf" in err and "model.layers.1.self_attn.o_proj.weight" in err
+
+
+@pytest.mark.parametrize("case", ["out-is-a-file", "empty-text", "binary-text", "three-tokens", "context-1",
+                                  "no-variants", "junk-ptq", "slice-past-the-end"])
+def test_bad_options_exit_2_before_anything_runs(case, tiny_folder, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "rep"
+    args = ["run", "--model", str(tiny_folder), "--device", "cpu", "--variants", "int8", "--out", str(out)]
+    expected = {"out-is-a-file": "a file is in the way", "empty-text": "holds no text",
+                "binary-text": "not UTF-8 text", "three-tokens": "a run needs at least 256",
+                "context-1": "--context must be an integer >= 2", "no-variants": "no variant to check",
+                "junk-ptq": "junk", "slice-past-the-end": "lower --slice"}[case]
+    if case == "out-is-a-file":
+        out.write_text("not a folder")
+    elif case in ("empty-text", "binary-text", "three-tokens"):
+        text = tmp_path / "text.txt"
+        {"empty-text": lambda: text.write_text("  \n"), "binary-text": lambda: text.write_bytes(b"\x89PNG\xff\xfe\x00"),
+         "three-tokens": lambda: text.write_text("three tokens here")}[case]()
+        args += ["--text", str(text)]
+    elif case == "context-1":
+        args += ["--context", "1"]
+    elif case == "no-variants":
+        args[args.index("int8")] = "none"
+    elif case == "junk-ptq":
+        monkeypatch.setenv("QCHECK_PTQ", "junk")
+    elif case == "slice-past-the-end":
+        args += ["--slice", "5000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err, err
+    assert out.is_file() if case == "out-is-a-file" else not out.exists()
+
+
+def test_plan_errors_name_the_file(tmp_path, capsys, tiny_folder):
+    bad = tmp_path / "my_plan.toml"
+    bad.write_text('[default]\nformat = "int"\nbits = 4\ngroup_size = 60\n')
+    assert main(["run", "--model", str(tiny_folder), "--device", "cpu", "--plan", str(bad), "--variants", "none",
+                 "--out", str(tmp_path / "rep")]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_a_k_expression_selecting_nothing_exits_2_and_writes_no_report(tiny_folder, tmp_path):
+    out = tmp_path / "rep"
+    proc = subprocess.run([sys.executable, "-m", "qcheck.cli", "run", "--model", str(tiny_folder), "--device", "cpu",
+                           "--variants", "int8", "--out", str(out), "-k", "no_such_check"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no check selected by -k 'no_such_check'" in proc.stderr
+    assert not (out / "qcheck-report.json").exists()

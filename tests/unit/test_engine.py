@@ -113,8 +113,12 @@ def test_judge_reproduces_the_verdicts_from_the_json_alone(stored_run, tmp_path)
 
 
 def test_a_changed_threshold_changes_the_verdict_without_a_model(stored_run, tmp_path, pytester, monkeypatch):
-    from qcheck.invariants import closeness
+    import importlib
+
     from qcheck.inputs import models
+
+    closeness = importlib.import_module("qcheck.invariants.closeness")  # the module the suite imports (pytester
+    # runs drop modules they imported, so a package attribute can point at an older copy)
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("judging must not load a model"))
     before = _verdicts(stored_run)[("precision_differs_from_fp32", "int8")]
@@ -122,6 +126,25 @@ def test_a_changed_threshold_changes_the_verdict_without_a_model(stored_run, tmp
     monkeypatch.setitem(closeness.CLOSE_TO_REFERENCE, "int8", closeness.Bound(0.0, "a test: no change allowed"))
     out = tmp_path / "rejudged"
     pytester.runpytest_inprocess("--pyargs", "qcheck.suite.test_precision_applied", "-p", "no:cacheprovider",
-                                 f"--qcheck-records={stored_run}", f"--qcheck-report={out}")
+                                 f"--qcheck-records={stored_run}", f"--qcheck-report={out}", "-k", "close_to")
     after = _verdicts(out / "qcheck-report.json")[("precision_differs_from_fp32", "int8")]
     assert after in ("WARN", "FAIL") and after != "PASS"
+
+
+def test_workers_record_what_one_process_records(tiny_folder):
+    """Issue 20: variants spread over worker processes (here 2 CPU workers) give the same records as one process;
+    only timings differ. The store keeps every variant, the reference's records come from worker 0."""
+    from qcheck.engine import measure_parallel
+
+    needs = {"fp32": {"perplexity"}, "int8": {"perplexity", "weights", "fidelity"},
+             "w4g64": {"perplexity", "weights", "fidelity"}, "fixed8.4": {"perplexity"}}
+    one = measure_run(open_run(_options(tiny_folder, variants=("int8", "w4g64", "fixed8.4"), tokens=256)), needs)
+    two = measure_parallel(open_run(_options(tiny_folder, variants=("int8", "w4g64", "fixed8.4"), tokens=256,
+                                             workers=2)), needs, 2)
+    assert two.meta["workers"] == 2 and two.variants == one.variants
+    for record in one:
+        other = two.find(record.variant, record.measurement)
+        assert other is not None and other.status == record.status, (record.variant, record.measurement)
+        strip = {"seconds", "manifest"}
+        assert {k: v for k, v in other.data.items() if k not in strip} == \
+            {k: v for k, v in record.data.items() if k not in strip}, (record.variant, record.measurement)

@@ -44,10 +44,10 @@ def test_suite_run_writes_report_with_variant_metrics(pytester, tmp_path, warm_m
 
 def test_violation_in_a_user_test_is_recorded_as_fail(pytester, tmp_path):
     pytester.makepyfile(test_user="""
-        from qcheck.invariants import assert_16bit_differs
+        from qcheck.invariants import assert_robust_le_clean
 
-        def test_identical(qcheck_record):
-            qcheck_record(assert_16bit_differs(171.96, 171.96, variant="16-bit"))
+        def test_robust_above_clean(qcheck_record):
+            qcheck_record(assert_robust_le_clean(0.52, 0.61, n=400, variant="4-bit"))
     """)
     out = tmp_path / "rep"
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--qcheck-report={out}")
@@ -55,8 +55,8 @@ def test_violation_in_a_user_test_is_recorded_as_fail(pytester, tmp_path):
     report = json.loads((out / "qcheck-report.json").read_text())
     assert report["status"] == "FAIL"
     (check,) = report["checks"]
-    assert check["name"] == "precision_differs_from_fp32" and check["variant"] == "16-bit"
-    assert "quantization was not applied" in check["message"]
+    assert check["name"] == "robust_le_clean" and check["variant"] == "4-bit"
+    assert "robust" in check["message"]
 
 
 def test_gpu_marked_tests_skip_with_reason_without_cuda(pytester):

@@ -156,3 +156,20 @@ def test_gold_after_hashes_and_malformed_rows(tmp_path):
     bad.write_text('{"id": "x", "prompt": "p", "choices": ["a", "b"], "answer_idx": 5}\n')
     with pytest.raises(DataError, match="answer_idx 5"):
         load_arc_easy(path=bad)
+
+
+def test_memory_sized_batches_give_the_same_greedy_tokens_as_one_prompt_at_a_time(smollm2):
+    """Issue 20: the batch is sized by free memory (all prompts at once where they fit); on the same device in fp32
+    the greedy tokens are the ones one-prompt-at-a-time generation gives (the real model: ties are rare, not forced)."""
+    try:
+        problems = load_gsm8k(6)
+    except DataError as exc:
+        pytest.skip(f"GSM8K not available: {exc}")
+    questions, ids = [p.question for p in problems.items], [p.id for p in problems.items]
+    one = generate_answers(smollm2.model, smollm2.tokenizer, questions,
+                           GenerationSettings(max_new_tokens=16, batch_size=1, prompt="gsm8k_3shot_direct"), ids=ids)
+    many = generate_answers(smollm2.model, smollm2.tokenizer, questions,
+                            GenerationSettings(max_new_tokens=16, batch_size=0, prompt="gsm8k_3shot_direct"), ids=ids)
+    assert many.extra["batch_size"] == 6 and one.extra["batch_size"] == 1
+    assert [g.text for g in many.outputs] == [g.text for g in one.outputs]
+    assert [g.n_new_tokens for g in many.outputs] == [g.n_new_tokens for g in one.outputs]

@@ -12,8 +12,9 @@ from qcheck.lint.findings import Finding, Severity
 from qcheck.lint.rules.common import fmt, row_sizes
 from qcheck.lint.rules.registry import rule
 from qcheck.lint.scale import declared_scale, proportion_scale
-from qcheck.lint.significance import binomial_greater, binomial_less, newcombe_difference, wilson_bounds
+from qcheck.lint.significance import binomial_greater, binomial_less
 from qcheck.lint.view import TableView, fraction
+from qcheck.stats import newcombe_difference, wilson_bounds
 
 PROPORTION_ROLES = ("accuracy", "clean_acc", "robust_acc", "em")
 

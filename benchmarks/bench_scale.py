@@ -1,0 +1,125 @@
+"""End-to-end wall time and peak memory of `qcheck run` at the model sizes users bring (issue 20).
+
+    python benchmarks/bench_scale.py --shapes 135m,1.2b,8b --tokenizer .device/smollm2-tokenizer --out DIR
+
+For each shape a random-init Llama folder is built on the device (weights' values do not change time or memory,
+only quality verdicts) with SmolLM2's tokenizer, then `qcheck run --model FOLDER --device cuda` runs the default
+variant set in a subprocess, timed from start to exit (model load included). Recorded per shape: wall time, the
+run's verdict counts, the peak GPU memory the run's allocator saw against the reference plus its largest variant
+(the bar: within 1.3x), and the seconds per variant and per measurement from the run's records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _output import save
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "135m": {},
+    "1.2b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "tie_word_embeddings": True, "rope_theta": 500000.0},
+    "8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "tie_word_embeddings": False, "rope_theta": 500000.0},
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
+}
+"""Llama 3.2 1B / Llama 3.1 8B layer shapes (SmolLM2's 49,152-token vocabulary: the tokenizer that travels), and
+SmolLM2-135M itself (`qcheck.inputs.models.smollm2_config`)."""
+
+
+def build_folder(shape: str, tokenizer: str, root: Path, device: str) -> Path:
+    """A random-init model of `shape` saved in bf16 with the tokenizer (built on `device`: seconds for 8B)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qcheck.inputs.models import smollm2_config
+
+    folder = root / f"llama-{shape}"
+    if (folder / "config.json").is_file():
+        return folder
+    config = smollm2_config(**SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
+    del model
+    return folder
+
+
+def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) -> dict[str, Any]:
+    """`qcheck run` on the folder in a subprocess: wall time, exit code and what its report says. Past `limit_s` it
+    gets SIGTERM, and writes its report marked unfinished (what did not finish is listed there)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "qcheck.cli", "run", "--model", str(folder), "--device", device,
+                             "--out", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=120)
+    wall = time.perf_counter() - start
+    row: dict[str, Any] = {"wall_s": round(wall, 1), "exit": proc.returncode, "tail": output[-3000:]}
+    report_path = out / "qcheck-report.json"
+    if report_path.is_file():
+        report = json.loads(report_path.read_text())
+        records = report.get("records") or {"records": [], "meta": {}}
+        sizes = {r["variant"]: r["data"].get("weights_mb") for r in records["records"]
+                 if r["measurement"] == "build" and r["status"] == "ok"}
+        reference = sizes.get("fp32") or 0.0
+        largest = max((v for k, v in sizes.items() if k != "fp32" and v), default=0.0)
+        peak = records["meta"].get("peak_memory", {})
+        per_measurement: dict[str, float] = {}
+        for r in records["records"]:
+            if r.get("seconds"):
+                per_measurement[r["measurement"]] = per_measurement.get(r["measurement"], 0.0) + r["seconds"]
+        row.update(status=report["status"], counts=report["counts"], weights_mb=sizes, peak_memory=peak,
+                   complete=report["complete"], unfinished=len(report.get("unfinished") or []),
+                   bar_mb=round(1.3 * (reference + largest), 1),
+                   peak_over_reference_plus_largest=(round(peak["gpu_max_allocated_mb"] / (reference + largest), 3)
+                                                     if peak.get("gpu_max_allocated_mb") else None),
+                   variant_seconds=records["meta"].get("variant_seconds"),
+                   measurement_seconds={k: round(v, 1) for k, v in sorted(per_measurement.items(),
+                                                                          key=lambda kv: -kv[1])})
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="135m,1.2b,8b")
+    parser.add_argument("--tokenizer", default=".device/smollm2-tokenizer")
+    parser.add_argument("--root", default="/tmp/qcheck-scale", help="where the model folders are built")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--qcheck-arg", action="append", default=[], help="extra argument for qcheck run")
+    parser.add_argument("--limit-s", type=float, default=3600, help="SIGTERM a run after this many seconds")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = {}
+    for shape in args.shapes.split(","):
+        start = time.perf_counter()
+        folder = build_folder(shape, args.tokenizer, Path(args.root), args.device)
+        built = time.perf_counter() - start
+        row = run(folder, Path(args.root) / f"report-{shape}", args.device, args.qcheck_arg, args.limit_s)
+        row["folder_build_s"] = round(built, 1)
+        rows[shape] = row
+        print(shape, json.dumps({k: v for k, v in row.items() if k != "tail"}), flush=True)
+        if row["exit"] not in (0, 1):
+            print(row["tail"], flush=True)
+    lines = ["| shape | wall (s, load included) | exit | verdict | peak GPU MiB | bar 1.3 x (ref + largest) | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for shape, row in rows.items():
+        peak = (row.get("peak_memory") or {}).get("gpu_max_allocated_mb")
+        lines.append(f"| {shape} | {row['wall_s']} | {row['exit']} | {row.get('status')} | {peak} | "
+                     f"{row.get('bar_mb')} | {row.get('peak_over_reference_plus_largest')} |")
+    save(args.out, "bench_scale", {"args": vars(args), "rows": rows}, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
