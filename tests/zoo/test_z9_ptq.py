@@ -112,7 +112,9 @@ def test_ptq_worse_than_rtn_flags_the_calibration(smollm2, ppl_setup):
     result = err.value.result
     assert result.name == "ptq_not_worse_than_rtn"
     assert "check the calibration set (source=chat-gsm8k, samples=2, seq_len=16, tokens=32)" in result.message
-    assert result.n == 10 and result.evidence["nll_difference"]["low"] > 0
+    # 2,560 tokens in windows of 256 are paired in blocks of 128 scored positions: 20 units
+    assert result.n == len(rtn.block_nll) == 20 and result.evidence["unit"] == "blocks of 128 tokens"
+    assert result.evidence["nll_difference"]["low"] > 0
 
 
 def test_ptq_at_least_as_good_as_rtn_passes(smollm2, ppl_setup):
@@ -126,9 +128,9 @@ def test_ptq_at_least_as_good_as_rtn_passes(smollm2, ppl_setup):
 def test_too_few_windows_is_inconclusive(ppl_setup):
     _, rtn = ppl_setup
     short = copy.copy(rtn)
-    short.window_nll, short.window_tokens = rtn.window_nll[:3], rtn.window_tokens[:3]
+    short.block_index, short.block_nll, short.block_tokens = rtn.block_index[:3], rtn.block_nll[:3], rtn.block_tokens[:3]
     result = assert_ptq_not_worse_than_rtn(short, short, variant="x")
-    assert result.status.value == "INCONCLUSIVE" and "only 3 perplexity windows" in result.message
+    assert result.status.value == "INCONCLUSIVE" and "only 3 blocks of 128 tokens" in result.message
 
 
 @pytest.mark.slow
