@@ -25,10 +25,14 @@ class Bound:
 
 
 CLOSE_TO_REFERENCE: dict[str, Bound] = {
-    "fp16": Bound(0.01, "TBD"),
-    "bf16": Bound(0.01, "TBD"),
-    "int8": Bound(0.02, "TBD"),
-    "bnb-int8": Bound(0.05, "TBD"),
+    "fp16": Bound(0.01, "fp16 rounds weights by <= 2^-11; measured within 0.03% of fp32 on SmolLM2 slices "
+                        "(docs/thresholds.md)"),
+    "bf16": Bound(0.01, "bf16 rounds weights by <= 2^-8; measured within 0.2% of fp32 on SmolLM2 slices "
+                        "(docs/thresholds.md)"),
+    "int8": Bound(0.02, "per-channel int8 RTN keeps 255 levels per channel; measured within 0.5% of fp32 on SmolLM2 "
+                        "slices (docs/thresholds.md)"),
+    "bnb-int8": Bound(0.05, "LLM.int8 costs most at small scale (+0.7% at 125M in its paper); measured up to +2.7% "
+                            "(interval high) on SmolLM2 slices (docs/thresholds.md)"),
 }
 """Built-in near-lossless variants and their bounds (see the module docstring)."""
 
