@@ -35,6 +35,8 @@ class RunContext:
     reference_fingerprint: str = ""
     lm_eval_files: list[Any] = field(default_factory=list)
     _budget: Any = field(default=None, repr=False)
+    reference_states: dict[Any, Any] = field(default_factory=dict, repr=False)
+    """The reference's hidden states per fidelity window, kept across variants (see `fidelity_many`)."""
 
     @property
     def reference_model(self) -> Any:

@@ -114,8 +114,9 @@ def _perplexity_of(ctx: RunContext, model: nn.Module, context: int) -> tuple[dic
 
     text = ctx.inputs.eval_text()
     pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
-    result = perplexity_of_ids(model, text.ids, context=context, batch_size=ctx.batch_size("perplexity"),
-                               pad_id=pad)
+    # windows shorter than the run's context are batched so a batch holds about as many tokens as one full window
+    batch = ctx.batch_size("perplexity") * max(1, ctx.options.context // max(context, 1))
+    result = perplexity_of_ids(model, text.ids, context=context, batch_size=batch, pad_id=pad)
     result.n_chars, result.n_bytes, result.n_words = text.n_chars, text.n_bytes, text.n_words
     return result.to_dict(), {"context": context, "stride": context, **text.describe()}
 
@@ -169,6 +170,11 @@ class NotApplicable(Exception):
 
 # ---------------------------------------------------------------------------------------------------------- fidelity
 
+REFERENCE_STATES_BYTES = 512 * 2**20
+"""The most memory the reference's kept fidelity states may take (fp32 bound): 8B's 4,096-wide states for 32k tokens;
+beyond it the reference's decoder pass is repeated per variant instead."""
+
+
 @step("fidelity", "next-token KL(reference || variant), top-1 agreement and |dp| per scored token")
 def _fidelity(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
     from qcheck.measure.fidelity import fidelity_many, fidelity_to_record
@@ -176,8 +182,11 @@ def _fidelity(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, An
     text = ctx.inputs.eval_text()
     tokens = ctx.budget.fidelity_tokens
     pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
+    hidden = int(getattr(ctx.reference_model.config, "hidden_size", 0) or 0)
+    keep = hidden and min(tokens, len(text.ids)) * hidden * 4 <= REFERENCE_STATES_BYTES
     result = fidelity_many(ctx.reference_model, {s.name: s.model}, text.ids[:tokens], context=ctx.options.context,
-                           batch_size=ctx.batch_size("fidelity"), pad_id=pad)[s.name]
+                           batch_size=ctx.batch_size("fidelity"), pad_id=pad,
+                           reference_cache=ctx.reference_states if keep else None)[s.name]
     return fidelity_to_record(result), {"context": ctx.options.context, **text.describe(), "tokens": tokens}
 
 

@@ -101,6 +101,29 @@ def test_batching_and_chunking_do_not_change_the_values(tiny, tiny_w4, ids):
     assert np.array_equal(a.token_top1, b.token_top1) and np.array_equal(a.token_window, b.token_window)
 
 
+def test_kept_reference_states_give_the_same_values_and_skip_the_reference_pass(tiny, tiny_w4, ids):
+    """A variant-major run keeps the reference's states across variants: the second variant reads them back."""
+    plain = fidelity_many(tiny, {"w4": tiny_w4}, ids, context=64, stride=64, batch_size=2)["w4"]
+    cache: dict = {}
+    first = fidelity_many(tiny, {"w4": tiny_w4}, ids, context=64, stride=64, batch_size=2, reference_cache=cache)["w4"]
+    assert len(cache) == 3  # 5 windows of 64 in batches of 2
+    calls = []
+    hook = tiny.model.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape[1]),
+                                            with_kwargs=True)
+    try:
+        second = fidelity_many(tiny, {"w4": tiny_w4}, ids, context=64, stride=64, batch_size=2,
+                               reference_cache=cache)["w4"]
+    finally:
+        hook.remove()
+    assert max(calls) <= 16  # only the 16-token probe that picks the head path; no window of the text
+    for result in (first, second):
+        assert np.array_equal(result.token_kl, plain.token_kl) and np.array_equal(result.token_top1, plain.token_top1)
+    other = fidelity_many(tiny, {"w4": tiny_w4}, ids[:200], context=64, stride=64, batch_size=2,
+                          reference_cache=cache)["w4"]
+    fresh = fidelity_many(tiny, {"w4": tiny_w4}, ids[:200], context=64, stride=64, batch_size=2)["w4"]
+    assert len(cache) == 5 and np.array_equal(other.token_kl, fresh.token_kl)  # other ids: never another text's states
+
+
 def test_reference_and_deep_copy_give_exactly_zero_kl(tiny, ids):
     results = fidelity_many(tiny, {"itself": tiny, "copy": copy.deepcopy(tiny)}, ids, context=64)
     for r in results.values():
