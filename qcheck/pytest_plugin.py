@@ -227,12 +227,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip gpu tests without CUDA, then gather what the selected qcheck checks need measured (after -k/-m)."""
-    if any(item.get_closest_marker("gpu") for item in items) and _LOADED not in config.stash:
-        import torch
+    if any(item.get_closest_marker("gpu") for item in items):
+        reason = None
+        if _LOADED in config.stash:
+            # judging stored records: what counts is the machine that measured them, not this one
+            if not run_on_gpu(config):
+                reason = "gpu test: no CUDA device on the machine that measured this run (its records are CPU's)"
+        else:
+            import torch
 
-        if not torch.cuda.is_available():
-            skip = pytest.mark.skip(reason="gpu test: no CUDA device on this machine "
-                                           "(torch.cuda.is_available() is False)")
+            if not torch.cuda.is_available():
+                reason = "gpu test: no CUDA device on this machine (torch.cuda.is_available() is False)"
+        if reason:
+            skip = pytest.mark.skip(reason=reason)
             for item in items:
                 if item.get_closest_marker("gpu"):
                     item.add_marker(skip)
