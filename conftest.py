@@ -11,7 +11,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from qcheck.strategies import load_profile  # noqa: E402
+from qcheck.strategies import load_profile
 
 load_profile("ci")
 

@@ -153,7 +153,7 @@ class GenerationRun:
                 "seconds": self.seconds, "extra": dict(self.extra)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GenerationRun":
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRun:
         return cls([Generation(**g) for g in data["outputs"]], GenerationSettings(**data["settings"]),
                    float(data["seconds"]), dict(data.get("extra") or {}))
 

@@ -90,7 +90,7 @@ class PerplexityResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PerplexityResult":
+    def from_dict(cls, data: dict[str, Any]) -> PerplexityResult:
         """The result `to_dict()` wrote (per-token NLLs are not stored: blocks stand in for them)."""
         keys = ("perplexity", "nll_sum", "n_tokens", "context", "stride", "n_windows", "window_nll", "window_tokens",
                 "n_chars", "n_bytes", "n_words", "seconds", "n_ids", "block_size", "block_index", "block_nll",

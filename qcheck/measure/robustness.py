@@ -242,7 +242,7 @@ class RobustnessEvaluation:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RobustnessEvaluation":
+    def from_dict(cls, data: dict[str, Any]) -> RobustnessEvaluation:
         """The evaluation `to_dict()` wrote (records included)."""
         att = data["attack"]
         config = AttackConfig(epsilon=att["epsilon"], pgd_steps=att["pgd_steps"], step_size=att.get("pgd_step_size"),

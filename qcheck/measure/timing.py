@@ -200,7 +200,7 @@ class DeviceInfo:
                 "clocks": dict(self.clocks)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DeviceInfo":
+    def from_dict(cls, data: Mapping[str, Any]) -> DeviceInfo:
         """The description `to_dict()` wrote (a stored run is judged without the device)."""
         cap = data.get("capability")
         capability = tuple(int(x) for x in str(cap).split(".")) if cap else None
@@ -295,7 +295,7 @@ class Timing:
                 "samples_ms": list(self.samples_ms), "host_ms": list(self.host_ms)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Timing":
+    def from_dict(cls, data: Mapping[str, Any]) -> Timing:
         """The timing `to_dict()` wrote (raw samples included)."""
         return cls(tuple(data["samples_ms"]), tuple(data.get("warmup_ms") or ()), data["method"], data["device"],
                    float(data["total_s"]), data["stop_reason"], tuple(data.get("host_ms") or ()),
