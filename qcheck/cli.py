@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"qcheck {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
+    except Exception as exc:  # an internal error is never 0 (pass) or 1 (a violation)
         print(f"qcheck {args.command}: internal error: {type(exc).__name__}: {exc} (set QCHECK_DEBUG=1 for the "
               "traceback)", file=sys.stderr)
         if os.environ.get("QCHECK_DEBUG"):
