@@ -135,6 +135,13 @@ def test_only_clean_correct_attacked_and_robust_implies_clean(evaluation, items)
     assert 0 <= evaluation.gap_metric()["value"] == pytest.approx(evaluation.gap)
 
 
+def test_attacks_leave_no_weight_gradients_behind(tiny, evaluation):
+    """Only the perturbation's gradient is computed: no `.grad` on any weight (one more copy of the model: 32 GB
+    at 8B in fp32), and the user's model is left as it was given."""
+    assert evaluation.attacked > 0
+    assert all(p.grad is None for p in tiny.parameters())
+
+
 def test_builtin_evaluation_passes_exactly(evaluation):
     result = assert_robust_le_clean(evaluation)
     assert result.status == Status.PASS and result.n == 16
