@@ -82,7 +82,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{c.get('PASS', 0)} / {c.get('WARN', 0)} / {c.get('INCONCLUSIVE', 0)} / "
             f"{c.get('FAIL', 0) + c.get('ERROR', 0)} / {c.get('SKIPPED', 0)} | {close} | "
             f"{f'{kl[0]:.3g}, {kl[1]:.1f}%' if kl else ''} | {', '.join(r['attention'])} | "
-            f"{f'{wall / 60:.1f} min' if wall else ''} | {r['rss_max_mb'] or ''} MB |")
+            f"{f'{wall / 60:.1f} min' if wall else ''} | {r['rss_max_mb'] or ''} MiB |")
     failed = [f"slice {r['slice']}: {', '.join(r['failed'])}" for r in rows if r["failed"]]
     lines += ["", f"FAILs: {'; '.join(failed) if failed else 'none'} on {len(rows)} slices."]
     return "\n".join(lines)
