@@ -6,10 +6,12 @@ source checkout. Missing data raises DataError naming where qcheck looked.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-from qcheck.errors import DataError
+from qcheck.errors import DataError, QCheckError
 
 WIKITEXT_TEST = "wikitext-2-raw/wiki.test.raw"
 GSM8K_TEST = "gsm8k/test.jsonl"
@@ -67,3 +69,14 @@ def wikitext_test(max_chars: int | None = None) -> tuple[str, Path]:
     """WikiText-2 raw test split (optionally the first `max_chars`) and its path."""
     path = find_data_file(WIKITEXT_TEST)
     return read_text(path, max_chars), path
+
+
+def read_json(path: Path, what: str = "the file", context: str = "") -> Any:
+    """The JSON in `path`; QCheckError naming `what` and the file (after `context`, e.g. the option that named it)
+    when it cannot be read or is not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise QCheckError(f"{context}cannot read {what} {path} ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QCheckError(f"{context}{what} {path} is not a JSON file ({exc})") from None

@@ -2,7 +2,6 @@
 evidence: read and validated before anything runs, each tied to one of the run's variants."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,19 +36,14 @@ def parse_spec(spec: str) -> tuple[str, Path]:
 def read_lm_eval_file(spec: str, variants: list[str]) -> LmEvalFile:
     """Read and check one --lm-eval-results spec: the file exists, is lm-eval's results JSON, and names a variant
     of this run; QCheckError naming the problem otherwise."""
-    from qcheck.inputs.data import sha256_of
+    from qcheck.inputs.data import read_json, sha256_of
     from qcheck.lint.readers import lm_eval
 
     variant, path = parse_spec(spec)
     if variant not in variants:
         raise QCheckError(f"--lm-eval-results {spec}: {variant!r} is not a variant of this run "
                           f"({', '.join(variants)}); write VARIANT=FILE with one of them")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise QCheckError(f"--lm-eval-results {spec}: cannot read {path} ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QCheckError(f"--lm-eval-results {spec}: {path} is not JSON ({exc})") from None
+    data = read_json(path, "the lm-eval results file", context=f"--lm-eval-results {spec}: ")
     if not lm_eval.detect(data):
         raise QCheckError(f"--lm-eval-results {spec}: {path} is not an lm-evaluation-harness results file (it has "
                           "no 'results' of task -> metrics beside 'configs' / 'n-samples'; give the results_*.json "

@@ -77,12 +77,9 @@ def validate_report(data: dict[str, Any]) -> None:
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a qcheck JSON report; QCheckError when unreadable, not a qcheck report, or of another major version."""
     source = Path(path)
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise QCheckError(f"{source}: cannot read the report ({exc.strerror or exc})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QCheckError(f"{source}: not a JSON file ({exc})") from exc
+    from qcheck.inputs.data import read_json
+
+    data = read_json(source, "the report")
     required = ("schema_version", "status", "meta", "variants", "checks")
     if not isinstance(data, dict) or any(k not in data for k in required):
         raise QCheckError(f"{source}: not a qcheck report (a qcheck report is a JSON object with the keys "
