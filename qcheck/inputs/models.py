@@ -117,11 +117,7 @@ def load_model(
     notes: list[str] = []
     try:
         if kind in ("gguf", "embedded"):
-            folder, gguf_file = path.parent, path.name
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch_dtype, **kwargs)
-            _clear_gguf_marks(model)
-            notes.append(f"GGUF weights dequantized to {torch_dtype} by transformers: this float model is the reference")
+            model, tokenizer = _load_gguf(path, torch_dtype, kwargs, notes)
         else:
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, output_loading_info=True,
@@ -141,6 +137,110 @@ def load_model(
     if cache:
         _CACHE[key] = loaded
     return loaded
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def load_tokenizer(source: str | os.PathLike[str] | None = None) -> Any:
+    """A model source's tokenizer alone (no weights), once per process: for a GGUF file from its cached conversion
+    when there is one (a second), else parsed from the file (a minute for the embedded default's vocabulary)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path, kind = resolve_source(source)
+    if str(path) in _TOKENIZERS:
+        return _TOKENIZERS[str(path)]
+    from transformers import AutoTokenizer
+
+    try:
+        if kind in ("gguf", "embedded"):
+            cached = _gguf_cache_folder(path, torch.float32)
+            if cached is not None and (cached / "tokenizer_config.json").is_file():
+                tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - tokenizers and transformers raise their own types
+        raise ModelLoadError(f"cannot load the tokenizer of {path} ({kind}): {type(exc).__name__}: {exc}") from None
+    _TOKENIZERS[str(path)] = tokenizer
+    return tokenizer
+
+
+CACHE_ENV = "QCHECK_CACHE_DIR"
+"""Where GGUF conversions are kept (default ~/.cache/qcheck; "off" keeps none)."""
+GGUF_CACHE_MAX_BYTES = 4 * 2**30
+"""The largest dequantized GGUF model kept on disk (fp32 bytes): the 135M default is 0.5 GB; a 1B model 4 GB."""
+GGUF_CACHE_MAX_FILE = 2**30
+"""GGUF files above this size are not cached (nor hashed): their conversion would exceed GGUF_CACHE_MAX_BYTES, and
+the metadata parse that the cache saves is small beside loading their weights."""
+_CONVERSION_VERSION = 1
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, kwargs: dict[str, Any], notes: list[str]) -> tuple[nn.Module, Any]:
+    """A GGUF file's model and tokenizer, dequantized to `dtype` by transformers. transformers parses the GGUF
+    metadata (a 49k-token vocabulary and its merges) in Python three times per load, about a minute on a small CPU,
+    so the converted folder is kept in the cache and later loads read it; the conversion is the same either way."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cached = _gguf_cache_folder(path, dtype)
+    if cached is not None and (cached / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(cached, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, **kwargs)
+        model.config._name_or_path = str(path.parent)  # as a direct GGUF load names it
+        notes.append(f"GGUF weights dequantized to {dtype} by transformers: this float model is the reference "
+                     f"(conversion read from the cache {cached}; ${CACHE_ENV}=off to convert again)")
+        return model, tokenizer
+    folder, gguf_file = path.parent, path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype, **kwargs)
+    _clear_gguf_marks(model)
+    notes.append(f"GGUF weights dequantized to {dtype} by transformers: this float model is the reference")
+    if cached is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= GGUF_CACHE_MAX_BYTES:
+        _save_conversion(model, tokenizer, cached)
+    return model, tokenizer
+
+
+def _gguf_cache_folder(path: Path, dtype: torch.dtype) -> Path | None:
+    """The cache folder of this GGUF file's conversion: keyed by the file's content hash, the dtype and the
+    transformers version (a newer dequantizer may convert differently); None when caching is off."""
+    import hashlib
+
+    import transformers
+
+    root = os.environ.get(CACHE_ENV, "")
+    if root.strip().lower() in ("off", "0", "none", "false"):
+        return None
+    if path.stat().st_size > GGUF_CACHE_MAX_FILE:
+        return None
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "qcheck"
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(2**24), b""):
+            digest.update(chunk)
+    key = f"{digest.hexdigest()[:24]}-{str(dtype).removeprefix('torch.')}-tf{transformers.__version__}" \
+          f"-v{_CONVERSION_VERSION}"
+    return base / "gguf" / key
+
+
+def _save_conversion(model: nn.Module, tokenizer: Any, folder: Path) -> None:
+    """Write the converted model and tokenizer atomically (a temporary folder renamed into place); a cache that
+    cannot be written (read-only home, full disk) only costs the next load its time."""
+    import shutil
+    import tempfile
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "config.json").is_file():
+                raise
+    except OSError:
+        return
 
 
 def _refuse_incomplete(path: Path, info: dict[str, Any]) -> None:

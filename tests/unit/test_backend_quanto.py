@@ -149,15 +149,12 @@ def test_activation_spec_needs_a_tokenizer(tiny):
 @pytest.fixture(scope="module")
 def tokenizer():
     """The embedded model's tokenizer alone: much cheaper than the model."""
-    from transformers import AutoTokenizer
-
-    from qcheck.inputs.models import embedded_model_path
+    from qcheck.inputs.models import load_tokenizer
 
     try:
-        path = embedded_model_path()
+        return load_tokenizer()
     except QCheckError as exc:
         pytest.skip(f"embedded model unavailable: {exc}")
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
 
 
 def test_activation_variant_calibrates_on_the_named_set(tokenizer):

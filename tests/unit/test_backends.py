@@ -161,15 +161,12 @@ def test_reference_mutated_error_names_backend():
 @pytest.fixture(scope="module")
 def tokenizer():
     """The embedded model's tokenizer alone (its chat template included): much cheaper than the model."""
-    from transformers import AutoTokenizer
-
-    from qcheck.inputs.models import embedded_model_path
+    from qcheck.inputs.models import load_tokenizer
 
     try:
-        path = embedded_model_path()
+        return load_tokenizer()
     except QCheckError as exc:
         pytest.skip(f"embedded model unavailable: {exc}")
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
 
 
 def test_wikitext_calibration_chunks(tokenizer):

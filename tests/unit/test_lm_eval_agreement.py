@@ -83,17 +83,14 @@ def test_rolling_windows_are_lm_eval_windows(n: int) -> None:
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    """SmolLM2's tokenizer, read from the embedded GGUF (no model weights loaded)."""
-    from transformers import AutoTokenizer
-
+    """SmolLM2's tokenizer alone (no model weights loaded)."""
     from qcheck.errors import ModelLoadError
-    from qcheck.inputs.models import embedded_model_path
+    from qcheck.inputs.models import load_tokenizer
 
     try:
-        path = embedded_model_path()
+        return load_tokenizer()
     except ModelLoadError as exc:
         pytest.skip(f"embedded model unavailable: {exc}")
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
 
 
 def _tiny_folder(folder: Path, tokenizer, max_length: int) -> Path:
