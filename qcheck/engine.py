@@ -136,6 +136,7 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     if device_index is not None and device.type == "cuda":
         device = torch.device("cuda", device_index)
     torch.manual_seed(0)
+    check_memory(options, device)
     loaded = load_model(options.model, device=device, cache=True)
     check_reference_finite(loaded.model)
     names = list(DEFAULT_VARIANTS if options.variants is None else options.variants)
@@ -154,6 +155,44 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
                      lm_eval_files)
     _OPENED[(options, device_index)] = ctx
     return ctx
+
+
+def check_memory(options: RunOptions, device: Any) -> None:
+    """Refuse, before the reference is loaded, a run whose memory lower bound exceeds the device's free memory
+    (`qcheck.inputs.fit`): a 70B model on a 24 GB machine is bad input with the figures, not an OOM kill."""
+    from qcheck.inputs.fit import available_bytes, check_fits, memory_need, model_size
+    from qcheck.inputs.models import _gguf_cache_folder, resolve_source
+    from qcheck.quant.plan import Plan
+    from qcheck.quant.spec import BnbSpec
+    from qcheck.variants import builtin_plan
+
+    path, kind = resolve_source(options.model)
+    if kind == "hf-folder":
+        cached = None
+    else:
+        import torch
+
+        cached = _gguf_cache_folder(path, torch.float32)
+    size = model_size(path, kind, cached)
+    if size is None:
+        return
+    count, vocab = size
+    dtypes: dict[str, str] = {}
+    not_counted = [f"PTQ variant {spec}" for spec in options.ptq]
+    plans = [builtin_plan(n) for n in (DEFAULT_VARIANTS if options.variants is None else options.variants)]
+    for source in options.plans:
+        try:
+            plans.append(Plan.load(source))
+        except (QCheckError, OSError):
+            continue  # the plan's own error is reported with its file when the variants are built
+    for plan in plans:
+        if any(isinstance(rule.spec, BnbSpec) for rule in (plan.default, *plan.overrides)):
+            not_counted.append(f"{plan.name} (bitsandbytes storage)")
+        else:
+            dtypes[plan.name] = plan.dtype
+    batch = 8 if device.type == "cuda" else 1
+    check_fits(memory_need(count, dtypes, not_counted=tuple(not_counted), vocab_size=vocab, context=options.context,
+                           batch=batch, device=device, available=available_bytes(device)))
 
 
 def check_reference_finite(model: Any) -> None:

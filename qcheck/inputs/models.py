@@ -174,6 +174,7 @@ GGUF_CACHE_MAX_FILE = 2**30
 """GGUF files above this size are not cached (nor hashed): their conversion would exceed GGUF_CACHE_MAX_BYTES, and
 the metadata parse that the cache saves is small beside loading their weights."""
 _CONVERSION_VERSION = 1
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, kwargs: dict[str, Any], notes: list[str]) -> tuple[nn.Module, Any]:
@@ -213,11 +214,15 @@ def _gguf_cache_folder(path: Path, dtype: torch.dtype) -> Path | None:
     if path.stat().st_size > GGUF_CACHE_MAX_FILE:
         return None
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "qcheck"
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(2**24), b""):
-            digest.update(chunk)
-    key = f"{digest.hexdigest()[:24]}-{str(dtype).removeprefix('torch.')}-tf{transformers.__version__}" \
+    stat = path.stat()
+    stamp = (str(path), stat.st_size, stat.st_mtime_ns)
+    if stamp not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(2**24), b""):
+                digest.update(chunk)
+        _DIGESTS[stamp] = digest.hexdigest()[:24]
+    key = f"{_DIGESTS[stamp]}-{str(dtype).removeprefix('torch.')}-tf{transformers.__version__}" \
           f"-v{_CONVERSION_VERSION}"
     return base / "gguf" / key
 

@@ -1,0 +1,50 @@
+"""The memory pre-check: a run whose lower bound exceeds the free memory is refused before the reference loads
+(exit 2, the figures and what to pass, nothing written); the embedded default's bound lies below what it used."""
+from __future__ import annotations
+
+import torch
+
+from qcheck.cli import main
+from qcheck.inputs.fit import GiB, MemoryNeed, available_bytes, memory_need, model_size
+
+
+def _llama70b_folder(path):
+    """A Llama-3-70B-shaped config alone: the run must be refused before any weight is looked for."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192).save_pretrained(path)
+    return path
+
+
+def test_a_70b_model_on_this_machine_is_refused_before_loading(tmp_path, capsys):
+    folder = _llama70b_folder(tmp_path / "llama-70b")
+    params, vocab = model_size(folder, "hf-folder")
+    assert 70.5e9 < params < 70.6e9 and vocab == 128256  # Llama-3-70B: 70.6B parameters
+    assert main(["run", "--model", str(folder), "--device", "cpu", "--variants", "fp16,int8,bnb-nf4",
+                 "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "needs at least 526.2 GiB of cpu memory" in err and "GiB is available" in err
+    assert "70.55B parameters, 262.8 GiB" in err and "the largest, int8: 262.8 GiB" in err
+    assert "not counted: bnb-nf4 (bitsandbytes storage)" in err and "--variants fp16,bf16" in err
+    assert "Traceback" not in err and not (tmp_path / "rep").exists()
+
+
+def test_half_precision_variants_count_at_two_bytes():
+    need = memory_need(10**9, {"fp16": "fp16", "bf16": "bf16"}, vocab_size=1000, context=100, batch=2,
+                       device=torch.device("cpu"), available=None)
+    assert (need.reference_bytes, need.variant_bytes, need.working_bytes) == (4 * 10**9, 2 * 10**9, 800_000)
+    assert need.fits  # unknown free memory never refuses
+    short = MemoryNeed("cpu", 10**9, 4 * 10**9, "fp16", 2 * 10**9, 0, 5 * 10**9)
+    assert not short.fits and "needs at least 5.6 GiB of cpu memory and 4.7 GiB is available" in short.message()
+    tight = MemoryNeed("cpu", 10**9, 4 * 10**9, "fp16", 2 * 10**9, 0, 6 * 10**9 - 2**22)
+    assert not tight.fits and "5.59 GiB of cpu memory and 5.58 GiB is available" in tight.message()
+
+
+def test_the_embedded_default_lies_below_what_it_used(smollm2):
+    """The bound is a lower bound: the default CPU run's measured peak RSS was 2,580-2,698 MiB (RESULTS.md)."""
+    count = sum(p.numel() for p in smollm2.model.parameters())
+    need = memory_need(count, {"int8": "fp32", "bf16": "bf16"}, vocab_size=49152, context=1024, batch=1,
+                       device=torch.device("cpu"), available=available_bytes(torch.device("cpu")))
+    assert 134e6 < count < 135e6 and need.fits
+    assert need.total_bytes / GiB < 2580 / 1024
