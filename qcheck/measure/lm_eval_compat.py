@@ -29,6 +29,7 @@ from torch import nn
 
 from qcheck.errors import ConfigError, DataError
 from qcheck.inputs.documents import Document
+from qcheck.measure.perplexity import NonFiniteError
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656
 """transformers' `model_max_length` when a tokenizer sets none (lm-eval ignores it then)."""
@@ -124,6 +125,45 @@ def _torch_dtype(name: str | None) -> torch.dtype | None:
     return None if name is None else getattr(torch, name)
 
 
+HEAD_CHUNK = 1024
+"""Scored positions whose logits exist at once: the output head and the log-softmax run on at most this many
+positions of a window. A whole 8,192-token window's logits are 1.6 GB in fp32 with SmolLM2's 49k vocabulary and
+8.4 GB with a 256k one (twice that with the log-softmax's copy); 1,024 positions of a 256k vocabulary are 1 GB."""
+PROBE_TOKENS = 16
+"""Tokens of the first window fed both ways to check that head(decoder(ids)) is the model's own logits."""
+
+
+def _hidden(decoder: nn.Module, inp: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden states ([batch, width, hidden])."""
+    out = decoder(input_ids=inp, attention_mask=attn)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+@torch.no_grad()
+def split_head(model: nn.Module, probe: Sequence[int]) -> tuple[nn.Module, nn.Module] | None:
+    """(decoder, output head) when the model's logits are head(decoder(ids)), checked on `probe`; else None, and
+    windows are scored from the model's own logits. A model that scales or caps its logits after the head (Gemma's
+    soft-capping, Cohere's logit scale) or upcasts them differs on the probe and is scored the plain way."""
+    get_decoder = getattr(model, "get_decoder", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    if get_decoder is None or get_head is None:
+        return None
+    try:
+        decoder, head = get_decoder(), get_head()
+        if decoder is None or head is None or decoder is model:
+            return None
+        device = next(model.parameters()).device
+        inp = torch.tensor([list(probe)[:PROBE_TOKENS]], dtype=torch.long, device=device)
+        attn = torch.ones_like(inp)
+        full = model(input_ids=inp, attention_mask=attn).logits
+        split = head(_hidden(decoder, inp, attn))
+    except Exception:  # noqa: BLE001 - any model the split path does not fit is scored from its own logits
+        return None
+    same = full.shape == split.shape and full.dtype == split.dtype and torch.allclose(full, split, rtol=1e-4,
+                                                                                        atol=1e-4)
+    return (decoder, head) if same else None
+
+
 def _logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
     """Logits of the last `keep` positions (the output head runs only there where the model supports it)."""
     width = inp.shape[1]
@@ -136,11 +176,28 @@ def _logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, keep: int) 
     return model(input_ids=inp, attention_mask=attn).logits
 
 
+def _picked_logprobs(rows: torch.Tensor, head: nn.Module | None, targets: torch.Tensor,
+                     softmax_dtype: torch.dtype | None) -> torch.Tensor:
+    """log p(target) at each scored position: `rows` are the positions' hidden states (turned into logits by
+    `head`, HEAD_CHUNK positions at a time) or, with head None, their logits. Row-wise, so the values are those of
+    one log-softmax over the whole window."""
+    parts = []
+    for lo in range(0, targets.numel(), HEAD_CHUNK):
+        chunk = rows[lo: lo + HEAD_CHUNK]
+        logprobs = torch.log_softmax(head(chunk) if head is not None else chunk, dim=-1, dtype=softmax_dtype)
+        parts.append(logprobs.gather(1, targets[lo: lo + HEAD_CHUNK].unsqueeze(1)).squeeze(1))
+        del logprobs
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def _window_loglikelihoods(model: nn.Module, windows: Sequence[tuple[list[int], list[int]]], batch_size: int,
                            softmax_dtype: torch.dtype | None, pad_id: int, round_sums: bool) -> list[float]:
-    """Summed log p(targets) per (input ids, target ids) window, right-padded batches, padding never scored."""
+    """Summed log p(targets) per (input ids, target ids) window, right-padded batches, padding never scored. Only
+    HEAD_CHUNK positions' logits are held at once where the model's logits are head(decoder(ids)) (`split_head`);
+    otherwise the model's logits of the scored positions, with the log-softmax still chunked."""
     device = next(model.parameters()).device
+    split = split_head(model, windows[0][0]) if windows else None
     out: list[float] = []
     for b in range(0, len(windows), batch_size):
         batch = windows[b: b + batch_size]
@@ -151,13 +208,18 @@ def _window_loglikelihoods(model: nn.Module, windows: Sequence[tuple[list[int], 
         for row, (inp, _) in enumerate(batch):
             ids[row, : len(inp)] = torch.tensor(inp)
             attn[row, : len(inp)] = 1
-        logits = _logits(model, ids.to(device), attn.to(device), keep)
-        first = width - logits.shape[1]
+        ids, attn = ids.to(device), attn.to(device)
+        if split is not None:
+            states, first = _hidden(split[0], ids, attn), 0
+        else:
+            states = _logits(model, ids, attn, keep)
+            first = width - states.shape[1]
         for row, (inp, targets) in enumerate(batch):
-            lo, hi = len(inp) - len(targets) - first, len(inp) - first
-            logprobs = torch.log_softmax(logits[row, lo:hi], dim=-1, dtype=softmax_dtype)
-            picked = logprobs.gather(1, torch.tensor(targets, device=device).unsqueeze(1))
+            lo = len(inp) - len(targets) - first
+            picked = _picked_logprobs(states[row, lo: lo + len(targets)], split[1] if split is not None else None,
+                                      torch.tensor(targets, device=device), softmax_dtype)
             out.append(float(picked.sum() if round_sums else picked.double().sum()))
+        del states
     return out
 
 
@@ -200,7 +262,7 @@ def lm_eval_perplexity(model: nn.Module, tokenizer: Any, documents: Sequence[Doc
         doc_windows[i] += 1
     bad = [d.id for d, ll in zip(docs, doc_ll) if not math.isfinite(ll)]
     if bad:
-        raise DataError(f"non-finite log-likelihood for documents {bad} (NaN/inf logits)")
+        raise NonFiniteError(f"non-finite log-likelihood for documents {bad} (NaN/inf logits)")
     total = sum(doc_ll)
     words = sum(d.n_words for d in docs)
     n_bytes = sum(d.n_bytes for d in docs)
