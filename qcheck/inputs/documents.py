@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,27 +146,71 @@ def _pages_from_jsonl(path: Path) -> list[str]:
     return pages
 
 
+def read_wikitext_pages(path: str | Path | None = None) -> tuple[list[str], Path]:
+    """Every page of a WikiText raw file (default: `wikitext-2-raw/wiki.test.raw` under the data dir) or of a JSONL
+    of `{"page": ...}` rows, with the file's path."""
+    file = Path(path) if path else find_data_file(WIKITEXT_TEST)
+    if not file.is_file():
+        raise DataError(f"WikiText file not found: {file}")
+    if file.suffix == ".jsonl":
+        return _pages_from_jsonl(file), file
+    with file.open(encoding="utf-8") as fh:  # text mode: "\r\n" and "\r" read as "\n", like the data set script
+        return split_wikitext_pages(fh.read()), file
+
+
+def page_document(index: int, page: str) -> Document:
+    """Page `index` as lm-eval's `wikitext` task scores it: its detokenized text, words and bytes of the page."""
+    return Document(f"wikitext-test-{index}", page, wikitext_detokenize(page))
+
+
 def wikitext_documents(n: int | None = None, path: str | Path | None = None,
                        select: Sequence[int] | None = None) -> DocumentSplit:
     """WikiText-2 test documents as lm-eval's `wikitext` task scores them: the first `n` (or those at `select`).
 
     `path`: a WikiText raw file (default: `wikitext-2-raw/wiki.test.raw` under the data dir) or a JSONL of
     `{"page": ...}` rows (the hub data set's rows, exported where it is reachable)."""
-    file = Path(path) if path else find_data_file(WIKITEXT_TEST)
-    if not file.is_file():
-        raise DataError(f"WikiText file not found: {file}")
-    if file.suffix == ".jsonl":
-        pages = _pages_from_jsonl(file)
-    else:
-        with file.open(encoding="utf-8") as fh:  # text mode: "\r\n" and "\r" read as "\n", like the data set script
-            pages = split_wikitext_pages(fh.read())
+    pages, file = read_wikitext_pages(path)
     if n is not None and n < 1:
         raise DataError(f"n must be >= 1, got {n}")
     indices = list(select) if select is not None else list(range(len(pages) if n is None else min(n, len(pages))))
     bad = [i for i in indices if not 0 <= i < len(pages)]
     if bad:
         raise DataError(f"{file}: document indices {bad} outside 0..{len(pages) - 1}")
-    docs = tuple(Document(f"wikitext-test-{i}", pages[i], wikitext_detokenize(pages[i])) for i in indices)
+    docs = tuple(page_document(i, pages[i]) for i in indices)
     if not docs:
         raise DataError(f"{file}: no documents")
     return DocumentSplit("wikitext", docs, str(file), sha256_of(file))
+
+
+def page_offsets(text: str, pages: Sequence[str]) -> list[int]:
+    """The character offset of each page in the raw text it was split from (pages in order, blank ones dropped)."""
+    out, pos = [], 0
+    for i, page in enumerate(pages):
+        found = text.find(page, pos)
+        if found < 0:
+            raise DataError(f"page {i} is not in the text it was split from (a different file?)")
+        out.append(found)
+        pos = found + len(page)
+    return out
+
+
+PAGE_RULE = ("whole pages in file order from the page holding the slice's first character (wrapping to page 0 "
+             "after the last): pages longer than the budget are passed over until one fits, then pages are added "
+             "while the total of lm-eval tokens stays within the budget; the first page that does not fit ends it")
+"""How a run chooses the WikiText-2 pages lm-eval's perplexity scores (`select_pages`), stated in its record."""
+
+
+def select_pages(n_pages: int, first: int, budget: int, tokens_of: Callable[[int], int]) -> list[int]:
+    """Indices of the pages PAGE_RULE chooses from page `first` with `budget` tokens (`tokens_of(i)`: page i's
+    tokens); empty when no page fits. Whole pages, so a run scores at most `budget` tokens."""
+    chosen: list[int] = []
+    total = 0
+    for k in range(n_pages):
+        i = (first + k) % n_pages
+        n = tokens_of(i)
+        if total + n <= budget:
+            chosen.append(i)
+            total += n
+        elif chosen:
+            break
+    return chosen

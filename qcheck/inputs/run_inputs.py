@@ -33,6 +33,8 @@ class EvalText:
     n_chars: int
     n_bytes: int
     n_words: int
+    offset_chars: int = 0
+    """Characters of the file before the slice's first token (where the slice starts in the text)."""
 
     def describe(self) -> dict[str, Any]:
         return {"path": self.source, "sha256": self.sha256, "offset_tokens": self.offset_tokens,
@@ -71,8 +73,61 @@ class RunInputs:
                             f"{MIN_TEXT_TOKENS} (two blocks of 128 for any interval): give a longer --text, more "
                             "--tokens, or a lower --slice")
         text = self.tokenizer.decode(chosen)
+        offset_chars = len(self.tokenizer.decode(ids[:start], clean_up_tokenization_spaces=False)) if start else 0
         return EvalText(list(chosen), text, str(path), sha256_of(path), start, len(text),
-                        len(text.encode("utf-8")), len(text.split()))
+                        len(text.encode("utf-8")), len(text.split()), offset_chars)
+
+    def lm_eval_documents(self, budget: int) -> tuple[list[Any], dict[str, Any]]:
+        """The documents lm-eval's perplexity scores in this run, with how they were chosen (for the record):
+        WikiText-2 pages by `qcheck.inputs.documents.PAGE_RULE` within `budget` lm-eval tokens (none when no page
+        fits), or with --text the run's slice, cut to `budget` tokens, as one document."""
+        key = f"lm_eval:{budget}"
+        if key not in self._cache:
+            self._cache[key] = self._text_document(budget) if self.options.text else self._wikitext_pages(budget)
+        return self._cache[key]
+
+    def _lm_eval_tokens(self, text: str) -> int:
+        """A document's tokens as lm-eval encodes it (the tokenizer's special-token default)."""
+        from qcheck.measure.lm_eval_compat import encode_document, resolve_prefix_token_id
+
+        return len(encode_document(self.tokenizer, text, None, resolve_prefix_token_id(self.tokenizer)))
+
+    def _wikitext_pages(self, budget: int) -> tuple[list[Any], dict[str, Any]]:
+        from bisect import bisect_right
+
+        from qcheck.inputs.data import read_text
+        from qcheck.inputs.documents import PAGE_RULE, page_document, page_offsets, read_wikitext_pages, select_pages
+
+        text = self.eval_text()
+        pages, file = read_wikitext_pages()
+        first = max(0, bisect_right(page_offsets(read_text(file), pages), text.offset_chars) - 1)
+        tokens: dict[int, int] = {}
+
+        def tokens_of(i: int) -> int:
+            if i not in tokens:
+                tokens[i] = self._lm_eval_tokens(page_document(i, pages[i]).text)
+            return tokens[i]
+
+        chosen = select_pages(len(pages), first, budget, tokens_of)
+        docs = [page_document(i, pages[i]) for i in chosen]
+        return docs, {"documents": "WikiText-2 test pages (lm-eval's wikitext documents)", "rule": PAGE_RULE,
+                      "path": str(file), "sha256": sha256_of(file), "budget_tokens": budget,
+                      "slice_offset_tokens": text.offset_tokens, "slice_offset_chars": text.offset_chars,
+                      "start_page": first, "pages": chosen, "n_documents": len(docs),
+                      "tokens": sum(tokens[i] for i in chosen), "words": sum(d.n_words for d in docs),
+                      "bytes": sum(d.n_bytes for d in docs)}
+
+    def _text_document(self, budget: int) -> tuple[list[Any], dict[str, Any]]:
+        from qcheck.inputs.documents import Document
+
+        text = self.eval_text()
+        doc = Document.plain(f"text-slice-{self.options.data_slice}", self.tokenizer.decode(text.ids[:budget]))
+        return [doc], {"documents": "the run's --text slice as one document (not WikiText-2)",
+                       "rule": "the first tokens of the run's --text slice, up to the budget, decoded and scored "
+                               "as one document", "path": text.source, "sha256": text.sha256,
+                       "budget_tokens": budget, "slice_offset_tokens": text.offset_tokens,
+                       "n_documents": 1, "tokens": self._lm_eval_tokens(doc.text), "words": doc.n_words,
+                       "bytes": doc.n_bytes}
 
     def arc(self, n: int) -> Any:
         """ARC-Easy questions [K*n, (K+1)*n) for multiple-choice scoring."""

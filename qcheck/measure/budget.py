@@ -1,8 +1,9 @@
 """What a run measures on which device: slice sizes and the variants each costly measurement covers on a CPU.
 
 On a GPU every variant gets every measurement the selected checks need. On a CPU the slow measurements cover the
-reference, `w4g64` and every variant the user added (plans, PTQ backends); the skip reason says so, and the checks
-that need a skipped measurement skip with it.
+reference, `w4g64` and every variant the user added (plans, PTQ backends); lm-eval's WikiText perplexity covers the
+reference and the user's variants; naming a variant in --variants measures it. The skip reason says so, and the
+checks that need a skipped measurement skip with it.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ ROBUSTNESS_MAX_TOKENS = 64
 CPU_TIMED = (REFERENCE, "int8", "w4g64")
 """Variants timed on CPU: fp32 and two simulated ones (fp32 kernels). fp16/bf16 matmuls are emulated on most CPUs
 and bitsandbytes' CPU path is slow."""
+CPU_LM_EVAL_TOKENS = 2048
+"""lm-eval's WikiText perplexity scores whole pages within this many tokens on CPU (--tokens on a GPU): one forward
+pass of at most 2,048 tokens per subject. Measured on the 2-core CI machine under load: page 0 (1,397 tokens) of
+SmolLM2 in fp32 took 45 s where qcheck's perplexity of 4,096 tokens took 119 s in the same process."""
 SHORT_CONTEXT = 128
 GPU_ONLY = {"latency_casts": "reference casts are timed for the latency ordering on a GPU only",
             "energy": "energy is read from NVML on a GPU only"}
@@ -58,6 +63,10 @@ class Budget:
     @property
     def fidelity_tokens(self) -> int:
         return self.tokens if self.gpu else min(self.tokens, CPU_FIDELITY_TOKENS)
+
+    @property
+    def lm_eval_tokens(self) -> int:
+        return self.tokens if self.gpu else min(self.tokens, CPU_LM_EVAL_TOKENS)
 
     @property
     def robustness_questions(self) -> int:
@@ -100,6 +109,10 @@ def not_measured(measurement: str, variant: str, *, gpu: bool, options: Any, con
             and options.variants is None:
         return (f"robustness on CPU attacks only {', '.join(CPU_ROBUSTNESS_VARIANTS)} besides {REFERENCE} and the "
                 "variants you add (PGD is slow there); name it in --variants or run on a GPU")
+    if measurement == "lm_eval_perplexity" and builtin and options.variants is None:
+        return (f"lm-eval's WikiText perplexity on CPU scores only {REFERENCE} and the variants you add by default "
+                f"(one forward pass over up to {CPU_LM_EVAL_TOKENS} tokens per variant); name {variant} in "
+                "--variants or run on a GPU")
     if measurement == "latency" and variant not in CPU_TIMED:
         return (f"{variant} is not timed on CPU (CPU timing covers {', '.join(CPU_TIMED)}: 16-bit matmuls are "
                 "emulated on most CPUs); GPU runs time every variant")

@@ -47,8 +47,8 @@ class Step:
 
 
 STEPS: dict[str, Step] = {}
-ORDER = ("build", "weights", "perplexity", "perplexity_short", "fidelity", "choice", "generation", "robustness",
-         "latency_casts", "energy", "latency", "rtn_perplexity", "lm_eval_results")
+ORDER = ("build", "weights", "perplexity", "perplexity_short", "lm_eval_perplexity", "fidelity", "choice",
+         "generation", "robustness", "latency_casts", "energy", "latency", "rtn_perplexity", "lm_eval_results")
 """The order a variant's measurements run in (cheap evidence first; timing last on a quiet device)."""
 
 
@@ -134,6 +134,29 @@ def _perplexity_short(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict
     data, settings = _perplexity_of(ctx, s.model, SHORT_CONTEXT)
     data["model_max_context"] = model_context(s.model)
     return data, settings
+
+
+@step("lm_eval_perplexity", "lm-evaluation-harness's word_perplexity, byte_perplexity and bits_per_byte "
+                            "(loglikelihood_rolling, its default settings) on the whole WikiText-2 pages at the "
+                            "run's slice")
+def _lm_eval_perplexity(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    """lm-eval's `wikitext` figures of the subject, so they sit beside a paper's.
+
+    The documents are WikiText-2 test pages chosen from the slice's start (`qcheck.inputs.documents.PAGE_RULE`):
+    whole pages in file order from the page holding the slice's first character, pages longer than the budget
+    passed over until one fits, then pages added while their lm-eval tokens stay within the budget (--tokens; on
+    CPU at most CPU_LM_EVAL_TOKENS). With --text the run's slice, cut to the budget, is one document: lm-eval's
+    definitions apply to any text, and per byte they compare models whose tokenizers differ; the record says it
+    is not WikiText-2. The settings name the pages, tokens, words and bytes."""
+    from qcheck.measure.budget import CPU_LM_EVAL_TOKENS
+    from qcheck.measure.lm_eval_compat import lm_eval_perplexity
+
+    budget = ctx.budget.lm_eval_tokens
+    docs, settings = ctx.inputs.lm_eval_documents(budget)
+    if not docs:
+        raise NotApplicable(f"no whole WikiText-2 page has at most {budget} lm-eval tokens (the budget: --tokens, "
+                            f"at most {CPU_LM_EVAL_TOKENS} on CPU): give more --tokens")
+    return lm_eval_perplexity(s.model, ctx.tokenizer, docs), settings
 
 
 @step("rtn_perplexity", "qcheck's own RTN at a calibrated PTQ variant's bits and group size, for the differential",
