@@ -196,6 +196,115 @@ def assert_perplexity_claim(claimed: float, result: PerplexityResult, *, claimed
         test="relative difference", threshold={"rel_tol": rel_tol}, evidence=evidence))
 
 
+# ---------------------------------------------------------------- lm-eval's document perplexity
+
+LM_EVAL_IDENTITY_TOL = 1e-9
+"""Relative tolerance of the identities that tie lm-eval's figures to the log-likelihood and counts in the same
+record: both are computed from them in float64, so only a wrong formula or a damaged record misses it."""
+LM_EVAL_FIGURES = ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity", "loglikelihood")
+
+
+def _off(a: float, b: float, tol: float = LM_EVAL_IDENTITY_TOL) -> bool:
+    """Whether a and b differ by more than `tol` relative (of the larger magnitude, at least 1)."""
+    return abs(a - b) > tol * max(1.0, abs(a), abs(b))
+
+
+def _lm_eval_problems(data: dict[str, Any]) -> list[str]:
+    """What makes an lm-eval perplexity record impossible: non-finite figures, a log-likelihood above 0, figures
+    that are not their definitions of the recorded log-likelihood and counts, per-document parts that do not add
+    up, windows that do not score each token once at the recorded max_length."""
+    missing = [k for k in (*LM_EVAL_FIGURES[:3], "loglikelihood", "n_words", "n_bytes", "n_tokens") if k not in data]
+    if missing:
+        return [f"the record lacks {', '.join(missing)}"]
+    bad = [f"{k} is {data.get(k)!r}" for k in LM_EVAL_FIGURES
+           if k in data and not (isinstance(data[k], (int, float)) and math.isfinite(data[k]))]
+    if bad:
+        return [f"not finite: {', '.join(bad)}"]
+    ll, words, n_bytes, tokens = data["loglikelihood"], data["n_words"], data["n_bytes"], data["n_tokens"]
+    problems = []
+    if ll > 0:
+        problems.append(f"log-likelihood {ll:.6g} > 0: a sum of log-probabilities cannot exceed 0")
+    docs = data.get("documents") or []
+    for key, part in (("loglikelihood", "loglikelihood"), ("n_words", "words"), ("n_bytes", "bytes"),
+                      ("n_tokens", "tokens"), ("n_windows", "windows")):
+        total = sum(d.get(part, 0) for d in docs)
+        if not math.isfinite(total) or _off(data.get(key, 0), total):
+            problems.append(f"{key} {data.get(key)} is not the sum of its {len(docs)} documents' {part} ({total})")
+    if data.get("n_documents") != len(docs):
+        problems.append(f"n_documents {data.get('n_documents')} but {len(docs)} documents recorded")
+    for key, count, unit in (("word_perplexity", words, "words"), ("byte_perplexity", n_bytes, "bytes"),
+                             ("token_perplexity", tokens, "tokens")):
+        if key in data and count > 0 and _off(data[key], math.exp(-ll / count)):
+            problems.append(f"{key} {data[key]:.6g} is not exp(-loglikelihood / {unit}) = "
+                            f"exp({-ll:.6g} / {count}) = {math.exp(-ll / count):.6g}")
+    if _off(data["bits_per_byte"], math.log2(data["byte_perplexity"])):
+        problems.append(f"bits_per_byte {data['bits_per_byte']:.6g} is not log2(byte_perplexity) = "
+                        f"{math.log2(data['byte_perplexity']):.6g}")
+    if n_bytes >= words and data["byte_perplexity"] > data["word_perplexity"] * (1 + LM_EVAL_IDENTITY_TOL):
+        problems.append(f"byte_perplexity {data['byte_perplexity']:.6g} > word_perplexity "
+                        f"{data['word_perplexity']:.6g} although the pages hold more bytes ({n_bytes}) than words "
+                        f"({words})")
+    max_length = (data.get("settings") or {}).get("max_length")
+    if max_length:
+        wrong = [f"{d.get('id')}: {d.get('windows')} windows for {d.get('tokens')} tokens"
+                 for d in docs if d.get("windows") != math.ceil(d.get("tokens", 0) / max_length)]
+        if wrong:
+            problems.append(f"windows do not score each token once at max_length {max_length} "
+                            f"(ceil(tokens / max_length) each): {'; '.join(wrong[:3])}")
+    return problems
+
+
+def _qcheck_side(perplexity: PerplexityResult | None, variant: str) -> str:
+    """qcheck's own figure of the same subject, as the PASS message states it."""
+    if perplexity is None:
+        return f"qcheck's perplexity of {variant} is not in this run's records"
+    return (f"qcheck's perplexity of {variant} {perplexity.perplexity:.4f} per token (context {perplexity.context}, "
+            f"stride {perplexity.stride}, {perplexity.n_tokens} tokens of the run's slice)")
+
+
+def judge_lm_eval_perplexity(record: Any, perplexity: PerplexityResult | None, *, variant: str) -> CheckResult:
+    """lm-eval's document perplexity of a subject (`word_perplexity`, `byte_perplexity`, `bits_per_byte` from the
+    lm_eval_perplexity record) is finite and is what its definitions give from the log-likelihood, words, bytes,
+    tokens and windows recorded with it; PASS states it beside qcheck's token perplexity of the same subject and
+    names why the two differ. A measurement stopped by NaN/inf logits FAILs; a SKIPPED record skips."""
+    from qcheck.records import MeasurementError, RecordStatus
+
+    name = "lm_eval_perplexity"
+    if record is None:
+        raise DataError(f"no lm_eval_perplexity record for {variant}")
+    if record.status == RecordStatus.SKIPPED:
+        return CheckResult(name, Status.SKIPPED, record.reason, variant=variant)
+    if record.status == RecordStatus.ERROR and record.data.get("error_type") != "NonFiniteError":
+        raise MeasurementError(record)
+    data, where = record.data, record.settings
+    problems = ([f"not finite: {record.reason}"] if record.status == RecordStatus.ERROR
+                else _lm_eval_problems(data))
+    ours = perplexity.to_dict(with_windows=False) if perplexity is not None else None
+    evidence = {"lm_eval": {k: data.get(k) for k in (*LM_EVAL_FIGURES, "n_documents", "n_words", "n_bytes",
+                                                     "n_tokens", "n_windows", "settings", "definition")},
+                "documents": where, "qcheck_perplexity": ours,
+                "differs_from_qcheck_perplexity": list(data.get("differs_from_qcheck_perplexity") or [])}
+    if problems:
+        status = Status.FAIL
+        message = f"lm-eval's perplexity record of {variant} is impossible: " + "; ".join(problems)
+    else:
+        status = Status.PASS
+        pages = f" (pages {where['pages']})" if where.get("pages") else ""
+        message = (f"lm-eval (loglikelihood_rolling, max_length {data['settings']['max_length']}) on "
+                   f"{data['n_documents']} document(s) of {where.get('documents', 'the run')}{pages}, "
+                   f"{data['n_tokens']} tokens, {data['n_words']} words, {data['n_bytes']} bytes: word_perplexity "
+                   f"{data['word_perplexity']:.4f}, byte_perplexity {data['byte_perplexity']:.4f}, bits_per_byte "
+                   f"{data['bits_per_byte']:.4f}; {_qcheck_side(perplexity, variant)}. Different quantities: "
+                   + "; ".join(evidence["differs_from_qcheck_perplexity"]))
+    return raise_if_failed(CheckResult(
+        name, status, message, variant=variant, n=data.get("n_tokens"),
+        compared=f"lm-eval's word_perplexity, byte_perplexity and bits_per_byte of {variant} against the "
+                 "log-likelihood, words, bytes, tokens and windows they are computed from",
+        test="identities: exp(-LL / words), exp(-LL / bytes), bits_per_byte = log2(byte_perplexity), per-document "
+             "sums, ceil(tokens / max_length) windows per document, LL <= 0, finite",
+        threshold={"rel_tol": LM_EVAL_IDENTITY_TOL}, evidence=evidence))
+
+
 # ---------------------------------------------------------------- \boxed{} format
 
 def _outputs(side: GenerationRun | Sequence[Generation | str]) -> list[Generation]:
