@@ -87,10 +87,27 @@ def _energy(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+LM_EVAL_COLUMNS = {"word_perplexity": "word_perplexity (lm-eval)", "byte_perplexity": "byte_perplexity (lm-eval)"}
+"""lm-eval's figures as the variant tables name them: lm-eval's own names, marked as lm-eval's."""
+
+
+def _lm_eval_perplexity(data: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval's word and byte perplexity as report metrics, each with what it was computed on and why it differs
+    from qcheck's perplexity."""
+    settings = data.get("settings") or {}
+    shared = {"higher_is_better": False, "definition": data.get("definition"), "n_documents": data.get("n_documents"),
+              "n_tokens": data.get("n_tokens"), "max_length": settings.get("max_length"),
+              "differs_from_qcheck_perplexity": list(data.get("differs_from_qcheck_perplexity") or [])}
+    units = {"word_perplexity": ("word", "n_words"), "byte_perplexity": ("byte", "n_bytes")}
+    return {label: {"value": data[key], "unit": units[key][0], units[key][1]: data.get(units[key][1]), **shared}
+            for key, label in LM_EVAL_COLUMNS.items() if key in data}
+
+
 _RENDER = {
     "perplexity": lambda d: {"perplexity": perplexity_metric(d)},
     "perplexity_short": lambda d: {"perplexity_context128": perplexity_metric(d)},
     "rtn_perplexity": lambda d: {"rtn_perplexity": perplexity_metric(d)},
+    "lm_eval_perplexity": _lm_eval_perplexity,
     "fidelity": _fidelity,
     "choice": lambda d: {"arc_accuracy": d},
     "generation": lambda d: {"boxed_rate": d["boxed"]},

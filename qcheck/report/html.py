@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qcheck.report.io import atomic_write_text
-from qcheck.report.metrics import METRIC_COLUMNS, fmt, metric_cell
+from qcheck.report.metrics import METRIC_COLUMNS, fmt, lm_eval_note, metric_cell
 from qcheck.report.plots import (
     mixed_variants,
     perplexity_notes,
@@ -128,7 +128,9 @@ def _variants(data: dict[str, Any]) -> list[str]:
                  e(fmt(bits) if bits is not None else "")]
         cells += [e(metric_cell(v.get("metrics", {}).get(c))) for c in cols]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return [f"<h2>Variants</h2><table><tr>{head}</tr>{''.join(body)}</table>"]
+    note = lm_eval_note(variants)
+    return [f"<h2>Variants</h2><table><tr>{head}</tr>{''.join(body)}</table>"
+            + (f'<p class="note">{e(note)}</p>' if note else "")]
 
 
 def _evidence(check: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qcheck.report.io import Reportable, atomic_write_text, report_data
-from qcheck.report.metrics import METRIC_COLUMNS, metric_cell
+from qcheck.report.metrics import METRIC_COLUMNS, lm_eval_note, metric_cell
 from qcheck.report.sections import anchor, attention, basis, reason, skipped_groups, verdict_sentence, with_status
 
 EVIDENCE_CHARS = 4000
@@ -82,7 +82,8 @@ def _variants(data: dict[str, Any]) -> list[str]:
         layers = f"{s.get('applied', '')}/{s.get('layers', '')}" if s else ""
         row = [cell(_inline(metric_cell(v.get("metrics", {}).get(c)))) for c in cols]
         lines.append(f"| {cell(name)} | {layers} | " + " | ".join(row) + " |")
-    return lines + [""]
+    note = lm_eval_note(variants)
+    return lines + [""] + ([_inline(note), ""] if note else [])
 
 
 def _passed(data: dict[str, Any]) -> list[str]:

@@ -17,9 +17,10 @@ from qcheck.results import to_jsonable
 
 VALUE_KEYS = ("value", "perplexity", "estimate", "rate", "median_ms", "mean")
 """Where a metric dict keeps its value, in order of preference."""
-METRIC_COLUMNS = ("perplexity", "sqnr_db", "kl_mean", "top1_agreement", "boxed_rate", "arc_accuracy",
-                  "clean_accuracy", "robust_accuracy", "latency_ms")
+METRIC_COLUMNS = ("perplexity", "word_perplexity (lm-eval)", "byte_perplexity (lm-eval)", "sqnr_db", "kl_mean",
+                  "top1_agreement", "boxed_rate", "arc_accuracy", "clean_accuracy", "robust_accuracy", "latency_ms")
 """The metrics the variant tables show, in column order."""
+LM_EVAL_METRICS = ("word_perplexity (lm-eval)", "byte_perplexity (lm-eval)")
 
 
 def _number(value: Any) -> float | None:
@@ -124,3 +125,19 @@ def metric_cell(value: Any) -> str:
         return f"{text} [{fmt(interval[0])}, {fmt(interval[1])}]"
     note = interval_note(value)
     return f"{text} — {note}" if note else text
+
+
+def lm_eval_note(variants: dict[str, Any]) -> str | None:
+    """Under a variant table holding lm-eval's figures: what they and qcheck's `perplexity` are and why they differ
+    (the differences recorded with the figures), or None when no variant has them."""
+    metric = next((m.get(k) for m in (v.get("metrics") or {} for v in variants.values()) for k in LM_EVAL_METRICS
+                   if isinstance(m.get(k), dict)), None)
+    if metric is None:
+        return None
+    differences = metric.get("differs_from_qcheck_perplexity") or []
+    return ("perplexity is qcheck's: per token of the run's slice, at the run's context. word_perplexity (lm-eval) "
+            "and byte_perplexity (lm-eval) are what lm-evaluation-harness's wikitext task computes "
+            f"(loglikelihood_rolling, max_length {metric.get('max_length')}) for the {metric.get('n_documents')} "
+            f"whole document(s), {metric.get('n_tokens')} tokens, that the records name: compare them with lm-eval "
+            "figures on the same documents. They differ from qcheck's perplexity on purpose: "
+            + "; ".join(differences) + ".")
