@@ -93,6 +93,24 @@ def test_chunked_head_gives_the_plain_figures(tiny_folder, monkeypatch):
         assert math.isclose(chunked[key], plain[key], rel_tol=1e-6), (key, chunked[key], plain[key])
 
 
+def test_a_model_that_scales_its_logits_after_the_head_is_scored_from_its_own_logits(tiny_folder):
+    """Like Gemma's soft-capping or Cohere's logit scale: head(decoder(ids)) is not the model's logits."""
+    from qcheck.inputs.models import load_model
+
+    model = load_model(str(tiny_folder), cache=True).model
+
+    def scale(module, args, output):
+        output.logits = output.logits * 0.5
+        return output
+
+    hook = model.register_forward_hook(scale)
+    try:
+        assert lm_eval_compat.split_head(model, [1, 2, 3]) is None
+    finally:
+        hook.remove()
+    assert lm_eval_compat.split_head(model, [1, 2, 3]) is not None
+
+
 def test_cpu_default_run_measures_the_reference_and_added_variants_only():
     default, named = RunOptions(), RunOptions(variants=("int8",))
     assert not_measured("lm_eval_perplexity", "fp32", gpu=False, options=default, context=1024) is None
