@@ -213,7 +213,10 @@ def _gguf_cache_folder(path: Path, dtype: torch.dtype) -> Path | None:
         return None
     if path.stat().st_size > GGUF_CACHE_MAX_FILE:
         return None
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "qcheck"
+    try:
+        base = Path(root).expanduser() if root else Path.home() / ".cache" / "qcheck"
+    except RuntimeError:  # no home folder to be found: no cache
+        return None
     stat = path.stat()
     stamp = (str(path), stat.st_size, stat.st_mtime_ns)
     if stamp not in _DIGESTS:
