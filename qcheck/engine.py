@@ -161,19 +161,12 @@ def check_memory(options: RunOptions, device: Any) -> None:
     """Refuse, before the reference is loaded, a run whose memory lower bound exceeds the device's free memory
     (`qcheck.inputs.fit`): a 70B model on a 24 GB machine is bad input with the figures, not an OOM kill."""
     from qcheck.inputs.fit import available_bytes, check_fits, memory_need, model_size
-    from qcheck.inputs.models import _gguf_cache_folder, resolve_source
+    from qcheck.inputs.models import config_folder
     from qcheck.quant.plan import Plan
     from qcheck.quant.spec import BnbSpec
     from qcheck.variants import builtin_plan
 
-    path, kind = resolve_source(options.model)
-    if kind == "hf-folder":
-        cached = None
-    else:
-        import torch
-
-        cached = _gguf_cache_folder(path, torch.float32)
-    size = model_size(path, kind, cached)
+    size = model_size(config_folder(options.model))
     if size is None:
         return
     count, vocab = size

@@ -57,12 +57,11 @@ class MemoryNeed:
                 "qcheck does not shard a model over several devices or offload it yet")
 
 
-def model_size(path: Path, kind: str, cached_folder: Path | None = None, trust_remote_code: bool = False
-               ) -> tuple[int, int] | None:
-    """(parameters, vocabulary size) from the model's config, instantiated on the meta device (tied weights counted
-    once); None when the config cannot be read or instantiated without its weights (the run is not pre-checked)."""
-    folder = path if kind == "hf-folder" else cached_folder
-    if folder is None or not (folder / "config.json").is_file():
+def model_size(folder: Path | None, trust_remote_code: bool = False) -> tuple[int, int] | None:
+    """(parameters, vocabulary size) from the config in `folder`, instantiated on the meta device (tied weights
+    counted once); None without a folder or when the config cannot be instantiated without its weights (the run is
+    then not pre-checked)."""
+    if folder is None:
         return None
     try:
         import torch

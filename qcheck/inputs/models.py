@@ -201,6 +201,14 @@ def _load_gguf(path: Path, dtype: torch.dtype, kwargs: dict[str, Any], notes: li
     return model, tokenizer
 
 
+def config_folder(source: str | os.PathLike[str] | None) -> Path | None:
+    """The folder holding the source's config.json without loading anything: an HF folder itself, a GGUF file's
+    cached conversion when there is one, else None."""
+    path, kind = resolve_source(source)
+    folder = path if kind == "hf-folder" else _gguf_cache_folder(path, torch.float32)
+    return folder if folder is not None and (folder / "config.json").is_file() else None
+
+
 def _gguf_cache_folder(path: Path, dtype: torch.dtype) -> Path | None:
     """The cache folder of this GGUF file's conversion: keyed by the file's content hash, the dtype and the
     transformers version (a newer dequantizer may convert differently); None when caching is off."""

@@ -19,7 +19,7 @@ def _llama70b_folder(path):
 
 def test_a_70b_model_on_this_machine_is_refused_before_loading(tmp_path, capsys):
     folder = _llama70b_folder(tmp_path / "llama-70b")
-    params, vocab = model_size(folder, "hf-folder")
+    params, vocab = model_size(folder)
     assert 70.5e9 < params < 70.6e9 and vocab == 128256  # Llama-3-70B: 70.6B parameters
     assert main(["run", "--model", str(folder), "--device", "cpu", "--variants", "fp16,int8,bnb-nf4",
                  "--out", str(tmp_path / "rep")]) == 2
