@@ -190,27 +190,26 @@ class _Stream:
     """One model's way to logits: decoder hidden states per window, then the output head per chunk."""
 
     def __init__(self, model: nn.Module, probe: torch.Tensor) -> None:
+        from qcheck.measure.head import split_head
+
         self.model = model
         self.device = next(model.parameters()).device
         self.path = FULL_PATH
         self.note = ""
-        base = getattr(model, "base_model", None)
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if base is not None and base is not model and head is not None:
-            probe = probe.to(self.device)
-            full = model(input_ids=probe, use_cache=False).logits.float()
-            hidden = base(input_ids=probe, use_cache=False).last_hidden_state
-            split = head(hidden).float()
-            if full.shape == split.shape and torch.allclose(full, split, rtol=1e-5, atol=1e-5):
-                self.path, self.base, self.head = HEAD_PATH, base, head
-            else:
-                self.note = "logits are not head(decoder(x)) on a probe (e.g. logit scaling): full logits per window"
+        split = split_head(model, probe, tol=1e-5)
+        if split is not None:
+            self.path, (self.base, self.head) = HEAD_PATH, split
+        elif getattr(model, "base_model", model) is not model and getattr(model, "get_output_embeddings",
+                                                                          lambda: None)() is not None:
+            self.note = "logits are not head(decoder(x)) on a probe (e.g. logit scaling): full logits per window"
 
     def states(self, inp: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Per-position states: final hidden states (head path) or full logits (fallback)."""
+        from qcheck.measure.head import decoder_states
+
         inp, attn = inp.to(self.device), attn.to(self.device)
         if self.path == HEAD_PATH:
-            return self.base(input_ids=inp, attention_mask=attn, use_cache=False).last_hidden_state
+            return decoder_states(self.base, inp, attn)
         return self.model(input_ids=inp, attention_mask=attn, use_cache=False).logits
 
     def logits(self, rows: torch.Tensor, out_device: torch.device) -> torch.Tensor:

@@ -29,6 +29,7 @@ from torch import nn
 
 from qcheck.errors import ConfigError, DataError
 from qcheck.inputs.documents import Document
+from qcheck.measure.head import decoder_states
 from qcheck.measure.perplexity import NonFiniteError
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656
@@ -133,35 +134,15 @@ PROBE_TOKENS = 16
 """Tokens of the first window fed both ways to check that head(decoder(ids)) is the model's own logits."""
 
 
-def _hidden(decoder: nn.Module, inp: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """The decoder's last hidden states ([batch, width, hidden])."""
-    out = decoder(input_ids=inp, attention_mask=attn)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-
-@torch.no_grad()
 def split_head(model: nn.Module, probe: Sequence[int]) -> tuple[nn.Module, nn.Module] | None:
-    """(decoder, output head) when the model's logits are head(decoder(ids)), checked on `probe`; else None, and
-    windows are scored from the model's own logits. A model that scales or caps its logits after the head (Gemma's
-    soft-capping, Cohere's logit scale) or upcasts them differs on the probe and is scored the plain way."""
-    get_decoder = getattr(model, "get_decoder", None)
-    get_head = getattr(model, "get_output_embeddings", None)
-    if get_decoder is None or get_head is None:
-        return None
-    try:
-        decoder, head = get_decoder(), get_head()
-        if decoder is None or head is None or decoder is model:
-            return None
-        device = next(model.parameters()).device
-        inp = torch.tensor([list(probe)[:PROBE_TOKENS]], dtype=torch.long, device=device)
-        attn = torch.ones_like(inp)
-        full = model(input_ids=inp, attention_mask=attn).logits
-        split = head(_hidden(decoder, inp, attn))
-    except Exception:  # noqa: BLE001 - any model the split path does not fit is scored from its own logits
-        return None
-    same = full.shape == split.shape and full.dtype == split.dtype and torch.allclose(full, split, rtol=1e-4,
-                                                                                        atol=1e-4)
-    return (decoder, head) if same else None
+    """(decoder, output head) when the model's logits are head(decoder(ids)) in value and dtype on the first
+    PROBE_TOKENS of `probe` (`qcheck.measure.head.split_head`); else None, and windows are scored from the model's
+    own logits (a model that upcasts its logits after the head would change lm-eval's softmax dtype)."""
+    from qcheck.measure.head import split_head as split
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(probe)[:PROBE_TOKENS]], dtype=torch.long, device=device)
+    return split(model, ids, tol=1e-4, same_dtype=True)
 
 
 def _logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
@@ -210,7 +191,7 @@ def _window_loglikelihoods(model: nn.Module, windows: Sequence[tuple[list[int], 
             attn[row, : len(inp)] = 1
         ids, attn = ids.to(device), attn.to(device)
         if split is not None:
-            states, first = _hidden(split[0], ids, attn), 0
+            states, first = decoder_states(split[0], ids, attn), 0
         else:
             states = _logits(model, ids, attn, keep)
             first = width - states.shape[1]

@@ -1,0 +1,35 @@
+"""A causal LM's output head apart from its decoder. Where the model's logits are head(decoder(ids)), checked on a
+probe, scoring runs the head on a chunk of positions at a time instead of holding a window's logits over the whole
+vocabulary. A model that scales or caps its logits after the head (Gemma's soft-capping, Cohere's logit scale)
+differs on the probe and is scored from its own logits."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def decoder_states(decoder: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """The decoder's last hidden states ([batch, width, hidden])."""
+    out = decoder(input_ids=ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+@torch.no_grad()
+def split_head(model: nn.Module, probe: torch.Tensor, *, tol: float, same_dtype: bool = False
+               ) -> tuple[nn.Module, nn.Module] | None:
+    """(decoder, output head) when the model's logits equal head(decoder(probe)) within `tol` (relative and
+    absolute; with same_dtype also in dtype), else None. `probe`: token ids [1, n]."""
+    decoder = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is None or decoder is model or head is None:
+        return None
+    try:
+        probe = probe.to(next(model.parameters()).device)
+        full = model(input_ids=probe, use_cache=False).logits
+        split = head(decoder_states(decoder, probe))
+    except Exception:  # noqa: BLE001 - a model the split path does not fit is scored from its own logits
+        return None
+    if full.shape != split.shape or (same_dtype and full.dtype != split.dtype):
+        return None
+    return (decoder, head) if torch.allclose(full.float(), split.float(), rtol=tol, atol=tol) else None
