@@ -204,9 +204,9 @@ record: both are computed from them in float64, so only a wrong formula or a dam
 LM_EVAL_FIGURES = ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity", "loglikelihood")
 
 
-def _off(a: float, b: float, tol: float = LM_EVAL_IDENTITY_TOL) -> bool:
-    """Whether a and b differ by more than `tol` relative (of the larger magnitude, at least 1)."""
-    return abs(a - b) > tol * max(1.0, abs(a), abs(b))
+def _off(a: float, b: float) -> bool:
+    """Whether a and b differ by more than LM_EVAL_IDENTITY_TOL relative (of the larger magnitude, at least 1)."""
+    return not math.isclose(a, b, rel_tol=LM_EVAL_IDENTITY_TOL, abs_tol=LM_EVAL_IDENTITY_TOL)
 
 
 def _lm_eval_problems(data: dict[str, Any]) -> list[str]:
