@@ -58,10 +58,12 @@ def plain_loop(model: torch.nn.Module, ids: torch.Tensor, context: int = CONTEXT
     return math.exp(total / count)
 
 
-def qcheck_batched(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, context: int = CONTEXT) -> float:
+def qcheck_batched(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, compiled: bool = False,
+                   context: int = CONTEXT) -> float:
     from qcheck.measure.perplexity import perplexity_of_ids
 
-    return perplexity_of_ids(model, ids, context=context, batch_size=batch_size, pad_id=2).perplexity
+    return perplexity_of_ids(model, ids, context=context, batch_size=batch_size, pad_id=2,
+                             compile_decoder=compiled).perplexity
 
 
 def timed(fn: Callable[..., float], args: tuple[Any, ...], device: str, repeats: int) -> tuple[float, list[float]]:
@@ -89,8 +91,9 @@ def describe_device(device: str) -> dict[str, Any]:
 
 
 def run(device: str, tokens: int, batch_sizes: list[int], dtypes: list[str], repeats: int,
-        quick: bool) -> dict[str, Any]:
-    """Tokens/s of the plain loop and of qcheck at each batch size, per dtype, with the figures compared."""
+        quick: bool, compiled: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Tokens/s of the plain loop and of qcheck at each batch size (and with a compiled decoder at the `compiled`
+    batch sizes: compilation happens in the untimed warm-up call), per dtype, with the figures compared."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     out: dict[str, Any] = {"device": describe_device(device), "tokens": tokens,
@@ -100,12 +103,14 @@ def run(device: str, tokens: int, batch_sizes: list[int], dtypes: list[str], rep
         ids = random_ids(tokens, model.config.vocab_size)
         ref_value, ref_times = timed(plain_loop, (model, ids), device, repeats)
         entry: dict[str, Any] = {"plain": {"perplexity": ref_value, "seconds": ref_times,
-                                           "tokens_per_s": tokens / statistics.median(ref_times)}}
-        for bs in batch_sizes:
-            value, times = timed(qcheck_batched, (model, ids, bs), device, repeats)
+                                           "tokens_per_s": tokens / statistics.median(ref_times),
+                                           "median_s": statistics.median(ref_times)}}
+        runs = [(bs, False) for bs in batch_sizes] + [(bs, True) for bs in compiled]
+        for bs, comp in runs:
+            value, times = timed(qcheck_batched, (model, ids, bs, comp), device, repeats)
             tps = tokens / statistics.median(times)
-            entry[f"qcheck_b{bs}"] = {"perplexity": value, "seconds": times, "tokens_per_s": tps,
-                                      "speedup": tps / entry["plain"]["tokens_per_s"],
+            entry[f"qcheck_b{bs}" + ("_compiled" if comp else "")] = {"perplexity": value, "seconds": times, "tokens_per_s": tps,
+                                      "speedup": tps / entry["plain"]["tokens_per_s"], "median_s": statistics.median(times),
                                       "relative_difference": abs(value / ref_value - 1)}
         out["results"][name] = entry
         del model
@@ -117,10 +122,12 @@ def run(device: str, tokens: int, batch_sizes: list[int], dtypes: list[str], rep
 def markdown(data: dict[str, Any]) -> str:
     title = (f"Perplexity throughput, {data['tokens']:,} random tokens, context {data['context']}, non-overlapping "
              f"windows, median of {data['repeats']} ({data['device'].get('name', data['device'].get('device'))})")
-    lines = [title, "", "| dtype | method | tokens/s | speedup vs plain | perplexity | rel. diff |", "|---|---|---|---|---|---|"]
+    lines = [title, "", "| dtype | method | seconds | tokens/s | speedup vs plain | perplexity | rel. diff |",
+             "|---|---|---|---|---|---|---|"]
     for dtype, entry in data["results"].items():
         for method, r in entry.items():
-            lines.append(f"| {dtype} | {method} | {r['tokens_per_s']:,.0f} | {r.get('speedup', 1.0):.2f}x | "
+            lines.append(f"| {dtype} | {method} | {r['median_s']:.3f} | {r['tokens_per_s']:,.0f} | "
+                         f"{r.get('speedup', 1.0):.2f}x | "
                          f"{r['perplexity']:.4f} | {r.get('relative_difference', 0.0):.1e} |")
     return "\n".join(lines) + "\n"
 
@@ -146,13 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=131072)
     parser.add_argument("--batch-sizes", default="8,32")
     parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--compiled-batch-sizes", default="", help="batch sizes also timed with a compiled decoder")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny model (checks the script, not a benchmark)")
     parser.add_argument("--out", default=None, help="folder for bench_perplexity.json / .md")
     args = parser.parse_args(argv)
     tokens = min(args.tokens, 8192) if args.quick else args.tokens
     data = run(args.device, tokens, [int(b) for b in args.batch_sizes.split(",")], args.dtypes.split(","),
-               args.repeats, args.quick)
+               args.repeats, args.quick, tuple(int(b) for b in args.compiled_batch_sizes.split(",") if b))
     data["problems"] = gate(data)
     text = markdown(data)
     print(text)

@@ -76,9 +76,19 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
         largest = max((v for k, v in sizes.items() if k != "fp32" and v), default=0.0)
         peak = records["meta"].get("peak_memory", {})
         per_measurement: dict[str, float] = {}
+        per_variant: dict[str, dict[str, float]] = {}
+        generation: dict[str, dict[str, Any]] = {}
         for r in records["records"]:
             if r.get("seconds"):
                 per_measurement[r["measurement"]] = per_measurement.get(r["measurement"], 0.0) + r["seconds"]
+                per_variant.setdefault(r["variant"], {})[r["measurement"]] = round(r["seconds"], 2)
+            if r["measurement"] == "generation" and r["status"] == "ok":
+                gen = r["data"]["run"]
+                new = sum(o["n_new_tokens"] for o in gen["outputs"])
+                generation[r["variant"]] = {"seconds": round(gen["seconds"], 2), "prompts": len(gen["outputs"]),
+                                            "new_tokens": new, "batch_size": gen["extra"].get("batch_size"),
+                                            "longest": max(o["n_new_tokens"] for o in gen["outputs"]),
+                                            "tokens_per_s": round(new / max(gen["seconds"], 1e-9), 1)}
         row.update(status=report["status"], counts=report["counts"], weights_mb=sizes, peak_memory=peak,
                    complete=report["complete"], unfinished=len(report.get("unfinished") or []),
                    bar_mb=round(1.3 * (reference + largest), 1),
@@ -86,7 +96,8 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                                                      if peak.get("gpu_max_allocated_mb") else None),
                    variant_seconds=records["meta"].get("variant_seconds"),
                    measurement_seconds={k: round(v, 1) for k, v in sorted(per_measurement.items(),
-                                                                          key=lambda kv: -kv[1])})
+                                                                          key=lambda kv: -kv[1])},
+                   seconds_by_variant=per_variant, generation=generation)
     return row
 
 

@@ -218,6 +218,7 @@ def measure_run(ctx: RunContext, needs: Needs, progress: Any = None, *, referenc
         if name == REFERENCE and not wanted.get(REFERENCE):
             measurements = ["build"]
         _measure_subject(ctx, name, measurements, progress)
+        ctx.store.meta["peak_memory"] = peak_memory(ctx.device)  # after each subject: an interrupted run keeps it
     ctx.store.meta["data"].update(_data_descriptions(ctx))
     ctx.store.meta["peak_memory"] = peak_memory(ctx.device)
     return ctx.store

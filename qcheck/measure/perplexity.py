@@ -153,13 +153,39 @@ def _forward_logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, kee
     width = inp.shape[1]
     if keep < width:
         try:
-            logits = model(input_ids=inp, attention_mask=attn, logits_to_keep=keep).logits
+            logits = model(input_ids=inp, attention_mask=attn, logits_to_keep=keep, use_cache=False).logits
         except TypeError:
             logits = model(input_ids=inp, attention_mask=attn).logits
         if logits.shape[1] in (keep, width):
             return logits[:, -keep:]
         raise DataError(f"model returned logits for {logits.shape[1]} positions, expected {keep} or {width}")
-    return model(input_ids=inp, attention_mask=attn).logits
+    return model(input_ids=inp, attention_mask=attn, use_cache=False).logits
+
+
+HEAD_CHUNK_BYTES = 1 << 30
+"""fp32 logits held at once on the head path: rows per chunk = this / (vocabulary x 4 bytes), 5,461 rows for
+SmolLM2's 49,152 tokens, 2,092 for Llama 3's 128,256. A 64-window GPU batch would otherwise hold 13 GB of logits."""
+PROBE_TOKENS = 16
+
+
+def _head_path(model: nn.Module, ids: torch.Tensor, compile_decoder: bool) -> tuple[nn.Module, nn.Module] | None:
+    """(decoder, head) where the model's logits are head(decoder(ids)) on a probe of the text, else None."""
+    from qcheck.measure.head import split_head
+
+    split = split_head(model, ids[:PROBE_TOKENS].unsqueeze(0), tol=1e-5)
+    if split is None or not compile_decoder:
+        return split
+    return torch.compile(split[0]), split[1]
+
+
+def _head_nll(head: nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row NLL (float64) of `targets` under head(states), the head run on HEAD_CHUNK_BYTES of logits at a time."""
+    vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])
+    rows = max(1, HEAD_CHUNK_BYTES // (4 * vocab))
+    parts = [torch.nn.functional.cross_entropy(head(states[i: i + rows]).float(), targets[i: i + rows],
+                                               reduction="none").double()
+             for i in range(0, states.shape[0], rows)]
+    return torch.cat(parts) if parts else states.new_zeros(0, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -171,11 +197,15 @@ def perplexity_of_ids(
     stride: int | None = None,
     batch_size: int = 4,
     pad_id: int = 0,
+    compile_decoder: bool = False,
 ) -> PerplexityResult:
     """Strided perplexity of one token sequence under `model` (NLL accumulated in float64).
 
-    Batched with right padding; only the scored positions go through the log-softmax (and, where the model
-    supports `logits_to_keep`, through the output head), so padding and context tokens cost no head FLOPs.
+    Batched with right padding; only the scored positions go through the output head and the log-softmax, so
+    padding and context tokens cost no head FLOPs. Where the logits are head(decoder(x)) (checked on a probe of the
+    text), the head runs on the scored positions' hidden states in chunks and a batch's full logits never exist;
+    otherwise the model's own logits are used (`logits_to_keep` where it takes it). `compile_decoder` runs the
+    decoder through torch.compile (worth it for long texts on a GPU, where eager small models are host-bound).
     Per-token NLLs (text order, at `scored_positions(...)`) are kept in `token_nll`.
     """
     import time
@@ -192,6 +222,7 @@ def perplexity_of_ids(
     window_parts: list[torch.Tensor] = []
     count_parts: list[torch.Tensor] = []
     start = time.perf_counter()
+    split = _head_path(model, ids_t, compile_decoder)
     for i in range(0, len(spans), batch_size):
         batch = spans[i: i + batch_size]
         width = max(e - b for b, e, _ in batch)
@@ -202,15 +233,20 @@ def perplexity_of_ids(
             inp[row, : e - b] = ids_t[b:e]
             attn[row, : e - b] = 1
             score[row, e - b - n: e - b] = True
-        # logits at position t predict token t+1: the first predicting position is one before the first scored
-        keep = width - min(e - b - n for b, e, n in batch) + 1
         inp, attn, score = inp.to(device), attn.to(device), score.to(device)
-        logits = _forward_logits(model, inp, attn, min(keep, width))
-        first = width - logits.shape[1]  # the position of logits[:, 0]
-        predictors = logits[:, :-1]
-        mask = score[:, 1:][:, first:]
-        targets = inp[:, 1:][:, first:]
-        nll = _scored_nll(predictors[mask], targets[mask])
+        if split is not None:
+            from qcheck.measure.head import decoder_states
+
+            # the state at position t predicts token t+1
+            mask = score[:, 1:]
+            nll = _head_nll(split[1], decoder_states(split[0], inp, attn)[:, :-1][mask], inp[:, 1:][mask])
+        else:
+            # logits at position t predict token t+1: the first predicting position is one before the first scored
+            keep = width - min(e - b - n for b, e, n in batch) + 1
+            logits = _forward_logits(model, inp, attn, min(keep, width))
+            first = width - logits.shape[1]  # the position of logits[:, 0]
+            mask = score[:, 1:][:, first:]
+            nll = _scored_nll(logits[:, :-1][mask], inp[:, 1:][:, first:][mask])
         rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(mask)[mask]
         token_parts.append(nll)
         window_parts.append(torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, nll))

@@ -1,0 +1,142 @@
+"""Greedy generation speed by dtype and KV cache, with a profile of where a decoding step's time goes (issue 20).
+
+    python benchmarks/bench_generation.py --tokenizer .device/smollm2-tokenizer --out DIR
+
+A random-init model of SmolLM2-135M's shape (weights' values do not change kernel times; generation never stops
+early on random weights, so every prompt runs the whole budget) generates greedy continuations of the first
+--prompts GSM8K questions with qcheck's few-shot prompt, all prompts in one left-padded batch, as `qcheck run`
+does on a GPU. Per dtype and cache: seconds of the first and second call (a static cache compiles on the first),
+seconds per decoding step, and whether the tokens equal the dynamic cache's. With --profile, one short call per
+dtype runs under torch.profiler and the top operators by host time and by device time are listed: the 16-bit
+decoding steps that cost more than fp32 ones on an H200 are explained from that table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _output import save
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def build(dtype: torch.dtype, device: str, quick: bool) -> torch.nn.Module:
+    from qcheck.inputs.models import random_init_like, smollm2_config, tiny_llama_config
+
+    config = tiny_llama_config(vocab_size=49152) if quick else smollm2_config()
+    return random_init_like(config, seed=0, dtype=dtype, device=device)
+
+
+def timed_generate(model: torch.nn.Module, tokenizer: Any, questions: list[str], new_tokens: int, cache: str
+                   ) -> tuple[float, list[str]]:
+    from qcheck.measure.generation import GenerationSettings, generate_answers
+
+    settings = GenerationSettings(max_new_tokens=new_tokens, batch_size=len(questions), cache=cache,
+                                  prompt="gsm8k_3shot")
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run = generate_answers(model, tokenizer, questions, settings)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, run.texts
+
+
+def profile(model: torch.nn.Module, tokenizer: Any, questions: list[str], new_tokens: int, top: int
+            ) -> dict[str, list[dict[str, Any]]]:
+    """Top operators of one generate call by self host time and by self device time (ms, calls)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities) as prof:
+        timed_generate(model, tokenizer, questions, new_tokens, "dynamic")
+    events = prof.key_averages()
+    device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+
+    def rows(key: str) -> list[dict[str, Any]]:
+        ranked = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:top]
+        return [{"op": e.key, "calls": e.count, "ms": round(getattr(e, key, 0) / 1000, 2)} for e in ranked]
+
+    return {"host": rows("self_cpu_time_total"), "device": rows(device_key)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from qcheck.inputs.tasks import load_gsm8k
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    questions = [p.question for p in load_gsm8k(args.prompts).items]
+    out: dict[str, Any] = {"device": args.device, "prompts": len(questions), "new_tokens": args.new_tokens,
+                           "torch": torch.__version__, "results": {}, "profiles": {}}
+    if args.device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name()
+    for name in args.dtypes.split(","):
+        model = build(DTYPES[name], args.device, args.quick)
+        reference_texts = None
+        for cache in args.caches.split(","):
+            first, texts = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+            second, texts2 = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+            reference_texts = reference_texts if reference_texts is not None else texts
+            out["results"][f"{name}/{cache}"] = {
+                "first_s": round(first, 3), "second_s": round(second, 3),
+                "ms_per_step": round(1000 * second / args.new_tokens, 2),
+                "same_tokens_as_first_cache": texts2 == reference_texts, "repeatable": texts == texts2}
+            print(name, cache, out["results"][f"{name}/{cache}"], flush=True)
+        if args.profile:
+            out["profiles"][name] = profile(model, tokenizer, questions, args.profile_tokens, args.top)
+            print(name, "profile", out["profiles"][name], flush=True)
+        del model
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def markdown(data: dict[str, Any]) -> str:
+    title = (f"Greedy generation, {data['prompts']} GSM8K prompts in one batch, {data['new_tokens']} new tokens, "
+             f"random-init SmolLM2-135M shape ({data.get('gpu', data['device'])}, torch {data['torch']})")
+    lines = [title, "",
+             "| dtype / cache | first call s | second call s | ms per step | same tokens as the first cache |",
+             "|---|---|---|---|---|"]
+    for key, r in data["results"].items():
+        lines.append(f"| {key} | {r['first_s']} | {r['second_s']} | {r['ms_per_step']} | "
+                     f"{r['same_tokens_as_first_cache']} |")
+    for name, prof in data["profiles"].items():
+        for side in ("host", "device"):
+            lines += ["", f"{name}, top operators by self {side} time (one call)", "", "| op | calls | ms |",
+                      "|---|---|---|"]
+            lines += [f"| `{r['op']}` | {r['calls']} | {r['ms']} |" for r in prof[side]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tokenizer", default=".device/smollm2-tokenizer")
+    parser.add_argument("--dtypes", default="fp32,bf16,fp16")
+    parser.add_argument("--caches", default="dynamic,static")
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--profile", action="store_true", help="profile one dynamic-cache call per dtype")
+    parser.add_argument("--profile-tokens", type=int, default=16)
+    parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="tiny model (checks the script, not a benchmark)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    data = run(args)
+    text = markdown(data)
+    print(text)
+    save(args.out, "bench_generation", data, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
