@@ -95,7 +95,8 @@ def _placed_on(ctx: RunContext, model: nn.Module) -> str:
 
     if not is_dispatched(model):
         return str(ctx.device)
-    return f"where {describe(summarize(model, ctx.options.placement()))} puts them"
+    placed = describe(summarize(model, ctx.options.placement())).removeprefix("device map ")
+    return f"the devices of its device map ({placed})"
 
 
 # ---------------------------------------------------------------------------------------------------------- weights
