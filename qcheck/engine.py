@@ -56,7 +56,10 @@ class RunContext:
 
     @property
     def reference_dtype(self) -> str:
-        return "fp32"
+        """The dtype the reference was loaded in ("fp32" unless --reference-dtype said otherwise)."""
+        from qcheck.quant.apply import compute_dtype
+
+        return compute_dtype(self.reference_model)
 
     @property
     def budget(self) -> Any:
@@ -127,39 +130,116 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
         return _OPENED[(options, device_index)]
     import torch
 
-    from qcheck.inputs.models import load_model
+    from qcheck.inputs.models import checkpoint_dtype, load_model
+    from qcheck.inputs.placement import summarize
     from qcheck.inputs.run_inputs import RunInputs
+    from qcheck.quant.offload import input_device, is_dispatched
     from qcheck.quant.tensor_stats import weight_fingerprint
     from qcheck.variants import VariantSet
 
+    placement = options.placement()
     device = resolve_device(options.device)
+    if placement is not None and not placement.spreads:
+        device = resolve_device(placement.one_device()) if placement.one_device() in ("cpu", "cuda") \
+            else torch.device(placement.one_device())
     if device_index is not None and device.type == "cuda":
         device = torch.device("cuda", device_index)
+    dtype = checkpoint_dtype(options.model) if options.reference_dtype == "auto" else options.reference_dtype
     torch.manual_seed(0)
-    check_memory(options, device)
-    loaded = load_model(options.model, device=device, cache=True)
+    check_memory(options, device, dtype)
+    if placement is not None and placement.spreads:
+        placement = with_default_budget(placement, device)
+    loaded = load_model(options.model, dtype=dtype, device=device, cache=True, placement=placement,
+                        offload_folder=offload_dir(options, "reference"))
+    dispatched = is_dispatched(loaded.model)
+    if dispatched:
+        device = input_device(loaded.model)
     check_reference_finite(loaded.model)
     names = list(DEFAULT_VARIANTS if options.variants is None else options.variants)
+    fingerprint = weight_fingerprint(loaded.model)
     variants = VariantSet.from_names(loaded.model, names, list(options.plans), ptq_specs=list(options.ptq),
-                                     tokenizer=loaded.tokenizer, device=str(device))
+                                     tokenizer=loaded.tokenizer, device=str(device),
+                                     reload=_reloader(options, loaded.model) if dispatched else None,
+                                     reference_fingerprint=fingerprint)
     variants.validate()
     inputs = RunInputs(options, loaded.tokenizer, int(loaded.model.config.vocab_size))
     store = RecordStore()
     store.meta.update(model=loaded.describe(), device=str(device), options=options.to_dict(),
-                      seeds={"torch": 0, "probe_inputs": 0, "bootstrap": 0})
+                      seeds={"torch": 0, "probe_inputs": 0, "bootstrap": 0},
+                      placement=summarize(loaded.model, placement), precision=precision_facts(options, dtype))
     store.variants = [REFERENCE, *variants.names]
     from qcheck.inputs.lm_eval_results import read_lm_eval_file
 
     lm_eval_files = [read_lm_eval_file(spec, [REFERENCE, *variants.names]) for spec in options.lm_eval_results]
-    ctx = RunContext(options, device, loaded, variants, inputs, store, weight_fingerprint(loaded.model),
-                     lm_eval_files)
+    ctx = RunContext(options, device, loaded, variants, inputs, store, fingerprint, lm_eval_files)
     _OPENED[(options, device_index)] = ctx
     return ctx
 
 
-def check_memory(options: RunOptions, device: Any) -> None:
+_OFFLOAD_DIRS: list[Any] = []
+"""Temporary offload folders of dispatched references (removed when the process ends)."""
+
+
+def offload_dir(options: RunOptions, role: str) -> str:
+    """A fresh folder for one model's disk-offloaded weights: under --offload-folder when given, else temporary."""
+    import tempfile
+
+    root = options.offload_folder
+    if root is not None:
+        from pathlib import Path
+
+        Path(root).mkdir(parents=True, exist_ok=True)
+    folder = tempfile.TemporaryDirectory(prefix=f"qcheck-offload-{role}-", dir=root)
+    _OFFLOAD_DIRS.append(folder)
+    return folder.name
+
+
+def with_default_budget(placement: Any, device: Any) -> Any:
+    """Without --max-memory, each model may take half of every device's free memory (the reference and one variant
+    are alive at once, each with the reference's placement); a CPU run places on the host only."""
+    from dataclasses import replace
+
+    if placement.max_memory:
+        return placement
+    from accelerate.utils import get_max_memory
+
+    free = get_max_memory()
+    budget = tuple((str(d), int(b) // 2) for d, b in free.items()
+                   if d == "cpu" or (device.type == "cuda" and isinstance(d, int)))
+    return replace(placement, max_memory=budget)
+
+
+def _reloader(options: RunOptions, reference: Any) -> Any:
+    """Fresh copies of a dispatched reference with its placement, each with its own offload folder (removed when
+    the variant is released)."""
+    import tempfile
+
+    from qcheck.inputs.models import load_like
+
+    def reload() -> Any:
+        folder = tempfile.TemporaryDirectory(prefix="qcheck-offload-variant-", dir=options.offload_folder)
+        model = load_like(options.model, reference, folder.name)
+        model._qcheck_offload_dir = folder
+        return model
+    return reload
+
+
+def precision_facts(options: RunOptions, dtype: str) -> dict[str, Any]:
+    """What the report states about precision: the reference's dtype and the arithmetic of simulated formats."""
+    return {"reference_dtype": dtype, "requested": options.reference_dtype,
+            "fake_quant": f"simulated formats round each weight in fp32 and store it in the variant's dtype; "
+                          f"forwards compute in that dtype: {dtype} (the reference's) unless the plan casts the model "
+                          "(fp16/bf16 plans)",
+            "note": None if dtype == "fp32" else f"the reference is {dtype}, not fp32: the variant named fp32 in "
+                                                 f"this report is that {dtype} reference, and perplexity changes are "
+                                                 f"measured against it"}
+
+
+def check_memory(options: RunOptions, device: Any, reference_dtype: str = "fp32") -> None:
     """Refuse, before the reference is loaded, a run whose memory lower bound exceeds the device's free memory
-    (`qcheck.inputs.fit`): a 70B model on a 24 GB machine is bad input with the figures, not an OOM kill."""
+    (`qcheck.inputs.fit`): a 70B model on a 24 GB machine is bad input with the figures, not an OOM kill. With
+    --device-map and --max-memory each model takes at most its budget on a device (the rest is offloaded); without
+    a budget accelerate places within half the free memory, so there is nothing to pre-check."""
     from qcheck.inputs.fit import available_bytes, check_fits, memory_need, model_size
     from qcheck.inputs.models import config_folder
     from qcheck.quant.plan import Plan
@@ -184,16 +264,29 @@ def check_memory(options: RunOptions, device: Any) -> None:
         else:
             dtypes[plan.name] = plan.dtype
     batch = 8 if device.type == "cuda" else 1
+    placement = options.placement()
+    budget = None
+    if placement is not None and placement.spreads:
+        if not placement.max_memory:
+            return
+        budgets = placement.max_memory_dict()
+        key = (device.index or 0) if device.type == "cuda" and (device.index or 0) in budgets else device.type
+        if key not in budgets:
+            return
+        budget = budgets[key]
     check_fits(memory_need(count, dtypes, not_counted=tuple(not_counted), vocab_size=vocab, context=options.context,
-                           batch=batch, device=device, available=available_bytes(device)))
+                           batch=batch, device=device, available=available_bytes(device),
+                           reference_dtype=reference_dtype, budget=budget))
 
 
 def check_reference_finite(model: Any) -> None:
     """A reference whose own weights hold NaN/inf cannot judge any variant: bad input, naming the tensors."""
     import torch
 
+    from qcheck.quant.offload import is_dispatched, named_tensors
+
     bad = []
-    for name, p in model.named_parameters():
+    for name, p in (named_tensors(model) if is_dispatched(model) else model.named_parameters()):
         if p.is_floating_point() and not bool(torch.isfinite(p).all()):
             bad.append(f"{name} ({int((~torch.isfinite(p)).sum())} of {p.numel()} values)")
     if bad:

@@ -7,7 +7,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from qcheck.errors import ConfigError
+from qcheck.inputs.placement import Placement, check_device_map, parse_max_memory
 
+REFERENCE_DTYPES = ("fp32", "bf16", "fp16", "auto")
 PTQ_ENV = "QCHECK_PTQ"
 """Comma-separated PTQ specs added to every run (the same as repeating --ptq)."""
 
@@ -39,6 +41,23 @@ OPTIONS: tuple[Option, ...] = (
                                     f"gptq[:SOURCE], awq, w8a8-sq, checkpoint=FOLDER (also ${PTQ_ENV})"}),
     Option("device", "--device", {"default": "auto", "choices": ("auto", "cpu", "cuda"),
                                   "help": "device (default auto: cuda when available)"}),
+    Option("device_map", "--device-map", {"default": None, "metavar": "MAP",
+                                          "help": "place the reference and each variant with accelerate's big-model "
+                                                  "loading: auto, balanced, balanced_low_0, sequential (spread over "
+                                                  "the GPUs, then CPU, then disk), or one device (cpu, cuda:N); "
+                                                  "default: the whole model on --device"}),
+    Option("max_memory", "--max-memory", {"default": None, "metavar": "DEV=SIZE,...",
+                                          "help": "memory each model may take per device with --device-map, e.g. "
+                                                  "0=20GiB,cpu=64GiB; what does not fit is offloaded to CPU, then "
+                                                  "disk (default: half of each device's free memory, as the "
+                                                  "reference and one variant are alive at once)"}),
+    Option("offload_folder", "--offload-folder", {"default": None, "metavar": "DIR",
+                                                  "help": "where disk-offloaded weights are written with --device-map "
+                                                          "(default: a temporary folder per model, removed after)"}),
+    Option("reference_dtype", "--reference-dtype", {"default": "fp32", "choices": ("fp32", "bf16", "fp16", "auto"),
+                                                    "help": "dtype the reference is loaded in, and the one plans "
+                                                            "that do not cast the model compute in (auto: the "
+                                                            "checkpoint's own torch_dtype; default fp32)"}),
     Option("samples", "--samples", {"type": int, "default": 50, "metavar": "N",
                                     "help": "questions/prompts per task slice (default 50)"}),
     Option("prompts", "--prompts", {"type": int, "default": None, "metavar": "N",
@@ -79,6 +98,10 @@ class RunOptions:
     variants: tuple[str, ...] | None = None
     ptq: tuple[str, ...] = ()
     device: str = "auto"
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_folder: str | None = None
+    reference_dtype: str = "fp32"
     samples: int = 50
     prompts: int | None = None
     tokens: int = 4096
@@ -103,10 +126,38 @@ class RunOptions:
             raise ConfigError(f"--prompts must be an integer >= 1, got {self.prompts!r}", field="--prompts")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}", field="--device")
+        if self.reference_dtype not in REFERENCE_DTYPES:
+            raise ConfigError(f"--reference-dtype must be one of {', '.join(REFERENCE_DTYPES)}, got "
+                              f"{self.reference_dtype!r}", field="--reference-dtype")
+        self.placement()
         if self.variants is not None:
             for name in self.variants:
                 if not name or name != name.strip():
                     raise ConfigError(f"--variants has an empty or padded name: {self.variants!r}", field="--variants")
+
+    def placement(self) -> Placement | None:
+        """The --device-map / --max-memory / --offload-folder request, validated (None: the whole model on --device)."""
+        if self.device_map is None:
+            for flag, value in (("--max-memory", self.max_memory), ("--offload-folder", self.offload_folder)):
+                if value is not None:
+                    raise ConfigError(f"{flag} applies to a --device-map placement: add --device-map auto (or "
+                                      "balanced, sequential)", field=flag)
+            return None
+        device_map = check_device_map(self.device_map)
+        max_memory = parse_max_memory(self.max_memory) if self.max_memory is not None else ()
+        placement = Placement(device_map, max_memory, self.offload_folder)
+        if max_memory and not placement.spreads:
+            raise ConfigError(f"--max-memory needs a strategy that spreads the model (auto, balanced, sequential), "
+                              f"not --device-map {device_map}", field="--max-memory")
+        if self.device == "cpu" and (placement.gpu_budget() or device_map.startswith("cuda")
+                                     or device_map.isdigit()):
+            raise ConfigError(f"--device cpu with a GPU placement (--device-map {device_map}"
+                              f"{', --max-memory ' + self.max_memory if self.max_memory else ''}): drop --device cpu "
+                              "or place on cpu only", field="--device-map")
+        if self.workers != 1:
+            raise ConfigError("--device-map spreads one model over the devices and --workers spreads the variants "
+                              "over them: use one of the two (--workers 1 with --device-map)", field="--workers")
+        return placement
 
     @property
     def n_prompts(self) -> int:

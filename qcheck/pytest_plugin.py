@@ -490,7 +490,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         report.records = config.stash[_LOADED]
         report.meta["judged_from"] = config.getoption("qcheck_records")
     if report.records is not None:
-        for key in ("model", "device", "data", "seeds", "options", "variant_seconds"):
+        for key in ("model", "device", "placement", "precision", "data", "seeds", "options", "variant_seconds"):
             if key in report.records.meta:
                 report.meta.setdefault(key, report.records.meta[key])
     report.meta = {**run_metadata(), **report.meta, "pytest_exit_status": int(exitstatus)}

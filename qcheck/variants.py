@@ -60,7 +60,7 @@ class Variant:
         """The float dtype the variant computes in ("fp32", "fp16" or "bf16"): its plan's, or for a PTQ variant the
         dtype of its model's first float parameters (the float reference its timing is compared with)."""
         if self.plan is not None:
-            return self.plan.dtype
+            return self.report.model_dtype if self.report.model_dtype in ("fp32", "fp16", "bf16") else self.plan.dtype
         return {"torch.float16": "fp16", "torch.bfloat16": "bf16"}.get(self.report.model_dtype, "fp32")
 
     @property
@@ -81,6 +81,10 @@ class VariantSet:
     device: str = "cpu"
     sources: dict[str, str] = field(default_factory=dict)
     """Where each plan came from (its file; built-in plans are absent), for error messages."""
+    reload: Callable[[], nn.Module] | None = None
+    """For a reference accelerate dispatched (offload, several devices): a fresh copy of it with the same placement,
+    which a plan variant is quantized into in place (such a reference cannot be deep-copied)."""
+    reference_fingerprint: str = ""
     _last: Variant | None = None
     _failed: dict[str, Exception] = field(default_factory=dict)
 
@@ -172,15 +176,25 @@ class VariantSet:
             free_memory()
 
     def _build(self, name: str) -> Variant:
+        from qcheck.errors import VariantUnavailable
         from qcheck.quant.apply import quantize
 
         start = time.perf_counter()
+        if name in self.plans and self.reload is not None:
+            from qcheck.quant.placed import quantize_placed
+
+            model, report = quantize_placed(self.reload(), self.plans[name],
+                                            reference_fingerprint=self.reference_fingerprint)
+            return Variant(name, self.plans[name], model, report, time.perf_counter() - start)
         if name in self.plans:
             model, report = quantize(self.reference, self.plans[name])
             return Variant(name, self.plans[name], model, report, time.perf_counter() - start)
-        from qcheck.errors import VariantUnavailable
         from qcheck.quant.backends import backend_from_spec, produce_variant
 
+        if self.reload is not None:
+            raise VariantUnavailable(f"PTQ variant {name} ({self.backends[name]}): PTQ backends quantize a copy of a "
+                                     "reference held on one device; with --device-map placing the reference over "
+                                     "devices or offloading it they are not built")
         backend = backend_from_spec(self.backends[name], device=self.device)
         reason = backend.unavailable_reason()
         if reason is not None:
@@ -195,7 +209,10 @@ class VariantSet:
 
 def release(variant: Variant) -> None:
     """Let go of a variant's model (and a PTQ backend's copy of it) so its memory can be freed."""
+    folder = getattr(variant.model, "_qcheck_offload_dir", None)
     variant.model = None  # type: ignore[assignment]
+    if folder is not None:
+        folder.cleanup()
     if variant.backend is not None and hasattr(variant.backend, "model"):
         variant.backend.model = None
 

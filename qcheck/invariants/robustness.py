@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from qcheck.errors import ConfigError
+from qcheck.quant.offload import input_device
 from qcheck.results import CheckResult, Status, raise_if_failed
 
 NAME = "robust_le_clean"
@@ -57,7 +58,7 @@ def model_state(model: nn.Module, probe_ids: Any = None, repeats: int = 5, seed:
     if probe_ids is None:
         vocab = getattr(getattr(model, "config", None), "vocab_size", 256)
         probe_ids = probe_input_ids(vocab, batch=1, length=16)
-    device = next(model.parameters()).device
+    device = input_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
         outs = [model(input_ids=probe_ids.to(device)).logits.float() for _ in range(repeats)]

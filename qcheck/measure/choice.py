@@ -17,6 +17,7 @@ from torch import nn
 
 from qcheck.errors import ConfigError, DataError
 from qcheck.inputs.tasks import MCQuestion
+from qcheck.quant.offload import input_device
 from qcheck.stats import Interval, wilson_interval
 
 NORMALIZATIONS = ("sum", "per_char")
@@ -106,7 +107,7 @@ def mc_context(question: MCQuestion) -> str:
 def choice_loglikelihoods(model: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
                           batch_size: int = 16) -> list[float]:
     """Summed log p(continuation | context) for each (context, continuation), in float64; padding never scored."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     encoded = []
     for ctx, cont in pairs:
         c = tokenizer(ctx, add_special_tokens=False)["input_ids"]
@@ -146,7 +147,7 @@ def shared_context_loglikelihoods(model: nn.Module, tokenizer: Any, context: str
                                   continuations: Sequence[str]) -> list[float] | None:
     """Summed log p(continuation | context) for each continuation, running the shared context once and the
     continuations as one batch on its KV cache; None when the model returns no usable cache."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     c = tokenizer(context, add_special_tokens=False)["input_ids"]
     conts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in continuations]
     if not c or not all(conts):
@@ -189,7 +190,7 @@ def score_multiple_choice(model: nn.Module, tokenizer: Any, questions: Sequence[
     launches: the default on a GPU, where one question at a time is launch-bound). The path taken
     ("shared-context" or "batched") is recorded in the result."""
     if shared_context is None:
-        shared_context = next(model.parameters()).device.type == "cpu"
+        shared_context = input_device(model).type == "cpu"
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}",
                           field="normalization")

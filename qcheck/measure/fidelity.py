@@ -22,6 +22,7 @@ from torch import nn
 
 from qcheck.errors import DataError
 from qcheck.measure.perplexity import windows
+from qcheck.quant.offload import input_device
 from qcheck.stats import Interval, bootstrap_interval, mcnemar_exact, wilson_interval
 
 CHUNK_POSITIONS = 128
@@ -193,7 +194,7 @@ class _Stream:
         from qcheck.measure.head import split_head
 
         self.model = model
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.path = FULL_PATH
         self.note = ""
         split = split_head(model, probe, tol=1e-5)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, DataError
+from qcheck.quant.offload import input_device
 
 GSM8K_PROMPT = "gsm8k_3shot"
 """The packaged GSM8K 3-shot prompt (qcheck/prompts/gsm8k_3shot.json)."""
@@ -182,7 +183,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    device = next(model.parameters()).device
+    device = input_device(model)
     config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=False, num_beams=1,
                               pad_token_id=pad, eos_token_id=eos or None,
                               **({"cache_implementation": "static"} if settings.cache == "static" else {}))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qcheck.quant.offload import input_device
+
 
 def decoder_states(decoder: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                    ) -> torch.Tensor:
@@ -25,7 +27,7 @@ def split_head(model: nn.Module, probe: torch.Tensor, *, tol: float, same_dtype:
     if decoder is None or decoder is model or head is None:
         return None
     try:
-        probe = probe.to(next(model.parameters()).device)
+        probe = probe.to(input_device(model))
         full = model(input_ids=probe, use_cache=False).logits
         split = head(decoder_states(decoder, probe))
     except Exception:  # noqa: BLE001 - a model the split path does not fit is scored from its own logits

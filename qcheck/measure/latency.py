@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from qcheck.measure.timing import measure, placement_problems
+from qcheck.quant.offload import input_device
 
 if TYPE_CHECKING:
     from qcheck.engine import RunContext
@@ -105,7 +106,7 @@ def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
     call (torch.profiler over one call of `fn`, or the caller's `profile_call` of it), bitsandbytes 4-bit layers
     computing in float32, per-call fake-quant hooks."""
     causes: dict[str, Any] = {}
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = torch.device(device) if device is not None else input_device(model)
     misplaced = placement_problems(model, dev)
     if misplaced:
         causes["cpu-placement"] = {"tensors": len(misplaced), "by_device": dict(Counter(misplaced.values())),

@@ -31,6 +31,7 @@ from qcheck.errors import ConfigError, DataError
 from qcheck.inputs.documents import Document
 from qcheck.measure.head import decoder_states
 from qcheck.measure.perplexity import NonFiniteError
+from qcheck.quant.offload import input_device
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656
 """transformers' `model_max_length` when a tokenizer sets none (lm-eval ignores it then)."""
@@ -140,7 +141,7 @@ def split_head(model: nn.Module, probe: Sequence[int]) -> tuple[nn.Module, nn.Mo
     own logits (a model that upcasts its logits after the head would change lm-eval's softmax dtype)."""
     from qcheck.measure.head import split_head as split
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = torch.tensor([list(probe)[:PROBE_TOKENS]], dtype=torch.long, device=device)
     return split(model, ids, tol=1e-4, same_dtype=True)
 
@@ -177,7 +178,7 @@ def _window_loglikelihoods(model: nn.Module, windows: Sequence[tuple[list[int], 
     """Summed log p(targets) per (input ids, target ids) window, right-padded batches, padding never scored. Only
     HEAD_CHUNK positions' logits are held at once where the model's logits are head(decoder(ids)) (`split_head`);
     otherwise the model's logits of the scored positions, with the log-softmax still chunked."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     split = split_head(model, windows[0][0]) if windows else None
     out: list[float] = []
     for b in range(0, len(windows), batch_size):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import DataError
+from qcheck.quant.offload import input_device
 
 
 class NonFiniteError(DataError):
@@ -217,7 +218,7 @@ def perplexity_of_ids(
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     stride = context if stride is None else stride
     spans = windows(ids_t.numel(), context, stride)
-    device = next(model.parameters()).device
+    device = input_device(model)
     token_parts: list[torch.Tensor] = []
     window_parts: list[torch.Tensor] = []
     count_parts: list[torch.Tensor] = []

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, DataError
+from qcheck.quant.offload import input_device
 
 ATTACKS = ("fgsm", "pgd")
 RANDOMIZED_POLICIES = ("refuse", "expectation")
@@ -321,7 +322,7 @@ def _make_batch(items: Sequence[ChoiceItem], pad_id: int, device: torch.device) 
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:

@@ -70,7 +70,7 @@ def _build(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]
     data: dict[str, Any] = {"weights_mb": round(model_stored_bytes(s.model) / 2**20, 2),
                             "placement": dict(list(placement_problems(s.model, ctx.device).items())[:200]),
                             "tensors": sum(1 for _ in s.model.parameters()) + sum(1 for _ in s.model.buffers()),
-                            "device": str(ctx.device)}
+                            "device": _placed_on(ctx, s.model)}
     if s.is_reference:
         data.update(reference=True, plan={"name": s.name, "dtype": ctx.reference_dtype}, model=ctx.describe_model(),
                     fingerprint=ctx.reference_fingerprint)
@@ -86,6 +86,17 @@ def _build(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]
     else:
         data["plan"] = v.plan.to_dict()
     return data, {}
+
+
+def _placed_on(ctx: RunContext, model: nn.Module) -> str:
+    """Where the subject's tensors belong: the run's device, or the device map accelerate placed it with."""
+    from qcheck.inputs.placement import describe, summarize
+    from qcheck.quant.offload import is_dispatched
+
+    if not is_dispatched(model):
+        return str(ctx.device)
+    placed = describe(summarize(model, ctx.options.placement())).removeprefix("device map ")
+    return f"the devices of its device map ({placed})"
 
 
 # ---------------------------------------------------------------------------------------------------------- weights

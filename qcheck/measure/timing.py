@@ -610,7 +610,12 @@ def degenerate_tensors(obj: nn.Module | torch.Tensor | Mapping[str, Any] | list 
 
 
 def placement_problems(model: nn.Module, device: str | torch.device) -> dict[str, str]:
-    """Parameters and buffers not on `device` (name -> where they are), plus accelerate offload entries."""
+    """Parameters and buffers not on `device` (name -> where they are), plus accelerate offload entries; for a model
+    placed with --device-map, those not where its device map puts them."""
+    from qcheck.quant.offload import is_dispatched, misplaced
+
+    if is_dispatched(model):
+        return misplaced(model)
     want = torch.device(device)
     problems: dict[str, str] = {}
     tensors = list(model.named_parameters()) + list(model.named_buffers())

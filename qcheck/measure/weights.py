@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qcheck.quant.offload import input_device, onloaded
 from qcheck.quant.spec import (
     BnbSpec,
     CastSpec,
@@ -47,6 +48,12 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     if is_bnb_module(module):
         return dequantized_weight(module)
     return module.weight.detach().to(torch.float32)
+
+
+def _weight_of(module: nn.Module) -> torch.Tensor:
+    """effective_weight of a module wherever accelerate keeps its weight (offloaded ones are read in for the call)."""
+    with onloaded(module):
+        return effective_weight(module)
 
 
 def linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -129,7 +136,7 @@ def probe_input_ids(vocab_size: int, batch: int = 2, length: int = 32, seed: int
 @torch.no_grad()
 def logits_of(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Float32 logits on the model's own device."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     return model(input_ids=input_ids.to(device)).logits.detach().to(torch.float32).cpu()
 
 
@@ -160,7 +167,8 @@ def weight_deltas(reference: nn.Module, quantized: nn.Module) -> dict[str, dict[
         if name not in q_modules:
             out[name] = {"missing": True}
             continue
-        out[name] = layer_delta(effective_weight(module), q_modules[name])
+        with onloaded(q_modules[name]) as quantized_module:
+            out[name] = layer_delta(_weight_of(module), quantized_module)
     return out
 
 
@@ -213,11 +221,12 @@ def quantization_evidence(reference: nn.Module, quantized: nn.Module, report: An
             if module is None:
                 layers[rec.name] = {"format": spec.label, "missing": True}
                 continue
-            ref_w = effective_weight(ref_modules[rec.name]) if rec.name in ref_modules else None
-            grid = grid_evidence(module, spec, ref_w)
+            ref_w = _weight_of(ref_modules[rec.name]) if rec.name in ref_modules else None
+            with onloaded(module):
+                grid = grid_evidence(module, spec, ref_w)
+                delta = layer_delta(ref_w, module) if ref_w is not None else {}
             if grids is not None:
                 grids[(rec.name, repr(spec))] = grid
-            delta = layer_delta(ref_w, module) if ref_w is not None else {}
             layers[rec.name] = {"format": spec.label, "cast": isinstance(spec, CastSpec), "on_grid": grid.on_grid,
                                 "grid": grid.reason, "changed_fraction": delta.get("changed_fraction"),
                                 "sqnr_db": delta.get("sqnr_db"), "dtype": delta.get("dtype"),
@@ -265,8 +274,9 @@ def plan_evidence(quantized: nn.Module, plan: Any, reference: nn.Module | None =
             continue
         grid = (grids or {}).get((a.layer, repr(spec)))
         if grid is None:
-            ref_w = effective_weight(ref_modules[a.layer]) if a.layer in ref_modules else None
-            grid = grid_evidence(quantized.get_submodule(a.layer), spec, ref_w)
+            ref_w = _weight_of(ref_modules[a.layer]) if a.layer in ref_modules else None
+            with onloaded(quantized.get_submodule(a.layer)) as module:
+                grid = grid_evidence(module, spec, ref_w)
         checked += 1
         if not grid.on_grid:
             mismatched[a.layer] = f"plan says {spec.label} ({a.rule.label}); {grid.reason}"

@@ -36,7 +36,7 @@ def quantize(
     quantized = model if inplace else copy.deepcopy(model)
     if plan.dtype != "fp32":
         quantized.to(MODEL_DTYPES[plan.dtype])
-    report = QuantReport(plan=plan.to_dict(), reference_fingerprint=before, model_dtype=plan.dtype)
+    report = QuantReport(plan=plan.to_dict(), reference_fingerprint=before, model_dtype=compute_dtype(quantized))
     seen: dict[int, str] = {}
     for assignment in assignments:
         report.layers.append(_apply_one(quantized, assignment, reference_weights[assignment.layer], seen))
@@ -48,12 +48,22 @@ def quantize(
     return quantized, report
 
 
-def _apply_one(model: nn.Module, a: Assignment, ref_w: torch.Tensor, seen: dict[int, str]) -> LayerRecord:
+def compute_dtype(model: nn.Module) -> str:
+    """The float dtype a model computes in ("fp32", "fp16" or "bf16"): its first float parameter's (a plan that does
+    not cast keeps the reference's dtype, so its fake-quantized weights are stored and multiplied in that dtype)."""
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    names = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+    return names.get(first.dtype, "fp32") if first is not None else "fp32"
+
+
+def _apply_one(model: nn.Module, a: Assignment, ref_w: torch.Tensor, seen: dict[int, str],
+               key: int | None = None) -> LayerRecord:
+    """One layer quantized as its rule says; `key` identifies its weight for tie detection (default: its id)."""
     module = model.get_submodule(a.layer)
     spec = a.rule.spec
     rec = LayerRecord(name=a.layer, module_class=type(module).__name__, rule=a.rule.label, format=spec.format,
                       spec=spec_to_dict(spec), applied=False, numel=ref_w.numel(), dtype=str(module.weight.dtype))
-    key = id(module.weight)
+    key = id(module.weight) if key is None else key
     if key in seen:
         rec.kept_reason = f"weight shared with {seen[key]} (tied), quantized there"
         rec.shared_with = seen[key]

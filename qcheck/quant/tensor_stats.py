@@ -61,12 +61,17 @@ def model_stored_bytes(model: torch.nn.Module) -> int:
 
 
 def weight_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap fingerprint of every parameter and buffer (sums in float64 plus shapes and dtypes)."""
+    """A cheap fingerprint of every parameter and buffer (sums in float64 plus shapes and dtypes); offloaded weights
+    are read from where accelerate keeps them, one module at a time."""
     import hashlib
 
+    from qcheck.quant.offload import is_dispatched, named_tensors
+
     h = hashlib.sha256()
+    tensors = named_tensors(model) if is_dispatched(model) else (
+        list(model.named_parameters()) + list(model.named_buffers()))
     with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        for name, t in tensors:
             h.update(name.encode())
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
             if t.numel() and t.dtype.is_floating_point:

@@ -129,6 +129,26 @@ def _details(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def placement_lines(meta: dict[str, Any]) -> list[str]:
+    """The report's lines on where the models lived and the precision they computed in (from the run's meta)."""
+    from qcheck.inputs.placement import describe
+
+    lines = []
+    placement = meta.get("placement")
+    if isinstance(placement, dict) and placement.get("devices"):
+        offload = " (offloaded: weights loaded onto the compute device on use)" if placement.get("offloaded") else ""
+        budget = placement.get("max_memory")
+        budget_text = f"; --max-memory per model {budget}" if budget else ""
+        lines.append(f"placement: {describe(placement)}{offload}{budget_text}")
+    precision = meta.get("precision")
+    if isinstance(precision, dict):
+        lines.append(f"reference dtype: {precision.get('reference_dtype')} (--reference-dtype "
+                     f"{precision.get('requested')}); {precision.get('fake_quant')}")
+        if precision.get("note"):
+            lines.append(f"note: {precision['note']}")
+    return lines
+
+
 def _run_facts(data: dict[str, Any]) -> list[str]:
     meta = data.get("meta") or {}
     lines = ["## Run", ""]
@@ -137,6 +157,7 @@ def _run_facts(data: dict[str, Any]) -> list[str]:
     for key in ("device", "gpu", "compute_capability", "qcheck", "torch", "transformers", "created", "duration_s"):
         if key in meta:
             lines.append(f"- {key}: {_inline(meta[key])}")
+    lines += [f"- {line}" for line in placement_lines(meta)]
     for name, entry in (meta.get("data") or {}).items():
         if isinstance(entry, dict):
             facts = ", ".join(f"{k} {v}" for k, v in entry.items() if k not in ("path", "sha256"))

@@ -1,0 +1,134 @@
+"""Models larger than one device: --device-map / --max-memory through accelerate (here on a CPU, with disk offload
+forced by a tiny budget) give the perplexities and verdicts of the plain single-device run; bad values are usage
+errors naming the flag; --reference-dtype keeps a bf16 checkpoint in bf16 and the report says so."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from qcheck.errors import ConfigError
+from qcheck.options import RunOptions
+
+VARIANTS = "fp16,int8,w4g64"
+CHECKS = "perplexity_finite or quantization_applied or plan_followed or precision_differs or perplexity_order " \
+         "or device_placement"
+
+
+@pytest.mark.parametrize(("kw", "flag", "says"), [
+    ({"device_map": "everywhere"}, "--device-map", "auto, balanced"),
+    ({"device_map": "auto", "max_memory": "0=lots"}, "--max-memory", "20GiB"),
+    ({"device_map": "auto", "max_memory": "gpu0=2GiB"}, "--max-memory", "DEVICE=SIZE"),
+    ({"device_map": "auto", "max_memory": "cpu=1GiB,cpu=2GiB"}, "--max-memory", "twice"),
+    ({"max_memory": "cpu=1GiB"}, "--max-memory", "--device-map auto"),
+    ({"offload_folder": "/tmp/x"}, "--offload-folder", "--device-map auto"),
+    ({"device_map": "cpu", "max_memory": "cpu=1GiB"}, "--max-memory", "spreads"),
+    ({"device_map": "auto", "max_memory": "0=1GiB", "device": "cpu"}, "--device-map", "--device cpu"),
+    ({"device_map": "auto", "workers": 2}, "--workers", "one of the two"),
+    ({"reference_dtype": "fp8"}, "--reference-dtype", "fp32, bf16, fp16, auto"),
+])
+def test_bad_placement_values_name_the_flag_and_what_to_pass(kw, flag, says):
+    with pytest.raises(ConfigError) as info:
+        RunOptions(**kw)
+    assert info.value.field == flag and says in str(info.value)
+
+
+def test_placement_values_parse():
+    placement = RunOptions(device_map="auto", max_memory="0=20GiB, cpu=1.5GB").placement()
+    assert placement.max_memory_dict() == {0: 20 * 2**30, "cpu": 1_500_000_000}
+    assert RunOptions(device_map="cuda:1").placement().one_device() == "cuda:1"
+
+
+@pytest.mark.parametrize("args", [["--device-map", "everywhere"], ["--device-map", "auto", "--max-memory", "0=x"],
+                                  ["--max-memory", "cpu=1GiB"]])
+def test_cli_refuses_bad_placement_with_exit_2(args, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "qcheck.cli", "run", *args, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert args[-2] in proc.stdout + proc.stderr
+
+
+def _run(pytester, folder, out, *extra):
+    result = pytester.runpytest_inprocess(
+        "--pyargs", "qcheck.suite", "-p", "no:cacheprovider", f"--qcheck-model={folder}",
+        f"--qcheck-variants={VARIANTS}", "--qcheck-device=cpu", "--qcheck-tokens=512", "--qcheck-context=128",
+        f"--qcheck-report={out}", "-k", CHECKS, *extra)
+    assert result.ret in (0, 1), result.stdout.str()[-3000:]
+    return json.loads((out / "qcheck-report.json").read_text())
+
+
+def _perplexities(report):
+    return {r["variant"]: r["data"]["perplexity"] for r in report["records"]["records"]
+            if r["measurement"] == "perplexity" and r["status"] == "ok"}
+
+
+def _verdicts(report):
+    return {(c["name"], c.get("variant")): c["status"] for c in report["checks"]}
+
+
+def test_disk_offloaded_run_matches_the_single_device_run(pytester, tmp_path, tiny_folder):
+    plain = _run(pytester, tiny_folder, tmp_path / "plain")
+    offloaded = _run(pytester, tiny_folder, tmp_path / "offload", "--qcheck-device-map=auto",
+                     "--qcheck-max-memory=cpu=1MB", f"--qcheck-offload-folder={tmp_path / 'off'}")
+    placement = offloaded["meta"]["placement"]
+    assert "disk" in placement["devices"] and placement["offloaded"]
+    assert placement["devices"]["disk"]["layers"] >= 1
+    want, got = _perplexities(plain), _perplexities(offloaded)
+    assert set(want) == set(got) == {"fp32", *VARIANTS.split(",")}
+    for name in want:
+        assert math.isclose(got[name], want[name], rel_tol=1e-5), (name, want[name], got[name])
+    assert _verdicts(offloaded) == _verdicts(plain)
+    assert any(status == "PASS" for (name, _), status in _verdicts(offloaded).items() if name == "device_placement")
+    text = (tmp_path / "offload" / "qcheck-report.md").read_text()
+    assert "placement: device map auto:" in text and "disk" in text
+    left = [f.name for f in (tmp_path / "off").iterdir()]  # a variant's offload folder goes with the variant;
+    assert len(left) == 1 and left[0].startswith("qcheck-offload-reference-")  # the reference's at process exit
+
+
+@pytest.fixture(scope="module")
+def bf16_folder(tmp_path_factory, tiny_folder):
+    """The tiny model saved in bf16 (its config says torch_dtype bfloat16), as 8B-70B checkpoints ship."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bf16")
+    AutoModelForCausalLM.from_pretrained(tiny_folder, dtype=torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_folder).save_pretrained(folder)
+    return folder
+
+
+def test_reference_dtype_auto_keeps_a_bf16_checkpoint_in_bf16(pytester, tmp_path, bf16_folder):
+    import torch
+
+    from qcheck.engine import open_run
+
+    ctx = open_run(RunOptions(model=str(bf16_folder), variants=("int8",), device="cpu", tokens=256, context=128,
+                              reference_dtype="auto"))
+    assert {p.dtype for p in ctx.reference_model.parameters()} == {torch.bfloat16}
+    assert ctx.reference_dtype == "bf16" and ctx.variants.get("int8").dtype_name == "bf16"
+    report = _run(pytester, bf16_folder, tmp_path / "bf16", "--qcheck-reference-dtype=auto")
+    assert report["meta"]["precision"]["reference_dtype"] == "bf16"
+    text = (tmp_path / "bf16" / "qcheck-report.md").read_text()
+    assert "reference dtype: bf16 (--reference-dtype auto)" in text and "forwards compute in that dtype" in text
+
+
+def test_default_reference_stays_fp32_and_says_so(tiny_folder):
+    from qcheck.engine import open_run
+
+    ctx = open_run(RunOptions(model=str(tiny_folder), variants=("int8",), device="cpu", tokens=256, context=128))
+    assert ctx.reference_dtype == "fp32" and ctx.store.meta["precision"]["note"] is None
+    assert ctx.variants.reload is None  # one device: variants are deep copies, as before
+
+
+def test_memory_refusal_names_the_budget_or_the_options():
+    from qcheck.inputs.fit import GiB, memory_need
+
+    plain = memory_need(70 * 10**9, {"int8": "fp32"}, vocab_size=128256, context=1024, batch=8, device="cuda",
+                        available=80 * GiB, reference_dtype="bf16")
+    assert not plain.fits and "--device-map auto --max-memory" in plain.message()
+    assert "the reference in bf16" in plain.message() and plain.variant_bytes == 70 * 10**9 * 2
+    budgeted = memory_need(70 * 10**9, {"int8": "fp32"}, vocab_size=128256, context=1024, batch=8, device="cuda",
+                           available=80 * GiB, reference_dtype="bf16", budget=60 * GiB)
+    assert budgeted.total_bytes == 120 * GiB + budgeted.working_bytes
+    assert "Lower --max-memory for cuda" in budgeted.message()
