@@ -143,6 +143,7 @@ LOSS_CHUNK = 8192
 
 def _scored_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-position NLL (float64) of `targets` under `logits` ([M, vocab]), in float32 chunks of LOSS_CHUNK rows."""
+    targets = targets.to(logits.device)  # a model spread over devices returns logits on its last one
     parts = [torch.nn.functional.cross_entropy(logits[i: i + LOSS_CHUNK].float(), targets[i: i + LOSS_CHUNK],
                                                reduction="none").double()
              for i in range(0, logits.shape[0], LOSS_CHUNK)]
@@ -183,9 +184,11 @@ def _head_nll(head: nn.Module, states: torch.Tensor, targets: torch.Tensor) -> t
     """Per-row NLL (float64) of `targets` under head(states), the head run on HEAD_CHUNK_BYTES of logits at a time."""
     vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])
     rows = max(1, HEAD_CHUNK_BYTES // (4 * vocab))
-    parts = [torch.nn.functional.cross_entropy(head(states[i: i + rows]).float(), targets[i: i + rows],
-                                               reduction="none").double()
-             for i in range(0, states.shape[0], rows)]
+    parts = []
+    for i in range(0, states.shape[0], rows):
+        logits = head(states[i: i + rows]).float()
+        parts.append(torch.nn.functional.cross_entropy(logits, targets[i: i + rows].to(logits.device),
+                                                       reduction="none").double())
     return torch.cat(parts) if parts else states.new_zeros(0, dtype=torch.float64)
 
 
@@ -248,6 +251,7 @@ def perplexity_of_ids(
             first = width - logits.shape[1]  # the position of logits[:, 0]
             mask = score[:, 1:][:, first:]
             nll = _scored_nll(logits[:, :-1][mask], inp[:, 1:][:, first:][mask])
+        nll = nll.to(device)
         rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(mask)[mask]
         token_parts.append(nll)
         window_parts.append(torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, nll))

@@ -1,0 +1,99 @@
+"""The same run with and without a device map that forces offload: same perplexities and verdicts (issue 20).
+
+    python benchmarks/bench_device_map.py --shape 1.2b --max-memory 0=2GiB,cpu=64GiB --out DIR
+
+Builds a random-init Llama folder of `--shape` (benchmarks/bench_scale.py's shapes), then runs `qcheck run` on it
+twice in subprocesses: on one device, and with `--device-map auto --max-memory ...` (a budget that leaves part of
+the model on the CPU or the disk). Recorded: each run's wall time, placement and peak memory; per variant the
+perplexity of both runs and their relative difference (the bar: 1e-5); per check the two verdicts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _output import save
+from bench_scale import build_folder
+
+TOLERANCE = 1e-5
+
+
+def qcheck_run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) -> dict[str, Any]:
+    """One `qcheck run` in a subprocess: wall time, exit code, perplexities per variant, verdicts per check."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "qcheck.cli", "run", "--model", str(folder), "--device", device,
+                           "--out", str(out), *extra], check=False, capture_output=True, text=True, timeout=limit_s)
+    row: dict[str, Any] = {"wall_s": round(time.perf_counter() - start, 1), "exit": proc.returncode,
+                           "tail": (proc.stdout + proc.stderr)[-2000:]}
+    path = out / "qcheck-report.json"
+    if path.is_file():
+        report = json.loads(path.read_text())
+        records = report.get("records") or {"records": [], "meta": {}}
+        row["perplexity"] = {r["variant"]: r["data"]["perplexity"] for r in records["records"]
+                             if r["measurement"] == "perplexity" and r["status"] == "ok"}
+        row["verdicts"] = {f"{c['name']}[{c.get('variant')}]": c["status"] for c in report.get("checks", [])}
+        row["placement"] = report.get("meta", {}).get("placement") or records["meta"].get("placement")
+        row["peak_memory"] = records["meta"].get("peak_memory")
+        row["status"] = report.get("status")
+    return row
+
+
+def compare(plain: dict[str, Any], mapped: dict[str, Any]) -> dict[str, Any]:
+    """Relative perplexity differences per variant and the checks whose verdicts differ."""
+    diffs = {v: abs(mapped["perplexity"][v] / p - 1) for v, p in plain.get("perplexity", {}).items()
+             if v in mapped.get("perplexity", {})}
+    changed = {k: (v, mapped.get("verdicts", {}).get(k)) for k, v in plain.get("verdicts", {}).items()
+               if mapped.get("verdicts", {}).get(k) != v}
+    return {"relative_difference": diffs, "largest": max(diffs.values(), default=None),
+            "variants_compared": len(diffs), "checks_compared": len(plain.get("verdicts", {})),
+            "verdicts_differ": changed,
+            "ok": bool(diffs) and max(diffs.values()) <= TOLERANCE and not changed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="1.2b")
+    parser.add_argument("--tokenizer", default=".device/smollm2-tokenizer")
+    parser.add_argument("--root", default="/tmp/qcheck-device-map")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--max-memory", default="0=2GiB,cpu=64GiB")
+    parser.add_argument("--qcheck-arg", action="append", default=[], help="extra argument for both runs")
+    parser.add_argument("--limit-s", type=float, default=600)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    folder = build_folder(args.shape, args.tokenizer, root, args.device)
+    plain = qcheck_run(folder, root / "plain", args.device, args.qcheck_arg, args.limit_s)
+    print("plain", json.dumps({k: v for k, v in plain.items() if k != "tail"}), flush=True)
+    mapped = qcheck_run(folder, root / "mapped", args.device,
+                        ["--device-map", "auto", "--max-memory", args.max_memory, *args.qcheck_arg], args.limit_s)
+    print("mapped", json.dumps({k: v for k, v in mapped.items() if k != "tail"}), flush=True)
+    result = compare(plain, mapped)
+    data = {"args": vars(args), "plain": plain, "mapped": mapped, "comparison": result}
+    lines = [f"`qcheck run` on the {args.shape} shape, plain vs `--device-map auto --max-memory {args.max_memory}`", "",
+             "| variant | perplexity (one device) | perplexity (device map) | relative difference |", "|---|---|---|---|"]
+    for v, p in plain.get("perplexity", {}).items():
+        q = mapped.get("perplexity", {}).get(v)
+        lines.append(f"| {v} | {p:.6f} | {q if q is None else f'{q:.6f}'} | "
+                     f"{result['relative_difference'].get(v, float('nan')):.1e} |")
+    summary = (f"wall: {plain['wall_s']} s vs {mapped['wall_s']} s; exits {plain['exit']} / {mapped['exit']}; "
+               f"{result['checks_compared']} checks, verdicts that differ: {result['verdicts_differ'] or 'none'}; "
+               f"placement: {mapped.get('placement')}")
+    lines += ["", summary]
+    text = "\n".join(lines)
+    print(text)
+    save(args.out, "bench_device_map", data, text)
+    if not result["ok"]:
+        print(plain["tail"], mapped["tail"], sep="\n", file=sys.stderr)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
