@@ -112,6 +112,8 @@ def run(device: str, tokens: int, batch_sizes: list[int], dtypes: list[str], rep
             entry[f"qcheck_b{bs}" + ("_compiled" if comp else "")] = {"perplexity": value, "seconds": times, "tokens_per_s": tps,
                                       "speedup": tps / entry["plain"]["tokens_per_s"], "median_s": statistics.median(times),
                                       "relative_difference": abs(value / ref_value - 1)}
+            print(name, "plain", entry["plain"]["median_s"], f"qcheck_b{bs}", "compiled" if comp else "",
+                  statistics.median(times), value, ref_value, flush=True)
         out["results"][name] = entry
         del model
         if device == "cuda":
