@@ -1,6 +1,7 @@
 """The project's shared test configuration: offline hub, deterministic threads, the hypothesis `ci` profile by
 default, where the evaluation data lives, and the models the tests share (the embedded SmolLM2, loaded once per
-process, and a tiny random-init Llama folder with SmolLM2's tokenizer for tests where the weights do not matter)."""
+process, its quantized variants, built once per process for every module that asks for the same plan, and a tiny
+random-init Llama folder with SmolLM2's tokenizer for tests where the weights do not matter)."""
 from __future__ import annotations
 
 import os
@@ -31,6 +32,29 @@ def smollm2():
         return load_model(cache=True)
     except ModelLoadError as exc:
         pytest.skip(f"embedded model unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_quantized(smollm2):
+    """`quantize(smollm2.model, plan)` -> (model, report), computed once per process for each plan (same plan: same
+    name, options and layer rules) and shared by every module that needs that variant of the real model: quantizing
+    SmolLM2 on a CPU takes seconds to tens of seconds a plan. The models are shared, so tests only read them; a
+    test that plants a bug in one changes a deep copy."""
+    import json
+
+    from qcheck.quant.apply import quantize
+    from qcheck.quant.plan import Plan
+
+    built: dict[str, tuple] = {}
+
+    def get(plan):
+        plan = Plan.load(plan)
+        key = json.dumps(plan.to_dict(), sort_keys=True, default=repr)
+        if key not in built:
+            built[key] = quantize(smollm2.model, plan)
+        return built[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")

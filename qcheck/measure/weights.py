@@ -23,7 +23,7 @@ from qcheck.quant.spec import (
     Spec,
     spec_from_dict,
 )
-from qcheck.quant.tensor_stats import distinct_per_group, rel_change, sqnr_db
+from qcheck.quant.tensor_stats import distinct_per_group, rel_change_and_sqnr_db, sqnr_db
 
 SQNR_FLOORS_DB: dict[str, float] = {
     "int8": 20.0, "int6": 14.0, "int5": 10.0, "int4": 8.0, "fp16": 40.0, "bf16": 30.0, "bnb-int8": 20.0,
@@ -151,8 +151,8 @@ def layer_delta(reference: torch.Tensor, quantized: nn.Module) -> dict[str, Any]
     qw = effective_weight(quantized).to(reference.device)
     if qw.shape != reference.shape:
         return {"shape_mismatch": [list(reference.shape), list(qw.shape)]}
-    return {"changed_fraction": float((qw != reference).float().mean().item()),
-            "rel_change": rel_change(reference, qw), "sqnr_db": sqnr_db(reference, qw),
+    rel, sqnr = rel_change_and_sqnr_db(reference, qw)
+    return {"changed_fraction": float((qw != reference).float().mean().item()), "rel_change": rel, "sqnr_db": sqnr,
             "dtype": str(quantized.weight.dtype), "module_class": type(quantized).__name__}
 
 

@@ -17,7 +17,7 @@ from qcheck.errors import ConfigError, QCheckError
 from qcheck.quant.manifest import LayerRecord, QuantReport
 from qcheck.quant.plan import MODEL_DTYPES, Assignment, Plan
 from qcheck.quant.spec import BnbSpec, CastSpec, FixedSpec, IntSpec, KeepSpec, MinifloatSpec, PruneSpec, spec_to_dict
-from qcheck.quant.tensor_stats import distinct_per_group, rel_change, sqnr_db, weight_fingerprint
+from qcheck.quant.tensor_stats import distinct_per_group, rel_change_and_sqnr_db, weight_fingerprint
 
 
 def quantize(
@@ -106,8 +106,7 @@ def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: to
     rec.dtype = str(new.dtype)
     if isinstance(spec, IntSpec):
         rec.max_distinct_per_group = distinct_per_group(new, spec.group_size, spec.per_tensor)
-    rec.rel_change = rel_change(ref_w, new)
-    rec.sqnr_db = sqnr_db(ref_w, new)
+    rec.rel_change, rec.sqnr_db = rel_change_and_sqnr_db(ref_w, new)
     rec.underflow_rate = float(((ref_w != 0) & (new.to(ref_w.device) == 0)).float().mean().item())
 
 
@@ -128,8 +127,7 @@ def _apply_bnb(model: nn.Module, a: Assignment, module: nn.Module, spec: BnbSpec
     rec.bits = spec.bits
     rec.dtype = str(new_module.weight.dtype)
     rec.max_distinct_per_group = distinct_per_group(deq, spec.blocksize if spec.bits == 4 else None)
-    rec.rel_change = rel_change(ref_w, deq)
-    rec.sqnr_db = sqnr_db(ref_w, deq)
+    rec.rel_change, rec.sqnr_db = rel_change_and_sqnr_db(ref_w, deq)
     rec.spec = {**rec.spec, "llm_int8_threshold": spec.threshold} if spec.bits == 8 else rec.spec
     return rec
 

@@ -68,3 +68,30 @@ def test_minifloat_maxima_and_saturation():
     assert minifloat(x, 4, 3, special="none").tolist() == [480.0, -480.0, 480.0]
     sub = minifloat(torch.tensor([2.0**-9, 2.0**-11]), 4, 3, special="fn")
     assert sub.tolist() == [2.0**-9, 0.0]  # smallest subnormal kept; below half of it rounds to zero
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize(("group_size", "per_tensor"), [(None, False), (16, False), (None, True)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_integer_scales_from_finite_values_are_those_of_the_where_form(monkeypatch, bits, group_size, per_tensor,
+                                                                      symmetric):
+    """The non-finite values are zeroed for the scales by one nan_to_num pass: the same scales, zero points and
+    outputs, bit for bit, as torch.where(torch.isfinite(g), g, 0) gave (NaN, +-inf, -0.0, all-non-finite groups)."""
+    from qcheck.formats.integer import integer_params
+
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(bits))
+    x[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    x[1, :16] = float("inf")
+    x[2, :16] = float("nan")
+    x[3, ::3] = -0.0
+    x[4] = torch.tensor([3.0e38, -3.0e38] * 32)
+    new_out, new_p = integer(x, bits, group_size, symmetric, per_tensor=per_tensor), \
+        integer_params(x, bits, group_size, symmetric, per_tensor)
+    monkeypatch.setattr(torch, "nan_to_num",
+                        lambda g, nan, posinf, neginf: torch.where(torch.isfinite(g), g, torch.zeros_like(g)))
+    old_out, old_p = integer(x, bits, group_size, symmetric, per_tensor=per_tensor), \
+        integer_params(x, bits, group_size, symmetric, per_tensor)
+    assert torch.equal(new_out.view(torch.int32), old_out.view(torch.int32))
+    for field in ("scale", "zero_point", "lo", "hi"):
+        a, b = getattr(new_p, field), getattr(old_p, field)
+        assert (a is None and b is None) or torch.equal(a.view(torch.int32), b.view(torch.int32)), field

@@ -18,6 +18,7 @@ from qcheck.measure.lm_eval_compat import lm_eval_perplexity
 from qcheck.options import RunOptions
 from qcheck.records import RecordStatus
 from qcheck.report import validate_report
+from qcheck.variants import builtin_plan
 
 FIGURES = ("word_perplexity", "byte_perplexity", "bits_per_byte", "loglikelihood")
 
@@ -39,7 +40,7 @@ def test_page_selection_rule(first, budget, expected):
     assert select_pages(len(sizes), first, budget, lambda i: sizes[i]) == expected
 
 
-def test_engine_record_equals_lm_eval_perplexity_on_the_same_pages(smollm2):
+def test_engine_record_equals_lm_eval_perplexity_on_the_same_pages(smollm2, smollm2_quantized):
     ctx = open_run(RunOptions(variants=("int8",), device="cpu", tokens=512, context=128))
     store = measure_run(ctx, {"fp32": {"lm_eval_perplexity"}, "int8": {"lm_eval_perplexity"}})
     reference, variant = store.find("fp32", "lm_eval_perplexity"), store.find("int8", "lm_eval_perplexity")
@@ -51,8 +52,8 @@ def test_engine_record_equals_lm_eval_perplexity_on_the_same_pages(smollm2):
     assert (settings["words"], settings["bytes"]) == (reference.data["n_words"], reference.data["n_bytes"])
     docs = wikitext_documents(select=settings["pages"]).documents
     _same(reference.data, lm_eval_perplexity(smollm2.model, smollm2.tokenizer, docs))
-    with ctx.variants.built("int8") as built:
-        _same(variant.data, lm_eval_perplexity(built.model, smollm2.tokenizer, docs))
+    int8, _ = smollm2_quantized(builtin_plan("int8"))  # the same plan on the same model, built outside the engine
+    _same(variant.data, lm_eval_perplexity(int8, smollm2.tokenizer, docs))
     assert reference.data["settings"]["max_length"] == 8192 and reference.data["n_windows"] == 2
     assert variant.data["word_perplexity"] != reference.data["word_perplexity"]
 

@@ -10,7 +10,6 @@ from qcheck.inputs.tasks import load_arc_easy
 from qcheck.invariants.aggregate import summarize
 from qcheck.invariants.quality import assert_difference_resolved, assert_not_collapsed, assert_summary_recomputable
 from qcheck.measure.choice import score_multiple_choice
-from qcheck.quant.apply import quantize
 
 W2 = {"name": "w2", "default": {"format": "int", "bits": 2, "group_size": 64}}
 N_QUESTIONS = 30
@@ -40,12 +39,12 @@ def test_seed_003_half_right_on_a_binary_task_is_collapsed():
 
 
 @pytest.fixture(scope="module")
-def arc_results(smollm2):
+def arc_results(smollm2, smollm2_quantized):
     try:
         questions = load_arc_easy(N_QUESTIONS).items
     except DataError as exc:
         pytest.skip(f"ARC-Easy not available: {exc}")
-    destroyed, _ = quantize(smollm2.model, W2)
+    destroyed, _ = smollm2_quantized(W2)
     return {name: score_multiple_choice(model, smollm2.tokenizer, questions)
             for name, model in (("fp32", smollm2.model), ("w2", destroyed))}
 

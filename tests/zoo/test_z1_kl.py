@@ -11,7 +11,6 @@ from qcheck.errors import InvariantViolation
 from qcheck.formats import integer
 from qcheck.invariants.fidelity import KL_BOUNDS, assert_kl_between, assert_kl_ordering, assert_kl_sane
 from qcheck.measure.fidelity import fidelity
-from qcheck.quant.apply import quantize
 from qcheck.results import Status
 from qcheck.variants import builtin_plan
 
@@ -19,11 +18,11 @@ TOKENS, CONTEXT = 1024, 512
 
 
 @pytest.fixture(scope="module")
-def kl(smollm2, wikitext_slice):
+def kl(smollm2, smollm2_quantized, wikitext_slice):
     ref = smollm2.model
-    int8, _ = quantize(ref, builtin_plan("int8"))
-    w4, _ = quantize(ref, builtin_plan("w4g64"))
-    bf16, _ = quantize(ref, builtin_plan("bf16"))
+    int8, _ = smollm2_quantized(builtin_plan("int8"))
+    w4, _ = smollm2_quantized(builtin_plan("w4g64"))
+    bf16, _ = smollm2_quantized(builtin_plan("bf16"))
     # seed 004: the "4-bit" run silently kept the 8-bit weights
     planted_w4 = copy.deepcopy(int8)
     # seed 000: the mixed run's MLP layers ended up far below either uniform format (2 bits)

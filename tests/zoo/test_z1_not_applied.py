@@ -9,11 +9,11 @@ from qcheck.invariants import assert_quantization_applied
 from qcheck.invariants.closeness import CLOSE_TO_REFERENCE, assert_close_to_reference
 from qcheck.measure.perplexity import perplexity_of_ids
 from qcheck.quant.apply import quantize
+from qcheck.variants import builtin_plan
 
 
-def identity_quantizer(model, plan):
-    """Planted bug: returns a copy with the weights unchanged, and a manifest claiming the plan."""
-    _, report = quantize(model, plan)
+def identity_quantizer(model, report):
+    """Planted bug: returns a copy with the weights unchanged, and the manifest of a real run of the plan."""
     return copy.deepcopy(model), report
 
 
@@ -32,8 +32,9 @@ def probe(smollm2, wikitext_slice):
     return torch.tensor(ids).reshape(2, 32)
 
 
-def test_identity_quantizer_is_caught_with_layer_names(smollm2, probe):
-    q, report = identity_quantizer(smollm2.model, {"default": {"format": "int", "bits": 4, "group_size": 64}})
+def test_identity_quantizer_is_caught_with_layer_names(smollm2, smollm2_quantized, probe):
+    _, w4g64_report = smollm2_quantized(builtin_plan("w4g64"))
+    q, report = identity_quantizer(smollm2.model, w4g64_report)
     with pytest.raises(InvariantViolation) as err:
         assert_quantization_applied(smollm2.model, q, report, input_ids=probe, variant="w4g64")
     result = err.value.result
@@ -87,18 +88,17 @@ def test_a_near_lossless_claim_far_off_fails_beyond_its_interval(smollm2, tokens
     assert change["low"] > CLOSE_TO_REFERENCE["int8"].relative and result.evidence["bound_basis"]
 
 
-def test_real_fp16_and_int8_pass(smollm2, probe):
-    for plan in ({"dtype": "fp16", "default": {"format": "fp16"}}, {"default": {"format": "int", "bits": 8}}):
-        q, report = quantize(smollm2.model, plan)
+def test_real_fp16_and_int8_pass(smollm2, smollm2_quantized, probe):
+    for plan in (builtin_plan("fp16"), builtin_plan("int8")):  # {"dtype": "fp16", default fp16}, {default int 8}
+        q, report = smollm2_quantized(plan)
         result = assert_quantization_applied(smollm2.model, q, report, input_ids=probe)
         assert result.status.value == "PASS"
         assert 15 < result.evidence["logits"]["sqnr_db"] < 80
 
 
-def test_real_bf16_and_int8_stay_within_their_bounds(smollm2, tokens, fp32_ppl):
-    for name, plan in (("bf16", {"dtype": "bf16", "default": {"format": "bf16"}}),
-                       ("int8", {"default": {"format": "int", "bits": 8}})):
-        q, _ = quantize(smollm2.model, plan)
+def test_real_bf16_and_int8_stay_within_their_bounds(smollm2_quantized, tokens, fp32_ppl):
+    for name in ("bf16", "int8"):  # {"dtype": "bf16", default bf16}, {default int 8}
+        q, _ = smollm2_quantized(builtin_plan(name))
         assert _close(name, q, tokens, fp32_ppl).status.value == "PASS"
 
 

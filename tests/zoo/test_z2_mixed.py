@@ -6,9 +6,9 @@ from qcheck.invariants import assert_mixed_between
 from qcheck.measure.perplexity import perplexity
 from qcheck.quant.apply import quantize
 from qcheck.quant.plan import Plan
+from qcheck.variants import builtin_plan
 
-INT8 = {"name": "int8", "default": {"format": "int", "bits": 8}}
-W4 = {"name": "w4g64", "default": {"format": "int", "bits": 4, "group_size": 64}}
+INT8, W4 = builtin_plan("int8"), builtin_plan("w4g64")  # the uniform bounds: int8 per channel, int4 in groups of 64
 MIXED = {"name": "mixed", "default": {"format": "int", "bits": 4, "group_size": 64},
          "override": [{"match": "model.layers.*.self_attn.*", "format": "int", "bits": 8}]}
 SWAPPED = {"name": "mixed", "default": {"format": "int", "bits": 8},
@@ -18,13 +18,14 @@ BLOWN_UP = {"name": "mixed", "default": {"format": "int", "bits": 2, "group_size
 
 
 @pytest.fixture(scope="module")
-def ppl(smollm2, wikitext_slice):
+def ppl(smollm2, smollm2_quantized, wikitext_slice):
     cache = {}
 
     def get(plan):
         key = repr(plan)
         if key not in cache:
-            q, report = quantize(smollm2.model, plan)
+            # the uniform bounds are the session's shared variants; the mixed plans are built here
+            q, report = smollm2_quantized(plan) if plan in (INT8, W4) else quantize(smollm2.model, plan)
             cache[key] = (perplexity(q, smollm2.tokenizer, wikitext_slice, context=512, max_tokens=1024), q, report)
         return cache[key]
 

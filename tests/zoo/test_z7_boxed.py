@@ -8,7 +8,6 @@ from qcheck.errors import DataError, InvariantViolation
 from qcheck.inputs.tasks import load_gsm8k
 from qcheck.invariants.quality import assert_boxed_format
 from qcheck.measure.generation import FewShotPrompt, Generation, GenerationRun, GenerationSettings, generate_answers
-from qcheck.quant.apply import quantize
 
 N_PROMPTS = 8
 SETTINGS = GenerationSettings(max_new_tokens=24, batch_size=N_PROMPTS, prompt="gsm8k_3shot_direct")
@@ -62,8 +61,9 @@ def test_generation_cut_to_zero_tokens_fails_with_seed_002_symptoms(smollm2, pro
     assert [f["status"] for f in r.evidence["example_failures"]] == ["empty"] * 3
 
 
-def test_weights_destroyed_by_2bit_everywhere_fail_with_seed_002_symptoms(smollm2, problems, reference_run):
-    destroyed, _ = quantize(smollm2.model, W2)
+def test_weights_destroyed_by_2bit_everywhere_fail_with_seed_002_symptoms(smollm2, smollm2_quantized, problems,
+                                                                          reference_run):
+    destroyed, _ = smollm2_quantized(W2)
     run = generate_answers(destroyed, smollm2.tokenizer, [p.question for p in problems], SETTINGS,
                            ids=[p.id for p in problems])
     with pytest.raises(InvariantViolation) as err:

@@ -19,7 +19,7 @@ from torch import nn
 from qcheck.errors import ConfigError, QCheckError
 from qcheck.options import PTQ_ENV, ptq_specs_from_env  # noqa: F401 - re-exported for backends' users
 from qcheck.quant.manifest import LayerRecord, QuantReport
-from qcheck.quant.tensor_stats import distinct_per_group, rel_change, sqnr_db, weight_fingerprint
+from qcheck.quant.tensor_stats import distinct_per_group, rel_change_and_sqnr_db, weight_fingerprint
 
 
 class ReferenceMutatedError(QCheckError):
@@ -234,8 +234,7 @@ def manifest_of(reference: nn.Module, quantized: nn.Module, *, backend: str, pla
             rec.kept_reason = "left in float by the backend's recipe (ignored)"
         elif id(_stored_weight(module)) in embedding_ids:
             rec.kept_reason = "weight tied to the input embedding (left in float)"
-        rec.rel_change = rel_change(ref_w, deq)
-        rec.sqnr_db = sqnr_db(ref_w, deq)
+        rec.rel_change, rec.sqnr_db = rel_change_and_sqnr_db(ref_w, deq)
         rec.applied = rec.rel_change > 0.0 and not rec.kept_reason
         if rec.applied:
             rec.bits = bits

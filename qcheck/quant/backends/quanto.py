@@ -30,7 +30,7 @@ from qcheck.inputs.calibration import SOURCES, CalibrationSpec, build_calibratio
 from qcheck.options import PTQ_ENV
 from qcheck.quant.backends import BackendVariant, linear_like_modules
 from qcheck.quant.manifest import LayerRecord, QuantReport
-from qcheck.quant.tensor_stats import distinct_per_group, rel_change, sqnr_db
+from qcheck.quant.tensor_stats import distinct_per_group, rel_change_and_sqnr_db
 
 WEIGHTS = {"int8": "qint8", "int4": "qint4", "int2": "qint2", "float8": "qfloat8_e4m3fn"}
 """Spec name -> quanto weight qtype (quanto's qfloat8 is its e4m3fn)."""
@@ -214,8 +214,7 @@ def _read_packed(rec: LayerRecord, module: nn.Module, ref_w: torch.Tensor, bits:
 
 def _measure(rec: LayerRecord, ref_w: torch.Tensor, w: torch.Tensor) -> None:
     rec.numel = ref_w.numel()
-    rec.rel_change = rel_change(ref_w, w)
-    rec.sqnr_db = sqnr_db(ref_w, w)
+    rec.rel_change, rec.sqnr_db = rel_change_and_sqnr_db(ref_w, w)
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:
