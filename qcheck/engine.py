@@ -227,9 +227,10 @@ def _reloader(options: RunOptions, reference: Any) -> Any:
 def precision_facts(options: RunOptions, dtype: str) -> dict[str, Any]:
     """What the report states about precision: the reference's dtype and the arithmetic of simulated formats."""
     return {"reference_dtype": dtype, "requested": options.reference_dtype,
-            "fake_quant": f"simulated formats round each weight in fp32 and store it in the variant's dtype; "
-                          f"forwards compute in that dtype: {dtype} (the reference's) unless the plan casts the model "
-                          "(fp16/bf16 plans)",
+            "fake_quant": ("simulated formats round each weight in fp32 and store it in fp32; the model computes in "
+                           f"{dtype} (the reference's dtype) unless the plan casts it (fp16/bf16 plans)"
+                           + ("" if dtype == "fp32" else f", and each quantized layer computes in fp32 between casts "
+                              f"of its input and output (a grid value stored in {dtype} would leave its grid)")),
             "note": None if dtype == "fp32" else f"the reference is {dtype}, not fp32: the variant named fp32 in "
                                                  f"this report is that {dtype} reference, and perplexity changes are "
                                                  f"measured against it"}

@@ -96,7 +96,13 @@ def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: to
         if module.bias is not None:
             module.bias.data = module.bias.data.to(spec.dtype)
     else:
-        new = spec.quantize(w.detach().to(torch.float32)).to(w.dtype)
+        new = spec.quantize(w.detach().to(torch.float32))
+        if w.dtype != torch.float32:
+            # grid values stored in fp16/bf16 would be rounded off their grid (8 significant bits in bf16): the layer
+            # keeps them in fp32 and computes in fp32 between casts of its input and output
+            _add_dtype_adapter(module)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(torch.float32)
         lo_hi = _range_of(spec)
         if lo_hi is not None:
             rec.saturation_rate = float(((ref_w < lo_hi[0]) | (ref_w > lo_hi[1])).float().mean().item())
@@ -162,7 +168,8 @@ def _prune(w: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
 
 
 def _add_dtype_adapter(module: nn.Module) -> None:
-    """Cast a cast-layer's input to its dtype and its output back, so it sits in a model of another dtype. Not added
+    """Cast a layer's input to its weight's dtype and its output back, so it sits in a model of another dtype (a cast
+    layer, or a grid layer kept in fp32 inside a 16-bit model). Not added
     where the whole model is already in the layer's dtype (the fp16/bf16 plans): two Python hooks per layer cost
     host time on every call, and made 16-bit generation slower than fp32 in host-bound decoding."""
     def pre(mod: nn.Module, args: tuple) -> tuple | None:

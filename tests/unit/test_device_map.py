@@ -107,10 +107,18 @@ def test_reference_dtype_auto_keeps_a_bf16_checkpoint_in_bf16(pytester, tmp_path
                               reference_dtype="auto"))
     assert {p.dtype for p in ctx.reference_model.parameters()} == {torch.bfloat16}
     assert ctx.reference_dtype == "bf16" and ctx.variants.get("int8").dtype_name == "bf16"
+    int8 = ctx.variants.get("int8").model
+    layer = int8.model.layers[0].self_attn.q_proj
+    assert layer.weight.dtype == torch.float32  # grid values kept in fp32 inside the bf16 model
+    assert int8(torch.tensor([[1, 2, 3]])).logits.dtype == torch.bfloat16  # the layer's output is cast back
     report = _run(pytester, bf16_folder, tmp_path / "bf16", "--qcheck-reference-dtype=auto")
     assert report["meta"]["precision"]["reference_dtype"] == "bf16"
     text = (tmp_path / "bf16" / "qcheck-report.md").read_text()
-    assert "reference dtype: bf16 (--reference-dtype auto)" in text and "forwards compute in that dtype" in text
+    assert "reference dtype: bf16 (--reference-dtype auto)" in text
+    assert "each quantized layer computes in fp32" in text
+    # stored in bf16, int8 and w4g64 grid values left their grids: these checks FAILed honest variants
+    grid = {k: v for k, v in _verdicts(report).items() if k[0] in ("quantization_applied", "plan_followed")}
+    assert grid and set(grid.values()) == {"PASS"}, grid
 
 
 def test_default_reference_stays_fp32_and_says_so(tiny_folder):
