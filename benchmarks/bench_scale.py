@@ -63,7 +63,7 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
         output, _ = proc.communicate(timeout=limit_s)
     except subprocess.TimeoutExpired:
         proc.terminate()
-        output, _ = proc.communicate(timeout=120)
+        output, _ = proc.communicate(timeout=60)  # the run writes its report (marked unfinished) on SIGTERM
     wall = time.perf_counter() - start
     row: dict[str, Any] = {"wall_s": round(wall, 1), "exit": proc.returncode, "tail": output[-3000:]}
     report_path = out / "qcheck-report.json"
@@ -120,6 +120,7 @@ def main() -> None:
         row["folder_build_s"] = round(built, 1)
         rows[shape] = row
         print(shape, json.dumps({k: v for k, v in row.items() if k != "tail"}), flush=True)
+        save(args.out, "bench_scale", {"args": vars(args), "rows": rows}, "")  # kept if a later shape is cut short
         if row["exit"] not in (0, 1):
             print(row["tail"], flush=True)
     lines = ["| shape | wall (s, load included) | exit | verdict | peak GPU MiB | bar 1.3 x (ref + largest) | ratio |",
