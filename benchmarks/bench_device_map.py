@@ -11,38 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _output import save
-from bench_scale import build_folder
+from bench_scale import build_folder, run
 
 TOLERANCE = 1e-5
-
-
-def qcheck_run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) -> dict[str, Any]:
-    """One `qcheck run` in a subprocess: wall time, exit code, perplexities per variant, verdicts per check."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "qcheck.cli", "run", "--model", str(folder), "--device", device,
-                           "--out", str(out), *extra], check=False, capture_output=True, text=True, timeout=limit_s)
-    row: dict[str, Any] = {"wall_s": round(time.perf_counter() - start, 1), "exit": proc.returncode,
-                           "tail": (proc.stdout + proc.stderr)[-2000:]}
-    path = out / "qcheck-report.json"
-    if path.is_file():
-        report = json.loads(path.read_text())
-        records = report.get("records") or {"records": [], "meta": {}}
-        row["perplexity"] = {r["variant"]: r["data"]["perplexity"] for r in records["records"]
-                             if r["measurement"] == "perplexity" and r["status"] == "ok"}
-        row["verdicts"] = {f"{c['name']}[{c.get('variant')}]": c["status"] for c in report.get("checks", [])}
-        row["placement"] = report.get("meta", {}).get("placement") or records["meta"].get("placement")
-        row["peak_memory"] = records["meta"].get("peak_memory")
-        row["status"] = report.get("status")
-    return row
 
 
 def compare(plain: dict[str, Any], mapped: dict[str, Any]) -> dict[str, Any]:
@@ -70,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.root)
     folder = build_folder(args.shape, args.tokenizer, root, args.device)
-    plain = qcheck_run(folder, root / "plain", args.device, args.qcheck_arg, args.limit_s)
+    plain = run(folder, root / "plain", args.device, args.qcheck_arg, args.limit_s)
     print("plain", json.dumps({k: v for k, v in plain.items() if k != "tail"}), flush=True)
-    mapped = qcheck_run(folder, root / "mapped", args.device,
+    mapped = run(folder, root / "mapped", args.device,
                         ["--device-map", "auto", "--max-memory", args.max_memory, *args.qcheck_arg], args.limit_s)
     print("mapped", json.dumps({k: v for k, v in mapped.items() if k != "tail"}), flush=True)
     result = compare(plain, mapped)

@@ -97,7 +97,11 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                    variant_seconds=records["meta"].get("variant_seconds"),
                    measurement_seconds={k: round(v, 1) for k, v in sorted(per_measurement.items(),
                                                                           key=lambda kv: -kv[1])},
-                   seconds_by_variant=per_variant, generation=generation)
+                   seconds_by_variant=per_variant, generation=generation,
+                   perplexity={r["variant"]: r["data"]["perplexity"] for r in records["records"]
+                               if r["measurement"] == "perplexity" and r["status"] == "ok"},
+                   verdicts={f"{c['name']}[{c.get('variant')}]": c["status"] for c in report.get("checks", [])},
+                   placement=report.get("meta", {}).get("placement"))
     return row
 
 

@@ -7,7 +7,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qcheck.errors import DataError
 from qcheck.quant.offload import input_device
+
+PROBE_TOKENS = 16
+"""Tokens of the scored text fed both ways to check that head(decoder(ids)) is the model's own logits."""
+
+
+def last_logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last `keep` positions, no KV cache (the output head runs only there where the model takes
+    `logits_to_keep`; a model that ignores it returns all positions, which are cut here)."""
+    width = inp.shape[1]
+    if keep >= width:
+        return model(input_ids=inp, attention_mask=attn, use_cache=False).logits
+    try:
+        logits = model(input_ids=inp, attention_mask=attn, logits_to_keep=keep, use_cache=False).logits
+    except TypeError:
+        logits = model(input_ids=inp, attention_mask=attn).logits
+    if logits.shape[1] not in (keep, width):
+        raise DataError(f"model returned logits for {logits.shape[1]} positions, expected {keep} or {width}")
+    return logits[:, -keep:]
 
 
 def decoder_states(decoder: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None

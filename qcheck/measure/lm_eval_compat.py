@@ -29,7 +29,7 @@ from torch import nn
 
 from qcheck.errors import ConfigError, DataError
 from qcheck.inputs.documents import Document
-from qcheck.measure.head import decoder_states
+from qcheck.measure.head import decoder_states, last_logits
 from qcheck.measure.perplexity import NonFiniteError
 from qcheck.quant.offload import input_device
 
@@ -131,31 +131,16 @@ HEAD_CHUNK = 1024
 """Scored positions whose logits exist at once: the output head and the log-softmax run on at most this many
 positions of a window. A whole 8,192-token window's logits are 1.6 GB in fp32 with SmolLM2's 49k vocabulary and
 8.4 GB with a 256k one (twice that with the log-softmax's copy); 1,024 positions of a 256k vocabulary are 1 GB."""
-PROBE_TOKENS = 16
-"""Tokens of the first window fed both ways to check that head(decoder(ids)) is the model's own logits."""
-
-
 def split_head(model: nn.Module, probe: Sequence[int]) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, output head) when the model's logits are head(decoder(ids)) in value and dtype on the first
     PROBE_TOKENS of `probe` (`qcheck.measure.head.split_head`); else None, and windows are scored from the model's
     own logits (a model that upcasts its logits after the head would change lm-eval's softmax dtype)."""
+    from qcheck.measure.head import PROBE_TOKENS
     from qcheck.measure.head import split_head as split
 
     device = input_device(model)
     ids = torch.tensor([list(probe)[:PROBE_TOKENS]], dtype=torch.long, device=device)
     return split(model, ids, tol=1e-4, same_dtype=True)
-
-
-def _logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
-    """Logits of the last `keep` positions (the output head runs only there where the model supports it)."""
-    width = inp.shape[1]
-    if keep < width:
-        try:
-            logits = model(input_ids=inp, attention_mask=attn, logits_to_keep=keep).logits
-        except TypeError:
-            logits = model(input_ids=inp, attention_mask=attn).logits
-        return logits[:, -keep:]
-    return model(input_ids=inp, attention_mask=attn).logits
 
 
 def _picked_logprobs(rows: torch.Tensor, head: nn.Module | None, targets: torch.Tensor,
@@ -194,7 +179,7 @@ def _window_loglikelihoods(model: nn.Module, windows: Sequence[tuple[list[int], 
         if split is not None:
             states, first = decoder_states(split[0], ids, attn), 0
         else:
-            states = _logits(model, ids, attn, keep)
+            states = last_logits(model, ids, attn, keep)
             first = width - states.shape[1]
         for row, (inp, targets) in enumerate(batch):
             lo = len(inp) - len(targets) - first

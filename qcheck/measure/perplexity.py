@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import DataError
+from qcheck.measure.head import decoder_states, last_logits
 from qcheck.quant.offload import input_device
 
 
@@ -137,42 +138,14 @@ def model_context(model: nn.Module, default: int = 1024) -> int:
     return int(getattr(getattr(model, "config", None), "max_position_embeddings", default) or default)
 
 
-LOSS_CHUNK = 8192
-"""Scored positions whose float32 log-softmax is computed at once (bounds memory for large batches)."""
-
-
-def _scored_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-position NLL (float64) of `targets` under `logits` ([M, vocab]), in float32 chunks of LOSS_CHUNK rows."""
-    targets = targets.to(logits.device)  # a model spread over devices returns logits on its last one
-    parts = [torch.nn.functional.cross_entropy(logits[i: i + LOSS_CHUNK].float(), targets[i: i + LOSS_CHUNK],
-                                               reduction="none").double()
-             for i in range(0, logits.shape[0], LOSS_CHUNK)]
-    return torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float64)
-
-
-def _forward_logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
-    """Logits of the last `keep` positions (all `width` of them when the model ignores logits_to_keep)."""
-    width = inp.shape[1]
-    if keep < width:
-        try:
-            logits = model(input_ids=inp, attention_mask=attn, logits_to_keep=keep, use_cache=False).logits
-        except TypeError:
-            logits = model(input_ids=inp, attention_mask=attn).logits
-        if logits.shape[1] in (keep, width):
-            return logits[:, -keep:]
-        raise DataError(f"model returned logits for {logits.shape[1]} positions, expected {keep} or {width}")
-    return model(input_ids=inp, attention_mask=attn, use_cache=False).logits
-
-
 HEAD_CHUNK_BYTES = 1 << 30
-"""fp32 logits held at once on the head path: rows per chunk = this / (vocabulary x 4 bytes), 5,461 rows for
-SmolLM2's 49,152 tokens, 2,092 for Llama 3's 128,256. A 64-window GPU batch would otherwise hold 13 GB of logits."""
-PROBE_TOKENS = 16
+"""fp32 logits held at once: rows per chunk = this / (vocabulary x 4 bytes), 5,461 rows for SmolLM2's 49,152 tokens,
+2,092 for Llama 3's 128,256. A 64-window GPU batch would otherwise hold 13 GB of logits."""
 
 
 def _head_path(model: nn.Module, ids: torch.Tensor, compile_decoder: bool) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, head) where the model's logits are head(decoder(ids)) on a probe of the text, else None."""
-    from qcheck.measure.head import split_head
+    from qcheck.measure.head import PROBE_TOKENS, split_head
 
     split = split_head(model, ids[:PROBE_TOKENS].unsqueeze(0), tol=1e-5)
     if split is None or not compile_decoder:
@@ -180,16 +153,19 @@ def _head_path(model: nn.Module, ids: torch.Tensor, compile_decoder: bool) -> tu
     return torch.compile(split[0]), split[1]
 
 
-def _head_nll(head: nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row NLL (float64) of `targets` under head(states), the head run on HEAD_CHUNK_BYTES of logits at a time."""
-    vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])
-    rows = max(1, HEAD_CHUNK_BYTES // (4 * vocab))
+def _scored_nll(rows: torch.Tensor, targets: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+    """Per-row NLL (float64) of `targets`: `rows` are logits, or hidden states that `head` turns into logits; the
+    float32 log-softmax (and the head) run on HEAD_CHUNK_BYTES of logits at a time. Row-wise, so chunking changes
+    no value."""
+    vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0]) if head is not None else rows.shape[-1]
+    step = max(1, HEAD_CHUNK_BYTES // (4 * vocab))
     parts = []
-    for i in range(0, states.shape[0], rows):
-        logits = head(states[i: i + rows]).float()
-        parts.append(torch.nn.functional.cross_entropy(logits, targets[i: i + rows].to(logits.device),
+    for i in range(0, rows.shape[0], step):
+        logits = (head(rows[i: i + step]) if head is not None else rows[i: i + step]).float()
+        # a model spread over devices returns its logits on its last one
+        parts.append(torch.nn.functional.cross_entropy(logits, targets[i: i + step].to(logits.device),
                                                        reduction="none").double())
-    return torch.cat(parts) if parts else states.new_zeros(0, dtype=torch.float64)
+    return torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -239,15 +215,13 @@ def perplexity_of_ids(
             score[row, e - b - n: e - b] = True
         inp, attn, score = inp.to(device), attn.to(device), score.to(device)
         if split is not None:
-            from qcheck.measure.head import decoder_states
-
             # the state at position t predicts token t+1
             mask = score[:, 1:]
-            nll = _head_nll(split[1], decoder_states(split[0], inp, attn)[:, :-1][mask], inp[:, 1:][mask])
+            nll = _scored_nll(decoder_states(split[0], inp, attn)[:, :-1][mask], inp[:, 1:][mask], split[1])
         else:
             # logits at position t predict token t+1: the first predicting position is one before the first scored
             keep = width - min(e - b - n for b, e, n in batch) + 1
-            logits = _forward_logits(model, inp, attn, min(keep, width))
+            logits = last_logits(model, inp, attn, min(keep, width))
             first = width - logits.shape[1]  # the position of logits[:, 0]
             mask = score[:, 1:][:, first:]
             nll = _scored_nll(logits[:, :-1][mask], inp[:, 1:][:, first:][mask])
