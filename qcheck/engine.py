@@ -166,7 +166,7 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     store = RecordStore()
     store.meta.update(model=loaded.describe(), device=str(device), options=options.to_dict(),
                       seeds={"torch": 0, "probe_inputs": 0, "bootstrap": 0},
-                      placement=summarize(loaded.model, placement), precision=precision_facts(options, dtype))
+                      placement=summarize(loaded.model, placement), precision=precision_facts(options, dtype, device))
     store.variants = [REFERENCE, *variants.names]
     from qcheck.inputs.lm_eval_results import read_lm_eval_file
 
@@ -224,9 +224,17 @@ def _reloader(options: RunOptions, reference: Any) -> Any:
     return reload
 
 
-def precision_facts(options: RunOptions, dtype: str) -> dict[str, Any]:
-    """What the report states about precision: the reference's dtype and the arithmetic of simulated formats."""
-    return {"reference_dtype": dtype, "requested": options.reference_dtype,
+def precision_facts(options: RunOptions, dtype: str, device: Any = None) -> dict[str, Any]:
+    """What the report states about precision: the reference's dtype, the arithmetic of simulated formats, and how
+    16-bit products ran on a CPU."""
+    on_cpu = device is not None and getattr(device, "type", str(device)) == "cpu"
+    half = None
+    if on_cpu:
+        half = ("fp16/bf16 matrix products ran as fp32 GEMMs of the 16-bit values, rounded once to 16 bits (fp32 "
+                "accumulation, as in torch's own half GEMMs; --cpu-half-matmul fast), except in timings"
+                if options.cpu_half_matmul == "fast" else
+                "fp16/bf16 matrix products ran in torch's own CPU kernels (--cpu-half-matmul native)")
+    return {"reference_dtype": dtype, "requested": options.reference_dtype, "half_matmul": half,
             "fake_quant": ("simulated formats round each weight in fp32 and store it in fp32; the model computes in "
                            f"{dtype} (the reference's dtype) unless the plan casts it (fp16/bf16 plans)"
                            + ("" if dtype == "fp32" else f", and each quantized layer computes in fp32 between casts "
@@ -390,7 +398,8 @@ def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
         progress(subject.name, step.name)
     start = time.perf_counter()
     try:
-        data, settings = step.run(ctx, subject)
+        with _arithmetic(ctx, step):
+            data, settings = step.run(ctx, subject)
     except NotApplicable as exc:
         ctx.store.put(Record(subject.name, step.name, RecordStatus.SKIPPED, reason=str(exc)))
         return
@@ -405,6 +414,18 @@ def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
         return
     ctx.store.put(Record(subject.name, step.name, RecordStatus.OK, data=data, settings=settings,
                          seconds=round(time.perf_counter() - start, 3)))
+
+
+def _arithmetic(ctx: RunContext, step: Any) -> Any:
+    """The context a step computes in: on a CPU, 16-bit products as fp32 GEMMs (`qcheck.measure.half_cpu`), except
+    for timings and with `--cpu-half-matmul native`; on a GPU, torch's own kernels."""
+    from contextlib import nullcontext
+
+    if ctx.gpu or step.timed or ctx.options.cpu_half_matmul == "native":
+        return nullcontext()
+    from qcheck.measure.half_cpu import half_matmul
+
+    return half_matmul("fast")
 
 
 def _not_measured(ctx: RunContext, measurement: str, name: str) -> str | None:

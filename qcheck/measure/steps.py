@@ -44,6 +44,8 @@ class Step:
     after_release: bool = False
     model_free: bool = False
     """Reads no model (a user's result files): a variant is not built for it alone."""
+    timed: bool = False
+    """Times the model: it runs torch's own kernels, never `qcheck.measure.half_cpu`'s fp32 products."""
 
 
 STEPS: dict[str, Step] = {}
@@ -52,10 +54,10 @@ ORDER = ("build", "weights", "perplexity", "perplexity_short", "lm_eval_perplexi
 """The order a variant's measurements run in (cheap evidence first; timing last on a quiet device)."""
 
 
-def step(name: str, summary: str, *, after_release: bool = False, model_free: bool = False
+def step(name: str, summary: str, *, after_release: bool = False, model_free: bool = False, timed: bool = False
          ) -> Callable[[StepFn], StepFn]:
     def register(fn: StepFn) -> StepFn:
-        STEPS[name] = Step(name, fn, summary, after_release, model_free)
+        STEPS[name] = Step(name, fn, summary, after_release, model_free, timed)
         return fn
     return register
 
@@ -263,21 +265,22 @@ def _robustness(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, 
 # ---------------------------------------------------------------------------------------------------------- timing
 
 @step("latency", "forward latency at the run's shape (CUDA events or perf_counter, warm-up apart), the variant's "
-                 "kind, arithmetic floor, memory; a profile by kernel when over the slowdown bound")
+                 "kind, arithmetic floor, memory; a profile by kernel when over the slowdown bound", timed=True)
 def _latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
     from qcheck.measure.latency import measure_latency
 
     return measure_latency(ctx, s)
 
 
-@step("latency_casts", "the reference cast to fp16 / bf16 and under autocast, timed at the run's shape (GPU)")
+@step("latency_casts", "the reference cast to fp16 / bf16 and under autocast, timed at the run's shape (GPU)",
+      timed=True)
 def _latency_casts(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
     from qcheck.measure.latency import measure_reference_casts
 
     return measure_reference_casts(ctx)
 
 
-@step("energy", "energy per token of the reference in fp32 and fp16 from NVML's counter (GPU)")
+@step("energy", "energy per token of the reference in fp32 and fp16 from NVML's counter (GPU)", timed=True)
 def _energy(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
     from qcheck.measure.latency import measure_reference_energy
 

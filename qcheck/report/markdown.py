@@ -144,6 +144,8 @@ def placement_lines(meta: dict[str, Any]) -> list[str]:
     if isinstance(precision, dict):
         lines.append(f"reference dtype: {precision.get('reference_dtype')} (--reference-dtype "
                      f"{precision.get('requested')}); {precision.get('fake_quant')}")
+        if precision.get("half_matmul"):
+            lines.append(f"16-bit arithmetic on the CPU: {precision['half_matmul']}")
         if precision.get("note"):
             lines.append(f"note: {precision['note']}")
     return lines
