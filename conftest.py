@@ -11,6 +11,13 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist workers (`pytest -n 2`) share the cores: one intra-op thread each, for torch here and for the
+    # subprocesses tests start, instead of every worker's thread pool spinning on every core
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 from qcheck.strategies import load_profile
 

@@ -3,6 +3,12 @@ fp32 (saved as an HF float folder that both load), for benchmarks/RESULTS.md ("A
 
     python benchmarks/lm_eval_agreement.py --out reports/lm_eval_agreement            # everything (hours on 2 cores)
     python benchmarks/lm_eval_agreement.py --docs 4 --questions 200 --out /tmp/slice  # a slice
+    python benchmarks/lm_eval_agreement.py --model tiny --out /tmp/tiny                # whole split, tiny model
+
+`--model tiny` scores the whole split with a random-init 2-layer Llama (hidden 64) that has SmolLM2's tokenizer and
+context (8,192): the same documents, windows, prompts and choices as the embedded model at a fraction of the cost.
+It checks that the two tools split, window, tokenize and score every document and question alike; the embedded
+model's slice checks the numbers of a trained model.
 
 Stages, in order (each one's figures are written as soon as it ends, so a run cut short keeps what it measured):
 wikitext (qcheck `lm_eval_perplexity`, then lm-eval's own `wikitext` task on the same documents), arc (qcheck
@@ -56,6 +62,21 @@ def float_folder(workdir: Path) -> Path:
     return folder
 
 
+def tiny_folder(workdir: Path) -> Path:
+    """A random-init 2-layer Llama (hidden 64, seed 0) with SmolLM2's tokenizer and 8,192-token context, saved as an
+    HF folder (reused when already there)."""
+    from qcheck.inputs.models import load_tokenizer, random_init_like, tiny_llama_config
+
+    folder = workdir / "tiny-smollm2-tokenizer"
+    if not (folder / "config.json").is_file():
+        tokenizer = load_tokenizer()
+        config = tiny_llama_config(vocab_size=len(tokenizer), max_position_embeddings=8192,
+                                   pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
+        random_init_like(config, seed=0).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
 def machine() -> dict[str, Any]:
     import torch
     import transformers
@@ -93,9 +114,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save(args.out, "lm_eval_agreement", data, markdown(data))
 
     start = time.perf_counter()
-    folder = float_folder(workdir)
+    folder = tiny_folder(workdir) if args.model == "tiny" else float_folder(workdir)
     model, tokenizer = load_model(folder)
-    data["model"] = {"folder": str(folder), "dtype": str(next(model.parameters()).dtype),
+    data["model"] = {"kind": args.model, "folder": str(folder), "dtype": str(next(model.parameters()).dtype),
                      "setup_seconds": round(time.perf_counter() - start, 1)}
     stages = args.stages.split(",")
     if "wikitext" in stages:
@@ -166,6 +187,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("embedded", "tiny"), default="embedded",
+                        help="embedded: SmolLM2 in fp32 (default); tiny: a random-init 2-layer Llama with its "
+                             "tokenizer, for the whole split in minutes")
     parser.add_argument("--docs", type=int, default=None, help="first N WikiText-2 test documents (default all 62)")
     parser.add_argument("--questions", type=int, default=None, help="first N ARC-Easy questions (default all)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")

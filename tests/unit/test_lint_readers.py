@@ -100,7 +100,8 @@ def pytest_benchmark_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     (root / "test_bench.py").write_text(BENCH)
     out = root / "bench.json"
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # pytest-benchmark disables itself in a pytest-xdist worker's environment (`pytest -n 2`): not this inner run's
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_XDIST_WORKER"} | {"PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:qcheck",
                            "-o", "addopts=", "--benchmark-json", str(out), "--benchmark-min-rounds=5",
                            "--benchmark-max-time=0.05", str(root / "test_bench.py")],

@@ -348,7 +348,8 @@ def test_synchronized_timer_and_extra_info():
     assert info["qcheck_timer"].endswith("synchronized_perf_counter")
 
 
-def test_qcheck_benchmark_fixture_writes_qcheck_fields(pytester):
+def test_qcheck_benchmark_fixture_writes_qcheck_fields(pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # else pytest-benchmark disables itself (`pytest -n 2`)
     pytester.makepyfile(test_b="""
         import torch
         from qcheck.benchmark_integration import qcheck_benchmark

@@ -7,6 +7,7 @@ import torch
 from qcheck.errors import InvariantViolation
 from qcheck.invariants import assert_quantization_applied
 from qcheck.invariants.closeness import CLOSE_TO_REFERENCE, assert_close_to_reference
+from qcheck.measure.half_cpu import half_matmul
 from qcheck.measure.perplexity import perplexity_of_ids
 from qcheck.quant.apply import quantize
 from qcheck.variants import builtin_plan
@@ -67,8 +68,9 @@ def fp32_ppl(smollm2, tokens):
 
 def _close(name, model, tokens, reference):
     bound = CLOSE_TO_REFERENCE[name]
-    return assert_close_to_reference(reference, perplexity_of_ids(model, tokens, context=256, batch_size=1),
-                                     variant=name, bound=bound.relative, basis=bound.basis)
+    with half_matmul("fast"):  # 16-bit models on a CPU, as the engine computes them (qcheck.measure.half_cpu)
+        measured = perplexity_of_ids(model, tokens, context=256, batch_size=1)
+    return assert_close_to_reference(reference, measured, variant=name, bound=bound.relative, basis=bound.basis)
 
 
 def test_identical_perplexity_to_ten_decimals_says_not_applied(smollm2, tokens, fp32_ppl):
@@ -91,7 +93,8 @@ def test_a_near_lossless_claim_far_off_fails_beyond_its_interval(smollm2, tokens
 def test_real_fp16_and_int8_pass(smollm2, smollm2_quantized, probe):
     for plan in (builtin_plan("fp16"), builtin_plan("int8")):  # {"dtype": "fp16", default fp16}, {default int 8}
         q, report = smollm2_quantized(plan)
-        result = assert_quantization_applied(smollm2.model, q, report, input_ids=probe)
+        with half_matmul("fast"):
+            result = assert_quantization_applied(smollm2.model, q, report, input_ids=probe)
         assert result.status.value == "PASS"
         assert 15 < result.evidence["logits"]["sqnr_db"] < 80
 
@@ -126,3 +129,38 @@ def test_a_probe_that_cannot_see_the_weights_is_inconclusive_not_a_fail(wikitext
     q, report = quantize(seeing.model, {"default": {"format": "int", "bits": 8}})
     evidence = quantization_evidence(seeing.model, q, report, input_ids=torch.tensor(ids).reshape(2, 32))
     assert judge_quantization_applied(evidence, variant="int8").status == Status.PASS
+
+
+def fp32_only_rtn(model: torch.nn.Module, bits: int = 8) -> torch.nn.Module:
+    """Planted bug (bf16 checkpoints): per-channel RTN that only touches fp32 weights (`if w.dtype == torch.float32`,
+    written and tested on fp32 models), so a bf16 model comes back with every weight as it was."""
+    q = copy.deepcopy(model)
+    qmax = 2 ** (bits - 1) - 1
+    with torch.no_grad():
+        for module in q.modules():
+            if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32:
+                scale = module.weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / qmax
+                module.weight.copy_((module.weight / scale).round().clamp(-qmax, qmax) * scale)
+    return q
+
+
+@pytest.fixture(scope="module")
+def bf16_reference(smollm2):
+    """SmolLM2 in bf16: the reference of `--reference-dtype auto` on a bf16 checkpoint (8B-70B models ship so)."""
+    return copy.deepcopy(smollm2.model).to(torch.bfloat16)
+
+
+def test_a_quantizer_that_skips_a_bf16_reference_is_caught_and_the_real_one_passes(bf16_reference, probe):
+    """With a bf16 reference, grid layers keep fp32 values (issue 20's false-alarm fix); that must not hide a
+    variant whose weights were never quantized."""
+    honest, report = quantize(bf16_reference, builtin_plan("int8"))
+    result = assert_quantization_applied(bf16_reference, honest, report, input_ids=probe, variant="int8")
+    assert result.status.value == "PASS", result.message
+    with pytest.raises(InvariantViolation) as err:
+        assert_quantization_applied(bf16_reference, fp32_only_rtn(bf16_reference), report, input_ids=probe,
+                                    variant="int8")
+    result = err.value.result
+    assert result.name == "quantization_applied"
+    assert "logits are bit-identical to the reference: quantization was not applied" in result.message
+    assert "model.layers.0.self_attn.q_proj" in result.evidence["problems"]["unchanged"]
+    assert len(result.evidence["problems"]["unchanged"]) == 210
