@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import DataError
+from qcheck.measure.head import StatesCache
 from qcheck.measure.perplexity import windows
 from qcheck.quant.offload import input_device
 from qcheck.stats import Interval, bootstrap_interval, mcnemar_exact, wilson_interval
@@ -204,13 +205,14 @@ class _Stream:
                                                                           lambda: None)() is not None:
             self.note = "logits are not head(decoder(x)) on a probe (e.g. logit scaling): full logits per window"
 
-    def states(self, inp: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Per-position states: final hidden states (head path) or full logits (fallback)."""
+    def states(self, inp: torch.Tensor, attn: torch.Tensor, cache: StatesCache | None = None) -> torch.Tensor:
+        """Per-position states: final hidden states (head path; from `cache` where a measurement of the same
+        windows computed them) or full logits (fallback)."""
         from qcheck.measure.head import decoder_states
 
         inp, attn = inp.to(self.device), attn.to(self.device)
         if self.path == HEAD_PATH:
-            return decoder_states(self.base, inp, attn)
+            return cache.states(self.base, inp, attn) if cache is not None else decoder_states(self.base, inp, attn)
         return self.model(input_ids=inp, attention_mask=attn, use_cache=False).logits
 
     def logits(self, rows: torch.Tensor, out_device: torch.device) -> torch.Tensor:
@@ -239,6 +241,7 @@ def fidelity_many(
     block_tokens: int = BLOCK_TOKENS,
     pad_id: int = 0,
     reference_cache: dict[Any, torch.Tensor] | None = None,
+    states_cache: StatesCache | None = None,
 ) -> dict[str, FidelityResult]:
     """KL(ref || variant), top-1 agreement and top-token |Δp| for every variant, in one pass over the windows.
 
@@ -246,6 +249,8 @@ def fidelity_many(
     (a dict the caller keeps), they are also kept for later calls on the same ids and windows: a variant-major run
     measures one variant per call, and the reference's decoder pass is then paid once per run, not per variant.
     Only the final hidden states are kept (tokens x hidden size: 4.7 MB for 2,048 tokens of a 576-wide model).
+    `states_cache` holds the variants' decoder states of batches another measurement already ran (perplexity over
+    the same windows), so their decoder runs once per subject.
     """
     if not variants:
         raise ValueError("fidelity_many needs at least one variant")
@@ -276,7 +281,8 @@ def fidelity_many(
         var_states = {}
         for name, stream in streams.items():
             start = time.perf_counter()
-            var_states[name] = ref_states if stream is ref_stream else _select(stream.states(inp, attn), rows)
+            var_states[name] = ref_states if stream is ref_stream else _select(stream.states(inp, attn, states_cache),
+                                                                                rows)
             acc[name]["secs"] += time.perf_counter() - start
         win = torch.cat([torch.full((last - first,), i + row, dtype=torch.int32) for row, first, last in rows])
         for c in range(0, ref_states.shape[0], chunk):

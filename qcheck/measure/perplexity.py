@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import DataError
-from qcheck.measure.head import decoder_states, last_logits
+from qcheck.measure.head import StatesCache, decoder_states, last_logits
 from qcheck.quant.offload import input_device
 
 
@@ -178,6 +178,7 @@ def perplexity_of_ids(
     batch_size: int = 4,
     pad_id: int = 0,
     compile_decoder: bool = False,
+    states_cache: StatesCache | None = None,
 ) -> PerplexityResult:
     """Strided perplexity of one token sequence under `model` (NLL accumulated in float64).
 
@@ -186,6 +187,7 @@ def perplexity_of_ids(
     text), the head runs on the scored positions' hidden states in chunks and a batch's full logits never exist;
     otherwise the model's own logits are used (`logits_to_keep` where it takes it). `compile_decoder` runs the
     decoder through torch.compile (worth it for long texts on a GPU, where eager small models are host-bound).
+    `states_cache` keeps the decoder states for a later measurement of the same windows (fidelity).
     Per-token NLLs (text order, at `scored_positions(...)`) are kept in `token_nll`.
     """
     import time
@@ -217,7 +219,9 @@ def perplexity_of_ids(
         if split is not None:
             # the state at position t predicts token t+1
             mask = score[:, 1:]
-            nll = _scored_nll(decoder_states(split[0], inp, attn)[:, :-1][mask], inp[:, 1:][mask], split[1])
+            states = (states_cache.states(split[0], inp, attn) if states_cache is not None and not compile_decoder
+                      else decoder_states(split[0], inp, attn))
+            nll = _scored_nll(states[:, :-1][mask], inp[:, 1:][mask], split[1])
         else:
             # logits at position t predict token t+1: the first predicting position is one before the first scored
             keep = width - min(e - b - n for b, e, n in batch) + 1

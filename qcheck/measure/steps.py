@@ -5,7 +5,7 @@ read the records they write (`qcheck.records`), never the models.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,6 +22,15 @@ class Subject:
     name: str
     model: nn.Module | None
     variant: Variant | None = None
+    states: Any = field(default=None, repr=False)
+    """The subject's decoder states per window batch (`qcheck.measure.head.StatesCache`), shared by perplexity and
+    fidelity; dropped with the subject."""
+
+    def __post_init__(self) -> None:
+        if self.states is None and self.model is not None:
+            from qcheck.measure.head import StatesCache
+
+            self.states = StatesCache()
 
     @property
     def is_reference(self) -> bool:
@@ -122,21 +131,22 @@ def _weights(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any
 
 # ---------------------------------------------------------------------------------------------------------- perplexity
 
-def _perplexity_of(ctx: RunContext, model: nn.Module, context: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _perplexity_of(ctx: RunContext, model: nn.Module, context: int, states: Any = None
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     from qcheck.measure.perplexity import perplexity_of_ids
 
     text = ctx.inputs.eval_text()
     pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
     # windows shorter than the run's context are batched so a batch holds about as many tokens as one full window
     batch = ctx.batch_size("perplexity") * max(1, ctx.options.context // max(context, 1))
-    result = perplexity_of_ids(model, text.ids, context=context, batch_size=batch, pad_id=pad)
+    result = perplexity_of_ids(model, text.ids, context=context, batch_size=batch, pad_id=pad, states_cache=states)
     result.n_chars, result.n_bytes, result.n_words = text.n_chars, text.n_bytes, text.n_words
     return result.to_dict(), {"context": context, "stride": context, **text.describe()}
 
 
 @step("perplexity", "token-weighted strided perplexity with per-window and per-block NLL")
 def _perplexity(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
-    return _perplexity_of(ctx, s.model, ctx.options.context)
+    return _perplexity_of(ctx, s.model, ctx.options.context, s.states)
 
 
 @step("perplexity_short", "the reference's perplexity at context 128 on the same tokens (context sensitivity)")
@@ -222,8 +232,10 @@ def _fidelity(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, An
     keep = hidden and min(tokens, len(text.ids)) * hidden * 4 <= REFERENCE_STATES_BYTES
     result = fidelity_many(ctx.reference_model, {s.name: s.model}, text.ids[:tokens], context=ctx.options.context,
                            batch_size=ctx.batch_size("fidelity"), pad_id=pad,
-                           reference_cache=ctx.reference_states if keep else None)[s.name]
-    return fidelity_to_record(result), {"context": ctx.options.context, **text.describe(), "tokens": tokens}
+                           reference_cache=ctx.reference_states if keep else None, states_cache=s.states)[s.name]
+    data = fidelity_to_record(result)
+    data["extra"]["decoder_batches_reused"] = s.states.hits if s.states is not None else 0  # from perplexity's pass
+    return data, {"context": ctx.options.context, **text.describe(), "tokens": tokens}
 
 
 # ---------------------------------------------------------------------------------------------------------- tasks

@@ -124,6 +124,32 @@ def test_kept_reference_states_give_the_same_values_and_skip_the_reference_pass(
     assert len(cache) == 5 and np.array_equal(other.token_kl, fresh.token_kl)  # other ids: never another text's states
 
 
+
+def test_variant_states_from_perplexity_give_the_same_values_and_skip_its_decoder_pass(tiny, tiny_w4, ids):
+    """The engine's subject keeps the decoder states perplexity computed; fidelity of the first windows (same
+    tokens, context, batching) reads them instead of running the variant's decoder again."""
+    from qcheck.measure.head import StatesCache
+
+    plain_ppl = perplexity_of_ids(tiny_w4, ids, context=64, batch_size=2)
+    plain = fidelity_many(tiny, {"w4": tiny_w4}, ids[:200], context=64, batch_size=2)["w4"]
+    cache = StatesCache()
+    ppl = perplexity_of_ids(tiny_w4, ids, context=64, batch_size=2, states_cache=cache)
+    assert ppl.perplexity == plain_ppl.perplexity and len(cache.kept) == 3 and cache.hits == 0
+    calls = []
+    hook = tiny_w4.model.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape[1]),
+                                               with_kwargs=True)
+    try:
+        reused = fidelity_many(tiny, {"w4": tiny_w4}, ids[:200], context=64, batch_size=2, states_cache=cache)["w4"]
+    finally:
+        hook.remove()
+    # ids[:200] in windows of 64: batches (0-64, 64-128) and (128-192, 192-200); perplexity's second batch was
+    # (128-192, 192-256), so only the first batch is read back and the last one runs
+    assert cache.hits == 1 and sorted(calls) == [16, 16, 64]  # the head-path probe (two ways), the batch not kept
+    assert np.array_equal(reused.token_kl, plain.token_kl) and np.array_equal(reused.token_top1, plain.token_top1)
+    small = StatesCache(max_bytes=0)  # nothing fits: computed, not kept
+    perplexity_of_ids(tiny_w4, ids, context=64, batch_size=2, states_cache=small)
+    assert not small.kept and small.bytes == 0
+
 def test_reference_and_deep_copy_give_exactly_zero_kl(tiny, ids):
     results = fidelity_many(tiny, {"itself": tiny, "copy": copy.deepcopy(tiny)}, ids, context=64)
     for r in results.values():
