@@ -92,8 +92,10 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
         row.update(status=report["status"], counts=report["counts"], weights_mb=sizes, peak_memory=peak,
                    complete=report["complete"], unfinished=len(report.get("unfinished") or []),
                    bar_mb=round(1.3 * (reference + largest), 1),
-                   peak_over_reference_plus_largest=(round(peak["gpu_max_allocated_mb"] / (reference + largest), 3)
-                                                     if peak.get("gpu_max_allocated_mb") else None),
+                   peak_kind="GPU allocator" if peak.get("gpu_max_allocated_mb") else "process RSS (CPU run)",
+                   peak_over_reference_plus_largest=(round(peak_mb / (reference + largest), 3)
+                                                     if (peak_mb := peak.get("gpu_max_allocated_mb")
+                                                         or peak.get("rss_max_mb")) and reference else None),
                    variant_seconds=records["meta"].get("variant_seconds"),
                    measurement_seconds={k: round(v, 1) for k, v in sorted(per_measurement.items(),
                                                                           key=lambda kv: -kv[1])},

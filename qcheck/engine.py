@@ -398,7 +398,7 @@ def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
         progress(subject.name, step.name)
     start = time.perf_counter()
     try:
-        with _arithmetic(ctx, step):
+        with _arithmetic(ctx, step, subject.model):
             data, settings = step.run(ctx, subject)
     except NotApplicable as exc:
         ctx.store.put(Record(subject.name, step.name, RecordStatus.SKIPPED, reason=str(exc)))
@@ -416,16 +416,17 @@ def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
                          seconds=round(time.perf_counter() - start, 3)))
 
 
-def _arithmetic(ctx: RunContext, step: Any) -> Any:
-    """The context a step computes in: on a CPU, 16-bit products as fp32 GEMMs (`qcheck.measure.half_cpu`), except
-    for timings and with `--cpu-half-matmul native`; on a GPU, torch's own kernels."""
+def _arithmetic(ctx: RunContext, step: Any, model: Any) -> Any:
+    """The context a step computes in: on a CPU, a model with 16-bit weights has its 16-bit products run as fp32
+    GEMMs (`qcheck.measure.half_cpu`), except in timings and with `--cpu-half-matmul native`; everything else (GPU
+    runs, fp32 models, which would only pay the mode's per-op Python call) runs torch's own kernels."""
     from contextlib import nullcontext
 
-    if ctx.gpu or step.timed or ctx.options.cpu_half_matmul == "native":
+    if ctx.gpu or step.timed or ctx.options.cpu_half_matmul == "native" or model is None:
         return nullcontext()
-    from qcheck.measure.half_cpu import half_matmul
+    from qcheck.measure.half_cpu import half_matmul, has_half_weights
 
-    return half_matmul("fast")
+    return half_matmul("fast") if has_half_weights(model) else nullcontext()
 
 
 def _not_measured(ctx: RunContext, measurement: str, name: str) -> str | None:

@@ -8,8 +8,8 @@ arithmetic (fp32 accumulation, one 16-bit rounding of the result) as torch's own
 differs from them only in the order of the fp32 sums (0.2% of outputs by one unit in the last place, on a
 1,024x576 by 576x1,536 fp16 product). Weights stay stored in 16 bits; only the product is computed this way.
 
-Used by the measurement engine around every step that is not a timing (timing must run the kernels a user would),
-with `--cpu-half-matmul native` to keep torch's own kernels everywhere.
+Used by the measurement engine around every step that is not a timing (timing must run the kernels a user would)
+on a subject with 16-bit weights, with `--cpu-half-matmul native` to keep torch's own kernels everywhere.
 """
 from __future__ import annotations
 
@@ -39,6 +39,11 @@ def _half_dtype(tensors: list[Any]) -> torch.dtype | None:
         return None
     dtypes = {t.dtype for t in found}
     return dtypes.pop() if len(dtypes) == 1 and next(iter(dtypes)) in _HALF else None
+
+
+def has_half_weights(model: torch.nn.Module) -> bool:
+    """Whether any of the model's floating-point parameters is fp16 or bf16 (a 16-bit cast, or a 16-bit reference)."""
+    return any(p.dtype in _HALF for p in model.parameters())
 
 
 class Fp32AccumulateOnCpu(TorchFunctionMode):

@@ -93,23 +93,28 @@ def test_gradients_flow_as_through_torch_kernels():
     assert torch.allclose(grads[0].float(), grads[1].float(), rtol=2e-3, atol=1e-2)
 
 
-def test_engine_uses_it_for_every_cpu_step_except_timings():
+def test_engine_uses_it_for_every_cpu_step_of_a_16bit_model_except_timings():
     from contextlib import nullcontext
 
     from qcheck.engine import _arithmetic
     from qcheck.measure.steps import STEPS
     from qcheck.options import RunOptions
 
+    half = torch.nn.Linear(4, 4).to(torch.bfloat16)
+    mixed = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4).half())  # fp32 grid layers in fp16
+    full = torch.nn.Linear(4, 4)
     cpu = SimpleNamespace(gpu=False, options=RunOptions(device="cpu"))
     timed = {name for name, step in STEPS.items() if step.timed}
     assert timed == {"latency", "latency_casts", "energy"}
     for name, step in STEPS.items():
-        ctx = _arithmetic(cpu, step)
-        assert isinstance(ctx, nullcontext) == (name in timed), name
+        for model in (half, mixed):
+            assert isinstance(_arithmetic(cpu, step, model), nullcontext) == (name in timed), name
+        assert isinstance(_arithmetic(cpu, step, full), nullcontext)  # fp32: no per-op Python call
+        assert isinstance(_arithmetic(cpu, step, None), nullcontext)
     native = SimpleNamespace(gpu=False, options=RunOptions(device="cpu", cpu_half_matmul="native"))
     gpu = SimpleNamespace(gpu=True, options=RunOptions())
-    assert isinstance(_arithmetic(native, STEPS["perplexity"]), nullcontext)
-    assert isinstance(_arithmetic(gpu, STEPS["perplexity"]), nullcontext)
+    assert isinstance(_arithmetic(native, STEPS["perplexity"], half), nullcontext)
+    assert isinstance(_arithmetic(gpu, STEPS["perplexity"], half), nullcontext)
 
 
 def test_bad_mode_is_a_usage_error_naming_the_flag():
