@@ -29,29 +29,15 @@ DATA = ROOT.parent / "shared" / "data"
 """../shared/data: WikiText-2, GSM8K and ARC-Easy (tests that need them skip with the reason when absent)."""
 
 
-SLOWEST_FILES = (
-    "tests/zoo/test_z1_kl.py", "tests/zoo/test_z1_not_applied.py", "tests/zoo/test_z11_accuracy.py",
-    "tests/unit/test_quality_generation.py", "tests/zoo/test_z2_mixed.py", "tests/unit/test_models_cache.py",
-    "tests/zoo/test_lm_eval_evidence.py", "tests/unit/test_cli_run.py", "tests/unit/test_lm_eval_run.py",
-    "tests/zoo/test_z7_boxed.py", "tests/unit/test_engine.py", "tests/zoo/test_z9_ptq.py", "tests/unit/test_plugin.py",
-    "tests/zoo/test_z3_robustness.py", "tests/unit/test_backend_quanto.py", "tests/zoo/test_z6_perplexity.py",
-    "tests/zoo/test_z11_fixed_point_quantizers.py", "tests/unit/test_lint_lm_eval.py", "tests/unit/test_optuna_cli.py",
-    "tests/unit/test_device_map.py",
-)
-"""The test files with the most seconds (`pytest -n 2 --dist loadfile --durations=30` on the 2-core CI machine,
-2026-12-05: 30-170 s each), run first: pytest-xdist hands whole files to the two workers in collection order, and
-with these last (tests/zoo sorts after tests/unit) one worker ran them alone for minutes at the end."""
+def pytest_configure(config):
+    """Import bitsandbytes up front where it is installed: its first import registers torch operators, and pytester's
+    in-process runs drop the modules they imported, so a first import inside one (a suite run with a bnb variant)
+    was repeated by a later test and failed ("Tried to register an operator ... multiple times"). Seen when the
+    order of test files changed; under pytest-xdist the files a worker gets vary from run to run."""
+    import importlib.util
 
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
-
-    def key(item):
-        path = Path(str(item.fspath))
-        rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.as_posix()
-        return rank.get(rel, len(rank))
-
-    items.sort(key=key)  # stable: every other file keeps its order, and tests keep theirs within a file
+    if importlib.util.find_spec("bitsandbytes") is not None:  # not installed: the tests that need it skip
+        import bitsandbytes  # noqa: F401
 
 
 @pytest.fixture(scope="session")
