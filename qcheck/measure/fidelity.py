@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import DataError
-from qcheck.measure.head import StatesCache
+from qcheck.measure.head import StatesCache, ids_digest
 from qcheck.measure.perplexity import windows
 from qcheck.quant.offload import input_device
 from qcheck.stats import Interval, bootstrap_interval, mcnemar_exact, wilson_interval
@@ -221,13 +221,6 @@ class _Stream:
         return out.float().to(out_device)
 
 
-def _ids_digest(ids: torch.Tensor) -> str:
-    """A short content hash of a token sequence (the reference cache's key)."""
-    import hashlib
-
-    return hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
-
-
 @torch.no_grad()
 def fidelity_many(
     reference: nn.Module,
@@ -267,7 +260,7 @@ def fidelity_many(
     acc = {name: {"kl": [], "top1": [], "dp": [], "win": [], "identical": 0, "maxdiff": 0.0, "neg": 0, "secs": 0.0}
            for name in variants}
     device = ref_stream.device
-    cache_key = (_ids_digest(ids_t), context, stride, batch_size, pad_id, ref_stream.path)
+    cache_key = (ids_digest(ids_t), context, stride, batch_size, pad_id, ref_stream.path)
     for i in range(0, len(spans), batch_size):
         batch = spans[i: i + batch_size]
         inp, attn, rows = _batch(ids_t, batch, pad_id)

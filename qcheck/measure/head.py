@@ -17,6 +17,13 @@ STATES_CACHE_BYTES = 256 * 2**20
 (hidden 8,192) in fp32 is 128 MiB."""
 
 
+def ids_digest(*tensors: torch.Tensor) -> str:
+    """A short content hash of token tensors (the key of kept decoder states)."""
+    import hashlib
+
+    return hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in tensors)).hexdigest()[:16]
+
+
 class StatesCache:
     """One subject's decoder states per input batch, so measurements that run the same windows (perplexity, then
     fidelity's first windows: the same tokens, context and batching) run its decoder once. Keyed by the decoder
@@ -30,10 +37,7 @@ class StatesCache:
 
     def states(self, decoder: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`decoder_states(decoder, ids, attention_mask)`, computed once per distinct batch (read-only)."""
-        import hashlib
-
-        digest = hashlib.sha256(ids.cpu().numpy().tobytes() + attention_mask.cpu().numpy().tobytes()).hexdigest()
-        key = (id(decoder), tuple(ids.shape), digest)
+        key = (id(decoder), tuple(ids.shape), ids_digest(ids, attention_mask))
         if key in self.kept:
             self.hits += 1
             return self.kept[key]
