@@ -8,11 +8,15 @@ early on random weights, so every prompt runs the whole budget) generates greedy
 does on a GPU. Per dtype and cache: seconds of the first and second call (a static cache compiles on the first),
 seconds per decoding step, and whether the tokens equal the dynamic cache's. With --profile, one short call per
 dtype runs under torch.profiler and the top operators by host time and by device time are listed: the 16-bit
-decoding steps that cost more than fp32 ones on an H200 are explained from that table.
+decoding steps that cost more than fp32 ones on an H200 are explained from that table. --attention crosses the runs
+with torch's scaled-dot-product-attention backends: "all" (torch's own choice) and "no-cudnn" (flash, memory-efficient
+and math only; cuDNN's attention builds an execution plan for every new sequence length, and a decoding step's key
+length grows by one each step). --profile-first profiles the first call of a fresh model instead of a warm one.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -25,6 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import save
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def attention(name: str) -> contextlib.AbstractContextManager[Any]:
+    """torch's SDPA backends for one setting: "all" is torch's own choice (qcheck's generate leaves cuDNN's attention
+    out, `qcheck.measure.attention`, so that is switched off here), "no-cudnn" is what qcheck runs."""
+    from unittest import mock
+
+    if name == "all":
+        return mock.patch("qcheck.measure.generation.varying_shape_attention", contextlib.nullcontext)
+    if name == "no-cudnn":
+        from qcheck.measure.attention import varying_shape_attention
+
+        return varying_shape_attention()
+    raise SystemExit(f"--attention: unknown setting {name!r} (all, no-cudnn)")
 
 
 def build(dtype: torch.dtype, device: str, quick: bool) -> torch.nn.Module:
@@ -79,24 +97,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "torch": torch.__version__, "results": {}, "profiles": {}}
     if args.device == "cuda":
         out["gpu"] = torch.cuda.get_device_name()
+    out["cudnn_sdp_enabled"] = bool(torch.backends.cuda.cudnn_sdp_enabled())
     for name in args.dtypes.split(","):
-        model = build(DTYPES[name], args.device, args.quick)
         reference_texts = None
-        for cache in args.caches.split(","):
-            first, texts = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
-            second, texts2 = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
-            reference_texts = reference_texts if reference_texts is not None else texts
-            out["results"][f"{name}/{cache}"] = {
-                "first_s": round(first, 3), "second_s": round(second, 3),
-                "ms_per_step": round(1000 * second / args.new_tokens, 2),
-                "same_tokens_as_first_cache": texts2 == reference_texts, "repeatable": texts == texts2}
-            print(name, cache, out["results"][f"{name}/{cache}"], flush=True)
-        if args.profile:
-            out["profiles"][name] = profile(model, tokenizer, questions, args.profile_tokens, args.top)
-            print(name, "profile", out["profiles"][name], flush=True)
-        del model
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        for backends in args.attention.split(","):
+            model = build(DTYPES[name], args.device, args.quick)  # fresh per setting: the first call is measured
+            with attention(backends):
+                if args.profile_first:
+                    out["profiles"][f"{name}/{backends}/first"] = profile(model, tokenizer, questions,
+                                                                          args.profile_tokens, args.top)
+                for cache in args.caches.split(","):
+                    first, texts = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+                    second, texts2 = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+                    reference_texts = reference_texts if reference_texts is not None else texts
+                    key = f"{name}/{cache}" + ("" if backends == "all" else f"/{backends}")
+                    out["results"][key] = {
+                        "first_s": round(first, 3), "second_s": round(second, 3),
+                        "ms_per_step": round(1000 * second / args.new_tokens, 2),
+                        "same_tokens_as_first_cache": texts2 == reference_texts, "repeatable": texts == texts2}
+                    print(key, out["results"][key], flush=True)
+                if args.profile:
+                    out["profiles"][f"{name}/{backends}"] = profile(model, tokenizer, questions, args.profile_tokens,
+                                                                    args.top)
+            del model
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
     return out
 
 
@@ -104,11 +129,13 @@ def markdown(data: dict[str, Any]) -> str:
     title = (f"Greedy generation, {data['prompts']} GSM8K prompts in one batch, {data['new_tokens']} new tokens, "
              f"random-init SmolLM2-135M shape ({data.get('gpu', data['device'])}, torch {data['torch']})")
     lines = [title, "",
-             "| dtype / cache | first call s | second call s | ms per step | same tokens as the first cache |",
+             "| dtype / cache / attention | first call s | second call s | ms per step | same tokens as the first "
+             "setting |",
              "|---|---|---|---|---|"]
     for key, r in data["results"].items():
         lines.append(f"| {key} | {r['first_s']} | {r['second_s']} | {r['ms_per_step']} | "
                      f"{r['same_tokens_as_first_cache']} |")
+    lines += ["", f"cuDNN attention enabled in torch: {data.get('cudnn_sdp_enabled')}"]
     for name, prof in data["profiles"].items():
         for side in ("host", "device"):
             lines += ["", f"{name}, top operators by self {side} time (one call)", "", "| op | calls | ms |",
@@ -126,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--profile", action="store_true", help="profile one dynamic-cache call per dtype")
+    parser.add_argument("--profile-first", action="store_true",
+                        help="profile the first call of each fresh model (where a 16-bit model's extra time goes)")
+    parser.add_argument("--attention", default="all", help="SDPA backend settings to cross: all, no-cudnn")
     parser.add_argument("--profile-tokens", type=int, default=16)
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="tiny model (checks the script, not a benchmark)")

@@ -121,6 +121,15 @@ def variant_names(options: RunOptions) -> list[str]:
 
 _OPENED: dict[tuple[RunOptions, int | None], RunContext] = {}
 
+_NOT_MEASURED_FIELDS = ("report_dir", "records")
+"""RunOptions fields that say where results go, not what is measured (two such runs share one context)."""
+
+
+def _measured_differently(a: RunOptions, b: RunOptions) -> list[str]:
+    """The fields, other than where results go, in which two runs' options differ (compared as plain values)."""
+    left, right = a.to_dict(), b.to_dict()
+    return [name for name in left if name not in _NOT_MEASURED_FIELDS and left[name] != right.get(name)]
+
 
 def open_run(options: RunOptions, device_index: int | None = None) -> RunContext:
     """Load the reference, validate every variant and input (errors here are bad input: exit 2 before anything
@@ -128,6 +137,17 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     run` validates before pytest starts, and the plugin measures with what it validated)."""
     if (options, device_index) in _OPENED:
         return _OPENED[(options, device_index)]
+    for (opened, index), ctx in list(_OPENED.items()):
+        if index != device_index:
+            continue
+        differ = _measured_differently(opened, options)
+        if not differ:  # where the report goes is not what is measured: one reference, not two
+            _OPENED[(options, device_index)] = ctx
+            return ctx
+        import sys
+
+        print(f"qcheck: a second run context opens in this process (options differ in {', '.join(differ)}); its "
+              "reference is loaded beside the first one's", file=sys.stderr)
     import torch
 
     from qcheck.inputs.models import checkpoint_dtype, load_model
@@ -225,9 +245,12 @@ def _reloader(options: RunOptions, reference: Any) -> Any:
 
 
 def precision_facts(options: RunOptions, dtype: str, device: Any = None) -> dict[str, Any]:
-    """What the report states about precision: the reference's dtype, the arithmetic of simulated formats, and how
-    16-bit products ran on a CPU."""
+    """What the report states about precision: the reference's dtype, the arithmetic of simulated formats, how
+    16-bit products ran on a CPU, and which attention kernels ran on a GPU."""
+    from qcheck.measure.attention import STATEMENT
+
     on_cpu = device is not None and getattr(device, "type", str(device)) == "cpu"
+    on_gpu = device is not None and getattr(device, "type", str(device)) == "cuda"
     half = None
     if on_cpu:
         half = ("fp16/bf16 matrix products ran as fp32 GEMMs of the 16-bit values, rounded once to 16 bits (fp32 "
@@ -235,6 +258,7 @@ def precision_facts(options: RunOptions, dtype: str, device: Any = None) -> dict
                 if options.cpu_half_matmul == "fast" else
                 "fp16/bf16 matrix products ran in torch's own CPU kernels (--cpu-half-matmul native)")
     return {"reference_dtype": dtype, "requested": options.reference_dtype, "half_matmul": half,
+            "attention": STATEMENT if on_gpu else None,
             "fake_quant": ("simulated formats round each weight in fp32 and store it in fp32; the model computes in "
                            f"{dtype} (the reference's dtype) unless the plan casts it (fp16/bf16 plans)"
                            + ("" if dtype == "fp32" else f", and each quantized layer computes in fp32 between casts "
@@ -417,12 +441,19 @@ def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
 
 
 def _arithmetic(ctx: RunContext, step: Any, model: Any) -> Any:
-    """The context a step computes in: on a CPU, a model with 16-bit weights has its 16-bit products run as fp32
-    GEMMs (`qcheck.measure.half_cpu`), except in timings and with `--cpu-half-matmul native`; everything else (GPU
-    runs, fp32 models, which would only pay the mode's per-op Python call) runs torch's own kernels."""
+    """The context a step computes in: on a GPU, attention without cuDNN's per-shape plans (`qcheck.measure.
+    attention`) except in timings; on a CPU, a model with 16-bit weights has its 16-bit products run as fp32
+    GEMMs (`qcheck.measure.half_cpu`), except in timings and with `--cpu-half-matmul native`; everything else (fp32
+    models on a CPU, which would only pay the mode's per-op Python call) runs torch's own kernels."""
     from contextlib import nullcontext
 
-    if ctx.gpu or step.timed or ctx.options.cpu_half_matmul == "native" or model is None:
+    if step.timed or model is None:
+        return nullcontext()
+    if ctx.gpu:
+        from qcheck.measure.attention import varying_shape_attention
+
+        return varying_shape_attention()
+    if ctx.options.cpu_half_matmul == "native":
         return nullcontext()
     from qcheck.measure.half_cpu import half_matmul, has_half_weights
 

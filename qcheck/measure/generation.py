@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, DataError
+from qcheck.measure.attention import varying_shape_attention
 from qcheck.quant.offload import input_device
 
 GSM8K_PROMPT = "gsm8k_3shot"
@@ -200,7 +201,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
             n = len(encoded[i])
             inp[row, width - n:] = torch.tensor(encoded[i], dtype=torch.long)
             attn[row, width - n:] = 1
-        out = model.generate(input_ids=inp.to(device), attention_mask=attn.to(device), generation_config=config)
+        with varying_shape_attention():
+            out = model.generate(input_ids=inp.to(device), attention_mask=attn.to(device), generation_config=config)
         new = out[:, width:].cpu()
         for row, i in enumerate(batch):
             tokens = new[row].tolist()

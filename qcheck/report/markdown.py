@@ -146,6 +146,8 @@ def placement_lines(meta: dict[str, Any]) -> list[str]:
                      f"{precision.get('requested')}); {precision.get('fake_quant')}")
         if precision.get("half_matmul"):
             lines.append(f"16-bit arithmetic on the CPU: {precision['half_matmul']}")
+        if precision.get("attention"):
+            lines.append(f"attention on the GPU: {precision['attention']}")
         if precision.get("note"):
             lines.append(f"note: {precision['note']}")
     return lines

@@ -173,3 +173,44 @@ def test_memory_sized_batches_give_the_same_greedy_tokens_as_one_prompt_at_a_tim
     assert many.extra["batch_size"] == 6 and one.extra["batch_size"] == 1
     assert [g.text for g in many.outputs] == [g.text for g in one.outputs]
     assert [g.n_new_tokens for g in many.outputs] == [g.n_new_tokens for g in one.outputs]
+
+
+def test_generation_decodes_without_cudnn_attention(tiny, tokenizer):
+    """cuDNN's attention builds a plan per new sequence length (one per decoding step: a fresh 16-bit model's first
+    generate call took 2.6 s against 1.3 s on an H100), so generation leaves it out; the setting is restored after."""
+    seen: list[tuple[bool, bool]] = []
+    hook = tiny.register_forward_pre_hook(lambda module, args: seen.append(
+        (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled())))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        generate(tiny, tokenizer, PROMPTS[:2], GenerationSettings(max_new_tokens=3, batch_size=2))
+    finally:
+        hook.remove()
+    assert len(seen) == 3 and set(seen) == {(False, True)}
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_untimed_gpu_steps_leave_cudnn_attention_out_and_timings_keep_torchs_choice():
+    from types import SimpleNamespace
+
+    from qcheck.engine import _arithmetic
+
+    ctx = SimpleNamespace(gpu=True, options=SimpleNamespace(cpu_half_matmul="fast"))
+    with _arithmetic(ctx, SimpleNamespace(timed=False), torch.nn.Linear(2, 2)):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with _arithmetic(ctx, SimpleNamespace(timed=True), torch.nn.Linear(2, 2)):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_the_report_says_which_attention_ran_on_a_gpu():
+    from qcheck.engine import precision_facts
+    from qcheck.options import RunOptions
+    from qcheck.report.markdown import placement_lines
+
+    gpu = precision_facts(RunOptions(), "fp32", torch.device("cuda"))
+    cpu = precision_facts(RunOptions(), "fp32", torch.device("cpu"))
+    assert "not cuDNN's" in gpu["attention"] and cpu["attention"] is None
+    lines = placement_lines({"precision": gpu})
+    assert any(line.startswith("attention on the GPU: ") for line in lines)
+    assert not any("attention" in line for line in placement_lines({"precision": cpu}))
