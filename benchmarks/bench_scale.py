@@ -49,8 +49,18 @@ def build_folder(shape: str, tokenizer: str, root: Path, device: str) -> Path:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
-    del model
     return folder
+
+
+def build_apart(shape: str, tokenizer: str, root: Path, device: str) -> Path:
+    """`build_folder` in a child process: the run that follows is another process, and GPU memory this one kept
+    (cached blocks, a model alive in a reference cycle) would be memory the run lacks. On the H100 it did: the 8B
+    run's pre-check saw 47.7 GiB free of 79 GiB and refused to start."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(build_folder, shape, tokenizer, root, device).result()
 
 
 def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) -> dict[str, Any]:
@@ -65,7 +75,8 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
         proc.terminate()
         output, _ = proc.communicate(timeout=60)  # the run writes its report (marked unfinished) on SIGTERM
     wall = time.perf_counter() - start
-    row: dict[str, Any] = {"wall_s": round(wall, 1), "exit": proc.returncode, "tail": output[-3000:]}
+    row: dict[str, Any] = {"wall_s": round(wall, 1), "exit": proc.returncode, "head": output[:1500],
+                           "tail": output[-3000:]}
     report_path = out / "qcheck-report.json"
     if report_path.is_file():
         report = json.loads(report_path.read_text())
@@ -103,7 +114,9 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                    perplexity={r["variant"]: r["data"]["perplexity"] for r in records["records"]
                                if r["measurement"] == "perplexity" and r["status"] == "ok"},
                    verdicts={f"{c['name']}[{c.get('variant')}]": c["status"] for c in report.get("checks", [])},
-                   placement=report.get("meta", {}).get("placement"))
+                   placement=report.get("meta", {}).get("placement"),
+                   errors=sorted({(c.get("message") or "")[:600] for c in report.get("checks", [])
+                                  if c["status"] == "ERROR"})[:5])
     return row
 
 
@@ -120,12 +133,12 @@ def main() -> None:
     rows = {}
     for shape in args.shapes.split(","):
         start = time.perf_counter()
-        folder = build_folder(shape, args.tokenizer, Path(args.root), args.device)
+        folder = build_apart(shape, args.tokenizer, Path(args.root), args.device)
         built = time.perf_counter() - start
         row = run(folder, Path(args.root) / f"report-{shape}", args.device, args.qcheck_arg, args.limit_s)
         row["folder_build_s"] = round(built, 1)
         rows[shape] = row
-        print(shape, json.dumps({k: v for k, v in row.items() if k != "tail"}), flush=True)
+        print(shape, json.dumps({k: v for k, v in row.items() if k not in ("tail", "head", "verdicts")}), flush=True)
         save(args.out, "bench_scale", {"args": vars(args), "rows": rows}, "")  # kept if a later shape is cut short
         if row["exit"] not in (0, 1):
             print(row["tail"], flush=True)
