@@ -54,8 +54,7 @@ def build_folder(shape: str, tokenizer: str, root: Path, device: str) -> Path:
 
 def build_apart(shape: str, tokenizer: str, root: Path, device: str) -> Path:
     """`build_folder` in a child process: the run that follows is another process, and GPU memory this one kept
-    (cached blocks, a model alive in a reference cycle) would be memory the run lacks. On the H100 it did: the 8B
-    run's pre-check saw 47.7 GiB free of 79 GiB and refused to start."""
+    (cached blocks, a model alive in a reference cycle) would be memory the run lacks and its pre-check counts."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
