@@ -358,10 +358,11 @@ def peak_memory(device: Any) -> dict[str, Any]:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out: dict[str, Any] = {"rss_max_mb": round(rss_kb / (1024 if sys.platform != "darwin" else 2**20), 1)}
     if device.type == "cuda":
-        import torch
+        from qcheck.measure.gpu_peak import run_peak
 
-        out["gpu_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        out["gpu_max_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+        allocated, reserved = run_peak(device)
+        out["gpu_max_allocated_mb"] = round(allocated / 2**20, 1)
+        out["gpu_max_reserved_mb"] = round(reserved / 2**20, 1)
     return out
 
 

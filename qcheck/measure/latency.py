@@ -232,6 +232,7 @@ def measure_latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[s
         forward_flops,
         time_forward,
     )
+    from qcheck.measure.gpu_peak import reset_step_peak
     from qcheck.quant.tensor_stats import model_stored_bytes
 
     ids = latency_inputs(ctx)
@@ -239,7 +240,7 @@ def measure_latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[s
     if ctx.gpu:
         torch.cuda.synchronize(ctx.device)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(ctx.device)
+        reset_step_peak(ctx.device)
         base = torch.cuda.memory_allocated(ctx.device)
     timing = time_forward(model, ids, tf32=False, label=s.name, **_budget(ctx))
     manifest = None if s.is_reference else s.variant.report.to_dict()
