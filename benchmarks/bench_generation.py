@@ -129,8 +129,8 @@ def markdown(data: dict[str, Any]) -> str:
     title = (f"Greedy generation, {data['prompts']} GSM8K prompts in one batch, {data['new_tokens']} new tokens, "
              f"random-init SmolLM2-135M shape ({data.get('gpu', data['device'])}, torch {data['torch']})")
     lines = [title, "",
-             "| dtype / cache / attention | first call s | second call s | ms per step | same tokens as the first "
-             "setting |",
+             ("| dtype / cache / attention | first call s | second call s | ms per step | same tokens as the first "
+              "setting |"),
              "|---|---|---|---|---|"]
     for key, r in data["results"].items():
         lines.append(f"| {key} | {r['first_s']} | {r['second_s']} | {r['ms_per_step']} | "

@@ -55,8 +55,8 @@ def test_qcheck_run_loads_the_reference_once(tiny_folder, tmp_path, monkeypatch)
     folder: one context, one reference load. Until session 9 they were two contexts: the second validated every
     variant again, and its memory pre-check counted the first one's reference as used, so an 8B fp32 run on an
     80 GB H100 refused itself (56.5 GiB needed, 48.3 GiB free of 78.7 before the run)."""
-    import qcheck.inputs.models as models
     from qcheck import engine
+    from qcheck.inputs import models
 
     loads: list[str] = []
     real = models.load_model
