@@ -214,3 +214,18 @@ def test_the_report_says_which_attention_ran_on_a_gpu():
     lines = placement_lines({"precision": gpu})
     assert any(line.startswith("attention on the GPU: ") for line in lines)
     assert not any("attention" in line for line in placement_lines({"precision": cpu}))
+
+
+@pytest.mark.gpu
+def test_memory_sized_batches_on_a_gpu_give_the_tokens_of_one_prompt_at_a_time(tokenizer):
+    """Issue 20: on a GPU the batch is sized by free memory (all prompts at once here), and in fp32 on that device
+    the greedy tokens are the ones one-prompt-at-a-time generation gives, left padding and the attention kernels
+    qcheck picks included (random weights, 400-token vocabulary: fp32 near-ties of 1e-6 are rare, not forced)."""
+    model = random_init_like(tiny_llama_config(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id), seed=3, device="cuda")
+    prompts = [p * k for p in PROMPTS for k in (1, 3)]
+    one = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=24, batch_size=1))
+    many = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=24, batch_size=0))
+    assert many.extra["batch_size"] == len(prompts) and one.extra["batch_size"] == 1
+    assert many.texts == one.texts
+    assert [g.n_new_tokens for g in many.outputs] == [g.n_new_tokens for g in one.outputs]
