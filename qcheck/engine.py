@@ -121,14 +121,12 @@ def variant_names(options: RunOptions) -> list[str]:
 
 _OPENED: dict[tuple[RunOptions, int | None], RunContext] = {}
 
-_NOT_MEASURED_FIELDS = ("report_dir", "records")
-"""RunOptions fields that say where results go, not what is measured (two such runs share one context)."""
 
 
-def _measured_differently(a: RunOptions, b: RunOptions) -> list[str]:
-    """The fields, other than where results go, in which two runs' options differ (compared as plain values)."""
+def _differing_fields(a: RunOptions, b: RunOptions) -> list[str]:
+    """The fields in which two runs' options differ (compared as plain values), for the second-context message."""
     left, right = a.to_dict(), b.to_dict()
-    return [name for name in left if name not in _NOT_MEASURED_FIELDS and left[name] != right.get(name)]
+    return [name for name in left if left[name] != right.get(name)]
 
 
 def open_run(options: RunOptions, device_index: int | None = None) -> RunContext:
@@ -137,17 +135,13 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     run` validates before pytest starts, and the plugin measures with what it validated)."""
     if (options, device_index) in _OPENED:
         return _OPENED[(options, device_index)]
-    for (opened, index), ctx in list(_OPENED.items()):
-        if index != device_index:
-            continue
-        differ = _measured_differently(opened, options)
-        if not differ:  # where the report goes is not what is measured: one reference, not two
-            _OPENED[(options, device_index)] = ctx
-            return ctx
+    opened = next((o for o, index in _OPENED if index == device_index), None)
+    if opened is not None:
         import sys
 
-        print(f"qcheck: a second run context opens in this process (options differ in {', '.join(differ)}); its "
-              "reference is loaded beside the first one's", file=sys.stderr)
+        print(f"qcheck: another run context opens in this process (its options differ from an open one's in "
+              f"{', '.join(_differing_fields(opened, options))}): its memory pre-check counts what the open one "
+              "holds", file=sys.stderr)
     import torch
 
     from qcheck.inputs.models import checkpoint_dtype, load_model

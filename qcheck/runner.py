@@ -48,7 +48,9 @@ def validate_run(args: argparse.Namespace) -> object:
     from qcheck.engine import open_run
     from qcheck.options import RunOptions
 
-    options = RunOptions.from_values(vars(args))
+    # report_dir as the plugin will read it from --qcheck-report: the same options, so the plugin measures in the
+    # context opened here (one reference, validated once)
+    options = RunOptions.from_values({**vars(args), "report_dir": str(Path(args.out))})
     check_out_dir(args.out)
     if options.variants == () and not options.plans and not options.ptq:
         raise QCheckError("no variant to check: --variants none leaves only --plan and --ptq variants, and none was "

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from qcheck.measure.half_cpu import half_matmul
+from qcheck.measure.half_cpu import Fp32AccumulateOnCpu, half_matmul
 
 HALF = [torch.float16, torch.bfloat16]
 
@@ -114,7 +114,11 @@ def test_engine_uses_it_for_every_cpu_step_of_a_16bit_model_except_timings():
     native = SimpleNamespace(gpu=False, options=RunOptions(device="cpu", cpu_half_matmul="native"))
     gpu = SimpleNamespace(gpu=True, options=RunOptions())
     assert isinstance(_arithmetic(native, STEPS["perplexity"], half), nullcontext)
-    assert isinstance(_arithmetic(gpu, STEPS["perplexity"], half), nullcontext)
+    with _arithmetic(cpu, STEPS["perplexity"], half) as mode:
+        assert isinstance(mode, Fp32AccumulateOnCpu)
+    with _arithmetic(gpu, STEPS["perplexity"], half) as mode:  # a GPU: cuDNN attention left out, no fp32-GEMM mode
+        assert not isinstance(mode, Fp32AccumulateOnCpu)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def test_bad_mode_is_a_usage_error_naming_the_flag():
