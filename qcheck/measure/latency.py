@@ -224,6 +224,7 @@ def measure_latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[s
     """Time one variant's forward; record its kind, regime, arithmetic floor and memory. On a GPU, a quantized
     variant slower than DEFAULT_SLOWDOWN_FACTOR x the reference of its dtype is profiled once: the causes found
     and the time by kernel go into the record for the slowdown check."""
+    from qcheck.measure.gpu_peak import reset_step_peak
     from qcheck.measure.timing import (
         classify_regime,
         device_info,
@@ -232,7 +233,6 @@ def measure_latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[s
         forward_flops,
         time_forward,
     )
-    from qcheck.measure.gpu_peak import reset_step_peak
     from qcheck.quant.tensor_stats import model_stored_bytes
 
     ids = latency_inputs(ctx)
