@@ -495,10 +495,7 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
     there are); each loads the reference, measures its share into a store of its own, and this process merges
     them into the run's store. Worker 0 also measures the reference's own records. Any number of workers works;
     the records are those one process would take (timing aside)."""
-    import json
     import multiprocessing
-    import tempfile
-    from pathlib import Path
 
     names = [n for n in ctx.variants.names if n in needs]
     shares = [names[i::workers] for i in range(workers)]
@@ -508,6 +505,38 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
 
         gpus = torch.cuda.device_count()
     spawn = multiprocessing.get_context("spawn")
+    restore = _park_reference(ctx)
+    try:
+        _spread(ctx, needs, shares, gpus, spawn, restore is not None)
+    finally:
+        if restore is not None:
+            restore()
+    ctx.store.variants = [REFERENCE, *ctx.variants.names]
+    return ctx.store
+
+
+def _park_reference(ctx: RunContext) -> Any:
+    """On a GPU run, move this process's reference to the host while workers measure (worker 0 shares GPU 0 with
+    it, and would hold its own reference and a variant beside it; its memory pre-check counts it too). Returns the
+    function that moves it back, or None where nothing moved (a CPU run, a model accelerate dispatched)."""
+    from qcheck.quant.offload import is_dispatched
+
+    model = ctx.loaded.model
+    if not ctx.gpu or is_dispatched(model):
+        return None
+    import torch
+
+    model.to("cpu")
+    torch.cuda.empty_cache()
+    return lambda: model.to(ctx.device)
+
+
+def _spread(ctx: RunContext, needs: Needs, shares: list[list[str]], gpus: int, spawn: Any, parked: bool) -> None:
+    """Start one worker per share, wait for them, and merge their stores into the run's."""
+    import json
+    import tempfile
+    from pathlib import Path
+
     with tempfile.TemporaryDirectory(prefix="qcheck-workers-") as tmp:
         procs = []
         for i, share in enumerate(shares):
@@ -538,8 +567,7 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
                 elif key == "data":
                     ctx.store.meta.setdefault("data", {}).update(value)
     ctx.store.meta["workers"] = len(procs)
-    ctx.store.variants = [REFERENCE, *ctx.variants.names]
-    return ctx.store
+    ctx.store.meta["reference_parked_on_host"] = parked
 
 
 def _worker(options: dict[str, Any], needs: dict[str, list[str]], reference: bool, device_index: int | None,

@@ -160,3 +160,27 @@ def test_workers_record_what_one_process_records(tiny_folder):
         strip = {"seconds", "manifest"}
         assert {k: v for k, v in other.data.items() if k not in strip} == \
             {k: v for k, v in record.data.items() if k not in strip}, (record.variant, record.measurement)
+
+
+def test_the_parent_reference_is_parked_on_the_host_only_on_a_gpu_run(tiny_folder):
+    """Worker 0 shares GPU 0 with the parent: the parent's reference waits on the host while workers measure."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from qcheck.engine import _park_reference
+
+    ctx = open_run(_options(tiny_folder, variants=("int8",), tokens=256))
+    assert _park_reference(ctx) is None  # a CPU run: nothing moves
+    moved: list[str] = []
+    model = ctx.loaded.model
+    original_to = model.to
+    fake_gpu = SimpleNamespace(gpu=True, loaded=ctx.loaded, device=torch.device("cpu"))
+    model.to = lambda device: moved.append(str(device)) or original_to(device)
+    try:
+        restore = _park_reference(fake_gpu)
+        assert moved == ["cpu"] and restore is not None
+        restore()
+        assert moved == ["cpu", "cpu"]  # back to the run's device (here the CPU stands in for it)
+    finally:
+        del model.to
