@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU steps issues 18 and 20 still need, named so one device call can run several back to back:
+#   bash benchmarks/device_steps.sh bar8b gputests        (each step writes under $OUT/<step>/)
+# bar8b     issue 18's bar: the 8B shape, seven simulated default variants, peak GPU memory vs reference + largest
+# e2e       issue 20's end-to-end wall time, 135M and 1.2B shapes, all default variants
+# e2e8b     the same on the 8B shape
+# gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
+# ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
+# gputests  every gpu-marked test
+# Needs .device/ from benchmarks/device_prepare.sh. Each step has its own time limit; the call's is 10 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .device/bitsandbytes-*.whl >/dev/null 2>&1
+export PYTHONPATH=$PWD:/tmp/site QCHECK_DATA_DIR=$PWD/.device/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 QCHECK_CACHE_DIR=off
+OUT=${OUT:-/tmp/device-out}
+nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv,noheader
+for step in "$@"; do
+    mkdir -p "$OUT/$step"
+    case $step in
+        bar8b) timeout 330 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 290 \
+                   --qcheck-arg=--variants=fp16,bf16,int8,w4g64,fixed8.4,fixed16.8,mixed \
+                   --qcheck-arg=-k --qcheck-arg="perplexity or fidelity or applied" --out "$OUT/$step" ;;
+        e2e) timeout 420 python3 benchmarks/bench_scale.py --shapes 135m,1.2b --limit-s 200 --out "$OUT/$step" ;;
+        e2e8b) timeout 420 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 380 --out "$OUT/$step" ;;
+        gen) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16,fp16 --caches dynamic \
+                 --attention all,no-cudnn --new-tokens 64 --out "$OUT/$step" ;;
+        ppl) timeout 240 python3 benchmarks/bench_perplexity.py --tokens 299008 --dtypes bf16,fp32 --batch-sizes 64 \
+                 --compiled-batch-sizes 64 --repeats 3 --out "$OUT/$step" ;;
+        gputests) timeout 300 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/$step/junit.xml" ;;
+        *) echo "unknown step $step"; exit 2 ;;
+    esac 2>&1 | grep -v -e "Writing model" -e "Loading weights" | tail -c 4000
+done
