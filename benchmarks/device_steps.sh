@@ -10,6 +10,9 @@
 # Needs .device/ from benchmarks/device_prepare.sh. Each step has its own time limit; the call's is 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+for step in "$@"; do
+    case $step in bar8b|e2e|e2e8b|gen|ppl|gputests) ;; *) echo "unknown step $step"; exit 2 ;; esac
+done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
 export PYTHONPATH=$PWD:/tmp/site QCHECK_DATA_DIR=$PWD/.device/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 QCHECK_CACHE_DIR=off
@@ -28,6 +31,5 @@ for step in "$@"; do
         ppl) timeout 240 python3 benchmarks/bench_perplexity.py --tokens 299008 --dtypes bf16,fp32 --batch-sizes 64 \
                  --compiled-batch-sizes 64 --repeats 3 --out "$OUT/$step" ;;
         gputests) timeout 300 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/$step/junit.xml" ;;
-        *) echo "unknown step $step"; exit 2 ;;
     esac 2>&1 | grep -v -e "Writing model" -e "Loading weights" | tail -c 4000
 done
