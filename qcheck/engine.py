@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +121,6 @@ def variant_names(options: RunOptions) -> list[str]:
 
 
 _OPENED: dict[tuple[RunOptions, int | None], RunContext] = {}
-
 
 
 def _differing_fields(a: RunOptions, b: RunOptions) -> list[str]:
@@ -495,7 +495,10 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
     there are); each loads the reference, measures its share into a store of its own, and this process merges
     them into the run's store. Worker 0 also measures the reference's own records. Any number of workers works;
     the records are those one process would take (timing aside)."""
+    import json
     import multiprocessing
+    import tempfile
+    from pathlib import Path
 
     names = [n for n in ctx.variants.names if n in needs]
     shares = [names[i::workers] for i in range(workers)]
@@ -505,39 +508,7 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
 
         gpus = torch.cuda.device_count()
     spawn = multiprocessing.get_context("spawn")
-    restore = _park_reference(ctx)
-    try:
-        _spread(ctx, needs, shares, gpus, spawn, restore is not None)
-    finally:
-        if restore is not None:
-            restore()
-    ctx.store.variants = [REFERENCE, *ctx.variants.names]
-    return ctx.store
-
-
-def _park_reference(ctx: RunContext) -> Any:
-    """On a GPU run, move this process's reference to the host while workers measure (worker 0 shares GPU 0 with
-    it, and would hold its own reference and a variant beside it; its memory pre-check counts it too). Returns the
-    function that moves it back, or None where nothing moved (a CPU run, a model accelerate dispatched)."""
-    from qcheck.quant.offload import is_dispatched
-
-    model = ctx.loaded.model
-    if not ctx.gpu or is_dispatched(model):
-        return None
-    import torch
-
-    model.to("cpu")
-    torch.cuda.empty_cache()
-    return lambda: model.to(ctx.device)
-
-
-def _spread(ctx: RunContext, needs: Needs, shares: list[list[str]], gpus: int, spawn: Any, parked: bool) -> None:
-    """Start one worker per share, wait for them, and merge their stores into the run's."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory(prefix="qcheck-workers-") as tmp:
+    with _reference_on_host(ctx) as parked, tempfile.TemporaryDirectory(prefix="qcheck-workers-") as tmp:
         procs = []
         for i, share in enumerate(shares):
             if not share and i:
@@ -568,6 +539,29 @@ def _spread(ctx: RunContext, needs: Needs, shares: list[list[str]], gpus: int, s
                     ctx.store.meta.setdefault("data", {}).update(value)
     ctx.store.meta["workers"] = len(procs)
     ctx.store.meta["reference_parked_on_host"] = parked
+    ctx.store.variants = [REFERENCE, *ctx.variants.names]
+    return ctx.store
+
+
+@contextmanager
+def _reference_on_host(ctx: RunContext) -> Iterator[bool]:
+    """On a GPU run, this process's reference waits on the host while workers measure (worker 0 shares GPU 0 with
+    it, and would hold its own reference and a variant beside it; its memory pre-check counts it too). Yields
+    whether it moved: not on a CPU run, nor for a model accelerate dispatched."""
+    from qcheck.quant.offload import is_dispatched
+
+    model = ctx.loaded.model
+    if not ctx.gpu or is_dispatched(model):
+        yield False
+        return
+    import torch
+
+    model.to("cpu")
+    torch.cuda.empty_cache()
+    try:
+        yield True
+    finally:
+        model.to(ctx.device)
 
 
 def _worker(options: dict[str, Any], needs: dict[str, list[str]], reference: bool, device_index: int | None,

@@ -168,19 +168,19 @@ def test_the_parent_reference_is_parked_on_the_host_only_on_a_gpu_run(tiny_folde
 
     import torch
 
-    from qcheck.engine import _park_reference
+    from qcheck.engine import _reference_on_host
 
     ctx = open_run(_options(tiny_folder, variants=("int8",), tokens=256))
-    assert _park_reference(ctx) is None  # a CPU run: nothing moves
+    with _reference_on_host(ctx) as parked:
+        assert not parked  # a CPU run: nothing moves
     moved: list[str] = []
     model = ctx.loaded.model
     original_to = model.to
     fake_gpu = SimpleNamespace(gpu=True, loaded=ctx.loaded, device=torch.device("cpu"))
     model.to = lambda device: moved.append(str(device)) or original_to(device)
     try:
-        restore = _park_reference(fake_gpu)
-        assert moved == ["cpu"] and restore is not None
-        restore()
+        with _reference_on_host(fake_gpu) as parked:
+            assert moved == ["cpu"] and parked
         assert moved == ["cpu", "cpu"]  # back to the run's device (here the CPU stands in for it)
     finally:
         del model.to
