@@ -7,11 +7,12 @@
 # gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # gputests  every gpu-marked test
+# devmap    the whole suite on the 1.2B shape, one device vs --device-map auto with CPU offload (three variants)
 # Needs .device/ from benchmarks/device_prepare.sh. Each step has its own time limit; the call's is 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|e2e|e2e8b|gen|ppl|gputests) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|e2e|e2e8b|gen|ppl|gputests|devmap) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -30,6 +31,8 @@ for step in "$@"; do
                  --attention all,no-cudnn --new-tokens 64 --out "$OUT/$step" ;;
         ppl) timeout 240 python3 benchmarks/bench_perplexity.py --tokens 299008 --dtypes bf16,fp32 --batch-sizes 64 \
                  --compiled-batch-sizes 64 --repeats 3 --out "$OUT/$step" ;;
+        devmap) timeout 570 python3 benchmarks/bench_device_map.py --shape 1.2b --max-memory 0=2GiB,cpu=64GiB \
+                    --qcheck-arg=--variants=int8,w4g64,bf16 --limit-s 270 --out "$OUT/$step" ;;
         gputests) timeout 300 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/$step/junit.xml" ;;
     esac 2>&1 | grep -v -e "Writing model" -e "Loading weights" | tail -c 4000
 done

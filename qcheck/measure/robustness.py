@@ -303,22 +303,27 @@ class _Batch:
     items: list[ChoiceItem]
     prompt_ids: torch.Tensor      # [questions, longest prompt], right-padded
     prompt_mask: torch.Tensor     # [questions, longest prompt] True on prompt positions
-    choices: list[torch.Tensor]   # per question [k, longest choice], right-padded (never scored)
+    choices: torch.Tensor         # [all choices of all questions, longest choice], right-padded (never scored)
+    choice_lengths: torch.Tensor  # [all choices] tokens in each choice
+    question_of: torch.Tensor     # [all choices] the question (row of prompt_ids) each choice belongs to
+    counts: list[int]             # choices per question, in order
 
 
 def _make_batch(items: Sequence[ChoiceItem], pad_id: int, device: torch.device) -> _Batch:
     longest = max(len(it.prompt_ids) for it in items)
     ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), longest), dtype=torch.bool)
-    choices = []
+    rows = [c for it in items for c in it.choice_ids]
+    choices = torch.full((len(rows), max(len(c) for c in rows)), pad_id, dtype=torch.long)
     for i, it in enumerate(items):
         ids[i, :len(it.prompt_ids)] = torch.tensor(it.prompt_ids)
         mask[i, :len(it.prompt_ids)] = True
-        c = torch.full((len(it.choice_ids), max(len(x) for x in it.choice_ids)), pad_id, dtype=torch.long)
-        for j, x in enumerate(it.choice_ids):
-            c[j, :len(x)] = torch.tensor(x)
-        choices.append(c.to(device))
-    return _Batch(list(items), ids.to(device), mask.to(device), choices)
+    for r, c in enumerate(rows):
+        choices[r, :len(c)] = torch.tensor(c)
+    counts = [len(it.choice_ids) for it in items]
+    question_of = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts))
+    return _Batch(list(items), ids.to(device), mask.to(device), choices.to(device),
+                  torch.tensor([len(c) for c in rows], device=device), question_of.to(device), counts)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -347,24 +352,27 @@ def _inputs(base: torch.Tensor, delta: torch.Tensor | None, batch: _Batch) -> to
 def _choice_scores(model: nn.Module, embeds: torch.Tensor, batch: _Batch) -> list[torch.Tensor]:
     """Per question, a [k] tensor of mean choice-token log-likelihoods (fp32), differentiable w.r.t. embeds.
 
-    The prompt runs once; its key/value cache is repeated for the k choices, which run as k right-padded rows
-    (padding comes after each choice, so causal attention never lets it touch a scored token)."""
+    Two forwards for the whole batch, whatever its size: every prompt at once (right-padded, so causal attention
+    keeps each prompt's padding out of it), then every choice of every question as one right-padded row that reads
+    its own question's cached prompt (the padding after the prompt masked out) at the positions that continue it."""
     dtype = _float_dtype(model)
-    out = []
-    for i, it in enumerate(batch.items):
-        x = embeds[i:i + 1, :len(it.prompt_ids)].to(dtype)
-        first = model(inputs_embeds=x, use_cache=True, logits_to_keep=1)
-        cache = first.past_key_values
-        k = len(it.choice_ids)
-        cache.batch_repeat_interleave(k)
-        ids = batch.choices[i]
-        rest = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
-        logits = torch.cat([first.logits[:, -1:, :].expand(k, -1, -1), rest[:, :-1, :]], dim=1).to(torch.float32)
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        lengths = torch.tensor([len(c) for c in it.choice_ids], device=logp.device)
-        mask = (torch.arange(ids.shape[1], device=logp.device)[None, :] < lengths[:, None]).to(logp.dtype)
-        out.append((logp * mask).sum(-1) / lengths.to(logp.dtype))
-    return out
+    lengths = batch.prompt_mask.sum(1)
+    ends = torch.unique(lengths - 1)
+    first = model(inputs_embeds=embeds.to(dtype), use_cache=True, logits_to_keep=ends)
+    rows = batch.question_of
+    last = first.logits[rows, torch.searchsorted(ends, lengths[rows] - 1)]
+    cache = first.past_key_values
+    cache.batch_select_indices(rows)
+    ids = batch.choices
+    span = torch.arange(ids.shape[1], device=ids.device)
+    mask = torch.cat([batch.prompt_mask[rows], torch.ones_like(ids, dtype=torch.bool)], dim=1).long()
+    rest = model(input_ids=ids, past_key_values=cache, attention_mask=mask,
+                 position_ids=lengths[rows, None] + span[None, :], use_cache=True).logits
+    logits = torch.cat([last[:, None, :], rest[:, :-1, :]], dim=1).to(torch.float32)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    n = batch.choice_lengths
+    scored = (span[None, :] < n[:, None]).to(logp.dtype)
+    return list(torch.split((logp * scored).sum(-1) / n.to(logp.dtype), batch.counts))
 
 
 def _expected_scores(model: nn.Module, embeds: torch.Tensor, batch: _Batch, draws: int) -> list[torch.Tensor]:
@@ -385,6 +393,31 @@ def prompt_radius(model: nn.Module, items: Sequence[ChoiceItem], epsilon: float,
     """[questions, longest prompt]: epsilon * each prompt token's embedding norm, 0 past a question's prompt."""
     batch = _make_batch(items, pad_id, _device_of(model))
     return _radius(_base_embeddings(model, batch), batch, epsilon)
+
+
+ATTACK_MEMORY_SHARE = 0.25
+"""Share of the device's free memory an attack batch may plan for: the backward pass keeps every layer's activations,
+and a 16-bit variant's fp32 gradient copy may still be built after the batch is sized."""
+ATTACK_BATCH_LIMIT = 16
+"""Questions per attack batch at most: at 16 a batch is two forwards of ~1,000 prompt tokens and ~64 choice rows,
+past which a GPU forward of a small model stops being launch-bound."""
+
+
+def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
+    """Questions attacked together: 4 on a CPU (compute-bound, a batch buys nothing); on a GPU as many as fit
+    ATTACK_MEMORY_SHARE of the free memory, at ~68 bytes per token, layer and hidden unit of fp32 activations kept for
+    the backward pass (2x the usual 34 for 16-bit training activations), up to ATTACK_BATCH_LIMIT."""
+    device = _device_of(model)
+    if device.type != "cuda":
+        return 4
+    cfg = getattr(model, "config", None)
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
+    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+    if not layers or not hidden:
+        return 4
+    per_question = 2 * max_tokens * layers * hidden * 68
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(ATTACK_BATCH_LIMIT, int(free * ATTACK_MEMORY_SHARE // per_question)))
 
 
 # ----------------------------------------------------------------------------- gradients and attacks
@@ -500,7 +533,7 @@ def evaluate_robustness(
     under every attack. The clean pass runs twice (the first batch `repeats` times in all); a randomized model
     (the passes differ, or modules in training mode) is refused (`randomized="refuse"`: nothing attacked,
     nothing robust) or scored with expectation over `draws` forwards. `batch_size` questions are attacked
-    together; each question's prompt runs once and its key/value cache serves all of its choices."""
+    together: two forwards score a batch (all prompts, then all choices on their prompts' key/value cache)."""
     config = config or AttackConfig()
     if randomized not in RANDOMIZED_POLICIES:
         raise ConfigError(f"randomized must be one of {RANDOMIZED_POLICIES}, got {randomized!r}", field="randomized")
