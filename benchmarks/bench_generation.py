@@ -53,7 +53,7 @@ def build(dtype: torch.dtype, device: str, quick: bool) -> torch.nn.Module:
 
 
 def timed_generate(model: torch.nn.Module, tokenizer: Any, questions: list[str], new_tokens: int, cache: str
-                   ) -> tuple[float, list[str]]:
+                   ) -> tuple[float, list[str], list[str]]:
     from qcheck.measure.generation import GenerationSettings, generate_answers
 
     settings = GenerationSettings(max_new_tokens=new_tokens, batch_size=len(questions), cache=cache,
@@ -64,7 +64,7 @@ def timed_generate(model: torch.nn.Module, tokenizer: Any, questions: list[str],
     run = generate_answers(model, tokenizer, questions, settings)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start, run.texts
+    return time.perf_counter() - start, run.texts, list(run.extra.get("decoding", []))
 
 
 def profile(model: torch.nn.Module, tokenizer: Any, questions: list[str], new_tokens: int, top: int
@@ -107,14 +107,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     out["profiles"][f"{name}/{backends}/first"] = profile(model, tokenizer, questions,
                                                                           args.profile_tokens, args.top)
                 for cache in args.caches.split(","):
-                    first, texts = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
-                    second, texts2 = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+                    first, texts, decoding = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+                    second, texts2, _ = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
                     reference_texts = reference_texts if reference_texts is not None else texts
                     key = f"{name}/{cache}" + ("" if backends == "all" else f"/{backends}")
                     out["results"][key] = {
                         "first_s": round(first, 3), "second_s": round(second, 3),
                         "ms_per_step": round(1000 * second / args.new_tokens, 2),
-                        "same_tokens_as_first_cache": texts2 == reference_texts, "repeatable": texts == texts2}
+                        "same_tokens_as_first_cache": texts2 == reference_texts, "repeatable": texts == texts2,
+                        "rows_differing": sum(a != b for a, b in zip(texts2, reference_texts)), "decoding": decoding}
                     print(key, out["results"][key], flush=True)
                 if args.profile:
                     out["profiles"][f"{name}/{backends}"] = profile(model, tokenizer, questions, args.profile_tokens,

@@ -5,6 +5,7 @@
 # e2e       issue 20's end-to-end wall time, 135M and 1.2B shapes, all default variants
 # e2e8b     the same on the 8B shape
 # gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
+# gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # gputests  every gpu-marked test
 # devmap    the whole suite on the 1.2B shape, one device vs --device-map auto with CPU offload (three variants)
@@ -12,7 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|e2e|e2e8b|gen|ppl|gputests|devmap) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|e2e|e2e8b|gen|gengraph|ppl|gputests|devmap) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -29,6 +30,8 @@ for step in "$@"; do
         e2e8b) timeout 420 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 380 --out "$OUT/$step" ;;
         gen) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16,fp16 --caches dynamic \
                  --attention all,no-cudnn --new-tokens 64 --out "$OUT/$step" ;;
+        gengraph) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches dynamic,graph \
+                 --attention no-cudnn --new-tokens 256 --out "$OUT/$step" ;;
         ppl) timeout 240 python3 benchmarks/bench_perplexity.py --tokens 299008 --dtypes bf16,fp32 --batch-sizes 64 \
                  --compiled-batch-sizes 64 --repeats 3 --out "$OUT/$step" ;;
         devmap) timeout 570 python3 benchmarks/bench_device_map.py --shape 1.2b --max-memory 0=2GiB,cpu=64GiB \

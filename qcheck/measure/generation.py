@@ -92,6 +92,9 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+CACHES = ("dynamic", "static", "graph")
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """Greedy decoding with a fixed budget of new tokens; recorded with every run so runs can be compared."""
@@ -103,7 +106,9 @@ class GenerationSettings:
     chat_template: bool | None = None
     prompt: str = GSM8K_PROMPT
     cache: str = "dynamic"
-    """transformers' KV cache: "dynamic", or "static" (fixed shapes; transformers compiles the decoding step on CUDA)."""
+    """The KV cache: "dynamic" or "static" (transformers' generate; a static cache compiles the decoding step on CUDA),
+    or "graph" (`qcheck.measure.decode`: a static cache and one CUDA graph replayed per step, generate's dynamic
+    cache where a model cannot take that path)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -112,8 +117,8 @@ class GenerationSettings:
         if self.batch_size < 0:
             raise ConfigError(f"batch_size must be >= 1 (or 0: sized by free memory), got {self.batch_size}",
                               field="batch_size")
-        if self.cache not in ("dynamic", "static"):
-            raise ConfigError(f"cache must be 'dynamic' or 'static', got {self.cache!r}", field="cache")
+        if self.cache not in CACHES:
+            raise ConfigError(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}", field="cache")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decoding": "greedy"}
@@ -191,6 +196,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: dict[int, Generation] = {}
     size = settings.batch_size or memory_batch_size(model, [len(e) for e in encoded], settings.max_new_tokens)
+    methods: list[str] = []
     start = time.perf_counter()
     for b in range(0, len(order), size):
         batch = order[b: b + size]
@@ -202,8 +208,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
             inp[row, width - n:] = torch.tensor(encoded[i], dtype=torch.long)
             attn[row, width - n:] = 1
         with varying_shape_attention():
-            out = model.generate(input_ids=inp.to(device), attention_mask=attn.to(device), generation_config=config)
-        new = out[:, width:].cpu()
+            new, method = _decode(model, inp.to(device), attn.to(device), config, settings, eos, pad)
+        methods.append(method)
         for row, i in enumerate(batch):
             tokens = new[row].tolist()
             cut = next((k for k, t in enumerate(tokens) if t in eos), None)
@@ -211,7 +217,25 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
             text = tokenizer.decode(kept, skip_special_tokens=True)
             results[i] = Generation(ids[i], text, len(encoded[i]), len(kept), "budget" if cut is None else "eos")
     seconds = time.perf_counter() - start
-    return GenerationRun([results[i] for i in range(len(prompts))], settings, seconds, {"batch_size": size})
+    return GenerationRun([results[i] for i in range(len(prompts))], settings, seconds,
+                         {"batch_size": size, "decoding": sorted(set(methods))})
+
+
+def _decode(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, config: Any, settings: GenerationSettings,
+            eos: list[int], pad: int) -> tuple[torch.Tensor, str]:
+    """New tokens [rows, steps] on the CPU and how they were decoded: the graph path where asked and possible, else
+    transformers' generate."""
+    fallback = f"generate, {settings.cache} cache"
+    if settings.cache == "graph":
+        from qcheck.measure.decode import Unsupported, decode_greedy
+
+        try:
+            decoded = decode_greedy(model, inp, attn, settings.max_new_tokens, eos, pad)
+            return decoded.tokens.cpu(), decoded.method
+        except Unsupported as exc:
+            fallback = f"generate, dynamic cache (the graph path refused: {exc})"
+    out = model.generate(input_ids=inp, attention_mask=attn, generation_config=config)
+    return out[:, inp.shape[1]:].cpu(), fallback
 
 
 GENERATION_MEMORY_SHARE = 0.5

@@ -1,0 +1,158 @@
+"""Greedy decoding on a static key/value cache, replayed as one CUDA graph per step on a GPU.
+
+An eager transformers forward is host-bound at these batch sizes (one kernel launch at a time: ~20 ms a step for
+SmolLM2-135M on an H100, whatever the batch). Here the prompt is prefilled once; then one decoding step (forward,
+argmax, bookkeeping) is captured as a CUDA graph and replayed, so a step costs the GPU's time only. The step is the
+same arithmetic as `model.generate`'s greedy search (left padding masked out, positions continuing each prompt),
+on a fixed-size cache: attention runs over the cache's full length with the unused slots masked out.
+
+Where a model cannot take this path (no static cache, an attention implementation other than sdpa, a layer that
+synchronises with the host during capture, as bitsandbytes' int8 outlier split does), `decode_greedy` returns None
+with the reason, and the caller runs `model.generate` instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+EOS_CHECK_EVERY = 16
+"""Steps between checks whether every row has stopped (each check waits for the GPU)."""
+
+
+@dataclass
+class Decoded:
+    """New tokens [rows, steps] (rows that stopped are padded after their end) and how they were decoded."""
+
+    tokens: torch.Tensor
+    method: str
+
+
+class Unsupported(Exception):
+    """The model cannot decode on this path; the message says why."""
+
+
+def _static_cache(model: nn.Module, length: int) -> Any:
+    """transformers' static cache for `length` positions (its tensors are made at the prefill, on the model's device
+    and in its dtype)."""
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=length)
+
+
+class _Decoder:
+    """The static buffers of one batch and the step that advances them in place (capturable as a CUDA graph)."""
+
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
+                 eos: list[int], pad: int) -> None:
+        self.model = model
+        rows, width = input_ids.shape
+        device = input_ids.device
+        self.width, self.length = width, width + new_tokens
+        self.cache = _static_cache(model, self.length)
+        real = attention_mask.bool()
+        self.keys = torch.zeros(rows, 1, 1, self.length, dtype=torch.bool, device=device)
+        self.keys[:, 0, 0, :width] = real
+        self.slots = torch.arange(self.length, device=device)
+        self.position = real.long().sum(1, keepdim=True)           # the next token's position, per row
+        self.slot = torch.tensor([width], device=device)           # the next token's cache slot
+        self.eos = torch.tensor(eos or [-1], device=device)
+        self.pad = pad
+        self.done = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.out = torch.full((rows, new_tokens), pad, dtype=torch.long, device=device)
+        self.token = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self._prefill(input_ids, real)
+
+    def _prefill(self, input_ids: torch.Tensor, real: torch.Tensor) -> None:
+        rows, width = input_ids.shape
+        causal = torch.ones(width, width, dtype=torch.bool, device=input_ids.device).tril()
+        mask = torch.zeros(rows, 1, width, self.length, dtype=torch.bool, device=input_ids.device)
+        mask[:, 0, :, :width] = causal[None] & real[:, None, :]
+        mask[:, 0, :, :width] |= torch.eye(width, dtype=torch.bool, device=input_ids.device)[None]
+        positions = (real.long().cumsum(1) - 1).clamp_min(0)
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            cache_position=torch.arange(width, device=input_ids.device), past_key_values=self.cache,
+                            use_cache=True, logits_to_keep=1).logits
+        self._advance(logits)
+
+    def _advance(self, logits: torch.Tensor) -> None:
+        """Greedy pick from the last position's logits; rows that stopped get the pad token, as generate does."""
+        nxt = logits[:, -1, :].to(torch.float32).argmax(-1)
+        nxt = torch.where(self.done, torch.full_like(nxt, self.pad), nxt)
+        self.out.index_copy_(1, self.slot - self.width, nxt[:, None])
+        self.done |= torch.isin(nxt, self.eos)
+        self.token.copy_(nxt[:, None])
+
+    def step(self) -> None:
+        """One decoding step: the last picked token in, the next one out; every buffer is updated in place."""
+        self.keys[:, 0, 0, :] |= (self.slots == self.slot)[None, :]
+        logits = self.model(input_ids=self.token, attention_mask=self.keys, position_ids=self.position,
+                            cache_position=self.slot, past_key_values=self.cache, use_cache=True,
+                            logits_to_keep=1).logits
+        self.slot += 1
+        self.position += 1
+        self._advance(logits)
+
+    def finished(self) -> bool:
+        return bool(self.done.all())
+
+
+def _check(model: nn.Module, length: int) -> None:
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if impl != "sdpa":
+        raise Unsupported(f"attention implementation {impl!r} (the static path builds sdpa's boolean masks)")
+    if getattr(config, "is_encoder_decoder", False):
+        raise Unsupported("an encoder-decoder model")
+    window = getattr(config, "sliding_window", None)
+    if window and length > int(window):
+        raise Unsupported(f"{length} positions exceed the model's sliding window ({window}): one causal mask serves "
+                          "every layer here")
+    if getattr(model, "hf_device_map", None) and len(set(map(str, model.hf_device_map.values()))) > 1:
+        raise Unsupported("a model spread by a device map (its hooks move tensors between devices)")
+
+
+@torch.no_grad()
+def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
+                  eos: list[int], pad: int, *, graph: bool | None = None) -> Decoded:
+    """Greedy continuation of left-padded `input_ids` on a static cache: one CUDA graph replayed per step on a GPU
+    (`graph=None`: on CUDA devices), eager steps otherwise. Raises Unsupported where the model cannot take the path."""
+    _check(model, input_ids.shape[1] + new_tokens)
+    use_graph = input_ids.device.type == "cuda" if graph is None else graph
+    try:
+        dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad)
+        steps = new_tokens - 1
+        if not use_graph:
+            for k in range(steps):
+                if k % EOS_CHECK_EVERY == 0 and dec.finished():
+                    break
+                dec.step()
+            return Decoded(dec.out, "static cache, eager steps")
+        return Decoded(_replay(dec, steps), "static cache, one CUDA graph per step")
+    except Unsupported:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the fast path sends the caller back to generate
+        raise Unsupported(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def _replay(dec: _Decoder, steps: int) -> torch.Tensor:
+    """Two eager steps on a side stream (warm-up, as CUDA graph capture requires), then capture and replay."""
+    warm = min(2, steps)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warm):
+            dec.step()
+    torch.cuda.current_stream().wait_stream(side)
+    if steps <= warm:
+        return dec.out
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        dec.step()
+    for k in range(steps - warm):
+        if k % EOS_CHECK_EVERY == 0 and dec.finished():
+            break
+        graph.replay()
+    return dec.out
