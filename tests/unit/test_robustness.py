@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -314,3 +315,41 @@ def test_newcombe_matches_published_example():
     # Newcombe (1998), method 10: 56/70 vs 48/80 -> (0.0524, 0.3339)
     low, high = newcombe_difference(56 / 70, 70, 48 / 80, 80)
     assert low == pytest.approx(0.0524, abs=1e-4) and high == pytest.approx(0.3339, abs=1e-4)
+
+
+# --------------------------------------------------------------------------- batched scoring
+
+def test_a_question_scores_the_same_alone_and_in_any_batch(tiny):
+    """Two forwards score a whole batch (prompts right-padded, each choice reading its own question's cached prompt
+    at the positions that continue it): padding, other questions and uneven choice counts change nothing beyond
+    float noise, scores and their gradients alike."""
+    from qcheck.measure.robustness import score_choices
+
+    items = items_from_rows((f"u{i}", list(range(3, 3 + n)), [[7], [8, 9], [10, 11, 12], [13]][:k], 0)
+                            for i, (n, k) in enumerate([(5, 4), (11, 2), (7, 3), (9, 4)]))
+    together = score_choices(tiny, items)
+    for item, batched in zip(items, together):
+        (alone,) = score_choices(tiny, [item])
+        assert batched.shape == (len(item.choice_ids),)
+        assert torch.allclose(batched, alone, atol=1e-5, rtol=0)
+    hidden = tiny.config.hidden_size
+    delta = (0.01 * torch.randn(len(items), 11, hidden, generator=torch.Generator().manual_seed(0))
+             ).requires_grad_(True)
+    sum(s.sum() for s in score_choices(tiny, items, delta)).backward()
+    for i, item in enumerate(items):
+        one = delta[i:i + 1, :len(item.prompt_ids)].detach().clone().requires_grad_(True)
+        score_choices(tiny, [item], one)[0].sum().backward()
+        assert torch.allclose(delta.grad[i, :len(item.prompt_ids)], one.grad[0], atol=1e-5, rtol=1e-4)
+        if len(item.prompt_ids) < delta.shape[1]:      # padding past a prompt gets no gradient
+            assert float(delta.grad[i, len(item.prompt_ids):].abs().max()) == 0.0
+
+
+def test_batch_size_does_not_change_the_records(tiny, items, evaluation):
+    again = evaluate_robustness(tiny, items, AttackConfig(epsilon=0.5, pgd_steps=2), variant="tiny", batch_size=3)
+    assert [asdict(r) for r in again.records] == [asdict(r) for r in evaluation.records]
+
+
+def test_attack_batches_are_four_questions_on_a_cpu(tiny):
+    from qcheck.measure.robustness import attack_batch_size
+
+    assert attack_batch_size(tiny, 64) == 4

@@ -1,0 +1,109 @@
+"""The static-cache greedy decoder (`qcheck.measure.decode`): the same tokens as transformers' generate, the
+fallback to generate where a model cannot take the path (with the reason recorded), and on a GPU the CUDA graph."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.measure.decode import Unsupported, decode_greedy
+from qcheck.measure.generation import FewShotPrompt, GenerationSettings, generate
+
+QUESTIONS = ["Tom has 3 apples and buys 5 more. How many apples does he have?",
+             "A train goes 60 km in one hour. How far does it go in 3 hours?", "What is 12 times 7?"]
+
+
+def left_padded(tokenizer, texts: list[str], device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, encoded))
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for row, e in enumerate(encoded):
+        ids[row, width - len(e):] = torch.tensor(e)
+        mask[row, width - len(e):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def until_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[:tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def test_static_decoder_gives_generates_tokens_on_the_embedded_model(smollm2):
+    """SmolLM2-135M-Instruct answering real GSM8K-style questions with the packaged direct prompt: the rows stop at
+    their own end-of-turn after different numbers of tokens, so the masks of rows that stopped and of left padding
+    are both exercised; every row's tokens up to its end equal generate's."""
+    model, tok = smollm2.model, smollm2.tokenizer
+    prompt = FewShotPrompt.load("gsm8k_3shot_direct")
+    ids, mask = left_padded(tok, [prompt.render(tok, q) for q in QUESTIONS])
+    eos = tok.eos_token_id
+    config = GenerationConfig(max_new_tokens=40, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
+                              eos_token_id=[eos])
+    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+    got = decode_greedy(model, ids, mask, 40, [eos], tok.pad_token_id)
+    assert got.method == "static cache, eager steps"
+    lengths = set()
+    for want, have in zip(expected.tolist(), got.tokens.tolist()):
+        assert until_eos(have, eos) == until_eos(want, eos)
+        assert eos in have
+        lengths.add(len(until_eos(have, eos)))
+    assert len(lengths) > 1, "the rows should stop at different steps"
+
+
+def test_generate_records_the_decoding_and_falls_back_with_the_reason(smollm2):
+    tok = smollm2.tokenizer
+    config = tiny_llama_config(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = random_init_like(config, seed=1)
+    prompts = ["Question: what is 2+2?\nAnswer:", "Hello", "x " * 20]
+    dynamic = generate(model, tok, prompts, GenerationSettings(max_new_tokens=16, batch_size=0))
+    graph = generate(model, tok, prompts, GenerationSettings(max_new_tokens=16, batch_size=0, cache="graph"))
+    assert dynamic.extra["decoding"] == ["generate, dynamic cache"]
+    assert graph.extra["decoding"] == ["static cache, eager steps"]
+    assert graph.texts == dynamic.texts
+    model.config._attn_implementation = "eager"
+    refused = generate(model, tok, prompts, GenerationSettings(max_new_tokens=16, batch_size=0, cache="graph"))
+    (method,) = refused.extra["decoding"]
+    assert method.startswith("generate, dynamic cache (the graph path refused: attention implementation 'eager'")
+    assert refused.texts == dynamic.texts
+
+
+def test_a_sliding_window_shorter_than_the_run_is_refused():
+    model = random_init_like(tiny_llama_config(), seed=0)
+    model.config.sliding_window = 8
+    ids = torch.ones(1, 6, dtype=torch.long)
+    with pytest.raises(Unsupported, match="sliding window"):
+        decode_greedy(model, ids, torch.ones_like(ids), 4, [1], 0)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decoding_gives_generates_tokens_in_fp32():
+    """Issue 20: one CUDA graph per decoding step, and in fp32 on the GPU the greedy tokens are generate's: random
+    weights (4 layers, SmolLM2's vocabulary size), 12 left-padded prompts of 5-60 random tokens, 48 new tokens. The
+    end token is the one the model emits most often, so rows stop at different steps and padding after a row's end
+    is exercised too."""
+    config = tiny_llama_config(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                               max_position_embeddings=512)
+    model = random_init_like(config, seed=2, device="cuda")
+    g = torch.Generator().manual_seed(0)
+    lengths = [5 + 5 * i for i in range(12)]
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, -n:] = torch.randint(1, 49152, (n,), generator=g)
+        mask[row, -n:] = 1
+    ids, mask = ids.cuda(), mask.cuda()
+
+    def expected(eos: int) -> torch.Tensor:
+        config = GenerationConfig(max_new_tokens=48, do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=[eos])
+        return model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+
+    free = expected(49151)
+    eos = int(torch.mode(free[:, :24].flatten()).values)
+    want = expected(eos)
+    got = decode_greedy(model, ids, mask, 48, [eos], 0)
+    assert got.method == "static cache, one CUDA graph per step"
+    stops = set()
+    for w, h in zip(want.tolist(), got.tokens.tolist()):
+        assert until_eos(h, eos) == until_eos(w, eos)
+        stops.add(len(until_eos(h, eos)))
+    assert len(stops) > 1
