@@ -3,6 +3,7 @@
 #   bash benchmarks/device_steps.sh bar8b gputests        (each step writes under $OUT/<step>/)
 # bar8b     issue 18's bar: the 8B shape, seven simulated default variants, peak GPU memory vs reference + largest
 # e2e       issue 20's end-to-end wall time, 135M and 1.2B shapes, all default variants
+# e2egraph  e2e's 135M run with --decoding graph (the CUDA-graph decoder)
 # e2e8b     the same on the 8B shape
 # gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
@@ -13,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|e2e|e2e8b|gen|gengraph|ppl|gputests|devmap) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|e2e|e2egraph|e2e8b|gen|gengraph|ppl|gputests|devmap) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -27,6 +28,8 @@ for step in "$@"; do
                    --qcheck-arg=--variants=fp16,bf16,int8,w4g64,fixed8.4,fixed16.8,mixed \
                    --qcheck-arg=-k --qcheck-arg="perplexity or fidelity or applied" --out "$OUT/$step" ;;
         e2e) timeout 420 python3 benchmarks/bench_scale.py --shapes 135m,1.2b --limit-s 200 --out "$OUT/$step" ;;
+        e2egraph) timeout 260 python3 benchmarks/bench_scale.py --shapes 135m --limit-s 230 \
+                      --qcheck-arg=--decoding=graph --out "$OUT/$step" ;;
         e2e8b) timeout 420 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 380 --out "$OUT/$step" ;;
         gen) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16,fp16 --caches dynamic \
                  --attention all,no-cudnn --new-tokens 64 --out "$OUT/$step" ;;

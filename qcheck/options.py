@@ -10,6 +10,9 @@ from qcheck.errors import ConfigError
 from qcheck.inputs.placement import Placement, check_device_map, parse_max_memory
 
 REFERENCE_DTYPES = ("fp32", "bf16", "fp16", "auto")
+DECODINGS = ("generate", "graph")
+"""--decoding: transformers' generate (dynamic cache), or qcheck.measure.decode's static cache replayed as a CUDA graph."""
+
 PTQ_ENV = "QCHECK_PTQ"
 """Comma-separated PTQ specs added to every run (the same as repeating --ptq)."""
 
@@ -64,6 +67,11 @@ OPTIONS: tuple[Option, ...] = (
                                                             "fp32 accumulation as torch's half GEMMs, 4-6x faster on "
                                                             "CPUs without AVX512-FP16/AMX); native = torch's own CPU "
                                                             "kernels. Timings always run torch's own (default fast)"}),
+    Option("decoding", "--decoding", {"default": "generate", "choices": DECODINGS,
+                                      "help": "greedy decoding for the generation checks: generate = transformers' "
+                                              "generate with its dynamic cache; graph = a static cache and one CUDA "
+                                              "graph replayed per step (generate where a model cannot take that "
+                                              "path; the record says which ran). Default generate"}),
     Option("samples", "--samples", {"type": int, "default": 50, "metavar": "N",
                                     "help": "questions/prompts per task slice (default 50)"}),
     Option("prompts", "--prompts", {"type": int, "default": None, "metavar": "N",
@@ -109,6 +117,7 @@ class RunOptions:
     offload_folder: str | None = None
     reference_dtype: str = "fp32"
     cpu_half_matmul: str = "fast"
+    decoding: str = "generate"
     samples: int = 50
     prompts: int | None = None
     tokens: int = 4096
@@ -136,6 +145,9 @@ class RunOptions:
         if self.cpu_half_matmul not in ("fast", "native"):
             raise ConfigError(f"--cpu-half-matmul must be fast or native, got {self.cpu_half_matmul!r}",
                               field="--cpu-half-matmul")
+        if self.decoding not in DECODINGS:
+            raise ConfigError(f"--decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}",
+                              field="--decoding")
         if self.reference_dtype not in REFERENCE_DTYPES:
             raise ConfigError(f"--reference-dtype must be one of {', '.join(REFERENCE_DTYPES)}, got "
                               f"{self.reference_dtype!r}", field="--reference-dtype")

@@ -255,7 +255,8 @@ def _generation(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, 
 
     data = ctx.inputs.gsm8k(ctx.budget.generation_prompts)
     settings = GenerationSettings(max_new_tokens=ctx.budget.new_tokens, batch_size=ctx.batch_size("generation"),
-                                  prompt=ctx.budget.prompt, cache="graph" if ctx.gpu else "dynamic")
+                                  prompt=ctx.budget.prompt,
+                                  cache="graph" if ctx.options.decoding == "graph" else "dynamic")
     run = generate_answers(s.model, ctx.tokenizer, [p.question for p in data.items], settings,
                            ids=[p.id for p in data.items])
     return ({"run": run.to_dict(), "boxed": boxed_records(run, [p.gold for p in data.items])},

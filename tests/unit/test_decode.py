@@ -107,3 +107,28 @@ def test_cuda_graph_decoding_gives_generates_tokens_in_fp32():
         assert until_eos(h, eos) == until_eos(w, eos)
         stops.add(len(until_eos(h, eos)))
     assert len(stops) > 1
+
+
+def test_decoding_option_reaches_the_generation_record(pytester, tmp_path, tiny_folder):
+    """`--qcheck-decoding graph` runs the generation checks on the static decoder (eager steps on a CPU) and the
+    record says so; a bad value is a usage error naming the flag."""
+    import json
+
+    from qcheck.errors import ConfigError
+    from qcheck.options import RunOptions
+
+    with pytest.raises(ConfigError) as info:
+        RunOptions(decoding="beam")
+    assert info.value.field == "--decoding"
+    out = tmp_path / "graph"
+    result = pytester.runpytest_inprocess(
+        "--pyargs", "qcheck.suite", "-p", "no:cacheprovider", f"--qcheck-model={tiny_folder}",
+        "--qcheck-variants=w4g64", "--qcheck-device=cpu", "--qcheck-prompts=2", "--qcheck-decoding=graph",
+        f"--qcheck-report={out}", "-k", "boxed_format", "-rs")
+    assert result.ret in (0, 1), result.stdout.str()[-3000:]
+    records = json.loads((out / "qcheck-report.json").read_text())["records"]["records"]
+    generations = [r for r in records if r["measurement"] == "generation" and r["status"] == "ok"]
+    assert {r["variant"] for r in generations} == {"fp32", "w4g64"}
+    for record in generations:
+        assert record["data"]["run"]["settings"]["cache"] == "graph"
+        assert record["data"]["run"]["extra"]["decoding"] == ["static cache, eager steps"]
