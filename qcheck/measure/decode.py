@@ -133,7 +133,7 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         return Decoded(_replay(dec, steps), "static cache, one CUDA graph per step")
     except Unsupported:
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure of the fast path sends the caller back to generate
+    except Exception as exc:  # any failure of the fast path sends the caller back to generate
         raise Unsupported(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
