@@ -17,6 +17,7 @@ from torch import nn
 
 from qcheck.errors import ConfigError, DataError
 from qcheck.inputs.tasks import MCQuestion
+from qcheck.measure.kv_cache import cache_argument, cache_of
 from qcheck.quant.offload import input_device
 from qcheck.stats import Interval, wilson_interval
 
@@ -153,7 +154,7 @@ def shared_context_loglikelihoods(model: nn.Module, tokenizer: Any, context: str
     if not c or not all(conts):
         raise DataError(f"empty context or continuation after tokenization: {context[:40]!r}")
     out = model(input_ids=torch.tensor([c], device=device), use_cache=True)
-    cache = getattr(out, "past_key_values", None)
+    cache = cache_of(out)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
     k = len(conts)
@@ -168,7 +169,7 @@ def shared_context_loglikelihoods(model: nn.Module, tokenizer: Any, context: str
         attn[row, len(c): len(c) + len(t)] = 1
     inp, attn = inp.to(device), attn.to(device)
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1).double()
-    rest = model(input_ids=inp, attention_mask=attn, past_key_values=cache).logits
+    rest = model(input_ids=inp, attention_mask=attn, **cache_argument(model, cache)).logits
     scores = []
     for row, t in enumerate(conts):
         total = float(first[t[0]])

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from qcheck.measure.kv_cache import cache_argument
+
 EOS_CHECK_EVERY = 16
 """Steps between checks whether every row has stopped (each check waits for the GPU)."""
 
@@ -52,6 +54,7 @@ class _Decoder:
         device = input_ids.device
         self.width, self.length = width, width + new_tokens
         self.cache = _static_cache(model, self.length)
+        self.cache_kw = cache_argument(model, self.cache)
         real = attention_mask.bool()
         self.keys = torch.zeros(rows, 1, 1, self.length, dtype=torch.bool, device=device)
         self.keys[:, 0, 0, :width] = real
@@ -73,7 +76,7 @@ class _Decoder:
         mask[:, 0, :, :width] |= torch.eye(width, dtype=torch.bool, device=input_ids.device)[None]
         positions = (real.long().cumsum(1) - 1).clamp_min(0)
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            cache_position=torch.arange(width, device=input_ids.device), past_key_values=self.cache,
+                            cache_position=torch.arange(width, device=input_ids.device), **self.cache_kw,
                             use_cache=True, logits_to_keep=1).logits
         self._advance(logits)
 
@@ -89,7 +92,7 @@ class _Decoder:
         """One decoding step: the last picked token in, the next one out; every buffer is updated in place."""
         self.keys[:, 0, 0, :] |= (self.slots == self.slot)[None, :]
         logits = self.model(input_ids=self.token, attention_mask=self.keys, position_ids=self.position,
-                            cache_position=self.slot, past_key_values=self.cache, use_cache=True,
+                            cache_position=self.slot, **self.cache_kw, use_cache=True,
                             logits_to_keep=1).logits
         self.slot += 1
         self.position += 1

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, DataError
+from qcheck.measure.kv_cache import cache_argument, cache_of
 from qcheck.quant.offload import input_device
 
 ATTACKS = ("fgsm", "pgd")
@@ -361,12 +362,12 @@ def _choice_scores(model: nn.Module, embeds: torch.Tensor, batch: _Batch) -> lis
     first = model(inputs_embeds=embeds.to(dtype), use_cache=True, logits_to_keep=ends)
     rows = batch.question_of
     last = first.logits[rows, torch.searchsorted(ends, lengths[rows] - 1)]
-    cache = first.past_key_values
+    cache = cache_of(first)
     cache.batch_select_indices(rows)
     ids = batch.choices
     span = torch.arange(ids.shape[1], device=ids.device)
     mask = torch.cat([batch.prompt_mask[rows], torch.ones_like(ids, dtype=torch.bool)], dim=1).long()
-    rest = model(input_ids=ids, past_key_values=cache, attention_mask=mask,
+    rest = model(input_ids=ids, **cache_argument(model, cache), attention_mask=mask,
                  position_ids=lengths[rows, None] + span[None, :], use_cache=True).logits
     logits = torch.cat([last[:, None, :], rest[:, :-1, :]], dim=1).to(torch.float32)
     logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)

@@ -132,3 +132,28 @@ def test_decoding_option_reaches_the_generation_record(pytester, tmp_path, tiny_
     for record in generations:
         assert record["data"]["run"]["settings"]["cache"] == "graph"
         assert record["data"]["run"]["extra"]["decoding"] == ["static cache, eager steps"]
+
+
+def test_the_cache_is_passed_and_read_by_the_name_the_installed_transformers_uses():
+    """transformers 5.2x renamed `past_key_values` to `cache` (the old name goes in 5.40): the forward's signature
+    decides the keyword, and an empty cache (falsy: it has a length) is still found in an output."""
+    from types import SimpleNamespace
+
+    from transformers import DynamicCache
+
+    from qcheck.measure.kv_cache import cache_argument, cache_of
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None):
+            return input_ids
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None):
+            return input_ids
+
+    empty = DynamicCache()
+    assert cache_argument(New(), empty) == {"cache": empty}
+    assert cache_argument(Old(), empty) == {"past_key_values": empty}
+    assert cache_of(SimpleNamespace(cache=empty)) is empty
+    assert cache_of(SimpleNamespace(past_key_values=empty)) is empty
+    assert cache_of(SimpleNamespace(logits=None)) is None
