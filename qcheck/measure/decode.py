@@ -7,7 +7,7 @@ same arithmetic as `model.generate`'s greedy search (left padding masked out, po
 on a fixed-size cache: attention runs over the cache's full length with the unused slots masked out.
 
 Where a model cannot take this path (no static cache, an attention implementation other than sdpa, a layer that
-synchronises with the host during capture, as bitsandbytes' int8 outlier split does), `decode_greedy` returns None
+synchronises with the host during capture, as bitsandbytes' int8 outlier split is expected to), `decode_greedy` returns None
 with the reason, and the caller runs `model.generate` instead.
 """
 from __future__ import annotations
