@@ -353,3 +353,15 @@ def test_attack_batches_are_four_questions_on_a_cpu(tiny):
     from qcheck.measure.robustness import attack_batch_size
 
     assert attack_batch_size(tiny, 64) == 4
+
+
+@pytest.mark.gpu
+def test_attack_batches_on_a_gpu_are_sized_by_free_memory():
+    """A small model gets the cap; a model whose kept activations would not fit gets one question at a time."""
+    from qcheck.measure.robustness import ATTACK_BATCH_LIMIT, attack_batch_size
+
+    model = random_init_like(tiny_llama_config(), seed=0).to("cuda")
+    assert attack_batch_size(model, 64) == ATTACK_BATCH_LIMIT
+    free, _ = torch.cuda.mem_get_info()
+    model.config.num_hidden_layers = int(free // (2 * 64 * model.config.hidden_size * 68)) + 1
+    assert attack_batch_size(model, 64) == 1
