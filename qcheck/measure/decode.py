@@ -102,8 +102,32 @@ class _Decoder:
         return bool(self.done.all())
 
 
+NEUTRAL_GENERATION = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                      "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "suppress_tokens": None,
+                      "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+                      "forced_decoder_ids": None, "min_length": 0, "min_new_tokens": None, "sequence_bias": None,
+                      "exponential_decay_length_penalty": None, "guidance_scale": 1.0, "watermarking_config": None}
+"""Generation-config fields whose non-neutral values add a logits processor to greedy search. transformers' generate
+fills the fields qcheck leaves unset from the model's own generation config (a checkpoint may ship
+repetition_penalty=1.05, say), so such a model's greedy tokens are generate's business: the static path refuses it."""
+
+
+def _processors(model: nn.Module) -> list[str]:
+    config = getattr(model, "generation_config", None)
+    found = []
+    for name, neutral in NEUTRAL_GENERATION.items():
+        value = getattr(config, name, None)
+        if value is not None and value != neutral and not (neutral is None and value in (0, [], ())):
+            found.append(f"{name}={value!r}")
+    return found
+
+
 def _check(model: nn.Module, length: int) -> None:
     config = getattr(model, "config", None)
+    processors = _processors(model)
+    if processors:
+        raise Unsupported(f"the model's generation config sets {', '.join(processors)} (logits processors that "
+                          "greedy search applies and the static path does not)")
     impl = getattr(config, "_attn_implementation", None)
     if impl != "sdpa":
         raise Unsupported(f"attention implementation {impl!r} (the static path builds sdpa's boolean masks)")

@@ -157,3 +157,22 @@ def test_the_cache_is_passed_and_read_by_the_name_the_installed_transformers_use
     assert cache_of(SimpleNamespace(cache=empty)) is empty
     assert cache_of(SimpleNamespace(past_key_values=empty)) is empty
     assert cache_of(SimpleNamespace(logits=None)) is None
+
+
+def test_a_generation_config_with_logits_processors_is_left_to_generate(smollm2):
+    """generate fills unset fields from the model's own generation config: a checkpoint shipping, say, a ban on
+    repeated tokens changes greedy picks there, so the static path refuses it and generate's tokens are kept."""
+    tok = smollm2.tokenizer
+    config = tiny_llama_config(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = random_init_like(config, seed=1)
+    model.generation_config.no_repeat_ngram_size = 1
+    prompts = ["Question: what is 2+2?\nAnswer:", "Hello"]
+    plain = generate(model, tok, prompts, GenerationSettings(max_new_tokens=16, batch_size=0))
+    graph = generate(model, tok, prompts, GenerationSettings(max_new_tokens=16, batch_size=0, cache="graph"))
+    (method,) = graph.extra["decoding"]
+    assert "no_repeat_ngram_size=1" in method and method.startswith("generate, dynamic cache")
+    assert graph.texts == plain.texts
+    model.generation_config.no_repeat_ngram_size = 0
+    unpenalized = generate(model, tok, prompts, GenerationSettings(max_new_tokens=16, batch_size=0, cache="graph"))
+    assert unpenalized.extra["decoding"] == ["static cache, eager steps"]
+    assert unpenalized.texts != plain.texts, "the ban should change a random model's greedy tokens"
