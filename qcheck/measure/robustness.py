@@ -363,7 +363,7 @@ def _choice_scores(model: nn.Module, embeds: torch.Tensor, batch: _Batch) -> lis
     rows = batch.question_of
     last = first.logits[rows, torch.searchsorted(ends, lengths[rows] - 1)]
     cache = cache_of(first)
-    cache.batch_select_indices(rows)
+    cache.batch_select_indices(rows.cpu())      # a CPU index serves cache layers on any device (device maps)
     ids = batch.choices
     span = torch.arange(ids.shape[1], device=ids.device)
     mask = torch.cat([batch.prompt_mask[rows], torch.ones_like(ids, dtype=torch.bool)], dim=1).long()
