@@ -153,6 +153,19 @@ def placement_lines(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+def decoding_lines(data: dict[str, Any]) -> list[str]:
+    """Which greedy decoding each variant's generation ran, from its records: a line per method, with its variants
+    (`generate`'s fallback keeps the reason the static path refused)."""
+    variants: dict[str, list[str]] = {}
+    for record in (data.get("records") or {}).get("records") or []:
+        if record.get("measurement") != "generation" or record.get("status") != "ok":
+            continue
+        run = (record.get("data") or {}).get("run") or {}
+        for method in (run.get("extra") or {}).get("decoding") or []:
+            variants.setdefault(method, []).append(str(record.get("variant")))
+    return [f"generation decoding: {method} ({', '.join(names)})" for method, names in variants.items()]
+
+
 def _run_facts(data: dict[str, Any]) -> list[str]:
     meta = data.get("meta") or {}
     lines = ["## Run", ""]
@@ -161,7 +174,7 @@ def _run_facts(data: dict[str, Any]) -> list[str]:
     for key in ("device", "gpu", "compute_capability", "qcheck", "torch", "transformers", "created", "duration_s"):
         if key in meta:
             lines.append(f"- {key}: {_inline(meta[key])}")
-    lines += [f"- {line}" for line in placement_lines(meta)]
+    lines += [f"- {line}" for line in placement_lines(meta) + decoding_lines(data)]
     for name, entry in (meta.get("data") or {}).items():
         if isinstance(entry, dict):
             facts = ", ".join(f"{k} {v}" for k, v in entry.items() if k not in ("path", "sha256"))

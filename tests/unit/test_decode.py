@@ -132,6 +132,8 @@ def test_decoding_option_reaches_the_generation_record(pytester, tmp_path, tiny_
     for record in generations:
         assert record["data"]["run"]["settings"]["cache"] == "graph"
         assert record["data"]["run"]["extra"]["decoding"] == ["static cache, eager steps"]
+    assert "- generation decoding: static cache, eager steps (fp32, w4g64)" in (out / "qcheck-report.md").read_text()
+    assert "generation decoding" in (out / "qcheck-report.html").read_text()
 
 
 def test_the_cache_is_passed_and_read_by_the_name_the_installed_transformers_uses():
