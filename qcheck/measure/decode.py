@@ -6,9 +6,10 @@ argmax, bookkeeping) is captured as a CUDA graph and replayed, so a step costs t
 same arithmetic as `model.generate`'s greedy search (left padding masked out, positions continuing each prompt),
 on a fixed-size cache: attention runs over the cache's full length with the unused slots masked out.
 
-Where a model cannot take this path (no static cache, an attention implementation other than sdpa, a layer that
-synchronises with the host during capture, as bitsandbytes' int8 outlier split is expected to), `decode_greedy` returns None
-with the reason, and the caller runs `model.generate` instead.
+Where a model cannot take this path (its own generation config adds logits processors, attention other than sdpa,
+a sliding window shorter than the run, accelerate's dispatch, a layer that synchronises with the host during capture,
+as bitsandbytes' int8 outlier split is expected to), `decode_greedy` raises Unsupported with the reason, and the
+caller runs `model.generate` instead.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from qcheck.measure.kv_cache import cache_argument
+from qcheck.quant.offload import is_dispatched
 
 EOS_CHECK_EVERY = 16
 """Steps between checks whether every row has stopped (each check waits for the GPU)."""
@@ -137,8 +139,8 @@ def _check(model: nn.Module, length: int) -> None:
     if window and length > int(window):
         raise Unsupported(f"{length} positions exceed the model's sliding window ({window}): one causal mask serves "
                           "every layer here")
-    if getattr(model, "hf_device_map", None) and len(set(map(str, model.hf_device_map.values()))) > 1:
-        raise Unsupported("a model spread by a device map (its hooks move tensors between devices)")
+    if is_dispatched(model):
+        raise Unsupported("a model spread or offloaded by a device map (its hooks move tensors between devices)")
 
 
 @torch.no_grad()

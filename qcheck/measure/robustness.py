@@ -396,6 +396,8 @@ def prompt_radius(model: nn.Module, items: Sequence[ChoiceItem], epsilon: float,
     return _radius(_base_embeddings(model, batch), batch, epsilon)
 
 
+ATTACK_BATCH = 4
+"""Questions attacked together by default, and on a CPU (compute-bound there: a larger batch buys nothing)."""
 ATTACK_MEMORY_SHARE = 0.25
 """Share of the device's free memory an attack batch may plan for: the backward pass keeps every layer's activations,
 and a 16-bit variant's fp32 gradient copy may still be built after the batch is sized."""
@@ -405,17 +407,17 @@ past which a GPU forward of a small model stops being launch-bound."""
 
 
 def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
-    """Questions attacked together: 4 on a CPU (compute-bound, a batch buys nothing); on a GPU as many as fit
+    """Questions attacked together: ATTACK_BATCH on a CPU; on a GPU as many as fit
     ATTACK_MEMORY_SHARE of the free memory, at ~68 bytes per token, layer and hidden unit of fp32 activations kept for
     the backward pass (2x the usual 34 for 16-bit training activations), up to ATTACK_BATCH_LIMIT."""
     device = _device_of(model)
     if device.type != "cuda":
-        return 4
+        return ATTACK_BATCH
     cfg = getattr(model, "config", None)
     layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
     if not layers or not hidden:
-        return 4
+        return ATTACK_BATCH
     per_question = 2 * max_tokens * layers * hidden * 68
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(ATTACK_BATCH_LIMIT, int(free * ATTACK_MEMORY_SHARE // per_question)))
@@ -524,7 +526,7 @@ def evaluate_robustness(
     randomized: str = "refuse",
     draws: int = 4,
     repeats: int = 2,
-    batch_size: int = 4,
+    batch_size: int = ATTACK_BATCH,
     pad_id: int = 0,
     variant: str | None = None,
     gradient_model: nn.Module | None = None,
