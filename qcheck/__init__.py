@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "assert_same_as_reference": "qcheck.strategies",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]  # noqa: PLE0605  (one table names the lazy exports)
 
 
 def __getattr__(name: str) -> Any:

@@ -97,5 +97,5 @@ def pytest_benchmark_update_machine_info(config: Any, machine_info: dict[str, An
 
         if torch.cuda.is_available():
             machine_info["qcheck_gpu"] = device_info("cuda").to_dict()
-    except Exception as exc:  # machine info must never break a benchmark run
+    except Exception as exc:  # noqa: BLE001  (machine info must never break a benchmark run)
         machine_info["qcheck_gpu"] = {"unreadable": f"{type(exc).__name__}: {exc}"}

@@ -155,7 +155,7 @@ def samples_needed(p1: float, p2: float, alpha: float = 0.05, power: float = 0.8
     zb = float(norm.ppf(power))
     pbar = (p1 + p2) / 2
     num = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2
-    return int(math.ceil(num / (p1 - p2) ** 2))
+    return math.ceil(num / (p1 - p2) ** 2)
 
 
 def mann_whitney_less(a: Sequence[float], b: Sequence[float]) -> float:

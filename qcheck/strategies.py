@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from hypothesis import HealthCheck, given, reject, settings
@@ -35,7 +35,7 @@ __all__ = [
     "plan_tables", "plans", "register_profiles", "spec_max", "tensors_for", "to_toml", "toml_texts",
 ]
 
-ReferenceSpec = Union[FixedSpec, IntSpec, MinifloatSpec, CastSpec]
+ReferenceSpec = FixedSpec | IntSpec | MinifloatSpec | CastSpec
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CI_EXAMPLES = 60
 THOROUGH_EXAMPLES = 10_000
@@ -92,7 +92,7 @@ def holds(dtype: str | torch.dtype, value: float) -> bool:
 
 def _precision(dtype: torch.dtype) -> int:
     """Significant bits of a float dtype, the implicit leading bit included (fp32 24, fp16 11, bf16 8)."""
-    return int(round(-math.log2(float(torch.finfo(dtype).eps)))) + 1
+    return round(-math.log2(float(torch.finfo(dtype).eps))) + 1
 
 
 def fixed_point_specs(*, min_width: int = 2, max_width: int = 24, signed: bool | None = None,
@@ -602,9 +602,9 @@ def check_same(my_quantize: Callable[[torch.Tensor, Any], torch.Tensor], spec: R
     except Exception as exc:
         raise AssertionError(f"{label} raised {type(exc).__name__}: {exc}\n  config: {spec!r}\n  input:  {_show(x)}\n"
                              f"  ours (qcheck reference): {_show(ours)}") from exc
-    if not isinstance(theirs, torch.Tensor):
-        raise AssertionError(f"{label} returned {type(theirs).__name__}, not a tensor\n  config: {spec!r}\n"
-                             f"  input:  {_show(x)}")
+    if not isinstance(theirs, torch.Tensor):  # a test's failure, as hypothesis expects: not a TypeError
+        raise AssertionError(  # noqa: TRY004
+            f"{label} returned {type(theirs).__name__}, not a tensor\n  config: {spec!r}\n  input:  {_show(x)}")
     head = f"{label} differs from qcheck's reference\n  config: {spec!r}\n  input:  {_show(x)}\n" \
            f"  ours (qcheck reference): {_show(ours)}\n  theirs ({label}): {_show(theirs)}"
     if theirs.shape != ours.shape or theirs.dtype != ours.dtype:

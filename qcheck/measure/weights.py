@@ -100,7 +100,7 @@ def grid_evidence(module: nn.Module, spec: Spec, reference: torch.Tensor | None 
         return GridEvidence(ok, f"weight dtype {module.weight.dtype} (expected {spec.dtype})")
     if isinstance(spec, PruneSpec):
         zeros = int((w == 0).sum().item())
-        need = int(round(float(spec.sparsity) * w.numel()))
+        need = round(float(spec.sparsity) * w.numel())
         return GridEvidence(zeros >= need - 1, f"{zeros} zeros of {w.numel()} (requested {need}, +-1)")
     requant = spec.quantize(w)
     diff = (requant - w).abs()

@@ -154,7 +154,7 @@ def _range_of(spec: Any) -> tuple[float, float] | None:
 
 def _prune(w: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
     """Zero exactly round(sparsity * numel) weights: smallest |w| (l1) or a seeded random choice."""
-    k = int(round(float(spec.sparsity) * w.numel()))
+    k = round(float(spec.sparsity) * w.numel())
     if k == 0:
         return w.clone()
     flat = w.flatten().clone()

@@ -9,7 +9,7 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -225,8 +225,8 @@ class KeepSpec:
         return None
 
 
-Spec = Union[IntSpec, FixedSpec, MinifloatSpec, CastSpec, BnbSpec, PruneSpec, KeepSpec]
-WeightSpec = Union[IntSpec, FixedSpec, MinifloatSpec, CastSpec]
+Spec = IntSpec | FixedSpec | MinifloatSpec | CastSpec | BnbSpec | PruneSpec | KeepSpec
+WeightSpec = IntSpec | FixedSpec | MinifloatSpec | CastSpec
 
 _BUILDERS: dict[str, type] = {
     "int": IntSpec, "fixed": FixedSpec, "minifloat": MinifloatSpec, "fp16": CastSpec, "bf16": CastSpec,
@@ -249,7 +249,7 @@ def spec_from_dict(table: Mapping[str, Any], where: str = "plan", allow_extra: t
     if isinstance(fmt, str) and fmt in _MINIFLOAT_PRESETS:  # an unhashable fmt (list) raised TypeError
         e, m, b, special = _MINIFLOAT_PRESETS[fmt]
         if data:
-            raise ConfigError(f"{where}: format {fmt!r} takes no other keys, got {sorted(data)}", field=sorted(data)[0])
+            raise ConfigError(f"{where}: format {fmt!r} takes no other keys, got {sorted(data)}", field=min(data))
         return MinifloatSpec(e, m, b, special)
     if not isinstance(fmt, str) or fmt not in _BUILDERS:
         raise ConfigError(f"{where}: unknown format {fmt!r}; allowed: {', '.join(FORMATS + tuple(_MINIFLOAT_PRESETS))}",
