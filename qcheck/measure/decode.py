@@ -7,9 +7,9 @@ same arithmetic as `model.generate`'s greedy search (left padding masked out, po
 on a fixed-size cache: attention runs over the cache's full length with the unused slots masked out.
 
 Where a model cannot take this path (its own generation config adds logits processors, attention other than sdpa,
-a sliding window shorter than the run, accelerate's dispatch, a layer that synchronises with the host during capture,
-as bitsandbytes' int8 outlier split is expected to), `decode_greedy` raises Unsupported with the reason, and the
-caller runs `model.generate` instead.
+a sliding window shorter than the run, accelerate's dispatch, bitsandbytes' LLM.int8 with an outlier threshold,
+whose outlier split synchronises with the host, any other failure during capture), `decode_greedy` raises
+Unsupported with the reason, and the caller runs `model.generate` instead.
 """
 from __future__ import annotations
 
@@ -141,6 +141,16 @@ def _check(model: nn.Module, length: int) -> None:
                           "every layer here")
     if is_dispatched(model):
         raise Unsupported("a model spread or offloaded by a device map (its hooks move tensors between devices)")
+    outlier_split = _outlier_split(model)
+    if outlier_split:
+        raise Unsupported(f"bitsandbytes LLM.int8 with outlier threshold {outlier_split} (its outlier split asks the "
+                          "GPU `if outliers.any()` from the host, which a CUDA graph cannot capture)")
+
+
+def _outlier_split(model: nn.Module) -> float:
+    """The largest LLM.int8 outlier threshold among the model's bitsandbytes int8 layers (0: none splits)."""
+    return max((float(getattr(getattr(m, "state", None), "threshold", 0.0) or 0.0) for m in model.modules()
+                if type(m).__name__ == "Linear8bitLt"), default=0.0)
 
 
 @torch.no_grad()

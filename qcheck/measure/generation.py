@@ -95,6 +95,12 @@ def has_chat_template(tokenizer: Any) -> bool:
 CACHES = ("dynamic", "static", "graph")
 
 
+def decoding_cache(decoding: str, *, gpu: bool) -> str:
+    """The cache a `--decoding` choice runs: graph for "graph", and for "auto" on a CUDA device (where replaying one
+    graph per step saves the eager forward's launches); generate's dynamic cache otherwise."""
+    return "graph" if decoding == "graph" or (decoding == "auto" and gpu) else "dynamic"
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """Greedy decoding with a fixed budget of new tokens; recorded with every run so runs can be compared."""

@@ -251,12 +251,12 @@ def _choice(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]
 
 @step("generation", "greedy GSM8K answers with the few-shot prompt, their \\boxed{} status per prompt")
 def _generation(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
-    from qcheck.measure.generation import GenerationSettings, boxed_records, generate_answers
+    from qcheck.measure.generation import GenerationSettings, boxed_records, decoding_cache, generate_answers
 
     data = ctx.inputs.gsm8k(ctx.budget.generation_prompts)
     settings = GenerationSettings(max_new_tokens=ctx.budget.new_tokens, batch_size=ctx.batch_size("generation"),
                                   prompt=ctx.budget.prompt,
-                                  cache="graph" if ctx.options.decoding == "graph" else "dynamic")
+                                  cache=decoding_cache(ctx.options.decoding, gpu=ctx.gpu))
     run = generate_answers(s.model, ctx.tokenizer, [p.question for p in data.items], settings,
                            ids=[p.id for p in data.items])
     return ({"run": run.to_dict(), "boxed": boxed_records(run, [p.gold for p in data.items])},

@@ -75,6 +75,27 @@ def test_a_sliding_window_shorter_than_the_run_is_refused():
         decode_greedy(model, ids, torch.ones_like(ids), 4, [1], 0)
 
 
+@pytest.mark.parametrize("table, refused", [({"format": "bnb-int8"}, True),
+                                             ({"format": "bnb-int8", "threshold": 0.0}, False),
+                                             ({"format": "bnb-nf4"}, False)])
+def test_llm_int8_with_an_outlier_threshold_is_refused_before_anything_runs(table, refused):
+    """bitsandbytes' LLM.int8 asks `if outliers.any():` from the host in every int8 matmul, which no CUDA graph can
+    capture (on an H100 the failed attempt cost a prefill and a capture before generate ran: RESULTS.md session 11), so
+    a model with such a layer is refused up front; without outlier splitting (threshold 0) and in nf4 it is not."""
+    from qcheck.quant.apply import quantize
+
+    pytest.importorskip("bitsandbytes")
+    model = random_init_like(tiny_llama_config(), seed=0)
+    quantized, _ = quantize(model, {"default": table})
+    ids = torch.ones(2, 6, dtype=torch.long)
+    if refused:
+        with pytest.raises(Unsupported, match=r"LLM.int8 with outlier threshold 6.0"):
+            decode_greedy(quantized, ids, torch.ones_like(ids), 4, [1], 0, graph=False)
+    else:
+        got = decode_greedy(quantized, ids, torch.ones_like(ids), 4, [1], 0, graph=False)
+        assert got.tokens.shape == (2, 4) and got.method == "static cache, eager steps"
+
+
 @pytest.mark.gpu
 def test_cuda_graph_decoding_gives_generates_tokens_in_fp32():
     """Issue 20: one CUDA graph per decoding step, and in fp32 on the GPU the greedy tokens are generate's: random
@@ -107,6 +128,16 @@ def test_cuda_graph_decoding_gives_generates_tokens_in_fp32():
         assert until_eos(h, eos) == until_eos(w, eos)
         stops.add(len(until_eos(h, eos)))
     assert len(stops) > 1
+
+
+@pytest.mark.parametrize("decoding, gpu, cache", [("auto", True, "graph"), ("auto", False, "dynamic"),
+                                                   ("graph", False, "graph"), ("generate", True, "dynamic")])
+def test_auto_decoding_is_the_graph_on_a_gpu_and_generate_elsewhere(decoding, gpu, cache):
+    from qcheck.measure.generation import decoding_cache
+    from qcheck.options import RunOptions
+
+    assert RunOptions().decoding == "auto"
+    assert decoding_cache(decoding, gpu=gpu) == cache
 
 
 def test_decoding_option_reaches_the_generation_record(pytester, tmp_path, tiny_folder):
