@@ -98,7 +98,8 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                 generation[r["variant"]] = {"seconds": round(gen["seconds"], 2), "prompts": len(gen["outputs"]),
                                             "new_tokens": new, "batch_size": gen["extra"].get("batch_size"),
                                             "longest": max(o["n_new_tokens"] for o in gen["outputs"]),
-                                            "tokens_per_s": round(new / max(gen["seconds"], 1e-9), 1)}
+                                            "tokens_per_s": round(new / max(gen["seconds"], 1e-9), 1),
+                                            "decoding": gen["extra"].get("decoding")}
         row.update(status=report["status"], counts=report["counts"], weights_mb=sizes, peak_memory=peak,
                    complete=report["complete"], unfinished=len(report.get("unfinished") or []),
                    bar_mb=round(1.3 * (reference + largest), 1),

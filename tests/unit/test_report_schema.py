@@ -4,8 +4,9 @@ import json
 import re
 from pathlib import Path
 
-import jsonschema
 import pytest
+
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (the dev extra) validates the report schema itself")
 
 from qcheck.errors import QCheckError
 from qcheck.report import SCHEMA_VERSION, RunReport, load_report, run_metadata, schema, validate_report, write_reports
