@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from qcheck.measure.kv_cache import cache_argument
+from qcheck.quant.bnb import llm_int8_threshold
 from qcheck.quant.offload import is_dispatched
 
 EOS_CHECK_EVERY = 16
@@ -141,16 +142,10 @@ def _check(model: nn.Module, length: int) -> None:
                           "every layer here")
     if is_dispatched(model):
         raise Unsupported("a model spread or offloaded by a device map (its hooks move tensors between devices)")
-    outlier_split = _outlier_split(model)
-    if outlier_split:
-        raise Unsupported(f"bitsandbytes LLM.int8 with outlier threshold {outlier_split} (its outlier split asks the "
+    threshold = llm_int8_threshold(model)
+    if threshold:
+        raise Unsupported(f"bitsandbytes LLM.int8 with outlier threshold {threshold} (its outlier split asks the "
                           "GPU `if outliers.any()` from the host, which a CUDA graph cannot capture)")
-
-
-def _outlier_split(model: nn.Module) -> float:
-    """The largest LLM.int8 outlier threshold among the model's bitsandbytes int8 layers (0: none splits)."""
-    return max((float(getattr(getattr(m, "state", None), "threshold", 0.0) or 0.0) for m in model.modules()
-                if type(m).__name__ == "Linear8bitLt"), default=0.0)
 
 
 @torch.no_grad()

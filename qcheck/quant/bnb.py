@@ -52,6 +52,13 @@ def is_bnb_module(module: nn.Module) -> bool:
     return type(module).__name__ in ("Linear8bitLt", "Linear4bit", "LinearNF4", "LinearFP4")
 
 
+def llm_int8_threshold(model: nn.Module) -> float:
+    """The largest LLM.int8 outlier threshold among the model's bitsandbytes int8 layers (0: none splits outliers,
+    and so none asks the GPU from the host whether it found any)."""
+    return max((float(getattr(getattr(m, "state", None), "threshold", 0.0) or 0.0) for m in model.modules()
+                if type(m).__name__ == "Linear8bitLt"), default=0.0)
+
+
 def dequantized_weight(module: nn.Module) -> torch.Tensor:
     """The float32 weight a bitsandbytes module computes with (int8: CB * SCB / 127; 4-bit: dequantize_4bit)."""
     bnb = _bnb()
