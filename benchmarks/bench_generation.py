@@ -12,6 +12,9 @@ decoding steps that cost more than fp32 ones on an H200 are explained from that 
 with torch's scaled-dot-product-attention backends: "all" (torch's own choice) and "no-cudnn" (flash, memory-efficient
 and math only; cuDNN's attention builds an execution plan for every new sequence length, and a decoding step's key
 length grows by one each step). --profile-first profiles the first call of a fresh model instead of a warm one.
+--gqa crosses the graph decoder's grouped-query attention: "packed" (qcheck's: the query heads that share a key/value
+head are that head's query rows) and "copied" (transformers' sdpa as it stands, which before 5.2x copies the cache to
+every query head whenever a mask is passed). --profile-cache picks the cache of the profiled call.
 """
 from __future__ import annotations
 
@@ -45,6 +48,17 @@ def attention(name: str) -> contextlib.AbstractContextManager[Any]:
     raise SystemExit(f"--attention: unknown setting {name!r} (all, no-cudnn)")
 
 
+def gqa(name: str) -> contextlib.AbstractContextManager[Any]:
+    """The graph decoder's grouped-query attention for one setting: "packed" is qcheck's, "copied" is transformers'."""
+    from unittest import mock
+
+    if name == "packed":
+        return contextlib.nullcontext()
+    if name == "copied":
+        return mock.patch("qcheck.measure.decode.gqa_decoding", lambda model: contextlib.nullcontext())
+    raise SystemExit(f"--gqa: unknown setting {name!r} (packed, copied)")
+
+
 def build(dtype: torch.dtype, device: str, quick: bool) -> torch.nn.Module:
     from qcheck.inputs.models import random_init_like, smollm2_config, tiny_llama_config
 
@@ -67,15 +81,15 @@ def timed_generate(model: torch.nn.Module, tokenizer: Any, questions: list[str],
     return time.perf_counter() - start, run.texts, list(run.extra.get("decoding", []))
 
 
-def profile(model: torch.nn.Module, tokenizer: Any, questions: list[str], new_tokens: int, top: int
-            ) -> dict[str, list[dict[str, Any]]]:
+def profile(model: torch.nn.Module, tokenizer: Any, questions: list[str], new_tokens: int, top: int,
+            cache: str = "dynamic") -> dict[str, list[dict[str, Any]]]:
     """Top operators of one generate call by self host time and by self device time (ms, calls)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with torch_profile(activities=activities) as prof:
-        timed_generate(model, tokenizer, questions, new_tokens, "dynamic")
+        timed_generate(model, tokenizer, questions, new_tokens, cache)
     events = prof.key_averages()
     device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
 
@@ -101,28 +115,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.dtypes.split(","):
         reference_texts = None
         for backends in args.attention.split(","):
-            model = build(DTYPES[name], args.device, args.quick)  # fresh per setting: the first call is measured
-            with attention(backends):
-                if args.profile_first:
-                    out["profiles"][f"{name}/{backends}/first"] = profile(model, tokenizer, questions,
-                                                                          args.profile_tokens, args.top)
-                for cache in args.caches.split(","):
-                    first, texts, decoding = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
-                    second, texts2, _ = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
-                    reference_texts = reference_texts if reference_texts is not None else texts
-                    key = f"{name}/{cache}" + ("" if backends == "all" else f"/{backends}")
-                    out["results"][key] = {
-                        "first_s": round(first, 3), "second_s": round(second, 3),
-                        "ms_per_step": round(1000 * second / args.new_tokens, 2),
-                        "same_tokens_as_first_cache": texts2 == reference_texts, "repeatable": texts == texts2,
-                        "rows_differing": sum(a != b for a, b in zip(texts2, reference_texts)), "decoding": decoding}
-                    print(key, out["results"][key], flush=True)
-                if args.profile:
-                    out["profiles"][f"{name}/{backends}"] = profile(model, tokenizer, questions, args.profile_tokens,
-                                                                    args.top)
-            del model
-            if args.device == "cuda":
-                torch.cuda.empty_cache()
+            for heads in args.gqa.split(","):
+                model = build(DTYPES[name], args.device, args.quick)  # fresh per setting: the first call is measured
+                with attention(backends), gqa(heads):
+                    if args.profile_first:
+                        out["profiles"][f"{name}/{backends}/first"] = profile(model, tokenizer, questions,
+                                                                              args.profile_tokens, args.top)
+                    for cache in args.caches.split(","):
+                        first, texts, decoding = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+                        second, texts2, _ = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+                        reference_texts = reference_texts if reference_texts is not None else texts
+                        key = (f"{name}/{cache}" + ("" if backends == "all" else f"/{backends}")
+                               + (f"/gqa-{heads}" if cache == "graph" else ""))
+                        out["results"][key] = {
+                            "first_s": round(first, 3), "second_s": round(second, 3),
+                            "ms_per_step": round(1000 * second / args.new_tokens, 2),
+                            "same_tokens_as_first_cache": texts2 == reference_texts, "repeatable": texts == texts2,
+                            "rows_differing": sum(a != b for a, b in zip(texts2, reference_texts)),
+                            "decoding": decoding}
+                        print(key, out["results"][key], flush=True)
+                    if args.profile:
+                        out["profiles"][f"{name}/{backends}/{args.profile_cache}/gqa-{heads}"] = profile(
+                            model, tokenizer, questions, args.profile_tokens, args.top, args.profile_cache)
+                del model
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
     return out
 
 
@@ -157,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-first", action="store_true",
                         help="profile the first call of each fresh model (where a 16-bit model's extra time goes)")
     parser.add_argument("--attention", default="all", help="SDPA backend settings to cross: all, no-cudnn")
+    parser.add_argument("--gqa", default="packed", help="graph decoder's grouped-query attention: packed, copied")
+    parser.add_argument("--profile-cache", default="dynamic", help="cache of the profiled call")
     parser.add_argument("--profile-tokens", type=int, default=16)
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="tiny model (checks the script, not a benchmark)")

@@ -6,6 +6,7 @@
 # e2egraph  e2e's 135M run with --decoding graph (the CUDA-graph decoder)
 # e2e8b     the same on the 8B shape
 # gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
+# gqa       the graph decoder's grouped-query attention, packed (qcheck's) vs copied (transformers' repeat_kv), profiled
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # gputests  every gpu-marked test
@@ -14,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|e2e|e2egraph|e2e8b|gen|gengraph|ppl|gputests|devmap) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|e2e|e2egraph|e2e8b|gen|gengraph|gqa|ppl|gputests|devmap) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -35,6 +36,9 @@ for step in "$@"; do
                  --attention all,no-cudnn --new-tokens 64 --out "$OUT/$step" ;;
         gengraph) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches dynamic,graph \
                  --attention no-cudnn --new-tokens 256 --out "$OUT/$step" ;;
+        gqa) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches graph --gqa packed,copied \
+                 --attention no-cudnn --new-tokens 256 --profile --profile-cache graph --profile-tokens 32 --top 12 \
+                 --out "$OUT/$step" ;;
         ppl) timeout 240 python3 benchmarks/bench_perplexity.py --tokens 299008 --dtypes bf16,fp32 --batch-sizes 64 \
                  --compiled-batch-sizes 64 --repeats 3 --out "$OUT/$step" ;;
         devmap) timeout 570 python3 benchmarks/bench_device_map.py --shape 1.2b --max-memory 0=2GiB,cpu=64GiB \

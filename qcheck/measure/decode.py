@@ -4,7 +4,9 @@ An eager transformers forward is host-bound at these batch sizes (one kernel lau
 SmolLM2-135M on an H100, whatever the batch). Here the prompt is prefilled once; then one decoding step (forward,
 argmax, bookkeeping) is captured as a CUDA graph and replayed, so a step costs the GPU's time only. The step is the
 same arithmetic as `model.generate`'s greedy search (left padding masked out, positions continuing each prompt),
-on a fixed-size cache: attention runs over the cache's full length with the unused slots masked out.
+on a fixed-size cache: attention runs over the cache's full length with the unused slots masked out, and a
+grouped-query layer attends to the cached key/value heads without copying them per query head
+(`qcheck.measure.attention.sdpa_gqa_decoding`).
 
 Where a model cannot take this path (its own generation config adds logits processors, attention other than sdpa,
 a sliding window shorter than the run, accelerate's dispatch, bitsandbytes' LLM.int8 with an outlier threshold,
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qcheck.measure.attention import gqa_decoding
 from qcheck.measure.kv_cache import cache_argument
 from qcheck.quant.bnb import llm_int8_threshold
 from qcheck.quant.offload import is_dispatched
@@ -156,15 +159,16 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     _check(model, input_ids.shape[1] + new_tokens)
     use_graph = input_ids.device.type == "cuda" if graph is None else graph
     try:
-        dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad)
-        steps = new_tokens - 1
-        if not use_graph:
-            for k in range(steps):
-                if k % EOS_CHECK_EVERY == 0 and dec.finished():
-                    break
-                dec.step()
-            return Decoded(dec.out, "static cache, eager steps")
-        return Decoded(_replay(dec, steps), "static cache, one CUDA graph per step")
+        with gqa_decoding(model):
+            dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad)
+            steps = new_tokens - 1
+            if not use_graph:
+                for k in range(steps):
+                    if k % EOS_CHECK_EVERY == 0 and dec.finished():
+                        break
+                    dec.step()
+                return Decoded(dec.out, "static cache, eager steps")
+            return Decoded(_replay(dec, steps), "static cache, one CUDA graph per step")
     except Unsupported:
         raise
     except Exception as exc:  # any failure of the fast path sends the caller back to generate

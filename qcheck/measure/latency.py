@@ -27,11 +27,16 @@ DEFAULT_SLOWDOWN_FACTOR = 3.0
 """A quantized variant may be this many times slower than the float reference of its dtype before it is a finding
 (seed 002 reported 10x; real backends' known costs are in invariants.latency.KNOWN_BACKEND_COSTS)."""
 MIN_ORDER_SAMPLES = 20
-GPU_SHAPE = (32, 512)
-"""Compute-bound for SmolLM2-135M on an H100 (1x128 is launch-bound): 4.4e12 FLOP per forward."""
+GPU_SHAPE = (16, 512)
+"""fp32 compute-bound for SmolLM2-135M on an H100, with margin (benchmarks/RESULTS.md, bench_latency): the host needs
+58% of the device time at 8x512 (50.5 ms, IQR 1.1%) and 31% at 32x512 (174 ms), against the launch-bound line at 85%;
+1x128 is launch-bound. 16x512 (2.2e12 FLOP, ~88 ms) halves what 32x512 cost: 20 timed fp32 forwards per subject were
+3.4 s of the 135M run's 4 s per variant. A GPU with twice the H100's fp32 rate comes near the line; there the
+ordering checks say launch-bound and skip, they do not fail."""
 GPU_FORWARD_FLOPS = 2 * 134.5e6 * GPU_SHAPE[0] * GPU_SHAPE[1]
 """The arithmetic a timed GPU forward is sized to: SmolLM2-135M's at GPU_SHAPE. A larger model gets fewer tokens (rows
-of 512, at least one), so an 8B fp32 forward takes ~0.1 s, not the 5 s that 32 x 512 would (20 repeats per variant)."""
+of 512, at least one), so an 8B fp32 forward takes ~0.1 s, not the 2.5 s that 16 x 512 would (20 repeats per
+variant)."""
 CPU_SHAPE = (1, 32)
 GPU_BUDGET = {"warmup": 3, "min_repeats": MIN_ORDER_SAMPLES, "min_time_s": 1.0, "max_time_s": 20.0}
 CPU_BUDGET = {"warmup": 1, "min_repeats": 3, "min_time_s": 0.1, "max_time_s": 2.0}

@@ -209,3 +209,46 @@ def test_a_generation_config_with_logits_processors_is_left_to_generate(smollm2)
     unpenalized = generate(model, tok, prompts, GenerationSettings(max_new_tokens=16, batch_size=0, cache="graph"))
     assert unpenalized.extra["decoding"] == ["static cache, eager steps"]
     assert unpenalized.texts != plain.texts, "the ban should change a random model's greedy tokens"
+
+
+def test_grouped_query_decoding_attends_like_sdpa_with_copied_heads():
+    """One query token of a grouped-query layer (9 query heads over 3 key/value heads, SmolLM2-135M's layout), left
+    padding masked: attending to the key/value heads as they are gives what sdpa gives on heads copied per query
+    head (transformers' repeat_kv), to fp32 rounding."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from qcheck.measure.attention import sdpa_gqa_decoding
+
+    gen = torch.Generator().manual_seed(0)
+    rows, heads, kv_heads, length, dim = 4, 9, 3, 37, 64
+    query = torch.randn(rows, heads, 1, dim, generator=gen)
+    key = torch.randn(rows, kv_heads, length, dim, generator=gen)
+    value = torch.randn(rows, kv_heads, length, dim, generator=gen)
+    mask = torch.ones(rows, 1, 1, length, dtype=torch.bool)
+    mask[1, ..., :5] = False
+    mask[3, ..., :20] = False
+    module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
+    got, _ = sdpa_gqa_decoding(module, query, key, value, mask, scaling=dim ** -0.5)
+    want = torch.nn.functional.scaled_dot_product_attention(query, repeat_kv(key, 3), repeat_kv(value, 3),
+                                                            attn_mask=mask, scale=dim ** -0.5).transpose(1, 2)
+    assert got.shape == (rows, 1, heads, dim)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    prefill, _ = sdpa_gqa_decoding(module, torch.randn(rows, heads, 5, dim, generator=gen), key, value, None)
+    assert prefill.shape == (rows, 5, heads, dim)
+
+
+def test_grouped_query_decoding_restores_the_models_attention_also_on_error():
+    from qcheck.measure.attention import GQA_DECODING, gqa_decoding
+
+    model = random_init_like(tiny_llama_config(), seed=0)
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError, match="inside"), gqa_decoding(model):
+        assert model.config._attn_implementation == GQA_DECODING
+        model(input_ids=torch.ones(1, 3, dtype=torch.long))
+        raise RuntimeError("inside")
+    assert model.config._attn_implementation == "sdpa"
+    model.config._attn_implementation = "eager"
+    with gqa_decoding(model):
+        assert model.config._attn_implementation == "eager"
