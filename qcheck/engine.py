@@ -67,7 +67,8 @@ class RunContext:
         if self._budget is None:
             from qcheck.measure.budget import Budget
 
-            self._budget = Budget(self.gpu, self.options.samples, self.options.n_prompts, self.options.tokens)
+            self._budget = Budget(self.gpu, self.options.samples, self.options.n_prompts, self.options.tokens,
+                                  self.options.new_tokens)
         return self._budget
 
     def batch_size(self, measurement: str) -> int:

@@ -80,6 +80,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("prompts", "--prompts", {"type": int, "default": None, "metavar": "N",
                                     "help": "generation prompts (GSM8K) per variant, when fewer than --samples are "
                                             "wanted (generation costs far more per sample than scoring)"}),
+    Option("new_tokens", "--new-tokens", {"type": int, "default": None, "metavar": "N",
+                                          "help": "greedy generation budget per GSM8K prompt (default 256 on a GPU, "
+                                                  "24 on a CPU); raise it for models that reason at length before "
+                                                  "\\boxed{}"}),
     Option("tokens", "--tokens", {"type": int, "default": 4096, "metavar": "N",
                                   "help": "evaluation tokens for perplexity and fidelity (default 4096)"}),
     Option("context", "--context", {"type": int, "default": 1024, "metavar": "N",
@@ -123,6 +127,7 @@ class RunOptions:
     decoding: str = "auto"
     samples: int = 50
     prompts: int | None = None
+    new_tokens: int | None = None
     tokens: int = 4096
     context: int = 1024
     text: str | None = None
@@ -141,8 +146,10 @@ class RunOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}", field=flag)
-        if self.prompts is not None and (not isinstance(self.prompts, int) or self.prompts < 1):
-            raise ConfigError(f"--prompts must be an integer >= 1, got {self.prompts!r}", field="--prompts")
+        for name, flag in (("prompts", "--prompts"), ("new_tokens", "--new-tokens")):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{flag} must be an integer >= 1, got {value!r}", field=flag)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}", field="--device")
         if self.cpu_half_matmul not in ("fast", "native"):

@@ -399,7 +399,8 @@ def assert_boxed_format(reference: GenerationRun | Sequence[Generation | str],
     elif not reference_ok:
         status = Status.INCONCLUSIVE
         message = (f"the reference boxes no answer with these prompts and settings ({rates}): the prompt or the "
-                   "generation budget is at fault, not the quantization; fix the prompt before comparing")
+                   "generation budget is at fault, not the quantization; fix the prompt or raise the budget "
+                   "(--qcheck-new-tokens) before comparing")
     elif cs["boxed"] < rs["boxed"] and n < MIN_SAMPLES:
         status = Status.INCONCLUSIVE
         message = (f"{rates}: lower, but not significantly (McNemar p={test.pvalue:.3g}) with n={n} < {MIN_SAMPLES} "

@@ -52,6 +52,8 @@ class Budget:
     samples: int
     prompts: int
     tokens: int
+    generation_tokens: int | None = None
+    """--new-tokens: the greedy budget per prompt on any device (None: GPU_NEW_TOKENS / CPU_NEW_TOKENS)."""
 
     @property
     def choice_questions(self) -> int:
@@ -75,6 +77,8 @@ class Budget:
 
     @property
     def new_tokens(self) -> int:
+        if self.generation_tokens is not None:
+            return self.generation_tokens
         return GPU_NEW_TOKENS if self.gpu else CPU_NEW_TOKENS
 
     @property

@@ -104,14 +104,15 @@ def test_nan_in_the_reference_is_blamed_on_the_reference(tiny_folder, tmp_path, 
 
 
 @pytest.mark.parametrize("case", ["out-is-a-file", "empty-text", "binary-text", "three-tokens", "context-1",
-                                  "no-variants", "junk-ptq", "slice-past-the-end"])
+                                  "no-variants", "junk-ptq", "slice-past-the-end", "new-tokens-0"])
 def test_bad_options_exit_2_before_anything_runs(case, tiny_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "rep"
     args = ["run", "--model", str(tiny_folder), "--device", "cpu", "--variants", "int8", "--out", str(out)]
     expected = {"out-is-a-file": "a file is in the way", "empty-text": "holds no text",
                 "binary-text": "not UTF-8 text", "three-tokens": "a run needs at least 256",
                 "context-1": "--context must be an integer >= 2", "no-variants": "no variant to check",
-                "junk-ptq": "junk", "slice-past-the-end": "lower --slice"}[case]
+                "junk-ptq": "junk", "slice-past-the-end": "lower --slice",
+                "new-tokens-0": "--new-tokens must be an integer >= 1"}[case]
     if case == "out-is-a-file":
         out.write_text("not a folder")
     elif case in ("empty-text", "binary-text", "three-tokens"):
@@ -127,6 +128,8 @@ def test_bad_options_exit_2_before_anything_runs(case, tiny_folder, tmp_path, ca
         monkeypatch.setenv("QCHECK_PTQ", "junk")
     elif case == "slice-past-the-end":
         args += ["--slice", "5000"]
+    elif case == "new-tokens-0":
+        args += ["--new-tokens", "0"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err, err

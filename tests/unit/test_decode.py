@@ -155,13 +155,15 @@ def test_decoding_option_reaches_the_generation_record(pytester, tmp_path, tiny_
     result = pytester.runpytest_inprocess(
         "--pyargs", "qcheck.suite", "-p", "no:cacheprovider", f"--qcheck-model={tiny_folder}",
         "--qcheck-variants=w4g64", "--qcheck-device=cpu", "--qcheck-prompts=2", "--qcheck-decoding=graph",
-        f"--qcheck-report={out}", "-k", "boxed_format", "-rs")
+        "--qcheck-new-tokens=7", f"--qcheck-report={out}", "-k", "boxed_format", "-rs")
     assert result.ret in (0, 1), result.stdout.str()[-3000:]
     records = json.loads((out / "qcheck-report.json").read_text())["records"]["records"]
     generations = [r for r in records if r["measurement"] == "generation" and r["status"] == "ok"]
     assert {r["variant"] for r in generations} == {"fp32", "w4g64"}
     for record in generations:
         assert record["data"]["run"]["settings"]["cache"] == "graph"
+        assert record["data"]["run"]["settings"]["max_new_tokens"] == 7
+        assert max(o["n_new_tokens"] for o in record["data"]["run"]["outputs"]) <= 7
         assert record["data"]["run"]["extra"]["decoding"] == ["static cache, eager steps"]
     assert "- generation decoding: static cache, eager steps (fp32, w4g64)" in (out / "qcheck-report.md").read_text()
     assert "generation decoding" in (out / "qcheck-report.html").read_text()

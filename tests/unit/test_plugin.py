@@ -132,16 +132,18 @@ def test_sigterm_still_writes_the_report_marked_unfinished(pytester, tmp_path):
 
 
 def test_prompts_and_ptq_options_reach_the_run_options(pytester, monkeypatch):
-    """--qcheck-prompts sizes the generation slice apart from --qcheck-samples; $QCHECK_PTQ adds to --qcheck-ptq."""
+    """--qcheck-prompts sizes the generation slice apart from --qcheck-samples, --qcheck-new-tokens its budget;
+    $QCHECK_PTQ adds to --qcheck-ptq."""
     monkeypatch.setenv("QCHECK_PTQ", "bnb-config:nf4, checkpoint=/models/gptq-w4/")
     pytester.makepyfile(test_opts="""
         from qcheck.pytest_plugin import variant_names
 
         def test_opts(qcheck_options, pytestconfig):
             assert qcheck_options.samples == 40 and qcheck_options.prompts == 12
+            assert qcheck_options.new_tokens == 512
             assert qcheck_options.ptq == ("torchao:int8-wo", "bnb-config:nf4", "checkpoint=/models/gptq-w4/")
             assert variant_names(pytestconfig)[-3:] == ["torchao-int8-wo", "bnb-config-nf4", "gptq-w4"]
     """)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--qcheck-samples=40", "--qcheck-prompts=12",
-                                          "--qcheck-ptq=torchao:int8-wo")
+                                          "--qcheck-ptq=torchao:int8-wo", "--qcheck-new-tokens=512")
     result.assert_outcomes(passed=1)

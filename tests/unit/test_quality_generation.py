@@ -229,3 +229,14 @@ def test_memory_sized_batches_on_a_gpu_give_the_tokens_of_one_prompt_at_a_time(t
     assert many.extra["batch_size"] == len(prompts) and one.extra["batch_size"] == 1
     assert many.texts == one.texts
     assert [g.n_new_tokens for g in many.outputs] == [g.n_new_tokens for g in one.outputs]
+
+
+def test_new_tokens_sets_the_generation_budget_on_either_device():
+    """--new-tokens replaces the device's default budget (256 on a GPU, 24 on a CPU); unset, the defaults hold."""
+    from qcheck.measure.budget import CPU_NEW_TOKENS, GPU_NEW_TOKENS, Budget
+    from qcheck.options import RunOptions
+
+    assert Budget(False, 50, 8, 4096).new_tokens == CPU_NEW_TOKENS
+    assert Budget(True, 50, 50, 4096).new_tokens == GPU_NEW_TOKENS
+    assert Budget(False, 50, 8, 4096, 40).new_tokens == Budget(True, 50, 50, 4096, 40).new_tokens == 40
+    assert RunOptions(new_tokens=700).new_tokens == 700
