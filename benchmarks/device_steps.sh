@@ -6,6 +6,7 @@
 # e2egraph  e2e's 135M run with --decoding graph (the CUDA-graph decoder)
 # e2e8b     the same on the 8B shape (the step's limit leaves room for the folder build, ~30 s, and the report
 #           written on SIGTERM: at 420 s for a 380-s run, session 12 lost the whole output)
+# build     each variant's build on the 1.2B shape, twice, the bitsandbytes ones profiled (bench_build.py)
 # gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
 # gqa       the graph decoder's grouped-query attention, packed (qcheck's) vs copied (transformers' repeat_kv), profiled
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
@@ -17,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|e2e|e2egraph|e2e8b|gen|gengraph|gqa|ppl|gputests|devmap) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2egraph|e2e8b|gen|gengraph|gqa|ppl|gputests|devmap) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -34,6 +35,7 @@ for step in "$@"; do
         e2egraph) timeout 260 python3 benchmarks/bench_scale.py --shapes 135m --limit-s 230 \
                       --qcheck-arg=--decoding=graph --out "$OUT/$step" ;;
         e2e8b) timeout 590 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 440 --out "$OUT/$step" ;;
+        build) timeout 150 python3 benchmarks/bench_build.py --shape 1.2b --out "$OUT/$step" ;;
         gen) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16,fp16 --caches dynamic \
                  --attention all,no-cudnn --new-tokens 64 --out "$OUT/$step" ;;
         gengraph) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches dynamic,graph \
