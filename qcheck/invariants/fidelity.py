@@ -32,6 +32,17 @@ estimate (benchmarks/RESULTS.md, Fidelity)."""
 
 
 
+DECIDED_REFERENCE_P = 0.01
+"""Top-1 agreement is judged only where the reference's median top-1 probability is at least this. A token's top-1
+agreement asks whether the variant keeps the reference's choice; where the reference spreads its probability almost
+evenly, its top-1 is a near-tie that any rounding flips, and the figure measures the ties, not the variant. Measured
+on WikiText-2, 512 tokens at three offsets: SmolLM2-135M's real weights have a median top-1 probability of 0.30-0.31
+(10th percentile 0.098, every token >= 1%); random-init models of the 135M and 1.2B Llama shapes have 1.2e-4 and
+6.2e-4 (no token >= 1%; uniform over 49,152 tokens is 2.0e-5). 1% sits 30x below the real model and 16x above the
+random ones. On the random 1.2B shape bf16's top-1 agreement was 87.7% [84.7, 90.4] with a mean KL of 1.6e-3, inside
+its KL bound: a FAIL of the 94% top-1 bound there was a false alarm (benchmarks/RESULTS.md, session 12)."""
+
+
 def _g(x: float) -> str:
     return f"{x:.3g}"
 
@@ -47,7 +58,8 @@ def assert_kl_sane(result: FidelityResult, *, variant: str | None = None, max_kl
     min_top1 = known.get("min_top1") if min_top1 is None else min_top1
     summary = result.to_dict()
     evidence: dict[str, Any] = {"fidelity": summary}
-    threshold = {"kl": "> 0 at some token", "max_kl_mean": max_kl_mean, "min_top1": min_top1}
+    threshold = {"kl": "> 0 at some token", "max_kl_mean": max_kl_mean, "min_top1": min_top1,
+                 "min_top1_applies_from_ref_top1_p_median": DECIDED_REFERENCE_P}
     basis = {"name": "kl_sane", "variant": name, "n": result.n_tokens, "threshold": threshold,
              "compared": f"{name} vs reference next-token distributions on the same {result.n_tokens} tokens "
                          f"({result.n_windows} windows of context {result.context})",
@@ -79,6 +91,13 @@ def assert_kl_sane(result: FidelityResult, *, variant: str | None = None, max_kl
             f"KL > 0, but {result.n_tokens} tokens make only {result.n_blocks} bootstrap blocks (< {MIN_BLOCKS}): "
             f"too few to test the bounds; {digest}")))
     fails, warns = [], []
+    decided = result.ref_top1_p_median
+    if min_top1 is not None and decided is not None and decided < DECIDED_REFERENCE_P:
+        evidence["top1_not_judged"] = {"ref_top1_p_median": decided, "threshold": DECIDED_REFERENCE_P}
+        digest += (f"; top-1 agreement not judged: the reference's median top-1 probability is {_g(decided)} "
+                   f"(< {DECIDED_REFERENCE_P:.0%}), so its choices are near-ties that rounding flips (a near-uniform "
+                   "reference, such as random weights)")
+        min_top1 = None
     if max_kl_mean is not None:
         if kl_iv.low > max_kl_mean:
             fails.append(f"mean KL {_g(result.kl_mean)} [{_g(kl_iv.low)}, {_g(kl_iv.high)}] is above the "

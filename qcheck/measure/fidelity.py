@@ -54,9 +54,14 @@ class FidelityResult:
     block_tokens: int = BLOCK_TOKENS
     seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    token_ref_p_top: np.ndarray | None = None
+    """The reference's probability of its own top-1 token, per scored token (None in records written before it was
+    kept): how decided the reference's choice is, which top-1 agreement presumes."""
 
     def __post_init__(self) -> None:
         n = len(self.token_kl)
+        if self.token_ref_p_top is not None and len(self.token_ref_p_top) != n:
+            raise ValueError(f"token_ref_p_top has {len(self.token_ref_p_top)} entries for {n} tokens")
         if not (len(self.token_top1) == len(self.token_dp) == len(self.token_window) == n):
             raise ValueError("per-token arrays of a FidelityResult must have equal lengths")
         if n == 0:
@@ -95,6 +100,11 @@ class FidelityResult:
     @property
     def top1_agreement(self) -> float:
         return float(np.mean(self.token_top1))
+
+    @property
+    def ref_top1_p_median(self) -> float | None:
+        """Median over the scored tokens of the reference's probability of its own top-1 token (None: not kept)."""
+        return None if self.token_ref_p_top is None else float(np.median(self.token_ref_p_top))
 
     @property
     def top_dp_mean(self) -> float:
@@ -159,6 +169,7 @@ class FidelityResult:
                 "n_blocks": self.n_blocks, "block_tokens": self.block_tokens, "context": self.context,
                 "stride": self.stride, "kl_mean": self.kl_mean, "kl_median": self.kl_median, "kl_p99": self.kl_p99,
                 "kl_max": self.kl_max, "top1_agreement": self.top1_agreement, "top_dp_mean": self.top_dp_mean,
+                "ref_top1_p_median": self.ref_top1_p_median,
                 "identical_tokens": self.identical_tokens, "max_abs_logit_diff": self.max_abs_logit_diff,
                 "negative_kl_clamped": self.negative_kl_clamped, "nonfinite_tokens": self.nonfinite_tokens,
                 "same_object": self.same_object, "paths": dict(self.paths), "seconds": self.seconds,
@@ -172,7 +183,9 @@ def fidelity_to_record(result: FidelityResult) -> dict[str, Any]:
 
     return {**result.to_dict(), "token_kl": pack_array(result.token_kl, "float64"),
             "token_top1": pack_array(result.token_top1, "bool"), "token_dp": pack_array(result.token_dp, "float32"),
-            "token_window": pack_array(result.token_window, "int32"), "extra": dict(result.extra)}
+            "token_window": pack_array(result.token_window, "int32"), "extra": dict(result.extra),
+            **({"token_ref_p_top": pack_array(result.token_ref_p_top, "float32")}
+               if result.token_ref_p_top is not None else {})}
 
 
 def fidelity_from_record(data: dict[str, Any]) -> FidelityResult:
@@ -185,7 +198,9 @@ def fidelity_from_record(data: dict[str, Any]) -> FidelityResult:
         context=data["context"], stride=data["stride"], n_windows=data["n_windows"],
         identical_tokens=data["identical_tokens"], max_abs_logit_diff=data["max_abs_logit_diff"],
         negative_kl_clamped=data["negative_kl_clamped"], paths=dict(data["paths"]), same_object=data["same_object"],
-        block_tokens=data["block_tokens"], seconds=data.get("seconds"), extra=dict(data.get("extra") or {}))
+        block_tokens=data["block_tokens"], seconds=data.get("seconds"), extra=dict(data.get("extra") or {}),
+        token_ref_p_top=(unpack_array(data["token_ref_p_top"]).astype(np.float64) if "token_ref_p_top" in data
+                         else None))
 
 
 class _Stream:
@@ -259,6 +274,7 @@ def fidelity_many(
     streams = {name: (ref_stream if model is reference else _Stream(model, probe)) for name, model in variants.items()}
     acc = {name: {"kl": [], "top1": [], "dp": [], "win": [], "identical": 0, "maxdiff": 0.0, "neg": 0, "secs": 0.0}
            for name in variants}
+    ref_p_tops: list[torch.Tensor] = []
     device = ref_stream.device
     cache_key = (ids_digest(ids_t), context, stride, batch_size, pad_id, ref_stream.path)
     for i in range(0, len(spans), batch_size):
@@ -285,6 +301,7 @@ def fidelity_many(
             ref_p = ref_logp.exp()
             ref_top = ref_logits.argmax(-1)
             ref_p_top = (ref_logits.gather(-1, ref_top.unsqueeze(-1)).squeeze(-1) - ref_lse).exp()
+            ref_p_tops.append(ref_p_top.float().cpu())
             for name, stream in streams.items():
                 start = time.perf_counter()
                 a = acc[name]
@@ -315,7 +332,7 @@ def fidelity_many(
             context=context, stride=stride, n_windows=len(spans), identical_tokens=a["identical"],
             max_abs_logit_diff=a["maxdiff"], negative_kl_clamped=a["neg"], paths=paths,
             same_object=variants[name] is reference, block_tokens=block_tokens, seconds=a["secs"],
-            extra={"notes": notes} if notes else {})
+            extra={"notes": notes} if notes else {}, token_ref_p_top=torch.cat(ref_p_tops).double().numpy())
     return out
 
 

@@ -1,14 +1,17 @@
 """Fidelity metrics and invariants: streamed KL equals a direct full-logits computation, windows match
 perplexity's, answer flips count both ways, and each assert_* decides on the stated thresholds."""
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from qcheck.errors import DataError, InvariantViolation
-from qcheck.inputs.models import random_init_like, tiny_llama_config
+from qcheck.inputs.models import random_init_like, smollm2_config, tiny_llama_config
 from qcheck.invariants.fidelity import (
+    DECIDED_REFERENCE_P,
+    KL_BOUNDS,
     MIN_BLOCKS,
     assert_flips_consistent,
     assert_kl_between,
@@ -24,8 +27,10 @@ from qcheck.measure.fidelity import (
     _kl_from_logit_difference,
     answer_flips,
     fidelity,
+    fidelity_from_record,
     fidelity_many,
     fidelity_of_ids,
+    fidelity_to_record,
 )
 from qcheck.measure.perplexity import perplexity_of_ids
 from qcheck.quant.apply import quantize
@@ -67,6 +72,14 @@ def test_streamed_kl_equals_direct_full_logits_computation(tiny, tiny_w4, ids):
     assert np.array_equal(result.token_top1, top1.numpy())
     assert result.kl_mean > 0 and 0 < result.top1_agreement <= 1 and result.top_dp_mean > 0
     assert result.identical_tokens == 0 and result.max_abs_logit_diff > 0 and not result.same_object
+    with torch.no_grad():
+        ref_p = torch.softmax(tiny(input_ids=ids[None, :200]).logits[0, :-1].double(), -1).max(-1).values
+    np.testing.assert_allclose(result.token_ref_p_top, ref_p.numpy(), rtol=1e-4)
+    again = fidelity_from_record(json.loads(json.dumps(fidelity_to_record(result))))
+    np.testing.assert_allclose(again.token_ref_p_top, result.token_ref_p_top, rtol=1e-6)
+    assert again.ref_top1_p_median == pytest.approx(result.ref_top1_p_median, rel=1e-6)
+    older = {k: v for k, v in fidelity_to_record(result).items() if k != "token_ref_p_top"}
+    assert fidelity_from_record(older).token_ref_p_top is None  # a record written before the field existed
 
 
 @pytest.mark.parametrize("scale", [1e-4, 1e-2, 1.0, 60.0])
@@ -186,7 +199,7 @@ def test_too_few_tokens_and_bad_chunk_are_refused(tiny):
         fidelity_of_ids(tiny, tiny, [5, 6, 7], chunk=0)
 
 
-def synthetic(name, kl, top1=None, windows=None, block=16):
+def synthetic(name, kl, top1=None, windows=None, block=16, ref_p_top=None):
     """A FidelityResult from per-token values (for deciding-logic tests; the metric itself is tested above)."""
     kl = np.asarray(kl, dtype=np.float64)
     top1 = np.ones(len(kl), dtype=bool) if top1 is None else np.asarray(top1, dtype=bool)
@@ -194,7 +207,8 @@ def synthetic(name, kl, top1=None, windows=None, block=16):
     return FidelityResult(variant=name, token_kl=kl, token_top1=top1, token_dp=kl / 10, token_window=windows,
                           context=512, stride=512, n_windows=2, identical_tokens=int(np.sum(kl == 0)),
                           max_abs_logit_diff=float(kl.max()), negative_kl_clamped=0,
-                          paths={"reference": HEAD_PATH, "variant": HEAD_PATH}, block_tokens=block)
+                          paths={"reference": HEAD_PATH, "variant": HEAD_PATH}, block_tokens=block,
+                          token_ref_p_top=ref_p_top)
 
 
 def noisy(scale, n=512, seed=0):
@@ -239,6 +253,41 @@ def test_kl_sane_bounds_pass_warn_fail_and_inconclusive():
     assert short.status == Status.INCONCLUSIVE and f"(< {MIN_BLOCKS})" in short.message
     unbounded = assert_kl_sane(synthetic("w4g64", noisy(0.3)))
     assert unbounded.status == Status.PASS and unbounded.threshold["max_kl_mean"] is None
+
+
+def test_kl_sane_judges_top1_agreement_only_where_the_reference_decides():
+    """Top-1 agreement below the bf16 bound FAILs where the reference's median top-1 probability is >= 1% (or was not
+    recorded: records of earlier runs); where the reference is near-uniform, top-1 is not judged, saying why, and the
+    KL bound still decides."""
+    top1 = np.random.default_rng(1).random(512) < 0.80
+    flat = assert_kl_sane(synthetic("bf16", noisy(0.001), top1=top1, ref_p_top=np.full(512, 6e-4)))
+    assert flat.status == Status.PASS and "top-1 agreement not judged" in flat.message
+    assert "median top-1 probability is 0.0006 (< 1%)" in flat.message
+    assert flat.evidence["top1_not_judged"] == {"ref_top1_p_median": pytest.approx(6e-4),
+                                                "threshold": DECIDED_REFERENCE_P}
+    for decided in (np.full(512, 0.3), None):
+        with pytest.raises(InvariantViolation, match="top-1 agreement 8.*below the 94% bf16 must keep"):
+            assert_kl_sane(synthetic("bf16", noisy(0.001), top1=top1, ref_p_top=decided))
+    with pytest.raises(InvariantViolation, match="above the 0.005 bound for bf16 beyond noise"):
+        assert_kl_sane(synthetic("bf16", noisy(0.05), top1=top1, ref_p_top=np.full(512, 6e-4)))
+
+
+def test_bf16_of_a_near_uniform_random_model_is_no_false_alarm():
+    """A random-init model as wide as the Llama 1.2B shape (2,048, two layers; SmolLM2's vocabulary) spreads its
+    next-token probability almost evenly: bf16 rounding flips its top-1 at about one token in ten while the KL stays
+    well inside the bf16 bound. Such a run FAILed kl_sane on the random 1.2B shape (session 12); the top-1 bound is
+    now not applied to a reference whose median top-1 probability is under 1%."""
+    config = smollm2_config(hidden_size=2048, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=16,
+                            num_key_value_heads=4)
+    reference = random_init_like(config, seed=0)
+    bf16 = random_init_like(config, seed=0).to(torch.bfloat16)
+    ids = torch.randint(0, config.vocab_size, (1024,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        result = fidelity_of_ids(reference, bf16, ids, name="bf16", context=512)
+    assert result.ref_top1_p_median < DECIDED_REFERENCE_P
+    assert result.top1_agreement < KL_BOUNDS["bf16"]["min_top1"] and result.kl_mean < KL_BOUNDS["bf16"]["max_kl_mean"]
+    check = assert_kl_sane(result, variant="bf16")
+    assert check.status == Status.PASS and "top-1 agreement not judged" in check.message
 
 
 def test_kl_ordering_pass_reversed_identical_and_tie():

@@ -9,7 +9,13 @@ import torch
 
 from qcheck.errors import InvariantViolation
 from qcheck.formats import integer
-from qcheck.invariants.fidelity import KL_BOUNDS, assert_kl_between, assert_kl_ordering, assert_kl_sane
+from qcheck.invariants.fidelity import (
+    DECIDED_REFERENCE_P,
+    KL_BOUNDS,
+    assert_kl_between,
+    assert_kl_ordering,
+    assert_kl_sane,
+)
 from qcheck.measure.fidelity import fidelity
 from qcheck.measure.half_cpu import half_matmul
 from qcheck.results import Status
@@ -81,6 +87,8 @@ def test_correct_variants_pass(kl):
     bf16 = assert_kl_sane(kl["bf16"])
     assert bf16.status == Status.PASS and kl["bf16"].kl_mean < KL_BOUNDS["bf16"]["max_kl_mean"]
     assert kl["bf16"].top1_agreement > KL_BOUNDS["bf16"]["min_top1"] and kl["bf16"].identical_tokens == 0
+    # real weights decide their top-1 (median probability ~0.3): the top-1 bound is judged, not waived
+    assert kl["bf16"].ref_top1_p_median > 10 * DECIDED_REFERENCE_P and "not judged" not in bf16.message
     assert assert_kl_sane(kl["int8"]).status == Status.PASS
     ordering = assert_kl_ordering([kl["int8"], kl["w4g64"]], family="int")
     assert ordering.status == Status.PASS
