@@ -114,7 +114,7 @@ def agreement(fn: Callable[[], Any], ours_ms: float, device: torch.device) -> di
             from triton.testing import do_bench
 
             res["triton_do_bench_ms"] = float(do_bench(fn, warmup=100, rep=1000, return_mode="median"))
-        except Exception as exc:  # triton missing or failing: say so
+        except Exception as exc:  # noqa: BLE001 - triton missing or failing: say so
             res["triton_do_bench_error"] = f"{type(exc).__name__}: {exc}"[:200]
     for key in ("torch_utils_benchmark_ms", "triton_do_bench_ms"):
         if key in res:
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      min_repeats=args.repeats, min_time_s=args.min_time)
                     row["graph_median_ms"], row["graph_rel_iqr"] = g.median_ms, g.rel_iqr
                     row["regime"] = classify_regime(t, g).to_dict()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a shape that cannot be captured: recorded
                     row["graph_error"] = str(exc)[:200]
             if device.type == "cuda" and (b, s) == tuple(shapes[-1]) and not args.no_energy:
                 with pinned_flags(tf32=tf32):
@@ -199,8 +199,8 @@ def markdown(result: dict[str, Any]) -> str:
     dev = result["device"]
     lines = [(f"Machine: {dev['name']} (cc {dev['capability']}, driver {dev['driver']}, torch {dev['torch']}, "
              f"CUDA {dev['cuda']}); clocks as found: {json.dumps(dev['clocks'])}"), "",
-             "| variant | shape | median ms | IQR ms (rel) | n | host ms | tokens/s | regime | graph ms | J/token "
-             "| W |",
+             ("| variant | shape | median ms | IQR ms (rel) | n | host ms | tokens/s | regime | graph ms | J/token "
+              "| W |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         e = r.get("energy") or {}
@@ -264,7 +264,7 @@ def save_model(folder: str, tokenizer: str | None, quick: bool) -> None:
     if tokenizer:
         try:
             tok = AutoTokenizer.from_pretrained(tokenizer)
-        except Exception:  # an older transformers that lacks the saved tokenizer class
+        except Exception:  # noqa: BLE001 - an older transformers that lacks the saved tokenizer class
             from transformers import PreTrainedTokenizerFast
 
             tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(tokenizer) / "tokenizer.json"),
@@ -281,7 +281,7 @@ def smollm2_fp16() -> torch.nn.Module:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(1, 128), (32, 512)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_forward_fp16(qcheck_benchmark, smollm2_fp16, shape):
+def test_forward_fp16(qcheck_benchmark, smollm2_fp16, shape):  # noqa: F811 - the imported fixture, by name
     """pytest-benchmark with a synchronizing timer; extra_info carries qcheck's event median and regime."""
     ids = random_input_ids(smollm2_fp16.config.vocab_size, *shape, device="cuda")
     qcheck_benchmark(forward_callable(smollm2_fp16, ids), device="cuda", rounds=20, warmup_rounds=3,

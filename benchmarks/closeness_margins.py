@@ -96,10 +96,10 @@ def main() -> None:
                                "change": change.to_dict(), "kl_mean": kl.to_dict(), "top1": top1.to_dict()})
             print(name, k, f"{change.estimate:+.3%} [{change.low:+.3%}, {change.high:+.3%}] kl {kl.estimate:.3g} "
                             f"[{kl.low:.3g}, {kl.high:.3g}] top1 {top1.estimate:.3f}", flush=True)
-    lines = [f"# Near-lossless variants vs fp32 on {len(slices)} disjoint WikiText-2 slices of {args.tokens} tokens "
-             f"(context {args.context}), {time.perf_counter() - start:.0f} s", "",
-             "| variant | ppl change: min / max estimate | largest interval high | smallest interval low | "
-             "mean KL: max estimate | KL interval high (max) | top-1 (min) |", "|---|---|---|---|---|---|---|"]
+    lines = [(f"# Near-lossless variants vs fp32 on {len(slices)} disjoint WikiText-2 slices of {args.tokens} tokens "
+              f"(context {args.context}), {time.perf_counter() - start:.0f} s"), "",
+             ("| variant | ppl change: min / max estimate | largest interval high | smallest interval low | "
+              "mean KL: max estimate | KL interval high (max) | top-1 (min) |"), "|---|---|---|---|---|---|---|"]
     summary = {}
     for name, per in rows.items():
         est = [r["change"]["estimate"] for r in per]

@@ -51,7 +51,7 @@ def test_run_subprocess_on_embedded_default_exit_0(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "qcheck.cli", "run", "--variants", "w4g64", "--tokens", "256", "--context", "128",
          "--out", str(out), "-k", "test_precision_applied and (quantization_applied or plan_followed)"],
-        capture_output=True, text=True, timeout=600)
+        check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "qcheck-report.json").read_text())
     assert report["status"] == "PASS"
@@ -148,7 +148,7 @@ def test_a_k_expression_selecting_nothing_exits_2_and_writes_no_report(tiny_fold
     out = tmp_path / "rep"
     proc = subprocess.run([sys.executable, "-m", "qcheck.cli", "run", "--model", str(tiny_folder), "--device", "cpu",
                            "--variants", "int8", "--out", str(out), "-k", "no_such_check"],
-                          capture_output=True, text=True, timeout=600)
+                          check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "no check selected by -k 'no_such_check'" in proc.stderr
     assert not (out / "qcheck-report.json").exists()

@@ -51,7 +51,7 @@ def wrapping(x: torch.Tensor, width: int, frac_width: int, signed: bool = True) 
 
 def negatives_ignore_frac(x: torch.Tensor, width: int, frac_width: int, signed: bool = True) -> torch.Tensor:
     """Bug: negative values are rounded to integers, their fractional bits dropped."""
-    lo, hi = _bounds(width, signed)
+    lo, _hi = _bounds(width, signed)
     scale = 2.0**frac_width
     neg = torch.round(x.double()).clamp(lo / scale, 0.0)
     return torch.where(x < 0, neg, correct(x.double(), width, frac_width, signed)).to(x.dtype)
@@ -160,6 +160,6 @@ def test_docs_example_runs() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "QCHECK_HYPOTHESIS_PROFILE": "ci"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(ROOT / "examples" / "fuzz_my_quantizer.py")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout, proc.stdout
