@@ -6,7 +6,8 @@ For each shape a random-init Llama folder is built on the device (weights' value
 only quality verdicts) with SmolLM2's tokenizer, then `qcheck run --model FOLDER --device cuda` runs the default
 variant set in a subprocess, timed from start to exit (model load included). Recorded per shape: wall time, the
 run's verdict counts, the peak GPU memory the run's allocator saw against the reference plus its largest variant
-(the bar: within 1.3x), and the seconds per variant and per measurement from the run's records.
+(the bar: within 1.3x), the seconds per variant and per measurement from the run's records, each variant's build
+(its seconds outside its measurements), and what is left of the wall time (start-up, loading, judging, reports).
 """
 from __future__ import annotations
 
@@ -113,11 +114,28 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                    seconds_by_variant=per_variant, generation=generation,
                    perplexity={r["variant"]: r["data"]["perplexity"] for r in records["records"]
                                if r["measurement"] == "perplexity" and r["status"] == "ok"},
-                   verdicts={f"{c['name']}[{c.get('variant')}]": c["status"] for c in report.get("checks", [])},
+                   verdicts=verdicts(report.get("checks", [])),
                    placement=report.get("meta", {}).get("placement"),
                    errors=sorted({(c.get("message") or "")[:600] for c in report.get("checks", [])
                                   if c["status"] == "ERROR"})[:5])
+        built = {v: round(t - sum(per_variant.get(v, {}).values()), 2)
+                 for v, t in (records["meta"].get("variant_seconds") or {}).items()}
+        row.update(build_seconds=built, unaccounted_s=round(wall - sum(per_measurement.values()) - sum(built.values()),
+                                                            1))
     return row
+
+
+def verdicts(checks: list[dict[str, Any]]) -> dict[str, str]:
+    """Each check's status keyed `name[variant]`; a key met again (one check per task, say) gets `#2`, `#3`."""
+    out: dict[str, str] = {}
+    for c in checks:
+        key = base = f"{c['name']}[{c.get('variant')}]"
+        n = 1
+        while key in out:
+            n += 1
+            key = f"{base}#{n}"
+        out[key] = c["status"]
+    return out
 
 
 def main() -> None:
@@ -142,12 +160,13 @@ def main() -> None:
         save(args.out, "bench_scale", {"args": vars(args), "rows": rows}, "")  # kept if a later shape is cut short
         if row["exit"] not in (0, 1):
             print(row["tail"], flush=True)
-    lines = ["| shape | wall (s, load included) | exit | verdict | peak GPU MiB | bar 1.3 x (ref + largest) | ratio |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [("| shape | wall (s, load included) | exit | verdict | peak GPU MiB | bar 1.3 x (ref + largest) | ratio | "
+              "outside measurements and builds, s |"), "|---|---|---|---|---|---|---|---|"]
     for shape, row in rows.items():
         peak = (row.get("peak_memory") or {}).get("gpu_max_allocated_mb")
         lines.append(f"| {shape} | {row['wall_s']} | {row['exit']} | {row.get('status')} | {peak} | "
-                     f"{row.get('bar_mb')} | {row.get('peak_over_reference_plus_largest')} |")
+                     f"{row.get('bar_mb')} | {row.get('peak_over_reference_plus_largest')} | "
+                     f"{row.get('unaccounted_s')} |")
     save(args.out, "bench_scale", {"args": vars(args), "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
 
