@@ -83,6 +83,21 @@ def test_mixed_with_2bit_mlp_lies_above_its_uniform_bounds(kl):
     assert check.evidence["mixed_minus_upper"]["low"] > 0
 
 
+def test_a_bf16_run_that_holds_4bit_weights_fails_the_bf16_bounds_top1_included(kl):
+    """Seed 004's mislabel in the other direction: a run published as "bf16" whose weights are really w4g64. Against a
+    real reference, whose top-1 choices are decided (median top-1 probability ~0.3), the bf16 bounds are judged in
+    full: the KL bound and the top-1 bound both fail, and the near-uniform-reference waiver does not apply."""
+    mislabelled = kl["w4g64"]
+    assert mislabelled.ref_top1_p_median > DECIDED_REFERENCE_P
+    with pytest.raises(InvariantViolation) as err:
+        assert_kl_sane(mislabelled, variant="bf16")
+    check = err.value.result
+    assert check.name == "kl_sane" and check.status == Status.FAIL and check.variant == "bf16"
+    assert "above the 0.005 bound for bf16 beyond noise" in check.message
+    assert "below the 94% bf16 must keep beyond noise" in check.message
+    assert "not judged" not in check.message and "top1_not_judged" not in check.evidence
+
+
 def test_correct_variants_pass(kl):
     bf16 = assert_kl_sane(kl["bf16"])
     assert bf16.status == Status.PASS and kl["bf16"].kl_mean < KL_BOUNDS["bf16"]["max_kl_mean"]
