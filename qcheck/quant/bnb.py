@@ -29,28 +29,25 @@ def make_bnb_linear(linear: nn.Linear, spec: BnbSpec) -> nn.Module:
     bnb = _bnb()
     device = linear.weight.device
     # built on the CPU and moved: bitsandbytes quantizes Int8Params / Params4bit when they move to the device
-    weight = linear.weight.detach().to("cpu", torch.float32 if device.type == "cpu" else torch.float16)
-    if weight.data_ptr() == linear.weight.data_ptr():  # to() returned the reference's own storage: copy it
-        weight = weight.clone()
+    weight = linear.weight.detach().to("cpu", torch.float32 if device.type == "cpu" else torch.float16, copy=True)
     has_bias = linear.bias is not None
-    quant_type = "nf4" if spec.format == "bnb-nf4" else "fp4"
     # made on the meta device: the constructor's random init of a weight replaced at once cost 50-100 ms a layer
     # (kaiming_uniform_ on the CPU) at 1B-8B sizes, most of a bitsandbytes variant's build
-    with torch.device("meta"):
-        if spec.format == "bnb-int8":
+    if spec.format == "bnb-int8":
+        with torch.device("meta"):
             module = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
                                          has_fp16_weights=False, threshold=float(spec.threshold))
-        else:
+        module.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    else:
+        quant_type = "nf4" if spec.format == "bnb-nf4" else "fp4"
+        with torch.device("meta"):
             module = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
                                        compute_dtype=_DTYPES[spec.compute_dtype], quant_type=quant_type,
                                        compress_statistics=spec.double_quant)
-    if spec.format == "bnb-int8":
-        module.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-    else:
         module.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
                                           compress_statistics=spec.double_quant, blocksize=spec.blocksize)
     if has_bias:
-        module.bias = nn.Parameter(linear.bias.detach().to("cpu").clone(), requires_grad=False)
+        module.bias = nn.Parameter(linear.bias.detach().to("cpu", copy=True), requires_grad=False)
     return module.to(device)
 
 
