@@ -7,7 +7,9 @@ only quality verdicts) with SmolLM2's tokenizer, then `qcheck run --model FOLDER
 variant set in a subprocess, timed from start to exit (model load included). Recorded per shape: wall time, the
 run's verdict counts, the peak GPU memory the run's allocator saw against the reference plus its largest variant
 (the bar: within 1.3x), the seconds per variant and per measurement from the run's records, each variant's build
-(its seconds outside its measurements), and what is left of the wall time (start-up, loading, judging, reports).
+(its seconds outside its measurements), what is left of the wall time (start-up, loading, judging, reports), and
+the run's timeline (`qcheck.timeline`: seconds since the process started at each mark) with each phase's length,
+the last being the reports and exit (the wall time after the last mark).
 """
 from __future__ import annotations
 
@@ -122,7 +124,19 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                  for v, t in (records["meta"].get("variant_seconds") or {}).items()}
         row.update(build_seconds=built, unaccounted_s=round(wall - sum(per_measurement.values()) - sum(built.values()),
                                                             1))
+        timeline = records["meta"].get("timeline") or {}
+        row.update(timeline=timeline, phases=phase_seconds(timeline, wall))
     return row
+
+
+def phase_seconds(timeline: dict[str, float], wall: float) -> dict[str, float]:
+    """Each phase's seconds (from the previous mark to its own), then the reports and exit (the wall time after the
+    last mark; the process starts about when the wall clock does)."""
+    from qcheck.timeline import phases
+
+    if not timeline:
+        return {}
+    return {**phases(timeline), "reports and exit": round(wall - max(timeline.values()), 2)}
 
 
 def verdicts(checks: list[dict[str, Any]]) -> dict[str, str]:
@@ -167,6 +181,10 @@ def main() -> None:
         lines.append(f"| {shape} | {row['wall_s']} | {row['exit']} | {row.get('status')} | {peak} | "
                      f"{row.get('bar_mb')} | {row.get('peak_over_reference_plus_largest')} | "
                      f"{row.get('unaccounted_s')} |")
+    timed = {shape: row["phases"] for shape, row in rows.items() if row.get("phases")}
+    if timed:
+        lines += ["", "Wall time by phase (the run's timeline; the last, the wall time after its last mark):", ""]
+        lines += [f"- {shape}: " + ", ".join(f"{k} {v:.1f} s" for k, v in p.items()) for shape, p in timed.items()]
     save(args.out, "bench_scale", {"args": vars(args), "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
 

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from qcheck import timeline
 from qcheck.errors import QCheckError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -49,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; its wall time is marked from here on (qcheck.timeline), and the marks end with it."""
+    timeline.reset()  # tests call main more than once in a process: each run's marks start afresh
+    timeline.mark("imported")
+    try:
+        return _dispatch(argv)
+    finally:
+        timeline.reset()  # the run's marks are in its report (if it got that far); none outlive it
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_handler", None) is None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from qcheck import timeline
 from qcheck.benchmark_integration import pytest_benchmark_update_machine_info, qcheck_benchmark  # noqa: F401
 
 _REPORT = pytest.StashKey[Any]()
@@ -25,6 +26,7 @@ _PATHS = pytest.StashKey[list]()
 _OLD_SIGTERM = pytest.StashKey[Any]()
 _OURS = ("ci", "thorough")
 _BENCH_DIR = pytest.StashKey[Any]()
+_WRITE_S = pytest.StashKey[float]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -157,6 +159,7 @@ def _terminate_as_interrupt(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _drop_empty_benchmark_dir(config)
+    timeline.reset()  # this session's marks are in its report; a later in-process session starts afresh
     if _OLD_SIGTERM in config.stash:
         import signal
 
@@ -263,6 +266,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     config.stash[_NEEDS] = needs
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _REPORT in session.config.stash:
+        timeline.mark("collected")
+
+
 # ------------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session")
@@ -285,6 +293,7 @@ def _context(config: pytest.Config) -> Any:
         from qcheck.engine import open_run
 
         config.stash[_CONTEXT] = open_run(run_options(config))
+        timeline.mark("opened")
     return config.stash[_CONTEXT]
 
 
@@ -310,6 +319,7 @@ def qcheck_store(pytestconfig: pytest.Config) -> Any:
         else:
             with variant_progress(ctx.store.variants) as progress:
                 store = measure_run(ctx, needs, progress=progress)
+        timeline.mark("measured")
     report.records = store
     return store
 
@@ -479,6 +489,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out = config.getoption("qcheck_report_dir", None)
     if not out or int(exitstatus) in (4, 5):
         return  # a usage error or nothing selected: no report (an empty report would read as a pass)
+    timeline.mark("judged")
+    import time
+
     from qcheck.report import run_metadata, write_reports
 
     report = report_of(config)
@@ -493,14 +506,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for key in ("model", "device", "placement", "precision", "data", "seeds", "options", "variant_seconds"):
             if key in report.records.meta:
                 report.meta.setdefault(key, report.records.meta[key])
+    # this run's marks; the records carry them too where this run measured them (a judged run's records keep the
+    # timeline of the run that measured them)
+    report.meta["timeline"] = timeline.marks()
+    if report.records is not None and _LOADED not in config.stash:
+        report.records.meta["timeline"] = report.meta["timeline"]
     report.meta = {**run_metadata(), **report.meta, "pytest_exit_status": int(exitstatus)}
+    start = time.perf_counter()
     config.stash[_PATHS] = write_reports(report, out)
+    config.stash[_WRITE_S] = time.perf_counter() - start  # after the reports: on the terminal line only
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     paths = config.stash.get(_PATHS, None)
     if paths:
         report = config.stash[_REPORT]
-        terminalreporter.write_sep("-", f"qcheck: {report.status.value}; report written")
+        terminalreporter.write_sep("-", f"qcheck: {report.status.value}; report written in "
+                                        f"{config.stash.get(_WRITE_S, 0.0):.1f} s")
         for p in paths:
             terminalreporter.write_line(f"qcheck report: {p}")

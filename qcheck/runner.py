@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from qcheck import timeline
 from qcheck.errors import QCheckError
 
 JUNIT = "qcheck-junit.xml"
@@ -59,6 +60,7 @@ def validate_run(args: argparse.Namespace) -> object:
         raise QCheckError(f"--text {options.text}: file not found")
     ctx = open_run(options)
     ctx.inputs.eval_text()
+    timeline.mark("validated")
     return options
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qcheck.report.io import atomic_write_text
-from qcheck.report.markdown import decoding_lines, placement_lines
+from qcheck.report.markdown import decoding_lines, placement_lines, timeline_lines
 from qcheck.report.metrics import METRIC_COLUMNS, fmt, lm_eval_note, metric_cell
 from qcheck.report.plots import (
     mixed_variants,
@@ -210,7 +210,8 @@ def _run_facts(data: dict[str, Any]) -> list[str]:
     rows = [("model", model.get("name", json.dumps(model)) if isinstance(model, dict) else model)]
     rows += [(k, meta[k]) for k in ("device", "gpu", "compute_capability", "qcheck", "torch", "transformers",
                                     "python", "platform", "created", "duration_s", "seeds", "argv") if k in meta]
-    rows += [tuple(line.split(": ", 1)) for line in placement_lines(meta) + decoding_lines(data)]
+    lines = placement_lines(meta) + decoding_lines(data) + timeline_lines(meta)
+    rows += [tuple(line.split(": ", 1)) for line in lines]
     rows += [(f"data: {name}", json.dumps(entry)) for name, entry in (meta.get("data") or {}).items()]
     counts = ", ".join(f"{k} {v}" for k, v in (data.get("counts") or {}).items() if v)
     rows.append(("checks", counts or "none"))

@@ -166,6 +166,18 @@ def decoding_lines(data: dict[str, Any]) -> list[str]:
     return [f"generation decoding: {method} ({', '.join(names)})" for method, names in variants.items()]
 
 
+def timeline_lines(meta: dict[str, Any]) -> list[str]:
+    """The report's line on where the run's wall time went, phase by phase (from meta["timeline"], qcheck.timeline)."""
+    from qcheck.timeline import phases
+
+    timeline = meta.get("timeline")
+    marks = {k: v for k, v in timeline.items() if isinstance(v, (int, float))} if isinstance(timeline, dict) else {}
+    if not marks:
+        return []
+    parts = ", ".join(f"{label} {seconds:.1f} s" for label, seconds in phases(marks).items())
+    return [f"time by phase: {parts}; then the reports, from {max(marks.values()):.1f} s after the process started"]
+
+
 def _run_facts(data: dict[str, Any]) -> list[str]:
     meta = data.get("meta") or {}
     lines = ["## Run", ""]
@@ -174,7 +186,7 @@ def _run_facts(data: dict[str, Any]) -> list[str]:
     for key in ("device", "gpu", "compute_capability", "qcheck", "torch", "transformers", "created", "duration_s"):
         if key in meta:
             lines.append(f"- {key}: {_inline(meta[key])}")
-    lines += [f"- {line}" for line in placement_lines(meta) + decoding_lines(data)]
+    lines += [f"- {line}" for line in placement_lines(meta) + decoding_lines(data) + timeline_lines(meta)]
     for name, entry in (meta.get("data") or {}).items():
         if isinstance(entry, dict):
             facts = ", ".join(f"{k} {v}" for k, v in entry.items() if k not in ("path", "sha256"))

@@ -1,5 +1,6 @@
 """`qcheck run` and model loading: clear errors with exit code 2 and nothing written; a real bounded run."""
 import json
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,14 @@ def test_run_subprocess_on_embedded_default_exit_0(tmp_path):
     assert report["status"] == "PASS"
     assert {c["name"] for c in report["checks"]} == {"quantization_applied", "plan_followed"}
     assert "qcheck run: PASS" in proc.stdout
+    # where the wall time went (qcheck.timeline): every mark of the run, in order, in the records and the report's
+    # meta; the reports' own writing time on the terminal line
+    marks = report["records"]["meta"]["timeline"]
+    assert list(marks) == ["imported", "validated", "collected", "opened", "measured", "judged"]
+    assert 0 < marks["imported"] and list(marks.values()) == sorted(marks.values())
+    assert report["meta"]["timeline"] == marks
+    assert "time by phase: start-up and imports" in (out / "qcheck-report.md").read_text()
+    assert re.search(r"qcheck: PASS; report written in \d+\.\d s", proc.stdout), proc.stdout[-2000:]
 
 
 # ---------------------------------------------------------------- bad input: exit 2 before anything runs (issue 17)

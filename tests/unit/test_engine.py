@@ -110,6 +110,9 @@ def test_judge_reproduces_the_verdicts_from_the_json_alone(stored_run, tmp_path)
     judged = json.loads((out / "qcheck-report.json").read_text())
     assert judged["records"] == original["records"]
     assert judged["meta"]["judged_from"] == str(stored_run)
+    # the records keep the timeline of the run that measured them; the report's meta has the judging run's own
+    assert list(original["records"]["meta"]["timeline"])[-2:] == ["measured", "judged"]
+    assert list(judged["meta"]["timeline"]) == ["imported", "collected", "judged"]
 
 
 def test_a_changed_threshold_changes_the_verdict_without_a_model(stored_run, tmp_path, pytester, monkeypatch):

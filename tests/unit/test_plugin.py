@@ -40,6 +40,9 @@ def test_suite_run_writes_report_with_variant_metrics(pytester, tmp_path, warm_m
     assert ppl["context"] == 128 and 128 < ppl["n_tokens"] <= 255 and ppl["n_windows"] == 2
     assert report["variants"]["int8"]["manifest_summary"]["bits"] == {"8": 210}
     assert "quantization_applied" in (out / "qcheck-report.md").read_text()
+    # a pytest run (no CLI) marks from collection on: no stale marks of earlier in-process runs
+    assert list(report["records"]["meta"]["timeline"]) == ["collected", "opened", "measured", "judged"]
+    result.stdout.fnmatch_lines(["*qcheck: PASS; report written in * s*"])
 
 
 def test_violation_in_a_user_test_is_recorded_as_fail(pytester, tmp_path):
