@@ -117,6 +117,8 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                    perplexity={r["variant"]: r["data"]["perplexity"] for r in records["records"]
                                if r["measurement"] == "perplexity" and r["status"] == "ok"},
                    verdicts=verdicts(report.get("checks", [])),
+                   not_timed_offloaded=sorted(k for k, m in verdicts(report.get("checks", []), messages=True).items()
+                                              if "offloaded to the CPU or disk" in m),
                    placement=report.get("meta", {}).get("placement"),
                    errors=sorted({(c.get("message") or "")[:600] for c in report.get("checks", [])
                                   if c["status"] == "ERROR"})[:5])
@@ -139,8 +141,9 @@ def phase_seconds(timeline: dict[str, float], wall: float) -> dict[str, float]:
     return {**phases(timeline), "reports and exit": round(wall - max(timeline.values()), 2)}
 
 
-def verdicts(checks: list[dict[str, Any]]) -> dict[str, str]:
-    """Each check's status keyed `name[variant]`; a key met again (one check per task, say) gets `#2`, `#3`."""
+def verdicts(checks: list[dict[str, Any]], *, messages: bool = False) -> dict[str, str]:
+    """Each check's status (or with messages=True its message) keyed `name[variant]`; a key met again (one check
+    per task, say) gets `#2`, `#3`."""
     out: dict[str, str] = {}
     for c in checks:
         key = base = f"{c['name']}[{c.get('variant')}]"
@@ -148,7 +151,7 @@ def verdicts(checks: list[dict[str, Any]]) -> dict[str, str]:
         while key in out:
             n += 1
             key = f"{base}#{n}"
-        out[key] = c["status"]
+        out[key] = (c.get("message") or "") if messages else c["status"]
     return out
 
 

@@ -456,6 +456,10 @@ def _arithmetic(ctx: RunContext, step: Any, model: Any) -> Any:
     return half_matmul("fast") if has_half_weights(model) else nullcontext()
 
 
+OFFLOAD_UNTIMED = ("latency", "latency_casts", "energy")
+"""Measurements that time forwards: under CPU or disk offload they time weight transfers, so they are not taken."""
+
+
 def _not_measured(ctx: RunContext, measurement: str, name: str) -> str | None:
     from qcheck.measure.budget import not_measured
 
@@ -463,6 +467,10 @@ def _not_measured(ctx: RunContext, measurement: str, name: str) -> str | None:
         return f"{measurement} is measured on the reference only"
     if name == REFERENCE and measurement in ("weights", "rtn_perplexity"):
         return f"{measurement} compares a variant with the reference"
+    if measurement in OFFLOAD_UNTIMED and ctx.store.meta.get("placement", {}).get("offloaded"):
+        return (f"{measurement} is not taken with layers offloaded to the CPU or disk (--device-map/--max-memory): "
+                "every forward then streams the offloaded weights to the GPU, so a timing measures that transfer, "
+                "not the variant's kernels; time the variants on a placement that holds the model on the GPUs")
     return not_measured(measurement, name, gpu=ctx.gpu, options=ctx.options, context=ctx.options.context)
 
 

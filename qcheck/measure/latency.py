@@ -289,15 +289,24 @@ def reference_timing(ctx: RunContext, dtype_name: str) -> Any:
 
 
 def _casts(ctx: RunContext) -> Any:
-    """The reference cast to fp16 and bf16, one at a time (plain casts: no per-layer adapters adding host time)."""
+    """The reference cast to fp16 and bf16, one at a time (plain casts: no per-layer adapters adding host time). A
+    reference accelerate spread over several GPUs is loaded afresh with its placement (a deep copy would share its
+    hooks) and cast where it lies."""
+    from qcheck.quant.offload import is_dispatched
     from qcheck.variants import free_memory
 
+    dispatched = is_dispatched(ctx.reference_model)
     for name in ("fp16", "bf16"):
-        model = copy.deepcopy(ctx.reference_model).to(_DTYPES[name])
+        source = ctx.variants.reload() if dispatched and ctx.variants.reload is not None else \
+            copy.deepcopy(ctx.reference_model)
+        folder = getattr(source, "_qcheck_offload_dir", None)
+        model = source.to(_DTYPES[name])
         try:
             yield name, model
         finally:
-            del model
+            del model, source
+            if folder is not None:
+                folder.cleanup()
             free_memory()
 
 
