@@ -117,6 +117,10 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                    perplexity={r["variant"]: r["data"]["perplexity"] for r in records["records"]
                                if r["measurement"] == "perplexity" and r["status"] == "ok"},
                    verdicts=verdicts(report.get("checks", [])),
+                   not_passed={k: m[:400] for k, m in verdicts(report.get("checks", []), messages=True).items()
+                               if verdicts(report.get("checks", [])).get(k) in ("FAIL", "WARN", "ERROR")},
+                   step_peaks_mb=dict(sorted((records["meta"].get("step_peak_mb") or {}).items(),
+                                             key=lambda kv: -kv[1])[:8]),
                    not_timed_offloaded=sorted(k for k, m in verdicts(report.get("checks", []), messages=True).items()
                                               if "offloaded to the CPU or disk" in m),
                    placement=report.get("meta", {}).get("placement"),

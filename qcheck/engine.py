@@ -385,7 +385,8 @@ def _measure_subject(ctx: RunContext, name: str, measurements: list[str], progre
     start = time.perf_counter()
     try:
         built = ctx.variants.built(name)
-        variant = built.__enter__()
+        with _step_peak(ctx, name, "build"):
+            variant = built.__enter__()
     except Exception as exc:  # noqa: BLE001 - a variant that cannot be built is an ERROR for each of its checks
         from qcheck.errors import VariantUnavailable
 
@@ -418,7 +419,7 @@ def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
         progress(subject.name, step.name)
     start = time.perf_counter()
     try:
-        with _arithmetic(ctx, step, subject.model):
+        with _arithmetic(ctx, step, subject.model), _step_peak(ctx, subject.name, step.name):
             data, settings = step.run(ctx, subject)
     except NotApplicable as exc:
         ctx.store.put(Record(subject.name, step.name, RecordStatus.SKIPPED, reason=str(exc)))
@@ -434,6 +435,25 @@ def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
         return
     ctx.store.put(Record(subject.name, step.name, RecordStatus.OK, data=data, settings=settings,
                          seconds=round(time.perf_counter() - start, 3)))
+
+
+@contextmanager
+def _step_peak(ctx: RunContext, name: str, step: str) -> Iterator[None]:
+    """On a GPU, the allocator's peak during one step (the reference and variant included), kept in the store's
+    meta["step_peak_mb"] as "variant:step": which step set the run's peak memory, and by how much."""
+    if not ctx.gpu:
+        yield
+        return
+    import torch
+
+    from qcheck.measure.gpu_peak import reset_step_peak
+
+    reset_step_peak(ctx.device)
+    try:
+        yield
+    finally:
+        peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+        ctx.store.meta.setdefault("step_peak_mb", {})[f"{name}:{step}"] = round(peak, 1)
 
 
 def _arithmetic(ctx: RunContext, step: Any, model: Any) -> Any:

@@ -29,6 +29,22 @@ from qcheck.quant.offload import is_dispatched
 EOS_CHECK_EVERY = 16
 """Steps between checks whether every row has stopped (each check waits for the GPU)."""
 
+PREFILL_BYTES = 2**30
+"""Working memory a prefill chunk may plan for (activations of `chunk` positions of every row, estimated by
+`token_bytes`). The prompt is prefilled in chunks of positions, so the batch is bounded by its key/value cache,
+not by the prefill: at the 8B shape all 50 GSM8K prompts at once (session 13: the whole prefill took ~7 GiB, so
+the batch held 30 rows, two batches of 256 steps each). 1 GiB is 4,400 positions per chunk at 8B, enough rows of a
+GEMM to keep it at full speed; at 135M and 1.2B the 50-row prompts fit one chunk and nothing changes."""
+
+
+def token_bytes(config: Any, length: int) -> int:
+    """Estimated prefill working memory per position of one row, in bytes: fp32 activations of the residual stream
+    (x4) and the MLP (x3), and one row of attention scores per head over `length` keys (the math kernel's worst
+    case)."""
+    heads = int(config.num_attention_heads)
+    return (int(config.hidden_size) * 4 + int(getattr(config, "intermediate_size", 0) or 0) * 3
+            + heads * length) * 4
+
 
 @dataclass
 class Decoded:
@@ -36,6 +52,7 @@ class Decoded:
 
     tokens: torch.Tensor
     method: str
+    prefill_chunk: int | None = None
 
 
 class Unsupported(Exception):
@@ -75,15 +92,22 @@ class _Decoder:
         self._prefill(input_ids, real)
 
     def _prefill(self, input_ids: torch.Tensor, real: torch.Tensor) -> None:
+        """Fill the cache with the prompts, in chunks of positions (every row at once) that keep the working memory
+        within PREFILL_BYTES; each chunk attends to the cache written so far, as one pass would."""
         rows, width = input_ids.shape
-        causal = torch.ones(width, width, dtype=torch.bool, device=input_ids.device).tril()
-        mask = torch.zeros(rows, 1, width, self.length, dtype=torch.bool, device=input_ids.device)
+        device = input_ids.device
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        mask = torch.zeros(rows, 1, width, self.length, dtype=torch.bool, device=device)
         mask[:, 0, :, :width] = causal[None] & real[:, None, :]
-        mask[:, 0, :, :width] |= torch.eye(width, dtype=torch.bool, device=input_ids.device)[None]
+        mask[:, 0, :, :width] |= torch.eye(width, dtype=torch.bool, device=device)[None]
         positions = (real.long().cumsum(1) - 1).clamp_min(0)
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            cache_position=torch.arange(width, device=input_ids.device), **self.cache_kw,
-                            use_cache=True, logits_to_keep=1).logits
+        self.chunk = max(1, min(width, PREFILL_BYTES // max(1, rows * token_bytes(self.model.config, self.length))))
+        for start in range(0, width, self.chunk):
+            end = min(width, start + self.chunk)
+            logits = self.model(input_ids=input_ids[:, start:end], attention_mask=mask[:, :, start:end],
+                                position_ids=positions[:, start:end],
+                                cache_position=torch.arange(start, end, device=device), **self.cache_kw,
+                                use_cache=True, logits_to_keep=1).logits
         self._advance(logits)
 
     def _advance(self, logits: torch.Tensor) -> None:
@@ -128,6 +152,15 @@ def _processors(model: nn.Module) -> list[str]:
     return found
 
 
+def refusal(model: nn.Module, length: int) -> str | None:
+    """Why the static path will not take `model` for `length` positions (known before any work), or None."""
+    try:
+        _check(model, length)
+    except Unsupported as exc:
+        return str(exc)
+    return None
+
+
 def _check(model: nn.Module, length: int) -> None:
     config = getattr(model, "config", None)
     processors = _processors(model)
@@ -167,8 +200,8 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                     if k % EOS_CHECK_EVERY == 0 and dec.finished():
                         break
                     dec.step()
-                return Decoded(dec.out, "static cache, eager steps")
-            return Decoded(_replay(dec, steps), "static cache, one CUDA graph per step")
+                return Decoded(dec.out, "static cache, eager steps", dec.chunk)
+            return Decoded(_replay(dec, steps), "static cache, one CUDA graph per step", dec.chunk)
     except Unsupported:
         raise
     except Exception as exc:  # any failure of the fast path sends the caller back to generate

@@ -201,7 +201,10 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
                               **({"cache_implementation": "static"} if settings.cache == "static" else {}))
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: dict[int, Generation] = {}
-    size = settings.batch_size or memory_batch_size(model, [len(e) for e in encoded], settings.max_new_tokens)
+    lengths = [len(e) for e in encoded]
+    static = settings.cache == "graph" and _static_path(model, lengths, settings)
+    size = settings.batch_size or memory_batch_size(model, lengths, settings.max_new_tokens, static=static)
+    fallback_size = settings.batch_size or memory_batch_size(model, lengths, settings.max_new_tokens)
     methods: list[str] = []
     start = time.perf_counter()
     for b in range(0, len(order), size):
@@ -214,7 +217,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
             inp[row, width - n:] = torch.tensor(encoded[i], dtype=torch.long)
             attn[row, width - n:] = 1
         with varying_shape_attention():
-            new, method = _decode(model, inp.to(device), attn.to(device), config, settings, eos, pad)
+            new, method = _decode(model, inp.to(device), attn.to(device), config, settings, eos, pad, fallback_size)
         methods.append(method)
         for row, i in enumerate(batch):
             tokens = new[row].tolist()
@@ -227,10 +230,19 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
                          {"batch_size": size, "decoding": sorted(set(methods))})
 
 
+def _static_path(model: nn.Module, lengths: Sequence[int], settings: GenerationSettings) -> bool:
+    """Whether the static-cache decoder will take the model (its refusals known up front), so the batch is sized
+    for its chunked prefill."""
+    from qcheck.measure.decode import refusal
+
+    return refusal(model, max(lengths) + settings.max_new_tokens) is None
+
+
 def _decode(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, config: Any, settings: GenerationSettings,
-            eos: list[int], pad: int) -> tuple[torch.Tensor, str]:
+            eos: list[int], pad: int, fallback_size: int) -> tuple[torch.Tensor, str]:
     """New tokens [rows, steps] on the CPU and how they were decoded: the graph path where asked and possible, else
-    transformers' generate."""
+    transformers' generate, in slices of `fallback_size` rows (its prefill is one pass over the whole batch, so a
+    batch sized for the chunked static prefill may not fit it)."""
     fallback = f"generate, {settings.cache} cache"
     if settings.cache == "graph":
         from qcheck.measure.decode import Unsupported, decode_greedy
@@ -240,8 +252,13 @@ def _decode(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, config: Any
             return decoded.tokens.cpu(), decoded.method
         except Unsupported as exc:
             fallback = f"generate, dynamic cache (the graph path refused: {exc})"
-    out = model.generate(input_ids=inp, attention_mask=attn, generation_config=config)
-    return out[:, inp.shape[1]:].cpu(), fallback
+    parts = []
+    for start in range(0, inp.shape[0], max(1, fallback_size)):
+        rows = slice(start, start + max(1, fallback_size))
+        out = model.generate(input_ids=inp[rows], attention_mask=attn[rows], generation_config=config)
+        new = out[:, inp.shape[1]:].cpu()
+        parts.append(torch.nn.functional.pad(new, (0, settings.max_new_tokens - new.shape[1]), value=pad))
+    return torch.cat(parts), fallback
 
 
 GENERATION_MEMORY_SHARE = 0.5
@@ -249,9 +266,18 @@ GENERATION_MEMORY_SHARE = 0.5
 the estimate's error)."""
 
 
-def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_tokens: int) -> int:
-    """Prompts per generate call that fit GENERATION_MEMORY_SHARE of the free device memory: per sequence its KV cache
-    (2 x layers x KV heads x head dim x tokens, in the model's dtype) and the prefill activations; 8 on a CPU."""
+STATIC_MEMORY_SHARE = 0.75
+"""Share of the free device memory the static decoder's batch may plan for. Its key/value cache is allocated
+exactly as estimated (a static cache of the batch's length) and its prefill is chunked to PREFILL_BYTES, which is
+counted apart, so the estimate's error that GENERATION_MEMORY_SHARE absorbs for generate's one-pass prefill is
+gone; the quarter left covers the step's own activations, the graph's pool and the allocator's slack."""
+
+
+def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_tokens: int, *,
+                      static: bool = False) -> int:
+    """Prompts per batch that fit the free device memory: per sequence its KV cache (2 x layers x KV heads x head dim
+    x tokens, in the model's dtype) and, for generate, the prefill activations (GENERATION_MEMORY_SHARE); for the
+    static decoder (static=True) the cache alone beside one chunked prefill (STATIC_MEMORY_SHARE); 8 on a CPU."""
     param = next(model.parameters())
     if param.device.type != "cuda":
         return max(1, min(8, len(prompt_lengths)))
@@ -262,9 +288,14 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
     width = 2 if not param.dtype.is_floating_point else param.element_size()
     tokens = max(prompt_lengths) + max_new_tokens
     kv = 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * tokens * width
-    prefill = max(prompt_lengths) * (int(cfg.hidden_size) * 4 + int(getattr(cfg, "intermediate_size", 0)) * 3) * 4
     free, _ = torch.cuda.mem_get_info(param.device)
-    fit = int(free * GENERATION_MEMORY_SHARE // max(1, kv + prefill))
+    if static:
+        from qcheck.measure.decode import PREFILL_BYTES
+
+        fit = int((free * STATIC_MEMORY_SHARE - PREFILL_BYTES) // max(1, kv))
+    else:
+        prefill = max(prompt_lengths) * (int(cfg.hidden_size) * 4 + int(getattr(cfg, "intermediate_size", 0)) * 3) * 4
+        fit = int(free * GENERATION_MEMORY_SHARE // max(1, kv + prefill))
     return max(1, min(len(prompt_lengths), fit))
 
 

@@ -97,11 +97,12 @@ def test_llm_int8_with_an_outlier_threshold_is_refused_before_anything_runs(tabl
 
 
 @pytest.mark.gpu
-def test_cuda_graph_decoding_gives_generates_tokens_in_fp32():
+@pytest.mark.parametrize("chunked", [False, True])
+def test_cuda_graph_decoding_gives_generates_tokens_in_fp32(chunked, monkeypatch):
     """Issue 20: one CUDA graph per decoding step, and in fp32 on the GPU the greedy tokens are generate's: random
     weights (4 layers, SmolLM2's vocabulary size), 12 left-padded prompts of 5-60 random tokens, 48 new tokens. The
     end token is the one the model emits most often, so rows stop at different steps and padding after a row's end
-    is exercised too."""
+    is exercised too. Also with the prompts prefilled in chunks of 8 positions."""
     config = tiny_llama_config(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                                max_position_embeddings=512)
     model = random_init_like(config, seed=2, device="cuda")
@@ -121,8 +122,13 @@ def test_cuda_graph_decoding_gives_generates_tokens_in_fp32():
     free = expected(49151)
     eos = int(torch.mode(free[:, :24].flatten()).values)
     want = expected(eos)
+    if chunked:  # the prompts prefilled 8 positions at a time
+        from qcheck.measure import decode
+
+        monkeypatch.setattr(decode, "PREFILL_BYTES", len(lengths) * decode.token_bytes(config, ids.shape[1] + 48) * 8)
     got = decode_greedy(model, ids, mask, 48, [eos], 0)
     assert got.method == "static cache, one CUDA graph per step"
+    assert got.prefill_chunk == (8 if chunked else ids.shape[1])
     stops = set()
     for w, h in zip(want.tolist(), got.tokens.tolist()):
         assert until_eos(h, eos) == until_eos(w, eos)
@@ -254,3 +260,54 @@ def test_grouped_query_decoding_restores_the_models_attention_also_on_error():
     model.config._attn_implementation = "eager"
     with gqa_decoding(model):
         assert model.config._attn_implementation == "eager"
+
+
+def test_a_prefill_in_chunks_of_positions_gives_generates_tokens(smollm2, monkeypatch):
+    """The prompt prefilled a few positions at a time (PREFILL_BYTES shrunk so a chunk is 7 positions of the
+    three rows) writes the cache one pass would: the real model's tokens up to each row's end are generate's."""
+    from qcheck.measure import decode
+
+    model, tok = smollm2.model, smollm2.tokenizer
+    prompt = FewShotPrompt.load("gsm8k_3shot_direct")
+    ids, mask = left_padded(tok, [prompt.render(tok, q) for q in QUESTIONS])
+    eos = tok.eos_token_id
+    config = GenerationConfig(max_new_tokens=40, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
+                              eos_token_id=[eos])
+    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+    per_row = decode.token_bytes(model.config, ids.shape[1] + 40)
+    monkeypatch.setattr(decode, "PREFILL_BYTES", 3 * per_row * 7)
+    got = decode_greedy(model, ids, mask, 40, [eos], tok.pad_token_id)
+    assert got.prefill_chunk == 7 and ids.shape[1] > 7 * 10, (got.prefill_chunk, ids.shape)
+    for want, have in zip(expected.tolist(), got.tokens.tolist()):
+        assert until_eos(have, eos) == until_eos(want, eos)
+
+
+def test_a_graph_path_failing_late_falls_back_to_generate_in_slices_that_fit_it(smollm2, monkeypatch):
+    """A batch sized for the static decoder (its prefill chunked) may be too large for generate's one-pass prefill:
+    when the static path fails after the batch was planned, generate runs it in slices of its own size, and the
+    texts are those of one generate call."""
+    from qcheck.measure import decode, generation
+
+    tok = smollm2.tokenizer
+    config = tiny_llama_config(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = random_init_like(config, seed=1)
+    prompts = ["Question: what is 2+2?\nAnswer:", "Hello", "x " * 20, "The capital of France is"]
+    plain = generate(model, tok, prompts, GenerationSettings(max_new_tokens=12, batch_size=4))
+
+    def late_failure(*args, **kwargs):
+        raise decode.Unsupported("RuntimeError: a capture failure nobody predicted")
+
+    sizes = []
+
+    def planned(model, lengths, new_tokens, *, static=False):
+        sizes.append(static)
+        return 4 if static else 1
+
+    monkeypatch.setattr(decode, "decode_greedy", late_failure)
+    monkeypatch.setattr(generation, "memory_batch_size", planned)
+    monkeypatch.setattr(generation, "_static_path", lambda *a: True)
+    run = generate(model, tok, prompts, GenerationSettings(max_new_tokens=12, batch_size=0, cache="graph"))
+    assert sizes == [True, False] and run.extra["batch_size"] == 4
+    (method,) = run.extra["decoding"]
+    assert "a capture failure nobody predicted" in method
+    assert run.texts == plain.texts
