@@ -399,8 +399,8 @@ def prompt_radius(model: nn.Module, items: Sequence[ChoiceItem], epsilon: float,
 ATTACK_BATCH = 4
 """Questions attacked together by default, and on a CPU (compute-bound there: a larger batch buys nothing)."""
 ATTACK_MEMORY_SHARE = 0.25
-"""Share of the device's free memory an attack batch may plan for: the backward pass keeps every layer's activations,
-and a 16-bit variant's fp32 gradient copy may still be built after the batch is sized."""
+"""Share of the device's free memory, less the fp32 gradient copy a 16-bit variant will get (`fp32_copy_bytes`), an
+attack batch may plan for: the backward pass keeps every layer's activations."""
 ATTACK_BATCH_LIMIT = 16
 """Questions per attack batch at most: at 16 a batch is two forwards of ~1,000 prompt tokens and ~64 choice rows,
 past which a GPU forward of a small model stops being launch-bound."""
@@ -420,7 +420,31 @@ def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
         return ATTACK_BATCH
     per_question = 2 * max_tokens * layers * hidden * 68
     free, _ = torch.cuda.mem_get_info(device)
+    free = max(0, free - fp32_copy_bytes(model))
     return max(1, min(ATTACK_BATCH_LIMIT, int(free * ATTACK_MEMORY_SHARE // per_question)))
+
+
+def fp32_copy_bytes(model: nn.Module) -> int:
+    """Bytes of the fp32 gradient copy `gradient_model_for` will make of `model` (0 where it uses the model itself):
+    counted before the attack batch is sized, so the copy does not eat the batch's share (at the 8B shape the fp16
+    and bf16 variants' attacks set the run's peak, 1.36 x reference + largest variant, in session 13)."""
+    if not needs_fp32_copy(model):
+        return 0
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if p.is_floating_point() and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * 4
+    return total
+
+
+def needs_fp32_copy(model: nn.Module) -> bool:
+    """Whether attacks take gradients from an fp32 copy: float weights other than fp32, not bitsandbytes layers."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes <= {torch.float32}:
+        return False
+    return not any(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
 
 
 # ----------------------------------------------------------------------------- gradients and attacks
@@ -431,7 +455,7 @@ def gradient_model_for(model: nn.Module) -> tuple[nn.Module, str]:
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes <= {torch.float32}:
         return model, "the variant itself (float32 weights; activation fake-quant straight-through)"
-    if any(type(m).__module__.startswith("bitsandbytes") for m in model.modules()):
+    if not needs_fp32_copy(model):
         return model, f"the variant itself ({sorted(str(d) for d in dtypes)} bitsandbytes layers; not upcast)"
     surrogate = copy.deepcopy(model).float()
     return surrogate, (f"float32 copy of the variant's {sorted(str(d) for d in dtypes)} weights "

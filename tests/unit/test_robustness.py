@@ -365,3 +365,18 @@ def test_attack_batches_on_a_gpu_are_sized_by_free_memory():
     free, _ = torch.cuda.mem_get_info()
     model.config.num_hidden_layers = int(free // (2 * 64 * model.config.hidden_size * 68)) + 1
     assert attack_batch_size(model, 64) == 1
+
+
+def test_the_fp32_gradient_copy_is_counted_before_the_attack_batch_is_sized():
+    """A 16-bit variant's attacks take gradients from an fp32 copy made after the batch is sized: its bytes (tied
+    weights once) are taken off the free memory first. An fp32 variant is its own gradient model: nothing counted."""
+    from qcheck.measure.robustness import fp32_copy_bytes, needs_fp32_copy
+
+    model = random_init_like(tiny_llama_config(), seed=0)
+    assert not needs_fp32_copy(model) and fp32_copy_bytes(model) == 0
+    half = model.to(torch.float16)
+    unique = {id(p): p.numel() for p in half.parameters()}
+    assert needs_fp32_copy(half) and fp32_copy_bytes(half) == 4 * sum(unique.values())
+    surrogate, source = gradient_model_for(half)
+    assert source.startswith("float32 copy")
+    assert fp32_copy_bytes(half) == sum(p.numel() * p.element_size() for p in surrogate.parameters())

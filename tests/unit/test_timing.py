@@ -388,3 +388,24 @@ def test_order_with_only_the_fast_side_launch_bound():
     slow16 = cuda_timing(200.0, 0.01, host=190.0)
     r = assert_latency_order(slow16, fp32, device=info)
     assert r.status == Status.SKIPPED and r.evidence["skip"] == "launch-bound"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_cast_copy_is_deepcopy_then_to_without_the_fp32_copy(dtype):
+    """The reference's fp16/bf16 casts for the latency ordering are made tensor by tensor: the same tensors as
+    `deepcopy(model).to(dtype)`, tied weights still tied, the reference untouched, and the same logits."""
+    import copy
+
+    from qcheck.measure.latency import cast_copy
+
+    model = random_init_like(tiny_llama_config(), seed=0)
+    want = copy.deepcopy(model).to(dtype)
+    got = cast_copy(model, dtype)
+    assert got.lm_head.weight is got.model.embed_tokens.weight
+    assert got.lm_head.weight is not model.lm_head.weight
+    for (name, a), (_, b) in zip(want.state_dict().items(), got.state_dict().items(), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    ids = torch.randint(1, 512, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(want(ids).logits, got(ids).logits)
