@@ -86,11 +86,15 @@ def model_size(folder: Path | None, trust_remote_code: bool = False) -> tuple[in
 
 
 def available_bytes(device: Any) -> int | None:
-    """Free memory of the device: the CUDA allocator's free bytes, or the host's MemAvailable plus free swap."""
+    """Free memory of the device: on a GPU the driver's free bytes plus what torch's allocator holds cached and
+    unused (a step's batches are sized while earlier steps' blocks are still cached: counted free by torch, not by
+    the driver; session 13's 8B run sized bitsandbytes int8's generation at 31 rows of 50 that way); else the host's
+    MemAvailable plus free swap."""
     if getattr(device, "type", str(device)) == "cuda":
         import torch
 
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))
     try:
         info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
         return (int(info["MemAvailable"].split()[0]) + int(info.get("SwapFree", "0 kB").split()[0])) * 1024

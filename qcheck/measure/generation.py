@@ -288,7 +288,9 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
     width = 2 if not param.dtype.is_floating_point else param.element_size()
     tokens = max(prompt_lengths) + max_new_tokens
     kv = 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * tokens * width
-    free, _ = torch.cuda.mem_get_info(param.device)
+    from qcheck.inputs.fit import available_bytes
+
+    free = available_bytes(param.device) or 0
     if static:
         from qcheck.measure.decode import PREFILL_BYTES
 

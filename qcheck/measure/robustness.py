@@ -419,7 +419,9 @@ def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
     if not layers or not hidden:
         return ATTACK_BATCH
     per_question = 2 * max_tokens * layers * hidden * 68
-    free, _ = torch.cuda.mem_get_info(device)
+    from qcheck.inputs.fit import available_bytes
+
+    free = available_bytes(device) or 0
     free = max(0, free - fp32_copy_bytes(model))
     return max(1, min(ATTACK_BATCH_LIMIT, int(free * ATTACK_MEMORY_SHARE // per_question)))
 

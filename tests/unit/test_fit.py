@@ -2,6 +2,7 @@
 (exit 2, the figures and what to pass, nothing written); the embedded default's bound lies below what it used."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from qcheck.cli import main
@@ -71,3 +72,17 @@ def test_qcheck_run_loads_the_reference_once(tiny_folder, tmp_path, monkeypatch)
                  "perplexity_finite", "--out", str(tmp_path / "rep")]) == 0
     assert loads == [str(tiny_folder)]
     assert len(engine._OPENED) == 1  # the plugin's options are the CLI's, report folder included
+
+
+@pytest.mark.gpu
+def test_cached_allocator_blocks_count_as_available_on_a_gpu():
+    """A batch sized while an earlier step's blocks sit in torch's cache may use them: they count as available, on top
+    of what the driver reports free."""
+    device = torch.device("cuda")
+    block = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    del block  # 256 MiB now cached by torch's allocator, not free for the driver
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    assert cached >= 256 * 2**20
+    free = torch.cuda.mem_get_info(device)[0]
+    assert available_bytes(device) >= free + 256 * 2**20
+    torch.cuda.empty_cache()
