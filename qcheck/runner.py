@@ -83,7 +83,9 @@ def run_suite(options_args: list[str], args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     suite = Path(qcheck.suite.__file__).parent  # conftest files of the folder qcheck runs in stay out of the suite
-    argv = ["--pyargs", "qcheck.suite", f"--confcutdir={suite}", "-p", "no:cacheprovider", "-q", "-rfEs",
+    # hypothesis's plugin imports hypothesis at the terminal summary (1.5 s on a CPU); the suite has no property tests
+    argv = ["--pyargs", "qcheck.suite", f"--confcutdir={suite}", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+            "-q", "-rfEs",
             f"--qcheck-report={out}",
             f"--junitxml={out / JUNIT}", "-o", "junit_family=xunit2", "-o", "junit_suite_name=qcheck",
             *options_args, "-o", "addopts=", "-o", "testpaths=", "-W", "ignore::DeprecationWarning"]
