@@ -71,7 +71,7 @@ class _Decoder:
     """The static buffers of one batch and the step that advances them in place (capturable as a CUDA graph)."""
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
-                 eos: list[int], pad: int) -> None:
+                 eos: list[int], pad: int, prefix: int = 0) -> None:
         self.model = model
         rows, width = input_ids.shape
         device = input_ids.device
@@ -89,26 +89,39 @@ class _Decoder:
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)
         self.out = torch.full((rows, new_tokens), pad, dtype=torch.long, device=device)
         self.token = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self._prefill(input_ids, real)
+        self._prefill(input_ids, real, prefix)
 
-    def _prefill(self, input_ids: torch.Tensor, real: torch.Tensor) -> None:
-        """Fill the cache with the prompts, in chunks of positions (every row at once) that keep the working memory
-        within PREFILL_BYTES; each chunk attends to the cache written so far, as one pass would."""
+    def _prefill(self, input_ids: torch.Tensor, real: torch.Tensor, prefix: int) -> None:
+        """Fill the cache with the prompts: the first `prefix` positions, the same tokens in every row, once for all
+        rows; the rest in chunks of positions (every row at once) that keep the working memory within PREFILL_BYTES.
+        Each chunk attends to the cache written so far, as one pass would."""
         rows, width = input_ids.shape
         device = input_ids.device
+        if prefix:
+            self._prefill_shared(input_ids[:1, :prefix])
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         mask = torch.zeros(rows, 1, width, self.length, dtype=torch.bool, device=device)
         mask[:, 0, :, :width] = causal[None] & real[:, None, :]
         mask[:, 0, :, :width] |= torch.eye(width, dtype=torch.bool, device=device)[None]
         positions = (real.long().cumsum(1) - 1).clamp_min(0)
         self.chunk = max(1, min(width, PREFILL_BYTES // max(1, rows * token_bytes(self.model.config, self.length))))
-        for start in range(0, width, self.chunk):
+        for start in range(prefix, width, self.chunk):
             end = min(width, start + self.chunk)
             logits = self.model(input_ids=input_ids[:, start:end], attention_mask=mask[:, :, start:end],
                                 position_ids=positions[:, start:end],
                                 cache_position=torch.arange(start, end, device=device), **self.cache_kw,
                                 use_cache=True, logits_to_keep=1).logits
         self._advance(logits)
+
+    def _prefill_shared(self, tokens: torch.Tensor) -> None:
+        """One row's pass over the shared prefix (positions 0..n-1, causal), its keys and values written into every
+        row of the cache."""
+        rows = self.keys.shape[0]
+        shared = self.model(input_ids=tokens, use_cache=True, logits_to_keep=1).past_key_values
+        position = torch.arange(tokens.shape[1], device=tokens.device)
+        for i, (keys, values) in enumerate(_layer_states(shared)):
+            self.cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i,
+                              {"cache_position": position})
 
     def _advance(self, logits: torch.Tensor) -> None:
         """Greedy pick from the last position's logits; rows that stopped get the pad token, as generate does."""
@@ -130,6 +143,14 @@ class _Decoder:
 
     def finished(self) -> bool:
         return bool(self.done.all())
+
+
+def _layer_states(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a filled transformers cache (its `layers` in 4.56+, else key_cache/value_cache)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
 
 
 NEUTRAL_GENERATION = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
@@ -186,14 +207,19 @@ def _check(model: nn.Module, length: int) -> None:
 
 @torch.no_grad()
 def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
-                  eos: list[int], pad: int, *, graph: bool | None = None) -> Decoded:
+                  eos: list[int], pad: int, *, graph: bool | None = None, prefix: int = 0) -> Decoded:
     """Greedy continuation of left-padded `input_ids` on a static cache: one CUDA graph replayed per step on a GPU
-    (`graph=None`: on CUDA devices), eager steps otherwise. Raises Unsupported where the model cannot take the path."""
+    (`graph=None`: on CUDA devices), eager steps otherwise. With `prefix` > 0 every row starts with the same
+    `prefix` tokens, its padding after them (`generation.batch_layout`), and they are prefilled once. Raises
+    Unsupported where the model cannot take the path."""
+    if prefix and not (bool(attention_mask[:, :prefix].all()) and bool((input_ids[:, :prefix] == input_ids[:1, :prefix])
+                                                                       .all()) and prefix < input_ids.shape[1]):
+        raise ValueError(f"prefix={prefix}: every row must start with the same {prefix} real tokens, and have more")
     _check(model, input_ids.shape[1] + new_tokens)
     use_graph = input_ids.device.type == "cuda" if graph is None else graph
     try:
         with gqa_decoding(model):
-            dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad)
+            dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix)
             steps = new_tokens - 1
             if not use_graph:
                 for k in range(steps):

@@ -209,15 +209,9 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
     start = time.perf_counter()
     for b in range(0, len(order), size):
         batch = order[b: b + size]
-        width = max(len(encoded[i]) for i in batch)
-        inp = torch.full((len(batch), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            n = len(encoded[i])
-            inp[row, width - n:] = torch.tensor(encoded[i], dtype=torch.long)
-            attn[row, width - n:] = 1
         with varying_shape_attention():
-            new, method = _decode(model, inp.to(device), attn.to(device), config, settings, eos, pad, fallback_size)
+            new, method = _decode(model, [encoded[i] for i in batch], device, config, settings, eos, pad,
+                                  fallback_size)
         methods.append(method)
         for row, i in enumerate(batch):
             tokens = new[row].tolist()
@@ -238,20 +232,59 @@ def _static_path(model: nn.Module, lengths: Sequence[int], settings: GenerationS
     return refusal(model, max(lengths) + settings.max_new_tokens) is None
 
 
-def _decode(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, config: Any, settings: GenerationSettings,
-            eos: list[int], pad: int, fallback_size: int) -> tuple[torch.Tensor, str]:
-    """New tokens [rows, steps] on the CPU and how they were decoded: the graph path where asked and possible, else
-    transformers' generate, in slices of `fallback_size` rows (its prefill is one pass over the whole batch, so a
-    batch sized for the chunked static prefill may not fit it)."""
+SHARED_PREFIX_MIN = 32
+"""Tokens the prompts of a batch must share from their start before the static decoder prefills them once for all
+rows (the few-shot examples: about 350 tokens of SmolLM2's 3-shot GSM8K prompt, ~80% of each prompt)."""
+
+
+def shared_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every row shares (0 below SHARED_PREFIX_MIN), leaving each row one token of its own."""
+    if len(rows) < 2:
+        return 0
+    n = 0
+    for column in zip(*rows):
+        if any(t != column[0] for t in column[1:]):
+            break
+        n += 1
+    n = min(n, min(map(len, rows)) - 1)
+    return n if n >= SHARED_PREFIX_MIN else 0
+
+
+def batch_layout(rows: Sequence[Sequence[int]], pad: int, prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of a batch: left padding, or with `prefix` > 0 the shared prefix first and each
+    row's padding between it and the row's own tokens (the prefix then sits at the same positions in every row)."""
+    width = max(map(len, rows))
+    inp = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        n = len(tokens)
+        inp[row, :prefix] = torch.tensor(tokens[:prefix], dtype=torch.long)
+        attn[row, :prefix] = 1
+        inp[row, width - (n - prefix):] = torch.tensor(tokens[prefix:], dtype=torch.long)
+        attn[row, width - (n - prefix):] = 1
+    return inp, attn
+
+
+def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, config: Any,
+            settings: GenerationSettings, eos: list[int], pad: int, fallback_size: int) -> tuple[torch.Tensor, str]:
+    """New tokens [rows, steps] on the CPU and how they were decoded: the graph path where asked and possible (the
+    prompts' shared prefix prefilled once), else transformers' generate on left-padded rows, in slices of
+    `fallback_size` rows (its prefill is one pass over the whole batch, so a batch sized for the chunked static
+    prefill may not fit it)."""
     fallback = f"generate, {settings.cache} cache"
     if settings.cache == "graph":
         from qcheck.measure.decode import Unsupported, decode_greedy
 
+        prefix = shared_prefix(rows)
+        inp, attn = batch_layout(rows, pad, prefix)
         try:
-            decoded = decode_greedy(model, inp, attn, settings.max_new_tokens, eos, pad)
+            decoded = decode_greedy(model, inp.to(device), attn.to(device), settings.max_new_tokens, eos, pad,
+                                    prefix=prefix)
             return decoded.tokens.cpu(), decoded.method
         except Unsupported as exc:
             fallback = f"generate, dynamic cache (the graph path refused: {exc})"
+    inp, attn = batch_layout(rows, pad)
+    inp, attn = inp.to(device), attn.to(device)
     parts = []
     for start in range(0, inp.shape[0], max(1, fallback_size)):
         rows = slice(start, start + max(1, fallback_size))

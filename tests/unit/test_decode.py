@@ -311,3 +311,77 @@ def test_a_graph_path_failing_late_falls_back_to_generate_in_slices_that_fit_it(
     (method,) = run.extra["decoding"]
     assert "a capture failure nobody predicted" in method
     assert run.texts == plain.texts
+
+
+def test_the_few_shot_prefix_is_prefilled_once_and_the_tokens_are_generates(smollm2, monkeypatch):
+    """Rendered GSM8K prompts share their few-shot examples: laid out with the shared prefix first and each row's
+    padding after it, the prefix is prefilled once (one row) and copied into every row of the cache. Each row's
+    tokens up to its end equal generate's on the usual left-padded batch; the prefix's one-row pass is asserted."""
+    from qcheck.measure import decode
+    from qcheck.measure.generation import batch_layout, shared_prefix
+
+    model, tok = smollm2.model, smollm2.tokenizer
+    prompt = FewShotPrompt.load("gsm8k_3shot_direct")
+    rows = [tok(prompt.render(tok, q), add_special_tokens=False)["input_ids"] for q in QUESTIONS]
+    prefix = shared_prefix(rows)
+    assert prefix > 100, prefix
+    eos = tok.eos_token_id
+    ids, mask = batch_layout(rows, tok.pad_token_id)
+    config = GenerationConfig(max_new_tokens=40, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
+                              eos_token_id=[eos])
+    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+    shared_ids, shared_mask = batch_layout(rows, tok.pad_token_id, prefix)
+    assert bool(shared_mask[:, :prefix].all()) and int(shared_mask.sum()) == int(mask.sum())
+    calls = []
+    original = decode._Decoder._prefill_shared
+    monkeypatch.setattr(decode._Decoder, "_prefill_shared", lambda self, t: (calls.append(tuple(t.shape)),
+                                                                             original(self, t))[1])
+    got = decode_greedy(model, shared_ids, shared_mask, 40, [eos], tok.pad_token_id, prefix=prefix)
+    assert calls == [(1, prefix)]
+    for want, have in zip(expected.tolist(), got.tokens.tolist()):
+        assert until_eos(have, eos) == until_eos(want, eos)
+
+
+def test_shared_prefix_and_layout_rules():
+    from qcheck.measure.generation import SHARED_PREFIX_MIN, batch_layout, shared_prefix
+
+    head = list(range(1, SHARED_PREFIX_MIN + 1))
+    assert shared_prefix([head + [7, 8], head + [9]]) == SHARED_PREFIX_MIN
+    assert shared_prefix([head[:-1] + [7], head[:-1] + [8]]) == 0  # too short to be worth a pass of its own
+    assert shared_prefix([head + [5], head + [5]]) == SHARED_PREFIX_MIN  # every row keeps one token of its own
+    assert shared_prefix([head + [5]]) == 0
+    ids, mask = batch_layout([[1, 2, 3, 4], [1, 2, 5]], pad=0, prefix=2)
+    assert ids.tolist() == [[1, 2, 3, 4], [1, 2, 0, 5]] and mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 1]]
+    ids, mask = batch_layout([[1, 2, 3, 4], [1, 2, 5]], pad=0)
+    assert ids.tolist() == [[1, 2, 3, 4], [0, 1, 2, 5]] and mask.tolist() == [[1, 1, 1, 1], [0, 1, 1, 1]]
+    with pytest.raises(ValueError, match="same 2 real tokens"):
+        decode_greedy(None, ids, mask, 4, [0], 0, prefix=2)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decoding_with_a_shared_prefix_gives_generates_tokens_in_fp32():
+    """On the GPU, 12 rows that share 40 random leading tokens, then 5-60 of their own: the prefix prefilled once,
+    the steps replayed as a CUDA graph, and the tokens up to each row's end are generate's on left-padded rows."""
+    from qcheck.measure.generation import batch_layout, shared_prefix
+
+    config = tiny_llama_config(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                               max_position_embeddings=512)
+    model = random_init_like(config, seed=3, device="cuda")
+    g = torch.Generator().manual_seed(1)
+    head = torch.randint(1, 49152, (40,), generator=g).tolist()
+    rows = [head + torch.randint(1, 49152, (5 + 5 * i,), generator=g).tolist() for i in range(12)]
+    assert shared_prefix(rows) == 40
+    ids, mask = (t.cuda() for t in batch_layout(rows, 0))
+    config = GenerationConfig(max_new_tokens=48, do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=[49151])
+    free = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+    eos = int(torch.mode(free[:, :24].flatten()).values)
+    config.eos_token_id = [eos]
+    want = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+    shared_ids, shared_mask = (t.cuda() for t in batch_layout(rows, 0, 40))
+    got = decode_greedy(model, shared_ids, shared_mask, 48, [eos], 0, prefix=40)
+    assert got.method == "static cache, one CUDA graph per step"
+    stops = set()
+    for w, h in zip(want.tolist(), got.tokens.tolist()):
+        assert until_eos(h, eos) == until_eos(w, eos)
+        stops.add(len(until_eos(h, eos)))
+    assert len(stops) > 1
