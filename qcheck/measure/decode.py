@@ -32,9 +32,10 @@ EOS_CHECK_EVERY = 16
 PREFILL_BYTES = 2**30
 """Working memory a prefill chunk may plan for (activations of `chunk` positions of every row, estimated by
 `token_bytes`). The prompt is prefilled in chunks of positions, so the batch is bounded by its key/value cache,
-not by the prefill: at the 8B shape all 50 GSM8K prompts at once (session 13: the whole prefill took ~7 GiB, so
-the batch held 30 rows, two batches of 256 steps each). 1 GiB is 4,400 positions per chunk at 8B, enough rows of a
-GEMM to keep it at full speed; at 135M and 1.2B the 50-row prompts fit one chunk and nothing changes."""
+not by the prefill: at the 8B shape all 50 GSM8K prompts at once (session 13: sized for a one-pass prefill, ~7 GiB
+by the estimate, the batch held 30 rows, two batches of 256 steps each). With 50 rows and a ~750-position cache a
+chunk is ~64 positions at 8B, ~94 at 1.2B and ~390 at 135M: 3,200 or more rows in each GEMM, which keeps it at
+full speed."""
 
 
 def token_bytes(config: Any, length: int) -> int:

@@ -287,8 +287,8 @@ def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, confi
     inp, attn = inp.to(device), attn.to(device)
     parts = []
     for start in range(0, inp.shape[0], max(1, fallback_size)):
-        rows = slice(start, start + max(1, fallback_size))
-        out = model.generate(input_ids=inp[rows], attention_mask=attn[rows], generation_config=config)
+        part = slice(start, start + max(1, fallback_size))
+        out = model.generate(input_ids=inp[part], attention_mask=attn[part], generation_config=config)
         new = out[:, inp.shape[1]:].cpu()
         parts.append(torch.nn.functional.pad(new, (0, settings.max_new_tokens - new.shape[1]), value=pad))
     return torch.cat(parts), fallback

@@ -290,15 +290,14 @@ def reference_timing(ctx: RunContext, dtype_name: str) -> Any:
 
 def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of `model` with its floating-point parameters and buffers in `dtype`, as `deepcopy(model).to(dtype)`
-    gives, made tensor by tensor: the fp32 copy that call holds first (28 GiB beside the 8B reference, the run's
-    peak in session 13) is never made. Tied parameters stay tied."""
+    gives, its parameters made tensor by tensor: the fp32 copy that call holds first (28 GiB beside the 8B
+    reference, in session 13) is never made. Tied parameters stay tied; buffers (small) are copied, then cast by
+    `.to` as before."""
     memo: dict[int, Any] = {}
     for p in model.parameters():
         value = p.detach().to(dtype, copy=True) if p.is_floating_point() else p.detach().clone()
         memo[id(p)] = nn.Parameter(value, requires_grad=p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = b.to(dtype, copy=True) if b.is_floating_point() else b.clone()
-    return copy.deepcopy(model, memo)
+    return copy.deepcopy(model, memo).to(dtype)
 
 
 def _casts(ctx: RunContext) -> Any:

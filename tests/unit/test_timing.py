@@ -405,6 +405,8 @@ def test_a_cast_copy_is_deepcopy_then_to_without_the_fp32_copy(dtype):
     assert got.lm_head.weight is not model.lm_head.weight
     for (name, a), (_, b) in zip(want.state_dict().items(), got.state_dict().items(), strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b), name
+    for (name, a), (_, b) in zip(want.named_buffers(), got.named_buffers(), strict=True):  # non-persistent too
+        assert a.dtype == b.dtype and torch.equal(a, b), name
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     ids = torch.randint(1, 512, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
