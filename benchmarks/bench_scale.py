@@ -8,7 +8,7 @@ variant set in a subprocess, timed from start to exit (model load included). Rec
 run's verdict counts, the peak GPU memory the run's allocator saw against the reference plus its largest variant
 (the bar: within 1.3x), the seconds per variant and per measurement from the run's records, each variant's build
 (its seconds outside its measurements), what is left of the wall time (start-up, loading, judging, reports), and
-the run's timeline (`qcheck.timeline`: seconds since the process started at each mark) with each phase's length,
+the run's timeline (`qcheck.timeline`: seconds since qcheck started at each mark) with each phase's length,
 the last being the reports and exit (the wall time after the last mark).
 """
 from __future__ import annotations

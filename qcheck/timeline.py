@@ -1,18 +1,17 @@
-"""Where a run's wall time goes: named marks in seconds since the process started, kept as data for the report.
+"""Where a run's wall time goes: named marks in seconds since qcheck started, kept as data for the report.
 
 A run marks `imported` (the CLI's main starts), `validated` (reference loaded, variants and inputs checked),
 `collected` (pytest collection done), `opened` (the plugin has its run context), `measured` (the record store is
 filled) and `judged` (the checks ran; the reports are written next). Time before the first mark is start-up;
 time after the last is writing the reports and exiting, which the report itself cannot hold.
 
-The clock starts when the process started, not when this module was imported, so interpreter start-up and
-imports count. psutil is not a qcheck dependency: on Linux the start comes from `/proc/self/stat` (its start
-time in clock ticks since boot, against CLOCK_BOOTTIME, the clock it is counted in); elsewhere, or where that
-cannot be read, from the moment `qcheck.timeline` was first imported. Pure stdlib.
+The clock starts when this module is first imported: the CLI and the pytest plugin import it first thing, so only
+the interpreter's own start-up (tens of milliseconds) is left out. The process's start time (Linux /proc) is not
+used: a shell that runs other commands and then execs `qcheck run` keeps its process, and its start time, so the
+README's set-up line counted two minutes of pip installs as qcheck's start-up (found in session 13). Pure stdlib.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 
@@ -27,31 +26,19 @@ PHASES: dict[str, str] = {
 """What the time up to each mark (from the previous one) was spent on."""
 
 
-def _process_age() -> float | None:
-    """Seconds since this process started (Linux /proc), or None where that cannot be read."""
-    try:
-        with open("/proc/self/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime; the name in () may hold spaces
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-    return age if age >= 0 else None
-
-
-_START: float = time.perf_counter() - (_process_age() or 0.0)
-"""The process start on the perf_counter clock (marks are monotone whatever the wall clock does)."""
+_START: float = time.perf_counter()
+"""When qcheck started, on the perf_counter clock (marks are monotone whatever the wall clock does)."""
 _MARKS: dict[str, float] = {}
 
 
 def mark(name: str) -> None:
-    """Record that the run reached `name` now, in seconds since the process started; a mark set again keeps its
+    """Record that the run reached `name` now, in seconds since qcheck started; a mark set again keeps its
     first value (the moment the run first got there)."""
     _MARKS.setdefault(name, time.perf_counter() - _START)
 
 
 def marks() -> dict[str, float]:
-    """The marks in the order they were set, in seconds since the process started (rounded to 0.01 s)."""
+    """The marks in the order they were set, in seconds since qcheck started (rounded to 0.01 s)."""
     return {name: round(t, 2) for name, t in _MARKS.items()}
 
 
@@ -61,7 +48,7 @@ def reset() -> None:
 
 
 def phases(timeline: Mapping[str, float]) -> dict[str, float]:
-    """Each mark's phase and its length in seconds: from the previous mark (the first from the process start) to
+    """Each mark's phase and its length in seconds: from the previous mark (the first from qcheck's start) to
     the mark, labelled by PHASES."""
     out: dict[str, float] = {}
     previous = 0.0

@@ -175,7 +175,7 @@ def timeline_lines(meta: dict[str, Any]) -> list[str]:
     if not marks:
         return []
     parts = ", ".join(f"{label} {seconds:.1f} s" for label, seconds in phases(marks).items())
-    return [f"time by phase: {parts}; then the reports, from {max(marks.values()):.1f} s after the process started"]
+    return [f"time by phase: {parts}; then the reports, from {max(marks.values()):.1f} s after qcheck started"]
 
 
 def _run_facts(data: dict[str, Any]) -> list[str]:
