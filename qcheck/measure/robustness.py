@@ -432,13 +432,7 @@ def fp32_copy_bytes(model: nn.Module) -> int:
     and bf16 variants' attacks set the run's peak, 1.36 x reference + largest variant, in session 13)."""
     if not needs_fp32_copy(model):
         return 0
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if p.is_floating_point() and id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * 4
-    return total
+    return sum(p.numel() * 4 for p in model.parameters() if p.is_floating_point())  # tied parameters once
 
 
 def needs_fp32_copy(model: nn.Module) -> bool:
