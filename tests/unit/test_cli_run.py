@@ -62,7 +62,7 @@ def test_run_subprocess_on_embedded_default_exit_0(tmp_path):
     # meta; the reports' own writing time on the terminal line
     marks = report["records"]["meta"]["timeline"]
     assert list(marks) == ["imported", "validated", "collected", "opened", "measured", "judged"]
-    assert 0 < marks["imported"] and list(marks.values()) == sorted(marks.values())
+    assert 0 <= marks["imported"] < 5 and list(marks.values()) == sorted(marks.values())
     assert report["meta"]["timeline"] == marks
     assert "time by phase: start-up and imports" in (out / "qcheck-report.md").read_text()
     assert re.search(r"qcheck: PASS; report written in \d+\.\d s", proc.stdout), proc.stdout[-2000:]
