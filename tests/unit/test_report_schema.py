@@ -78,6 +78,7 @@ def test_fixture_reports_validate(name):
     (lambda d: d["meta"]["data"]["perplexity_text"].__setitem__("sha256", "abc"),
      "meta/data/perplexity_text/sha256"),
     (lambda d: d["variants"]["int8"]["metrics"].__setitem__("perplexity", [1, 2]), "variants/int8/metrics/perplexity"),
+    (lambda d: d["meta"].__setitem__("timeline", {"imported": 0.1, "validated": "late"}), "meta/timeline/validated"),
 ])
 def test_broken_reports_are_rejected_naming_the_place(tmp_path, mutate, where):
     data = copy.deepcopy(built_report(tmp_path).to_dict())
