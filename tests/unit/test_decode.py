@@ -25,6 +25,19 @@ def left_padded(tokenizer, texts: list[str], device: str = "cpu") -> tuple[torch
     return ids.to(device), mask.to(device)
 
 
+def rendered_questions(tokenizer) -> list[str]:
+    """QUESTIONS in the packaged direct GSM8K prompt, as the generation checks render them."""
+    prompt = FewShotPrompt.load("gsm8k_3shot_direct")
+    return [prompt.render(tokenizer, q) for q in QUESTIONS]
+
+
+def generated(model, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int, eos: int, pad: int) -> torch.Tensor:
+    """transformers' greedy `generate` on the batch: the new tokens only."""
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,
+                              eos_token_id=[eos])
+    return model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+
+
 def until_eos(tokens: list[int], eos: int) -> list[int]:
     return tokens[:tokens.index(eos) + 1] if eos in tokens else tokens
 
@@ -34,12 +47,9 @@ def test_static_decoder_gives_generates_tokens_on_the_embedded_model(smollm2):
     their own end-of-turn after different numbers of tokens, so the masks of rows that stopped and of left padding
     are both exercised; every row's tokens up to its end equal generate's."""
     model, tok = smollm2.model, smollm2.tokenizer
-    prompt = FewShotPrompt.load("gsm8k_3shot_direct")
-    ids, mask = left_padded(tok, [prompt.render(tok, q) for q in QUESTIONS])
+    ids, mask = left_padded(tok, rendered_questions(tok))
     eos = tok.eos_token_id
-    config = GenerationConfig(max_new_tokens=40, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
-                              eos_token_id=[eos])
-    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+    expected = generated(model, ids, mask, 40, eos, tok.pad_token_id)
     got = decode_greedy(model, ids, mask, 40, [eos], tok.pad_token_id)
     assert got.method == "static cache, eager steps"
     lengths = set()
@@ -268,12 +278,9 @@ def test_a_prefill_in_chunks_of_positions_gives_generates_tokens(smollm2, monkey
     from qcheck.measure import decode
 
     model, tok = smollm2.model, smollm2.tokenizer
-    prompt = FewShotPrompt.load("gsm8k_3shot_direct")
-    ids, mask = left_padded(tok, [prompt.render(tok, q) for q in QUESTIONS])
+    ids, mask = left_padded(tok, rendered_questions(tok))
     eos = tok.eos_token_id
-    config = GenerationConfig(max_new_tokens=40, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
-                              eos_token_id=[eos])
-    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+    expected = generated(model, ids, mask, 40, eos, tok.pad_token_id)
     per_row = decode.token_bytes(model.config, ids.shape[1] + 40)
     monkeypatch.setattr(decode, "PREFILL_BYTES", 3 * per_row * 7)
     got = decode_greedy(model, ids, mask, 40, [eos], tok.pad_token_id)
@@ -321,15 +328,12 @@ def test_the_few_shot_prefix_is_prefilled_once_and_the_tokens_are_generates(smol
     from qcheck.measure.generation import batch_layout, shared_prefix
 
     model, tok = smollm2.model, smollm2.tokenizer
-    prompt = FewShotPrompt.load("gsm8k_3shot_direct")
-    rows = [tok(prompt.render(tok, q), add_special_tokens=False)["input_ids"] for q in QUESTIONS]
+    rows = [tok(text, add_special_tokens=False)["input_ids"] for text in rendered_questions(tok)]
     prefix = shared_prefix(rows)
     assert prefix > 100, prefix
     eos = tok.eos_token_id
     ids, mask = batch_layout(rows, tok.pad_token_id)
-    config = GenerationConfig(max_new_tokens=40, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
-                              eos_token_id=[eos])
-    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+    expected = generated(model, ids, mask, 40, eos, tok.pad_token_id)
     shared_ids, shared_mask = batch_layout(rows, tok.pad_token_id, prefix)
     assert bool(shared_mask[:, :prefix].all()) and int(shared_mask.sum()) == int(mask.sum())
     calls = []
