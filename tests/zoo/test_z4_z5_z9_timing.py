@@ -6,7 +6,9 @@ every call (CPU: seed 002's 10x slower PTQ; the slowdown check names the unpacki
 synchronize (GPU), a mock evaluation
 faster than the arithmetic allows (CPU), simulated formats measured faster than fp32 (CPU), identical throughput
 across bit widths from a fake fp16 labeled real (GPU), the latency ordering asserted where it cannot hold
-(CPU: no tensor cores; GPU: launch-bound). Each correct version passes.
+(CPU: no tensor cores; GPU: launch-bound), a placement with layers offloaded to disk timed as the variants' speed
+(CPU; session 13's 1.2B run with CPU offload FAILed `throughput_honest` on an H100 that way). Each correct version
+passes.
 """
 from __future__ import annotations
 
@@ -329,3 +331,34 @@ def test_ordering_skipped_at_launch_bound_shape():
     r = assert_latency_order(time_forward(half, ids, **budget), time_forward(model, ids, **budget), device="cuda")
     assert r.status == Status.SKIPPED and r.evidence["skip"] == "launch-bound"
     assert "launch-bound" in r.message
+
+
+def _timing_checks(pytester, folder, out, *extra):
+    """`throughput_honest` and `latency_plausible` of a real suite run on `folder` (CPU), from its JSON report."""
+    import json
+
+    result = pytester.runpytest_inprocess(
+        "--pyargs", "qcheck.suite", "-p", "no:cacheprovider", f"--qcheck-model={folder}", "--qcheck-variants=int8",
+        "--qcheck-device=cpu", f"--qcheck-report={out}", "-k", "latency_plausible or throughput_honest", *extra)
+    assert result.ret in (0, 1), result.stdout.str()[-3000:]
+    report = json.loads((out / "qcheck-report.json").read_text())
+    return [c for c in report["checks"] if c["name"] in ("latency_plausible", "throughput_honest")], report
+
+
+def test_an_offloaded_placement_is_not_timed_as_the_variants_speed(pytester, tmp_path, tiny_folder):
+    """Planted: layers offloaded to disk by --device-map/--max-memory, so every forward streams weights from the host.
+    Its timing is the transfer's, and judging it as the variants' speed gave a FAIL on an honest run: the timing
+    checks skip, naming the offload, and no latency is recorded. Correct: the same model on one device is timed and
+    judged."""
+    offloaded, report = _timing_checks(pytester, tiny_folder, tmp_path / "offload", "--qcheck-device-map=auto",
+                                       "--qcheck-max-memory=cpu=1MB", f"--qcheck-offload-folder={tmp_path / 'off'}")
+    assert report["meta"]["placement"]["offloaded"]
+    assert offloaded and all(c["status"] == "SKIPPED" for c in offloaded), offloaded
+    assert all("offloaded to the CPU or disk" in (c.get("message") or "") for c in offloaded), offloaded
+    latency = [r for r in report["records"]["records"] if r["measurement"] == "latency"]
+    assert latency and all(r["status"] == "skipped" for r in latency)
+    plain, report = _timing_checks(pytester, tiny_folder, tmp_path / "plain")
+    assert not report["meta"]["placement"]["offloaded"]
+    assert "throughput_honest" in {c["name"] for c in plain} <= {c["name"] for c in offloaded}
+    assert all(c["status"] == "PASS" for c in plain), plain
+
