@@ -46,6 +46,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; deselect with -m 'not slow'")
     config.addinivalue_line("markers", "qcheck_needs(*measurements, variants=None): the run measurements a qcheck "
                                        "check reads (for its qcheck_variant, or the variants `variants` names)")
+    config.addinivalue_line("markers", "qcheck_check(name, param=None, variant=None): the check a suite test records "
+                                       "(its name, and the parameter or fixed name its variant comes from), so a "
+                                       "test skipped before judging reports the id a judged run gives it")
     _note_benchmark_dir(config)
     if (config.getoption("hypothesis_profile", None) or "") in _OURS:
         from qcheck.strategies import register_profiles
@@ -433,6 +436,19 @@ def qcheck_record(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
 
 # ------------------------------------------------------------------------------------------------- report hooks
 
+def _check_id(item: pytest.Item) -> tuple[str, str | None]:
+    """The (name, variant) a suite test's check is reported under: its `qcheck_check` marker's, else the test's name
+    without `test_` and its qcheck_variant. A test skipped before it judges (a measurement not taken) then keeps the
+    id a judged run gives it, so runs compare check by check."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    mark = item.get_closest_marker("qcheck_check")
+    if mark is None:
+        return item.name.split("[")[0].removeprefix("test_"), params.get("qcheck_variant")
+    param = mark.kwargs.get("param", "qcheck_variant")
+    variant = mark.kwargs["variant"] if "variant" in mark.kwargs else params.get(param)
+    return mark.args[0], None if variant is None else str(variant)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     rep = yield
@@ -449,8 +465,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     from qcheck.results import CheckResult, Status
 
     report = report_of(item.config)
-    variant = getattr(item, "callspec", None) and item.callspec.params.get("qcheck_variant")
-    name = item.name.split("[")[0].removeprefix("test_")
+    name, variant = _check_id(item)
     if violation:
         result = excinfo.value.result
         if result.variant is None and variant:

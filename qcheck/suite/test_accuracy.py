@@ -13,6 +13,7 @@ from qcheck.variants import REFERENCE
 needs = pytest.mark.qcheck_needs
 
 
+@pytest.mark.qcheck_check("above_chance", variant=REFERENCE)
 @needs("choice", variants=lambda params, names: [REFERENCE])
 def test_reference_above_chance(qcheck_records, qcheck_record):
     qcheck_record(assert_not_collapsed(mc_result_from_dict(qcheck_records.data(REFERENCE, "choice")),
@@ -25,6 +26,7 @@ def test_above_chance(qcheck_variant, qcheck_records, qcheck_record):
                                        variant=qcheck_variant))
 
 
+@pytest.mark.qcheck_check("difference_resolved")
 @needs("choice", variants=lambda params, names: [REFERENCE, params["qcheck_variant"]])
 def test_difference_from_reference(qcheck_variant, qcheck_records, qcheck_record):
     variant = mc_result_from_dict(qcheck_records.data(qcheck_variant, "choice"))

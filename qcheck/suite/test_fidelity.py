@@ -24,6 +24,7 @@ def test_kl_sane(qcheck_variant, qcheck_records, qcheck_record):
     qcheck_record(assert_kl_sane(result, variant=qcheck_variant))
 
 
+@pytest.mark.qcheck_check("kl_ordering", param="family")
 @needs("fidelity", variants=lambda params, names: [n for n in FAMILIES[params["family"]] if n in names])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_kl_grows_as_bits_go_down(family, qcheck_records, qcheck_record):
@@ -38,6 +39,7 @@ def test_kl_grows_as_bits_go_down(family, qcheck_records, qcheck_record):
                                      family=family))
 
 
+@pytest.mark.qcheck_check("kl_between_uniform", param="mixed")
 @needs("fidelity", variants=lambda params, names: _present((params["mixed"], *MIXED_BOUNDS[params["mixed"]]))(names))
 @pytest.mark.parametrize("mixed", sorted(MIXED_BOUNDS))
 def test_mixed_kl_between_uniform_bounds(mixed, qcheck_records, qcheck_record):

@@ -33,6 +33,7 @@ def _timing(data: dict) -> Timing:
     return Timing.from_dict(data["timing"])
 
 
+@pytest.mark.qcheck_check("plausible_speed")
 @needs("latency")
 def test_latency_plausible(qcheck_variant, qcheck_records, qcheck_record):
     data = qcheck_records.data(qcheck_variant, "latency")
@@ -94,6 +95,7 @@ def test_slowdown_bound(qcheck_variant, qcheck_records, qcheck_record):
                                         kernels=slowdown.get("kernels") or ()))
 
 
+@pytest.mark.qcheck_check("energy_measured", param="name")
 @pytest.mark.gpu
 @needs("energy", variants=lambda params, names: [REFERENCE])
 @pytest.mark.parametrize("name", ["fp32", "fp16"])

@@ -23,6 +23,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("lm_eval_variant", names or [pytest.param("none", marks=pytest.mark.skip(reason=_NONE))])
 
 
+@pytest.mark.qcheck_check("lm_eval_agrees", param="lm_eval_variant")
 @needs("lm_eval_results", variants=lambda params, names: [params["lm_eval_variant"]])
 @needs("choice", variants=lambda params, names: [params["lm_eval_variant"]])
 @pytest.mark.parametrize("task", sorted(TASKS))

@@ -41,6 +41,7 @@ def _family(params: dict, names: list[str]) -> list[str]:
     return [REFERENCE, *members] if members else []
 
 
+@pytest.mark.qcheck_check("perplexity_order", param="family")
 @needs("perplexity", variants=_family)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_perplexity_order_within_family(family, qcheck_records, qcheck_record):
@@ -51,6 +52,7 @@ def test_perplexity_order_within_family(family, qcheck_records, qcheck_record):
     qcheck_record(assert_perplexity_order(results, family=family))
 
 
+@pytest.mark.qcheck_check("context_sensitivity", variant=REFERENCE)
 @needs("perplexity", "perplexity_short")
 def test_context_sensitivity(qcheck_records, qcheck_record):
     full = PerplexityResult.from_dict(qcheck_records.data(REFERENCE, "perplexity"))
@@ -60,6 +62,7 @@ def test_context_sensitivity(qcheck_records, qcheck_record):
     qcheck_record(result)
 
 
+@pytest.mark.qcheck_check("lm_eval_perplexity", param="lm_eval_subject")
 @needs("lm_eval_perplexity", variants=lambda params, names: [params["lm_eval_subject"]])
 def test_lm_eval_perplexity(lm_eval_subject, qcheck_records, qcheck_record):
     record = qcheck_records.find(lm_eval_subject, "lm_eval_perplexity")

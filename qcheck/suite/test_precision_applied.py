@@ -50,6 +50,7 @@ def test_perplexity_finite(qcheck_variant, qcheck_records, qcheck_record):
     qcheck_record(judge_perplexity_finite(record, variant=qcheck_variant))
 
 
+@pytest.mark.qcheck_check("precision_differs_from_fp32", param="variant")
 @needs("perplexity", variants=_with_reference("variant"))
 @pytest.mark.parametrize("variant", sorted(CLOSE_TO_REFERENCE))
 def test_close_to_fp32_but_not_identical(variant, qcheck_records, qcheck_record):
@@ -61,6 +62,7 @@ def test_close_to_fp32_but_not_identical(variant, qcheck_records, qcheck_record)
     qcheck_record(assert_close_to_reference(ref, result, variant=variant, bound=bound.relative, basis=bound.basis))
 
 
+@pytest.mark.qcheck_check("mixed_between_uniform", param="mixed")
 @needs("perplexity", variants=_mixed_and_bounds)
 @needs("weights", variants=lambda params, names: [params["mixed"]] if params["mixed"] in names else [])
 @pytest.mark.parametrize("mixed", sorted(MIXED_BOUNDS))

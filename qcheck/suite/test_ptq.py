@@ -26,6 +26,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("ptq_variant", names or [pytest.param("none", marks=pytest.mark.skip(reason=_NONE))])
 
 
+@pytest.mark.qcheck_check("reference_untouched", param="ptq_variant")
 @needs("build", variants=lambda params, names: [params["ptq_variant"]])
 def test_ptq_reference_untouched(ptq_variant, qcheck_records, qcheck_record):
     build = qcheck_records.data(ptq_variant, "build")
@@ -33,6 +34,7 @@ def test_ptq_reference_untouched(ptq_variant, qcheck_records, qcheck_record):
                                             backend=build["backend"]["name"], variant=ptq_variant))
 
 
+@pytest.mark.qcheck_check("ptq_not_worse_than_rtn", param="ptq_variant")
 @needs("build", "perplexity", "rtn_perplexity", variants=lambda params, names: [params["ptq_variant"]])
 def test_ptq_not_worse_than_rtn(ptq_variant, qcheck_records, qcheck_record):
     rtn_data = qcheck_records.data(ptq_variant, "rtn_perplexity")

@@ -23,6 +23,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("robustness_variant", robustness_variants(variant_names(config), run_on_gpu(config)))
 
 
+@pytest.mark.qcheck_check("robust_le_clean", param="robustness_variant")
 @needs("robustness", variants=lambda params, names: list(dict.fromkeys([REFERENCE, params["robustness_variant"]])))
 def test_robust_le_clean(robustness_variant, qcheck_records, qcheck_record):
     evaluation = RobustnessEvaluation.from_dict(qcheck_records.data(robustness_variant, "robustness"))

@@ -41,6 +41,7 @@ def _record_and_assert(report: Any, record: Callable[[CheckResult], CheckResult]
 Record = Callable[[CheckResult], CheckResult]
 
 
+@pytest.mark.qcheck_check("optuna.search_space")
 def test_optuna_objective_search_space(qcheck_options: Any, qcheck_record: Record) -> None:
     """Probe the configured objective: one distribution per parameter name, no swallowed exceptions."""
     _skip_if_nothing_configured(qcheck_options)
@@ -55,6 +56,7 @@ def test_optuna_objective_search_space(qcheck_options: Any, qcheck_record: Recor
     _record_and_assert(report, qcheck_record)
 
 
+@pytest.mark.qcheck_check("optuna.study")
 def test_optuna_stored_study(qcheck_options: Any, qcheck_record: Record) -> None:
     """Audit the configured stored study: consistent distributions, no sentinel values, FAIL/PRUNED shares."""
     _skip_if_nothing_configured(qcheck_options)
