@@ -5,6 +5,7 @@ Each layer's record is measured on the weights actually written, not taken from 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,14 +39,24 @@ def quantize(
         quantized.to(MODEL_DTYPES[plan.dtype])
     report = QuantReport(plan=plan.to_dict(), reference_fingerprint=before, model_dtype=compute_dtype(quantized))
     seen: dict[int, str] = {}
-    for assignment in assignments:
-        report.layers.append(_apply_one(quantized, assignment, reference_weights[assignment.layer], seen))
+    with _bnb_staging(assignments):
+        for assignment in assignments:
+            report.layers.append(_apply_one(quantized, assignment, reference_weights[assignment.layer], seen))
     if not inplace and weight_fingerprint(model) != before:
         raise QCheckError("the reference model's weights changed while producing the quantized variant "
                           f"(plan {plan.name!r}): the backend mutated its input; keep a separate reference copy")
     quantized.eval()
     quantized.qcheck_report = report
     return quantized, report
+
+
+def _bnb_staging(assignments: list[Assignment]) -> contextlib.AbstractContextManager[Any]:
+    """One pinned host buffer for a plan's bitsandbytes layers (qcheck.quant.bnb.HostStaging), else nothing."""
+    if not any(isinstance(a.rule.spec, BnbSpec) for a in assignments):
+        return contextlib.nullcontext()
+    from qcheck.quant.bnb import host_staging
+
+    return host_staging()
 
 
 def compute_dtype(model: nn.Module) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -24,12 +26,52 @@ def _bnb():
         return require("bitsandbytes", "the bitsandbytes backend (formats bnb-int8 / bnb-nf4 / bnb-fp4)")
 
 
+class HostStaging:
+    """One pinned host buffer that every layer of a build passes through. bitsandbytes quantizes Int8Params /
+    Params4bit as they move from the host to the GPU, so a GPU weight makes a round trip; pageable copies of the 8B
+    shape's 15 GB of fp16 weights each way took 24-25 s per bitsandbytes variant on an H100 (session 14), pinned
+    ones run at PCIe speed. The buffer grows to the largest layer and is released with the build."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def hold(self, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` (on the GPU) in fp16, copied into the buffer: the host tensor bitsandbytes quantizes from. The
+        copy is synchronous, and bitsandbytes' copy back to the GPU is too, so the next layer may reuse the buffer."""
+        half = weight.detach().to(torch.float16)
+        if self.buffer is None or self.buffer.numel() < half.numel():
+            self.buffer = None
+            self.buffer = torch.empty(half.numel(), dtype=torch.float16, pin_memory=True)
+        host = self.buffer[:half.numel()].view(half.shape)
+        host.copy_(half)
+        return host
+
+
+_STAGING: ContextVar[HostStaging | None] = ContextVar("qcheck_bnb_staging", default=None)
+
+
+@contextlib.contextmanager
+def host_staging() -> Iterator[HostStaging]:
+    """Builds of bitsandbytes layers on a GPU inside this block share one pinned host buffer (HostStaging)."""
+    staging = HostStaging()
+    token = _STAGING.set(staging)
+    try:
+        yield staging
+    finally:
+        _STAGING.reset(token)
+        staging.buffer = None
+
+
 def make_bnb_linear(linear: nn.Linear, spec: BnbSpec) -> nn.Module:
     """A bitsandbytes module holding `linear`'s weights, quantized on the linear's device."""
     bnb = _bnb()
     device = linear.weight.device
-    # built on the CPU and moved: bitsandbytes quantizes Int8Params / Params4bit when they move to the device
-    weight = linear.weight.detach().to("cpu", torch.float32 if device.type == "cpu" else torch.float16, copy=True)
+    # built on the host and moved: bitsandbytes quantizes Int8Params / Params4bit when they move to the device
+    staging = _STAGING.get() if device.type == "cuda" else None
+    if staging is not None:
+        weight = staging.hold(linear.weight)
+    else:
+        weight = linear.weight.detach().to("cpu", torch.float32 if device.type == "cpu" else torch.float16, copy=True)
     has_bias = linear.bias is not None
     # made on the meta device: the constructor's random init of a weight replaced at once cost 50-100 ms a layer
     # (kaiming_uniform_ on the CPU) at 1B-8B sizes, most of a bitsandbytes variant's build
