@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from qcheck import timeline
 from qcheck.errors import QCheckError
 from qcheck.options import RunOptions
 from qcheck.records import Record, RecordStatus, RecordStore
@@ -162,6 +163,7 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     dtype = checkpoint_dtype(options.model) if options.reference_dtype == "auto" else options.reference_dtype
     torch.manual_seed(0)
     check_memory(options, device, dtype)
+    timeline.mark("memory_checked")
     if placement is not None and placement.spreads:
         placement = with_default_budget(placement, device)
     loaded = load_model(options.model, dtype=dtype, device=device, cache=True, placement=placement,
@@ -170,6 +172,7 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     if dispatched:
         device = input_device(loaded.model)
     check_reference_finite(loaded.model)
+    timeline.mark("loaded")
     names = list(DEFAULT_VARIANTS if options.variants is None else options.variants)
     fingerprint = weight_fingerprint(loaded.model)
     variants = VariantSet.from_names(loaded.model, names, list(options.plans), ptq_specs=list(options.ptq),

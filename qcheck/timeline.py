@@ -1,6 +1,7 @@
 """Where a run's wall time goes: named marks in seconds since qcheck started, kept as data for the report.
 
-A run marks `imported` (the CLI's main starts), `validated` (reference loaded, variants and inputs checked),
+A run marks `imported` (the CLI's main starts), `memory_checked` (torch and transformers imported, the model's size
+weighed against the device), `loaded` (the reference on its device), `validated` (variants and inputs checked),
 `collected` (pytest collection done), `opened` (the plugin has its run context), `measured` (the record store is
 filled) and `judged` (the checks ran; the reports are written next). Time before the first mark is start-up;
 time after the last is writing the reports and exiting, which the report itself cannot hold.
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 
 PHASES: dict[str, str] = {
     "imported": "start-up and imports",
+    "memory_checked": "heavy imports and the memory pre-check",
+    "loaded": "loading the reference",
     "validated": "validation and model load",
     "collected": "pytest collection",
     "opened": "opening the run",
@@ -54,6 +57,8 @@ def phases(timeline: Mapping[str, float]) -> dict[str, float]:
     previous = 0.0
     for i, (name, t) in enumerate(timeline.items()):
         label = PHASES.get(name, f"until {name}")
+        if name == "validated" and "loaded" in timeline:
+            label = "validating variants and inputs"
         if i == 0 and name != "imported":
             label = f"start-up and {label}"
         out[label] = round(float(t) - previous, 2)

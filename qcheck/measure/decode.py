@@ -222,13 +222,14 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         with gqa_decoding(model):
             dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix)
             steps = new_tokens - 1
+            shared = f", the {prefix}-token shared prefix prefilled once" if prefix else ""
             if not use_graph:
                 for k in range(steps):
                     if k % EOS_CHECK_EVERY == 0 and dec.finished():
                         break
                     dec.step()
-                return Decoded(dec.out, "static cache, eager steps", dec.chunk)
-            return Decoded(_replay(dec, steps), "static cache, one CUDA graph per step", dec.chunk)
+                return Decoded(dec.out, f"static cache, eager steps{shared}", dec.chunk)
+            return Decoded(_replay(dec, steps), f"static cache, one CUDA graph per step{shared}", dec.chunk)
     except Unsupported:
         raise
     except Exception as exc:  # any failure of the fast path sends the caller back to generate

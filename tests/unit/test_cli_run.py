@@ -61,7 +61,8 @@ def test_run_subprocess_on_embedded_default_exit_0(tmp_path):
     # where the wall time went (qcheck.timeline): every mark of the run, in order, in the records and the report's
     # meta; the reports' own writing time on the terminal line
     marks = report["records"]["meta"]["timeline"]
-    assert list(marks) == ["imported", "validated", "collected", "opened", "measured", "judged"]
+    assert list(marks) == ["imported", "memory_checked", "loaded", "validated", "collected", "opened", "measured",
+                           "judged"]
     assert 0 <= marks["imported"] < 5 and list(marks.values()) == sorted(marks.values())
     assert report["meta"]["timeline"] == marks
     assert "time by phase: start-up and imports" in (out / "qcheck-report.md").read_text()

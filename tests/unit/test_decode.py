@@ -180,8 +180,9 @@ def test_decoding_option_reaches_the_generation_record(pytester, tmp_path, tiny_
         assert record["data"]["run"]["settings"]["cache"] == "graph"
         assert record["data"]["run"]["settings"]["max_new_tokens"] == 7
         assert max(o["n_new_tokens"] for o in record["data"]["run"]["outputs"]) <= 7
-        assert record["data"]["run"]["extra"]["decoding"] == ["static cache, eager steps"]
-    assert "- generation decoding: static cache, eager steps (fp32, w4g64)" in (out / "qcheck-report.md").read_text()
+        method = "static cache, eager steps, the 231-token shared prefix prefilled once"  # the 3-shot examples
+        assert record["data"]["run"]["extra"]["decoding"] == [method]
+    assert f"- generation decoding: {method} (fp32, w4g64)" in (out / "qcheck-report.md").read_text()
     assert "generation decoding" in (out / "qcheck-report.html").read_text()
 
 
@@ -342,6 +343,7 @@ def test_the_few_shot_prefix_is_prefilled_once_and_the_tokens_are_generates(smol
                                                                              original(self, t))[1])
     got = decode_greedy(model, shared_ids, shared_mask, 40, [eos], tok.pad_token_id, prefix=prefix)
     assert calls == [(1, prefix)]
+    assert got.method == f"static cache, eager steps, the {prefix}-token shared prefix prefilled once"
     for want, have in zip(expected.tolist(), got.tokens.tolist()):
         assert until_eos(have, eos) == until_eos(want, eos)
 
@@ -383,7 +385,7 @@ def test_cuda_graph_decoding_with_a_shared_prefix_gives_generates_tokens_in_fp32
     want = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
     shared_ids, shared_mask = (t.cuda() for t in batch_layout(rows, 0, 40))
     got = decode_greedy(model, shared_ids, shared_mask, 48, [eos], 0, prefix=40)
-    assert got.method == "static cache, one CUDA graph per step"
+    assert got.method == "static cache, one CUDA graph per step, the 40-token shared prefix prefilled once"
     stops = set()
     for w, h in zip(want.tolist(), got.tokens.tolist()):
         assert until_eos(h, eos) == until_eos(w, eos)

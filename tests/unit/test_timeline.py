@@ -71,3 +71,10 @@ def test_the_markdown_report_shows_the_phases():
     assert timeline_lines({}) == [] and timeline_lines({"timeline": {"x": "bad"}}) == []
     text = render_markdown({"status": "PASS", "meta": meta, "variants": {}, "checks": [], "counts": {"PASS": 1}})
     assert "- time by phase: start-up and imports 2.0 s" in text
+
+
+def test_a_run_that_marks_the_load_splits_validation_from_it():
+    marks = {"imported": 0.0, "memory_checked": 4.0, "loaded": 9.5, "validated": 11.0, "collected": 11.5}
+    assert timeline.phases(marks) == {"start-up and imports": 0.0, "heavy imports and the memory pre-check": 4.0,
+                                      "loading the reference": 5.5, "validating variants and inputs": 1.5,
+                                      "pytest collection": 0.5}
