@@ -41,7 +41,8 @@ def test_suite_run_writes_report_with_variant_metrics(pytester, tmp_path, warm_m
     assert report["variants"]["int8"]["manifest_summary"]["bits"] == {"8": 210}
     assert "quantization_applied" in (out / "qcheck-report.md").read_text()
     # a pytest run (no CLI) marks from collection on: no stale marks of earlier in-process runs
-    assert list(report["records"]["meta"]["timeline"]) == ["collected", "opened", "measured", "judged"]
+    assert list(report["records"]["meta"]["timeline"]) == ["collected", "memory_checked", "loaded", "opened",
+                                                           "measured", "judged"]
     result.stdout.fnmatch_lines(["*qcheck: PASS; report written in * s*"])
 
 
