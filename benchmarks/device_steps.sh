@@ -12,6 +12,7 @@
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # gputests  every gpu-marked test
+# startup   validate_run of the 135M shape under cProfile: where the 12-16 s before measuring go (bench_startup.py)
 # load      the 8B folder loaded onto the GPU two ways: host then .to (qcheck's) vs device_map (bench_load.py)
 # devmap    the whole suite on the 1.2B shape, one device vs --device-map auto with CPU offload (three variants,
 #           32 new tokens: offloaded generate moves 2.4 GB of layers per step, 124 s for 256 steps in session 12)
@@ -19,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2egraph|e2e8b|gen|gengraph|gqa|ppl|gputests|devmap|load) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2egraph|e2e8b|gen|gengraph|gqa|ppl|gputests|devmap|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -49,6 +50,7 @@ for step in "$@"; do
         devmap) timeout 570 python3 benchmarks/bench_device_map.py --shape 1.2b --max-memory 0=2GiB,cpu=64GiB \
                     --qcheck-arg=--variants=int8,w4g64,bf16 --qcheck-arg=--new-tokens=32 --limit-s 270 \
                     --out "$OUT/$step" ;;
+        startup) timeout 200 python3 benchmarks/bench_startup.py --shape 135m --out "$OUT/$step" ;;
         load) timeout 200 python3 benchmarks/bench_load.py --shape 8b --out "$OUT/$step" ;;
         gputests) timeout 300 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors \
                       --junitxml="$OUT/$step/junit.xml" ;;
