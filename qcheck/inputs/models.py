@@ -128,7 +128,10 @@ def load_model(
             raise ModelLoadError(f"--device-map {placement.device_map} needs a Hugging Face model folder: {path} is "
                                  "a GGUF file; save its float conversion with save_pretrained and pass that folder")
         where = placement.load_kwargs(offload_folder or placement.offload_folder or "")
-    direct = {"device_map": {"": str(device)}} if not where and torch.device(device).type == "cuda" else {}
+    target = torch.device(device)
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    direct = {"device_map": {"": str(target)}} if not where and target.type == "cuda" else {}
     # a GPU reference is placed on its device as transformers reads it: 8.1 s against 10.0 s for the host load then
     # `.to` at the 8B shape on an H100, the same tensors, no device map left on the model (bench_load.py, session 14)
     try:
