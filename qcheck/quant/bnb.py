@@ -41,7 +41,10 @@ class HostStaging:
         half = weight.detach().to(torch.float16)
         if self.buffer is None or self.buffer.numel() < half.numel():
             self.buffer = None
-            self.buffer = torch.empty(half.numel(), dtype=torch.float16, pin_memory=True)
+            try:
+                self.buffer = torch.empty(half.numel(), dtype=torch.float16, pin_memory=True)
+            except RuntimeError:  # no page-locked memory to be had (a small host, a 2 GB lm_head): pageable copy
+                return half.to("cpu", copy=True)
         host = self.buffer[:half.numel()].view(half.shape)
         host.copy_(half)
         return host
