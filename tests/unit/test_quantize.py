@@ -81,3 +81,22 @@ def test_bitsandbytes_backend_on_cpu(tiny, fmt, bits):
     assert 0 < rec.rel_change < 0.2
     out = q(input_ids=torch.randint(0, 512, (1, 8))).logits
     assert torch.isfinite(out).all()
+
+
+def test_bnb_staging_falls_back_to_a_pageable_copy_without_pinned_memory():
+    """HostStaging on a machine that cannot page-lock memory (this CPU build of torch refuses pin_memory): the weight
+    still reaches the host in fp16, as a copy of its own, and the buffer stays unallocated."""
+    import torch
+
+    from qcheck.quant.bnb import HostStaging, host_staging
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has pinned memory; the staged path is test_bnb_staging_gpu's")
+    weight = torch.randn(8, 16)
+    with host_staging() as staging:
+        assert isinstance(staging, HostStaging)
+        held = staging.hold(weight)
+        assert staging.buffer is None
+    assert held.dtype == torch.float16 and held.device.type == "cpu"
+    assert torch.equal(held, weight.to(torch.float16))
+    assert held.data_ptr() != weight.data_ptr()
