@@ -181,17 +181,95 @@ def shared_context_loglikelihoods(model: nn.Module, tokenizer: Any, context: str
     return scores
 
 
+@torch.no_grad()
+def batched_context_loglikelihoods(model: nn.Module, tokenizer: Any, contexts: Sequence[str],
+                                   continuations: Sequence[Sequence[str]]) -> list[list[float]] | None:
+    """Summed log p(continuation | context) for every continuation of every context, the contexts run once in one
+    left-padded batch (positions counted from each row's first real token, as generate does) and all their
+    continuations in a second batch on the repeated KV cache. Every context needs the same number of
+    continuations; None when the model returns no usable cache."""
+    k = len(continuations[0]) if continuations else 0
+    if not contexts or len(contexts) != len(continuations) or any(len(c) != k for c in continuations) or not k:
+        raise ValueError("batched_context_loglikelihoods needs one list of the same number (>= 1) of continuations "
+                         "per context")
+    device = input_device(model)
+    ctx_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
+    cont_ids = [[tokenizer(t, add_special_tokens=False)["input_ids"] for t in conts] for conts in continuations]
+    if not all(ctx_ids) or not all(all(t) for conts in cont_ids for t in conts):
+        raise DataError(f"empty context or continuation after tokenization among {contexts[0][:40]!r}...")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(map(len, ctx_ids))
+    inp = torch.full((len(ctx_ids), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(inp)
+    for row, c in enumerate(ctx_ids):
+        inp[row, width - len(c):] = torch.tensor(c)
+        attn[row, width - len(c):] = 1
+    positions = (attn.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=inp.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
+                use_cache=True)
+    cache = cache_of(out)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).double().repeat_interleave(k, dim=0)
+    cache.batch_repeat_interleave(k)
+    flat = [t for conts in cont_ids for t in conts]
+    span = max(map(len, flat))
+    cinp = torch.full((len(flat), span), pad, dtype=torch.long)
+    cattn = torch.zeros((len(flat), width + span), dtype=torch.long)
+    cattn[:, :width] = attn.repeat_interleave(k, dim=0)
+    cpos = torch.zeros((len(flat), span), dtype=torch.long)
+    for row, t in enumerate(flat):
+        cinp[row, :len(t)] = torch.tensor(t)
+        cattn[row, width:width + len(t)] = 1
+        cpos[row] = len(ctx_ids[row // k]) + torch.arange(span)
+    cinp = cinp.to(device)
+    rest = model(input_ids=cinp, attention_mask=cattn.to(device), position_ids=cpos.to(device),
+                 **cache_argument(model, cache)).logits
+    scores: list[list[float]] = [[] for _ in ctx_ids]
+    for row, t in enumerate(flat):
+        total = float(first[row, t[0]])
+        if len(t) > 1:
+            lp = -torch.nn.functional.cross_entropy(rest[row, : len(t) - 1].float(), cinp[row, 1: len(t)],
+                                                    reduction="none").double()
+            total += float(lp.sum())
+        scores[row // k].append(total)
+    return scores
+
+
+def _batched_shared(model: nn.Module, tokenizer: Any, questions: Sequence[MCQuestion],
+                    batch_size: int) -> list[float] | None:
+    """Every question's choice log-likelihoods through batched_context_loglikelihoods, questions grouped by their
+    number of choices, `batch_size` contexts a batch; None when the model gives no usable cache."""
+    by_k: dict[int, list[int]] = {}
+    for i, q in enumerate(questions):
+        by_k.setdefault(len(q.choices), []).append(i)
+    per_question: dict[int, list[float]] = {}
+    for members in by_k.values():
+        for b in range(0, len(members), batch_size):
+            chunk = members[b:b + batch_size]
+            got = batched_context_loglikelihoods(model, tokenizer, [mc_context(questions[i]) for i in chunk],
+                                                 [[" " + c for c in questions[i].choices] for i in chunk])
+            if got is None:
+                return None
+            per_question.update(zip(chunk, got))
+    return [s for i in range(len(questions)) for s in per_question[i]]
+
+
 def score_multiple_choice(model: nn.Module, tokenizer: Any, questions: Sequence[MCQuestion], *,
                           normalization: str = "sum", batch_size: int = 16, task: str = "arc-easy",
-                          shared_context: bool | None = None) -> MCResult:
+                          shared_context: bool | None = None, context_batch: int | None = None) -> MCResult:
     """Score every choice of every question by log-likelihood; refuses non-finite scores naming the question.
 
-    With shared_context each question's context runs once and its choices reuse its KV cache (fewest FLOPs: the
-    default on CPU); without it, (context, choice) pairs run in padded batches of `batch_size` (fewest kernel
-    launches: the default on a GPU, where one question at a time is launch-bound). The path taken
-    ("shared-context" or "batched") is recorded in the result."""
+    With shared_context (the default) each question's context runs once and its choices reuse its KV cache (fewest
+    FLOPs): one question at a time (`context_batch` 1, the default on a CPU: no padding), or `context_batch`
+    questions' contexts in one left-padded batch and all their choices in a second (the default on a GPU, at
+    `batch_size`: one question at a time is launch-bound there, and pairs recompute each context once per choice,
+    3x the FLOPs of ARC's 4 choices). Without it, (context, choice) pairs run in padded batches of `batch_size`.
+    The path taken ("shared-context", "shared-context-batched" or "batched") is recorded in the result."""
     if shared_context is None:
-        shared_context = input_device(model).type == "cpu"
+        shared_context = True
+    if context_batch is None:
+        context_batch = 1 if input_device(model).type == "cpu" else batch_size
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}",
                           field="normalization")
@@ -200,7 +278,10 @@ def score_multiple_choice(model: nn.Module, tokenizer: Any, questions: Sequence[
     start = time.perf_counter()
     ll: list[float] = []
     path = "shared-context"
-    for q in questions if shared_context else ():
+    if shared_context and context_batch > 1:
+        batched = _batched_shared(model, tokenizer, questions, context_batch)
+        path, ll = ("shared-context-batched", batched) if batched is not None else ("batched", [])
+    for q in questions if shared_context and path == "shared-context" else ():
         scores = shared_context_loglikelihoods(model, tokenizer, mc_context(q), [" " + c for c in q.choices])
         if scores is None:
             path, ll = "batched", []

@@ -154,8 +154,8 @@ def test_arc_easy_choices_equal_lm_eval(both_runs, tiny_model) -> None:
     *_, reference = both_runs
     questions = load_arc_easy(QUESTIONS).items
     model, tokenizer = tiny_model
-    for shared in (True, False):
-        result = score_multiple_choice(model, tokenizer, questions, shared_context=shared)
+    for shared, together in ((True, 1), (True, 8), (False, None)):
+        result = score_multiple_choice(model, tokenizer, questions, shared_context=shared, context_batch=together)
         agreement = compare_choices([r.scores for r in result.records], [q.choices for q in questions],
                                     [q.answer_idx for q in questions], reference)
         print(result.extra["path"], agreement)

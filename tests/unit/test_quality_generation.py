@@ -128,6 +128,14 @@ def test_multiple_choice_records(tiny, tokenizer):
     assert batched.extra["path"] == "batched"
     for x, y in zip(result.records, batched.records):
         assert x.scores == pytest.approx(y.scores, rel=1e-4) and x.pred == y.pred
+    # the GPU default: contexts of several questions in one left-padded batch, grouped by their number of choices
+    more = [*qs, MCQuestion("c", "which is heavier, a kilogram of iron or of feathers?", ("iron", "feathers",
+                                                                                            "neither", "both"), 2)]
+    one_by_one = score_multiple_choice(tiny, tokenizer, more)
+    together = score_multiple_choice(tiny, tokenizer, more, context_batch=4)
+    assert together.extra["path"] == "shared-context-batched"
+    for x, y in zip(one_by_one.records, together.records):
+        assert x.scores == pytest.approx(y.scores, rel=1e-4) and x.pred == y.pred
     with pytest.raises(ConfigError):
         score_multiple_choice(tiny, tokenizer, qs, normalization="bytes")
     with pytest.raises(DataError):
