@@ -6,6 +6,7 @@ variants compared question by question (paired). Chance is taken from the task: 
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -205,8 +206,9 @@ def batched_context_loglikelihoods(model: nn.Module, tokenizer: Any, contexts: S
         inp[row, width - len(c):] = torch.tensor(c)
         attn[row, width - len(c):] = 1
     positions = (attn.cumsum(-1) - 1).clamp_min(0)
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(model).forward).parameters else {}
     out = model(input_ids=inp.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
-                use_cache=True)
+                use_cache=True, **keep)  # only the last position's logits are read (50 x 100 x 128k fp32 is 2.6 GB)
     cache = cache_of(out)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
@@ -247,8 +249,11 @@ def _batched_shared(model: nn.Module, tokenizer: Any, questions: Sequence[MCQues
     for members in by_k.values():
         for b in range(0, len(members), batch_size):
             chunk = members[b:b + batch_size]
-            got = batched_context_loglikelihoods(model, tokenizer, [mc_context(questions[i]) for i in chunk],
-                                                 [[" " + c for c in questions[i].choices] for i in chunk])
+            try:
+                got = batched_context_loglikelihoods(model, tokenizer, [mc_context(questions[i]) for i in chunk],
+                                                     [[" " + c for c in questions[i].choices] for i in chunk])
+            except TypeError:  # a forward without position_ids: the pairs path needs none
+                return None
             if got is None:
                 return None
             per_question.update(zip(chunk, got))
