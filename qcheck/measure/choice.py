@@ -19,7 +19,7 @@ from torch import nn
 from qcheck.errors import ConfigError, DataError
 from qcheck.inputs.tasks import MCQuestion
 from qcheck.measure.kv_cache import cache_argument, cache_of
-from qcheck.quant.offload import input_device
+from qcheck.quant.offload import input_device, is_dispatched
 from qcheck.stats import Interval, wilson_interval
 
 NORMALIZATIONS = ("sum", "per_char")
@@ -269,10 +269,11 @@ def score_multiple_choice(model: nn.Module, tokenizer: Any, questions: Sequence[
     FLOPs): one question at a time (`context_batch` 1, the default on a CPU: no padding), or `context_batch`
     questions' contexts in one left-padded batch and all their choices in a second (the default on a GPU, at
     `batch_size`: one question at a time is launch-bound there, and pairs recompute each context once per choice,
-    3x the FLOPs of ARC's 4 choices). Without it, (context, choice) pairs run in padded batches of `batch_size`.
+    3x the FLOPs of ARC's 4 choices). Without it (the default for a model spread by a device map on GPUs),
+    (context, choice) pairs run in padded batches of `batch_size`.
     The path taken ("shared-context", "shared-context-batched" or "batched") is recorded in the result."""
-    if shared_context is None:
-        shared_context = True
+    if shared_context is None:  # a model accelerate spread over devices keeps the cache-free pairs, as before
+        shared_context = input_device(model).type == "cpu" or not is_dispatched(model)
     if context_batch is None:
         context_batch = 1 if input_device(model).type == "cpu" else batch_size
     if normalization not in NORMALIZATIONS:
