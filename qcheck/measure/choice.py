@@ -171,15 +171,22 @@ def shared_context_loglikelihoods(model: nn.Module, tokenizer: Any, context: str
     inp, attn = inp.to(device), attn.to(device)
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1).double()
     rest = model(input_ids=inp, attention_mask=attn, **cache_argument(model, cache)).logits
-    scores = []
+    return _continuation_sums(first.expand(k, -1), rest, inp, conts)
+
+
+def _continuation_sums(first: torch.Tensor, rest: torch.Tensor, inp: torch.Tensor,
+                       conts: Sequence[Sequence[int]]) -> list[float]:
+    """Each continuation's summed log-likelihood: its first token from `first` (the context's last log-probabilities,
+    one row per continuation), the rest from the logits of its own forward on the cache (`rest`, input ids `inp`)."""
+    sums = []
     for row, t in enumerate(conts):
-        total = float(first[t[0]])
+        total = float(first[row, t[0]])
         if len(t) > 1:
             lp = -torch.nn.functional.cross_entropy(rest[row, : len(t) - 1].float(), inp[row, 1: len(t)],
                                                     reduction="none").double()
             total += float(lp.sum())
-        scores.append(total)
-    return scores
+        sums.append(total)
+    return sums
 
 
 @torch.no_grad()
@@ -227,15 +234,8 @@ def batched_context_loglikelihoods(model: nn.Module, tokenizer: Any, contexts: S
     cinp = cinp.to(device)
     rest = model(input_ids=cinp, attention_mask=cattn.to(device), position_ids=cpos.to(device),
                  **cache_argument(model, cache)).logits
-    scores: list[list[float]] = [[] for _ in ctx_ids]
-    for row, t in enumerate(flat):
-        total = float(first[row, t[0]])
-        if len(t) > 1:
-            lp = -torch.nn.functional.cross_entropy(rest[row, : len(t) - 1].float(), cinp[row, 1: len(t)],
-                                                    reduction="none").double()
-            total += float(lp.sum())
-        scores[row // k].append(total)
-    return scores
+    sums = _continuation_sums(first, rest, cinp, flat)
+    return [sums[i * k:(i + 1) * k] for i in range(len(ctx_ids))]
 
 
 def _batched_shared(model: nn.Module, tokenizer: Any, questions: Sequence[MCQuestion],

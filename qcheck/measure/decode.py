@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from qcheck.measure.attention import gqa_decoding
-from qcheck.measure.kv_cache import cache_argument
+from qcheck.measure.kv_cache import cache_argument, cache_of
 from qcheck.quant.bnb import llm_int8_threshold
 from qcheck.quant.offload import is_dispatched
 
@@ -118,7 +118,7 @@ class _Decoder:
         """One row's pass over the shared prefix (positions 0..n-1, causal), its keys and values written into every
         row of the cache."""
         rows = self.keys.shape[0]
-        shared = self.model(input_ids=tokens, use_cache=True, logits_to_keep=1).past_key_values
+        shared = cache_of(self.model(input_ids=tokens, use_cache=True, logits_to_keep=1))
         position = torch.arange(tokens.shape[1], device=tokens.device)
         for i, (keys, values) in enumerate(_layer_states(shared)):
             self.cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i,
