@@ -8,18 +8,19 @@ Robust accuracy is computed on the same samples as clean accuracy; only clean-co
 and a sample is robust only if it was clean-correct and stays correct under every attack (AutoAttack's
 rule), so robust <= clean holds by construction on the per-sample records kept in the result.
 Gradients come from an fp32 model: the variant itself when its weights are float32 (fake-quantized weights
-stay float; activation fake-quant is straight-through), else an fp32 copy of the variant's weights. Every
+stay float; activation fake-quant is straight-through), else the variant's weights upcast to fp32 in place for the
+gradient passes and restored exactly after (`float32_weights`). Every
 sample's gradient is checked: missing, zero or non-finite gradients are recorded, never skipped.
 The clean pass is repeated to detect randomized models (dropout on, precision re-drawn per forward);
 they are refused, or evaluated with expectation over draws when asked, and the result says so.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -399,7 +400,7 @@ def prompt_radius(model: nn.Module, items: Sequence[ChoiceItem], epsilon: float,
 ATTACK_BATCH = 4
 """Questions attacked together by default, and on a CPU (compute-bound there: a larger batch buys nothing)."""
 ATTACK_MEMORY_SHARE = 0.25
-"""Share of the device's free memory, less the fp32 gradient copy a 16-bit variant will get (`fp32_copy_bytes`), an
+"""Share of the device's free memory, less what a 16-bit variant's fp32 gradient weights add (`fp32_copy_bytes`), an
 attack batch may plan for: the backward pass keeps every layer's activations."""
 ATTACK_BATCH_LIMIT = 16
 """Questions per attack batch at most: at 16 a batch is two forwards of ~1,000 prompt tokens and ~64 choice rows,
@@ -426,17 +427,28 @@ def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
     return max(1, min(ATTACK_BATCH_LIMIT, int(free * ATTACK_MEMORY_SHARE // per_question)))
 
 
+def _low_precision_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The model's float parameters and buffers held in a dtype other than fp32, each once (tied weights once)."""
+    seen: dict[int, torch.Tensor] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point() and t.dtype != torch.float32:
+            seen.setdefault(id(t), t)
+    return list(seen.values())
+
+
 def fp32_copy_bytes(model: nn.Module) -> int:
-    """Bytes of the fp32 gradient copy `gradient_model_for` will make of `model` (0 where it uses the model itself):
-    counted before the attack batch is sized, so the copy does not eat the batch's share (at the 8B shape the fp16
-    and bf16 variants' attacks set the run's peak, 1.36 x reference + largest variant, in session 13)."""
+    """Bytes the fp32 gradient weights of `gradient_weights` add to `model` while its attacks run (0 where it uses
+    the model as it is): counted before the attack batch is sized, so they do not eat the batch's share (at the 8B
+    shape the fp16 and bf16 variants' attacks set the run's peak, 1.36 x reference + largest variant, in session 13).
+    The 16-bit tensors are upcast in place, so the cost is the difference of the two sizes, not a second model."""
     if not needs_fp32_copy(model):
         return 0
-    return sum(p.numel() * 4 for p in model.parameters() if p.is_floating_point())  # tied parameters once
+    return sum(t.numel() * (4 - t.element_size()) for t in _low_precision_tensors(model))
 
 
 def needs_fp32_copy(model: nn.Module) -> bool:
-    """Whether attacks take gradients from an fp32 copy: float weights other than fp32, not bitsandbytes layers."""
+    """Whether attacks take gradients in fp32 weights the model lacks: float weights other than fp32, not
+    bitsandbytes layers."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes <= {torch.float32}:
         return False
@@ -445,17 +457,36 @@ def needs_fp32_copy(model: nn.Module) -> bool:
 
 # ----------------------------------------------------------------------------- gradients and attacks
 
-def gradient_model_for(model: nn.Module) -> tuple[nn.Module, str]:
-    """The fp32 model attacks take gradients from: the model itself if its float weights are fp32, else an fp32
-    copy of its weights (straight-through for the dtype cast). bitsandbytes layers are used as they are."""
+@contextlib.contextmanager
+def float32_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with its 16-bit float parameters and buffers upcast to fp32 in place for the block, each restored
+    to its own dtype after: exact both ways (every fp16 and bf16 value is an fp32 value), and no second model. The
+    deep copy this replaces held the 8B variant twice (14 GB plus 28 GB) and set the run's peak (1.309 x, session
+    14). The parameters stay the same objects, so hooks and ties keep working; their storage is new afterwards."""
+    changed = [(t, t.dtype) for t in _low_precision_tensors(model)]
+    try:
+        for t, _ in changed:
+            t.data = t.data.to(torch.float32)
+        yield model
+    finally:
+        for t, dtype in changed:
+            t.data = t.data.to(dtype)
+
+
+def gradient_weights(model: nn.Module) -> tuple[Callable[[], contextlib.AbstractContextManager[Any]], str]:
+    """How attacks take gradients from `model`, and its description: in its own weights if they are fp32 (or
+    bitsandbytes layers, used as they are), else in fp32 weights for the gradient passes only (`float32_weights`:
+    the same values, fp32 arithmetic, straight-through for the dtype cast). Attacks still score in the variant's
+    own weights."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes <= {torch.float32}:
-        return model, "the variant itself (float32 weights; activation fake-quant straight-through)"
+        return contextlib.nullcontext, "the variant itself (float32 weights; activation fake-quant straight-through)"
     if not needs_fp32_copy(model):
-        return model, f"the variant itself ({sorted(str(d) for d in dtypes)} bitsandbytes layers; not upcast)"
-    surrogate = copy.deepcopy(model).float()
-    return surrogate, (f"float32 copy of the variant's {sorted(str(d) for d in dtypes)} weights "
-                       "(same values, fp32 arithmetic: straight-through for the cast)")
+        return contextlib.nullcontext, (f"the variant itself ({sorted(str(d) for d in dtypes)} bitsandbytes layers; "
+                                        "not upcast)")
+    return (lambda: float32_weights(model)), (
+        f"float32 weights holding the variant's {sorted(str(d) for d in dtypes)} values (fp32 arithmetic: "
+        "straight-through for the cast; upcast in place for the gradient passes, restored exactly after)")
 
 
 def _grad_status(grad: torch.Tensor | None, mask: torch.Tensor) -> list[str]:
@@ -615,15 +646,18 @@ def _evaluate(model: nn.Module, items: Sequence[ChoiceItem], config: AttackConfi
             records.append(SampleRecord(it.id, it.label, p, p == it.label, False, {}, False, "not attacked (refused)"))
         return RobustnessEvaluation(records, config, check, "none (randomized model refused)",
                                     time.perf_counter() - start, variant, data=dict(data or {}))
-    grad_model, grad_source = (gradient_model, "given gradient model") if gradient_model is not None \
-        else gradient_model_for(model)
+    if gradient_model is not None:
+        grad_model, grad_scope, grad_source = gradient_model, contextlib.nullcontext, "given gradient model"
+    else:
+        grad_model = model
+        grad_scope, grad_source = gradient_weights(model)
     for b in batches:
         k = len(b.items)
         bpreds = preds[len(records):len(records) + k]
         correct = [p == it.label for p, it in zip(bpreds, b.items)]
         targets = [i for i in range(k) if correct[i]]
-        attack_preds, grads = _attack([b.items[i] for i in targets], model, grad_model, config, pad_id, device,
-                                      n_draws)
+        attack_preds, grads = _attack([b.items[i] for i in targets], model, grad_model, grad_scope, config, pad_id,
+                                      device, n_draws)
         for i, it in enumerate(b.items):
             if i in targets:
                 j = targets.index(i)
@@ -637,10 +671,12 @@ def _evaluate(model: nn.Module, items: Sequence[ChoiceItem], config: AttackConfi
                                 data=dict(data or {}))
 
 
-def _attack(items: list[ChoiceItem], model: nn.Module, grad_model: nn.Module, config: AttackConfig, pad_id: int,
+def _attack(items: list[ChoiceItem], model: nn.Module, grad_model: nn.Module,
+            grad_scope: Callable[[], contextlib.AbstractContextManager[Any]], config: AttackConfig, pad_id: int,
             device: torch.device, draws: int) -> tuple[list[dict[str, int]], list[str]]:
     """Run the attacks in order, each on the questions still answered correctly (AutoAttack's cascade).
-    Returns each question's prediction under every attack it met, and its worst gradient status."""
+    Returns each question's prediction under every attack it met, and its worst gradient status. Gradients are
+    taken inside `grad_scope` (fp32 weights for a 16-bit variant), the attacked questions scored outside it."""
     preds: list[dict[str, int]] = [{} for _ in items]
     status = ["ok"] * len(items)
     grad0: dict[int, torch.Tensor | None] = {}
@@ -652,18 +688,19 @@ def _attack(items: list[ChoiceItem], model: nn.Module, grad_model: nn.Module, co
         base = _base_embeddings(model, batch)
         radius = _radius(base, batch, config.epsilon)
         mask = batch.prompt_mask
-        if any(i not in grad0 for i in alive):      # the gradient at delta = 0: FGSM's and PGD's first step
-            zero = torch.zeros(mask.shape + (base.shape[-1],), device=device)
-            g, st = _loss_grad(grad_model, base, zero, batch, draws)
-            for j, i in enumerate(alive):
-                grad0[i] = None if g is None else g[j, :len(items[i].prompt_ids)]
-                _worst(status, i, st[j])
-        first = _stack([grad0[i] for i in alive], mask, base.shape[-1])
-        if name == "fgsm":
-            delta = fgsm_delta(first, radius, mask) if first is not None else torch.zeros(
-                mask.shape + (base.shape[-1],), device=device)
-        else:
-            delta = _pgd(grad_model, base, batch, radius, mask, config, first, draws, status, alive)
+        with grad_scope():
+            if any(i not in grad0 for i in alive):  # the gradient at delta = 0: FGSM's and PGD's first step
+                zero = torch.zeros(mask.shape + (base.shape[-1],), device=device)
+                g, st = _loss_grad(grad_model, base, zero, batch, draws)
+                for j, i in enumerate(alive):
+                    grad0[i] = None if g is None else g[j, :len(items[i].prompt_ids)]
+                    _worst(status, i, st[j])
+            first = _stack([grad0[i] for i in alive], mask, base.shape[-1])
+            if name == "fgsm":
+                delta = fgsm_delta(first, radius, mask) if first is not None else torch.zeros(
+                    mask.shape + (base.shape[-1],), device=device)
+            else:
+                delta = _pgd(grad_model, base, batch, radius, mask, config, first, draws, status, alive)
         with torch.no_grad():
             scores = _expected_scores(model, _inputs(base, delta, batch), batch, draws)
         still = []

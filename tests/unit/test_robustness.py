@@ -16,7 +16,8 @@ from qcheck.measure.robustness import (
     arc_easy_items,
     evaluate_robustness,
     fgsm_delta,
-    gradient_model_for,
+    float32_weights,
+    gradient_weights,
     items_from_rows,
     pgd_step,
 )
@@ -218,14 +219,36 @@ def test_activation_fake_quant_is_straight_through(tiny, items):
     assert "float32 weights" in ev.gradient_source
 
 
-def test_bf16_variant_takes_gradients_from_an_fp32_copy(tiny, items):
+def test_bf16_variant_takes_gradients_in_fp32_weights_restored_exactly(tiny, items):
+    """A bf16 variant's gradients are taken in fp32 weights upcast in place, not a copy: the attack gives the same
+    records as one that takes them from an fp32 deep copy (the old way), and the variant is left bit for bit as it
+    was, its fp32 buffers (rotary frequencies) untouched."""
+    import copy
+
     quantized, _ = quantize(tiny, {"dtype": "bf16", "default": {"format": "bf16"}})
-    surrogate, source = gradient_model_for(quantized)
-    assert surrogate is not quantized and "float32 copy" in source
-    assert {p.dtype for p in surrogate.parameters()} == {torch.float32}
+    before = {k: v.clone() for k, v in quantized.state_dict().items()}
+    buffers = {k: b.dtype for k, b in quantized.named_buffers()}
+    scope, source = gradient_weights(quantized)
+    assert "float32 weights" in source and "in place" in source
+    with scope() as upcast:
+        assert upcast is quantized and {p.dtype for p in quantized.parameters()} == {torch.float32}
     assert {p.dtype for p in quantized.parameters()} == {torch.bfloat16}
-    ev = evaluate_robustness(quantized, items[:8], AttackConfig(epsilon=0.5, pgd_steps=1), batch_size=8)
-    assert "float32 copy" in ev.gradient_source and ev.robust_correct <= ev.clean_correct
+    config = AttackConfig(epsilon=0.5, pgd_steps=2)
+    ev = evaluate_robustness(quantized, items[:8], config, batch_size=8)
+    assert "float32 weights" in ev.gradient_source and ev.robust_correct <= ev.clean_correct
+    old = evaluate_robustness(quantized, items[:8], config, batch_size=8,
+                              gradient_model=copy.deepcopy(quantized).float())
+    assert [asdict(r) for r in ev.records] == [asdict(r) for r in old.records]
+    assert all(torch.equal(before[k], v) and before[k].dtype == v.dtype for k, v in quantized.state_dict().items())
+    assert {k: b.dtype for k, b in quantized.named_buffers()} == buffers
+
+
+def test_fp32_weights_are_restored_when_the_block_raises():
+    half = random_init_like(tiny_llama_config(), seed=0).to(torch.float16)
+    before = {k: v.clone() for k, v in half.state_dict().items()}
+    with pytest.raises(RuntimeError, match="mid-attack"), float32_weights(half):
+        raise RuntimeError("mid-attack")
+    assert all(torch.equal(before[k], v) and before[k].dtype == v.dtype for k, v in half.state_dict().items())
 
 
 def test_train_mode_with_dropout_is_detected_and_refused(items):
@@ -367,16 +390,18 @@ def test_attack_batches_on_a_gpu_are_sized_by_free_memory():
     assert attack_batch_size(model, 64) == 1
 
 
-def test_the_fp32_gradient_copy_is_counted_before_the_attack_batch_is_sized():
-    """A 16-bit variant's attacks take gradients from an fp32 copy made after the batch is sized: its bytes (tied
-    weights once) are taken off the free memory first. An fp32 variant is its own gradient model: nothing counted."""
+def test_the_fp32_gradient_weights_are_counted_before_the_attack_batch_is_sized():
+    """A 16-bit variant's attacks take gradients in its weights upcast to fp32 in place, after the batch is sized:
+    the bytes that adds (fp32 less 16-bit, tied weights once) are taken off the free memory first. An fp32 variant
+    is its own gradient model: nothing counted."""
     from qcheck.measure.robustness import fp32_copy_bytes, needs_fp32_copy
 
     model = random_init_like(tiny_llama_config(), seed=0)
     assert not needs_fp32_copy(model) and fp32_copy_bytes(model) == 0
     half = model.to(torch.float16)
-    unique = {id(p): p.numel() for p in half.parameters()}
-    assert needs_fp32_copy(half) and fp32_copy_bytes(half) == 4 * sum(unique.values())
-    surrogate, source = gradient_model_for(half)
-    assert source.startswith("float32 copy")
-    assert fp32_copy_bytes(half) == sum(p.numel() * p.element_size() for p in surrogate.parameters())
+    unique = {id(t): t.numel() for t in list(half.parameters()) + list(half.buffers()) if t.dtype == torch.float16}
+    assert needs_fp32_copy(half) and fp32_copy_bytes(half) == 2 * sum(unique.values())
+    held = sum(t.numel() * t.element_size() for t in {id(t): t for t in half.parameters()}.values())
+    with float32_weights(half):
+        upcast = sum(t.numel() * t.element_size() for t in {id(t): t for t in half.parameters()}.values())
+    assert upcast - held == 2 * sum(p.numel() for p in {id(p): p for p in half.parameters()}.values())
