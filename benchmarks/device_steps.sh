@@ -12,7 +12,8 @@
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # gputests  every gpu-marked test
-# startup   validate_run of the 135M shape under cProfile: where the 12-16 s before measuring go (bench_startup.py)
+# startup   validate_run of the 135M shape under cProfile: where the 12-16 s before measuring go (bench_startup.py),
+#           twice: the first process compiles what it imports into the bytecode cache, the second reads it back
 # load      the 8B folder loaded onto the GPU two ways: host then .to (qcheck's) vs device_map (bench_load.py)
 # devmap    the whole suite on the 1.2B shape, one device vs --device-map auto with CPU offload (three variants,
 #           32 new tokens: offloaded generate moves 2.4 GB of layers per step, 124 s for 256 steps in session 12)
@@ -25,8 +26,16 @@ done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
 export PYTHONPATH=$PWD:/tmp/site QCHECK_DATA_DIR=$PWD/.device/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 QCHECK_CACHE_DIR=off
+# A bytecode cache Python can write: a user's installed environment holds its .pyc files, while this machine's
+# site-packages (and the tree a call carries) may lack them, and each process would compile again what it imports.
+export PYTHONPYCACHEPREFIX=/tmp/qcheck-pycache
 OUT=${OUT:-/tmp/device-out}
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv,noheader
+python3 -c "
+import os, torch, transformers
+for m in (torch, transformers):
+    d = os.path.dirname(m.__file__)
+    print(m.__name__, d, 'pyc cached:', os.path.isdir(os.path.join(d, '__pycache__')), 'writable:', os.access(d, os.W_OK))"
 for step in "$@"; do
     mkdir -p "$OUT/$step"
     case $step in
@@ -50,7 +59,8 @@ for step in "$@"; do
         devmap) timeout 570 python3 benchmarks/bench_device_map.py --shape 1.2b --max-memory 0=2GiB,cpu=64GiB \
                     --qcheck-arg=--variants=int8,w4g64,bf16 --qcheck-arg=--new-tokens=32 --limit-s 270 \
                     --out "$OUT/$step" ;;
-        startup) timeout 200 python3 benchmarks/bench_startup.py --shape 135m --out "$OUT/$step" ;;
+        startup) for pass in first second; do timeout 120 python3 benchmarks/bench_startup.py --shape 135m --top 30 \
+                     --out "$OUT/$step/$pass" | grep -v "^| "; done ;;
         load) timeout 200 python3 benchmarks/bench_load.py --shape 8b --out "$OUT/$step" ;;
         gputests) timeout 300 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors \
                       --junitxml="$OUT/$step/junit.xml" ;;

@@ -1,6 +1,10 @@
 """ARC scoring on CUDA (run on the device machine): the GPU default, several questions' contexts in one left-padded
 batch with their choices on the repeated KV cache, against the (context, choice) pairs path on real ARC-Easy
-questions: the same predictions, log-likelihoods within 1e-4."""
+questions: the same predictions, log-likelihoods within 1e-4. The weights are random (they do not decide whether two
+paths agree); the tokenizer is SmolLM2's, from the embedded package or the copy benchmarks/device_prepare.sh makes
+for the device machine, which lacks the package."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,9 +12,26 @@ from qcheck.inputs.models import random_init_like, tiny_llama_config
 from qcheck.measure.choice import score_multiple_choice
 
 pytestmark = pytest.mark.gpu
+DEVICE_COPY = Path(__file__).resolve().parents[2] / ".device" / "smollm2-tokenizer"
 
 
-def test_batched_shared_contexts_equal_the_pairs_on_cuda(smollm2):
+@pytest.fixture(scope="module")
+def tokenizer():
+    """SmolLM2's tokenizer alone: the embedded package's, else the device machine's copy."""
+    from transformers import AutoTokenizer
+
+    from qcheck.errors import QCheckError
+    from qcheck.inputs.models import load_tokenizer
+
+    try:
+        return load_tokenizer()
+    except QCheckError as exc:
+        if DEVICE_COPY.is_dir():
+            return AutoTokenizer.from_pretrained(DEVICE_COPY, local_files_only=True)
+        pytest.skip(f"no SmolLM2 tokenizer: {exc} (or run benchmarks/device_prepare.sh for {DEVICE_COPY})")
+
+
+def test_batched_shared_contexts_equal_the_pairs_on_cuda(tokenizer):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from qcheck.inputs.tasks import load_arc_easy
@@ -19,7 +40,7 @@ def test_batched_shared_contexts_equal_the_pairs_on_cuda(smollm2):
         questions = load_arc_easy(24).items
     except Exception as exc:  # noqa: BLE001 - the shared data folder is absent on some machines
         pytest.skip(f"ARC-Easy data not available: {exc}")
-    tok = smollm2.tokenizer
+    tok = tokenizer
     config = tiny_llama_config(vocab_size=len(tok), hidden_size=256, intermediate_size=704, num_hidden_layers=4,
                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
     model = random_init_like(config, seed=0, device="cuda")
