@@ -17,11 +17,13 @@
 # load      the 8B folder loaded onto the GPU two ways: host then .to (qcheck's) vs device_map (bench_load.py)
 # devmap    the whole suite on the 1.2B shape, one device vs --device-map auto with CPU offload (three variants,
 #           32 new tokens: offloaded generate moves 2.4 GB of layers per step, 124 s for 256 steps in session 12)
+# devmapbf16 devmap with the bf16 variant alone (its attack is the path a device map changes: an fp32 copy, not
+#           an in-place upcast)
 # Needs .device/ from benchmarks/device_prepare.sh. Each step has its own time limit; the call's is 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2egraph|e2e8b|gen|gengraph|gqa|ppl|gputests|devmap|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2egraph|e2e8b|gen|gengraph|gqa|ppl|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -59,6 +61,8 @@ for step in "$@"; do
         devmap) timeout 570 python3 benchmarks/bench_device_map.py --shape 1.2b --max-memory 0=2GiB,cpu=64GiB \
                     --qcheck-arg=--variants=int8,w4g64,bf16 --qcheck-arg=--new-tokens=32 --limit-s 270 \
                     --out "$OUT/$step" ;;
+        devmapbf16) timeout 400 python3 benchmarks/bench_device_map.py --shape 1.2b --max-memory 0=2GiB,cpu=64GiB \
+                    --qcheck-arg=--variants=bf16 --qcheck-arg=--new-tokens=32 --limit-s 200 --out "$OUT/$step" ;;
         startup) for pass in first second; do timeout 120 python3 benchmarks/bench_startup.py --shape 135m --top 30 \
                      --out "$OUT/$step/$pass" | grep -v "^| "; done ;;
         load) timeout 200 python3 benchmarks/bench_load.py --shape 8b --out "$OUT/$step" ;;

@@ -17,6 +17,7 @@ they are refused, or evaluated with expectation over draws when asked, and the r
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -443,6 +444,8 @@ def fp32_copy_bytes(model: nn.Module) -> int:
     The 16-bit tensors are upcast in place, so the cost is the difference of the two sizes, not a second model."""
     if not needs_fp32_copy(model):
         return 0
+    if _has_accelerate_hooks(model):  # a copy in fp32 of what is resident (offloaded tensors stay on the meta device)
+        return sum(t.numel() * 4 for t in _low_precision_tensors(model) if t.device.type != "meta")
     return sum(t.numel() * (4 - t.element_size()) for t in _low_precision_tensors(model))
 
 
@@ -473,20 +476,31 @@ def float32_weights(model: nn.Module) -> Iterator[nn.Module]:
             t.data = t.data.to(dtype)
 
 
-def gradient_weights(model: nn.Module) -> tuple[Callable[[], contextlib.AbstractContextManager[Any]], str]:
-    """How attacks take gradients from `model`, and its description: in its own weights if they are fp32 (or
-    bitsandbytes layers, used as they are), else in fp32 weights for the gradient passes only (`float32_weights`:
-    the same values, fp32 arithmetic, straight-through for the dtype cast). Attacks still score in the variant's
-    own weights."""
+def gradient_weights(model: nn.Module) -> tuple[Callable[[], contextlib.AbstractContextManager[nn.Module]], str]:
+    """Where attacks take gradients from `model`, as a scope that yields the model to differentiate, and its
+    description: its own weights if they are fp32 (or bitsandbytes layers, used as they are); else fp32 weights for
+    the gradient passes only (same values, fp32 arithmetic, straight-through for the dtype cast), by
+    `float32_weights` in place, or, for a model accelerate dispatched (its hooks put new parameter objects in
+    place at each forward, so an in-place upcast would not hold), a deep copy in fp32 made once. Attacks still
+    score in the variant's own weights."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes <= {torch.float32}:
-        return contextlib.nullcontext, "the variant itself (float32 weights; activation fake-quant straight-through)"
+        return (lambda: contextlib.nullcontext(model)), ("the variant itself (float32 weights; activation "
+                                                         "fake-quant straight-through)")
     if not needs_fp32_copy(model):
-        return contextlib.nullcontext, (f"the variant itself ({sorted(str(d) for d in dtypes)} bitsandbytes layers; "
-                                        "not upcast)")
+        return (lambda: contextlib.nullcontext(model)), (f"the variant itself ({sorted(str(d) for d in dtypes)} "
+                                                         "bitsandbytes layers; not upcast)")
+    held = f"the variant's {sorted(str(d) for d in dtypes)} values (fp32 arithmetic: straight-through for the cast"
+    if _has_accelerate_hooks(model):
+        surrogate = copy.deepcopy(model).float()
+        return (lambda: contextlib.nullcontext(surrogate)), (
+            f"float32 copy of {held}; a copy because accelerate dispatched the model)")
     return (lambda: float32_weights(model)), (
-        f"float32 weights holding the variant's {sorted(str(d) for d in dtypes)} values (fp32 arithmetic: "
-        "straight-through for the cast; upcast in place for the gradient passes, restored exactly after)")
+        f"float32 weights holding {held}; upcast in place for the gradient passes, restored exactly after)")
+
+
+def _has_accelerate_hooks(model: nn.Module) -> bool:
+    return any(getattr(m, "_hf_hook", None) is not None for m in model.modules())
 
 
 def _grad_status(grad: torch.Tensor | None, mask: torch.Tensor) -> list[str]:
@@ -647,17 +661,16 @@ def _evaluate(model: nn.Module, items: Sequence[ChoiceItem], config: AttackConfi
         return RobustnessEvaluation(records, config, check, "none (randomized model refused)",
                                     time.perf_counter() - start, variant, data=dict(data or {}))
     if gradient_model is not None:
-        grad_model, grad_scope, grad_source = gradient_model, contextlib.nullcontext, "given gradient model"
+        grad_scope, grad_source = (lambda: contextlib.nullcontext(gradient_model)), "given gradient model"
     else:
-        grad_model = model
         grad_scope, grad_source = gradient_weights(model)
     for b in batches:
         k = len(b.items)
         bpreds = preds[len(records):len(records) + k]
         correct = [p == it.label for p, it in zip(bpreds, b.items)]
         targets = [i for i in range(k) if correct[i]]
-        attack_preds, grads = _attack([b.items[i] for i in targets], model, grad_model, grad_scope, config, pad_id,
-                                      device, n_draws)
+        attack_preds, grads = _attack([b.items[i] for i in targets], model, grad_scope, config, pad_id, device,
+                                      n_draws)
         for i, it in enumerate(b.items):
             if i in targets:
                 j = targets.index(i)
@@ -671,12 +684,13 @@ def _evaluate(model: nn.Module, items: Sequence[ChoiceItem], config: AttackConfi
                                 data=dict(data or {}))
 
 
-def _attack(items: list[ChoiceItem], model: nn.Module, grad_model: nn.Module,
-            grad_scope: Callable[[], contextlib.AbstractContextManager[Any]], config: AttackConfig, pad_id: int,
+def _attack(items: list[ChoiceItem], model: nn.Module,
+            grad_scope: Callable[[], contextlib.AbstractContextManager[nn.Module]], config: AttackConfig, pad_id: int,
             device: torch.device, draws: int) -> tuple[list[dict[str, int]], list[str]]:
     """Run the attacks in order, each on the questions still answered correctly (AutoAttack's cascade).
     Returns each question's prediction under every attack it met, and its worst gradient status. Gradients are
-    taken inside `grad_scope` (fp32 weights for a 16-bit variant), the attacked questions scored outside it."""
+    taken from the model `grad_scope` yields (fp32 weights for a 16-bit variant), the attacked questions scored
+    outside it, in the variant's own weights."""
     preds: list[dict[str, int]] = [{} for _ in items]
     status = ["ok"] * len(items)
     grad0: dict[int, torch.Tensor | None] = {}
@@ -688,7 +702,7 @@ def _attack(items: list[ChoiceItem], model: nn.Module, grad_model: nn.Module,
         base = _base_embeddings(model, batch)
         radius = _radius(base, batch, config.epsilon)
         mask = batch.prompt_mask
-        with grad_scope():
+        with grad_scope() as grad_model:
             if any(i not in grad0 for i in alive):  # the gradient at delta = 0: FGSM's and PGD's first step
                 zero = torch.zeros(mask.shape + (base.shape[-1],), device=device)
                 g, st = _loss_grad(grad_model, base, zero, batch, draws)

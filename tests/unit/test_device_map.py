@@ -13,7 +13,7 @@ from qcheck.options import RunOptions
 
 VARIANTS = "fp16,int8,w4g64"
 CHECKS = "perplexity_finite or quantization_applied or plan_followed or precision_differs or perplexity_order " \
-         "or device_placement"
+         "or device_placement or robust_le_clean"
 
 
 @pytest.mark.parametrize(("kw", "flag", "says"), [

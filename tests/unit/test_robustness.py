@@ -405,3 +405,20 @@ def test_the_fp32_gradient_weights_are_counted_before_the_attack_batch_is_sized(
     with float32_weights(half):
         upcast = sum(t.numel() * t.element_size() for t in {id(t): t for t in half.parameters()}.values())
     assert upcast - held == 2 * sum(p.numel() for p in {id(p): p for p in half.parameters()}.values())
+
+def test_a_dispatched_16_bit_variant_takes_gradients_from_an_fp32_copy(items, tmp_path):
+    """accelerate's hooks put new parameter objects in place at each forward of an offloaded layer, so an in-place
+    upcast would not hold (session 15's device-map run: the bf16 variant's attack ERRORed on a dtype mismatch): a
+    dispatched model gets an fp32 copy, and its attack gives the records of the same model undispatched."""
+    from accelerate import dispatch_model
+
+    model = random_init_like(tiny_llama_config(num_hidden_layers=2), seed=0).to(torch.bfloat16).eval()
+    plain = evaluate_robustness(model, items[:8], AttackConfig(epsilon=0.5, pgd_steps=2), batch_size=8)
+    placement = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+                 "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dispatched = dispatch_model(model, device_map=placement, offload_dir=str(tmp_path))
+    _, source = gradient_weights(dispatched)
+    assert "copy because accelerate dispatched" in source
+    ev = evaluate_robustness(dispatched, items[:8], AttackConfig(epsilon=0.5, pgd_steps=2), batch_size=8)
+    assert [asdict(r) for r in ev.records] == [asdict(r) for r in plain.records]
+    assert {p.dtype for p in dispatched.parameters()} == {torch.bfloat16}
