@@ -29,12 +29,17 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     .device/bitsandbytes-*.whl >/dev/null 2>&1
 export PYTHONPATH=$PWD:/tmp/site QCHECK_DATA_DIR=$PWD/.device/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 QCHECK_CACHE_DIR=off
 # A bytecode cache Python can write: a user's installed environment holds its .pyc files, while this machine's
-# site-packages (and the tree a call carries) may lack them, and each process would compile again what it imports.
+# site-packages lack them (torch has no __pycache__), and each process compiled again what it imported: ~3,000
+# modules, 7-8 s of every run's start-up in session 15's profile, with the same count in a second process (so
+# writing bytecode is off there: PYTHONDONTWRITEBYTECODE is the likely cause, unset here; the diagnostic below
+# prints the flag).
+unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX=/tmp/qcheck-pycache
 OUT=${OUT:-/tmp/device-out}
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv,noheader
 python3 -c "
-import os, torch, transformers
+import os, sys, torch, transformers
+print('dont_write_bytecode:', sys.flags.dont_write_bytecode, 'pycache_prefix:', sys.pycache_prefix)
 for m in (torch, transformers):
     d = os.path.dirname(m.__file__)
     print(m.__name__, d, 'pyc cached:', os.path.isdir(os.path.join(d, '__pycache__')), 'writable:', os.access(d, os.W_OK))"
