@@ -465,7 +465,9 @@ def float32_weights(model: nn.Module) -> Iterator[nn.Module]:
     """The model with its 16-bit float parameters and buffers upcast to fp32 in place for the block, each restored
     to its own dtype after: exact both ways (every fp16 and bf16 value is an fp32 value), and no second model. The
     deep copy this replaces held the 8B variant twice (14 GB plus 28 GB) and set the run's peak (1.309 x, session
-    14). The parameters stay the same objects, so hooks and ties keep working; their storage is new afterwards."""
+    14). The parameters stay the same objects, so tied weights stay tied; their storage is new afterwards. Not for a
+    model accelerate dispatched: its offload hooks swap parameter objects at each forward (`gradient_weights`
+    copies such a model instead)."""
     changed = [(t, t.dtype) for t in _low_precision_tensors(model)]
     try:
         for t, _ in changed:
