@@ -39,7 +39,7 @@ OUT=${OUT:-/tmp/device-out}
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv,noheader
 python3 -c "
 import os, sys, torch, transformers
-print('dont_write_bytecode:', sys.flags.dont_write_bytecode, 'pycache_prefix:', sys.pycache_prefix)
+print('dont_write_bytecode: flag', sys.flags.dont_write_bytecode, 'sys', sys.dont_write_bytecode, 'pycache_prefix:', sys.pycache_prefix)
 for m in (torch, transformers):
     d = os.path.dirname(m.__file__)
     print(m.__name__, d, 'pyc cached:', os.path.isdir(os.path.join(d, '__pycache__')), 'writable:', os.access(d, os.W_OK))"
