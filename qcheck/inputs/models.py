@@ -128,12 +128,14 @@ def load_model(
             raise ModelLoadError(f"--device-map {placement.device_map} needs a Hugging Face model folder: {path} is "
                                  "a GGUF file; save its float conversion with save_pretrained and pass that folder")
         where = placement.load_kwargs(offload_folder or placement.offload_folder or "")
-    target = torch.device(device)
-    if target.type == "cuda" and target.index is None:
-        target = torch.device("cuda", torch.cuda.current_device())
-    direct = {"device_map": {"": str(target)}} if not where and target.type == "cuda" else {}
-    # a GPU reference is placed on its device as transformers reads it: 8.1 s against 10.0 s for the host load then
-    # `.to` at the 8B shape on an H100, the same tensors, no device map left on the model (bench_load.py, session 14)
+    direct: dict[str, Any] = {}
+    if not where and kind == "hf-folder" and torch.device(device).type == "cuda":
+        # a GPU reference from a folder is placed on its device as transformers reads it: 8.1 s against 10.0 s for
+        # the host load then `.to` at the 8B shape on an H100, the same tensors, no device map left on the model
+        # (bench_load.py, session 14)
+        target = torch.device(device)
+        index = torch.cuda.current_device() if target.index is None else target.index
+        direct = {"device_map": {"": f"cuda:{index}"}}
     try:
         if kind in ("gguf", "embedded"):
             model, tokenizer = _load_gguf(path, torch_dtype, kwargs, notes)
@@ -147,7 +149,7 @@ def load_model(
     except Exception as exc:  # noqa: BLE001 - safetensors, tokenizers and torch raise their own types
         raise ModelLoadError(f"cannot load model from {path} ({kind}): {type(exc).__name__}: {exc}"
                              f"{_damaged_files(path)}") from None
-    if not where and not (direct and kind == "hf-folder"):
+    if not where and not direct:
         model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:

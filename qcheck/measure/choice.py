@@ -18,6 +18,7 @@ from torch import nn
 
 from qcheck.errors import ConfigError, DataError
 from qcheck.inputs.tasks import MCQuestion
+from qcheck.measure.generation import batch_layout
 from qcheck.measure.kv_cache import cache_argument, cache_of
 from qcheck.quant.offload import input_device, is_dispatched
 from qcheck.stats import Interval, wilson_interval
@@ -206,12 +207,8 @@ def batched_context_loglikelihoods(model: nn.Module, tokenizer: Any, contexts: S
     if not all(ctx_ids) or not all(all(t) for conts in cont_ids for t in conts):
         raise DataError(f"empty context or continuation after tokenization among {contexts[0][:40]!r}...")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(map(len, ctx_ids))
-    inp = torch.full((len(ctx_ids), width), pad, dtype=torch.long)
-    attn = torch.zeros_like(inp)
-    for row, c in enumerate(ctx_ids):
-        inp[row, width - len(c):] = torch.tensor(c)
-        attn[row, width - len(c):] = 1
+    inp, attn = batch_layout(ctx_ids, pad)  # left-padded, as generation lays out its prompts
+    width = inp.shape[1]
     positions = (attn.cumsum(-1) - 1).clamp_min(0)
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(model).forward).parameters else {}
     out = model(input_ids=inp.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
