@@ -59,11 +59,34 @@ def gqa(name: str) -> contextlib.AbstractContextManager[Any]:
     raise SystemExit(f"--gqa: unknown setting {name!r} (packed, copied)")
 
 
-def build(dtype: torch.dtype, device: str, quick: bool) -> torch.nn.Module:
+def build(dtype: torch.dtype, device: str, quick: bool, variant: str | None = None) -> torch.nn.Module:
+    """The random-init model in `dtype`, quantized in place by the built-in `variant`'s plan where one is named."""
     from qcheck.inputs.models import random_init_like, smollm2_config, tiny_llama_config
 
     config = tiny_llama_config(vocab_size=49152) if quick else smollm2_config()
-    return random_init_like(config, seed=0, dtype=dtype, device=device)
+    model = random_init_like(config, seed=0, dtype=dtype, device=device)
+    if variant:
+        from qcheck.quant.apply import quantize
+        from qcheck.variants import builtin_plan
+
+        model, _ = quantize(model, builtin_plan(variant), inplace=True)
+    return model
+
+
+def host_profile(model: torch.nn.Module, tokenizer: Any, questions: list[str], new_tokens: int, top: int,
+                 cache: str) -> list[dict[str, Any]]:
+    """Top Python functions of one generate call by own host time (cProfile): where a host-bound step goes."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    timed_generate(model, tokenizer, questions, new_tokens, cache)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    ranked = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    return [{"function": f"{Path(f).name}:{line}({name})", "calls": calls, "own_ms": round(1000 * own, 1),
+             "cumulative_ms": round(1000 * cum, 1)} for (f, line, name), (_, calls, own, cum, _) in ranked]
 
 
 def timed_generate(model: torch.nn.Module, tokenizer: Any, questions: list[str], new_tokens: int, cache: str
@@ -108,7 +131,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     questions = [p.question for p in load_gsm8k(args.prompts).items]
     out: dict[str, Any] = {"device": args.device, "prompts": len(questions), "new_tokens": args.new_tokens,
-                           "torch": torch.__version__, "results": {}, "profiles": {}}
+                           "torch": torch.__version__, "results": {}, "profiles": {},
+                           "host_profiles": {}, "variant": args.variant}
     if args.device == "cuda":
         out["gpu"] = torch.cuda.get_device_name()
     out["cudnn_sdp_enabled"] = bool(torch.backends.cuda.cudnn_sdp_enabled())
@@ -116,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reference_texts = None
         for backends in args.attention.split(","):
             for heads in args.gqa.split(","):
-                model = build(DTYPES[name], args.device, args.quick)  # fresh per setting: the first call is measured
+                model = build(DTYPES[name], args.device, args.quick, args.variant)  # fresh: the first call counts
                 with attention(backends), gqa(heads):
                     if args.profile_first:
                         out["profiles"][f"{name}/{backends}/first"] = profile(model, tokenizer, questions,
@@ -134,6 +158,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "rows_differing": sum(a != b for a, b in zip(texts2, reference_texts)),
                             "decoding": decoding}
                         print(key, out["results"][key], flush=True)
+                    if args.host_profile:
+                        out["host_profiles"][f"{name}/{args.profile_cache}"] = host_profile(
+                            model, tokenizer, questions, args.profile_tokens, args.top, args.profile_cache)
                     if args.profile:
                         out["profiles"][f"{name}/{backends}/{args.profile_cache}/gqa-{heads}"] = profile(
                             model, tokenizer, questions, args.profile_tokens, args.top, args.profile_cache)
@@ -145,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(data: dict[str, Any]) -> str:
     title = (f"Greedy generation, {data['prompts']} GSM8K prompts in one batch, {data['new_tokens']} new tokens, "
-             f"random-init SmolLM2-135M shape ({data.get('gpu', data['device'])}, torch {data['torch']})")
+             f"random-init SmolLM2-135M shape{', variant ' + data['variant'] if data.get('variant') else ''} ({data.get('gpu', data['device'])}, torch {data['torch']})")
     lines = [title, "",
              ("| dtype / cache / attention | first call s | second call s | ms per step | same tokens as the first "
               "setting |"),
@@ -154,6 +181,10 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {key} | {r['first_s']} | {r['second_s']} | {r['ms_per_step']} | "
                      f"{r['same_tokens_as_first_cache']} |")
     lines += ["", f"cuDNN attention enabled in torch: {data.get('cudnn_sdp_enabled')}"]
+    for name, rows in data.get("host_profiles", {}).items():
+        lines += ["", f"{name}, top Python functions by own host time (cProfile, one call)", "",
+                  "| function | calls | own ms | cumulative ms |", "|---|---|---|---|"]
+        lines += [f"| `{r['function']}` | {r['calls']} | {r['own_ms']} | {r['cumulative_ms']} |" for r in rows]
     for name, prof in data["profiles"].items():
         for side in ("host", "device"):
             lines += ["", f"{name}, top operators by self {side} time (one call)", "", "| op | calls | ms |",
@@ -178,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-cache", default="dynamic", help="cache of the profiled call")
     parser.add_argument("--profile-tokens", type=int, default=16)
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--variant", default=None, help="a built-in variant applied to each model (e.g. bnb-int8)")
+    parser.add_argument("--host-profile", action="store_true",
+                        help="one call per dtype under cProfile: the top Python functions by own host time")
     parser.add_argument("--quick", action="store_true", help="tiny model (checks the script, not a benchmark)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

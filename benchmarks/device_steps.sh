@@ -8,6 +8,8 @@
 #           written on SIGTERM: at 420 s for a 380-s run, session 12 lost the whole output)
 # build     each variant's build on the 1.2B shape, twice, the bitsandbytes ones profiled (bench_build.py)
 # gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
+# genbnb    bitsandbytes LLM.int8 generation (`generate`, host-bound): host time by Python function (cProfile) and by
+#           operator (torch.profiler), 32 new tokens: what its 130 ms a step at 135M is made of
 # gqa       the graph decoder's grouped-query attention, packed (qcheck's) vs copied (transformers' repeat_kv), profiled
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
@@ -23,7 +25,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2egraph|e2e8b|gen|gengraph|gqa|ppl|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2egraph|e2e8b|gen|genbnb|gengraph|gqa|ppl|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -56,6 +58,9 @@ for step in "$@"; do
         build) timeout 150 python3 benchmarks/bench_build.py --shape 1.2b --out "$OUT/$step" ;;
         gen) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16,fp16 --caches dynamic \
                  --attention all,no-cudnn --new-tokens 64 --out "$OUT/$step" ;;
+        genbnb) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32 --caches dynamic --variant bnb-int8 \
+                 --attention no-cudnn --new-tokens 32 --host-profile --profile --profile-tokens 16 --top 15 \
+                 --out "$OUT/$step" ;;
         gengraph) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches dynamic,graph \
                  --attention no-cudnn --new-tokens 256 --out "$OUT/$step" ;;
         gqa) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches graph --gqa packed,copied \
