@@ -15,6 +15,7 @@ Unsupported with the reason, and the caller runs `model.generate` instead.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,7 +143,12 @@ class _Decoder:
         self.position += 1
         self._advance(logits)
 
-    def finished(self) -> bool:
+    def finished(self, stopped: Callable[[torch.Tensor], torch.Tensor] | None = None) -> bool:
+        """Whether every row has stopped (a host sync). `stopped` marks, from the new tokens so far (on the CPU),
+        the rows that reached a stop string; they are done from the next step on."""
+        if stopped is not None:
+            n = int(self.slot.item()) - self.width + 1
+            self.done |= stopped(self.out[:, :n].cpu()).to(self.done.device)
         return bool(self.done.all())
 
 
@@ -208,10 +214,12 @@ def _check(model: nn.Module, length: int) -> None:
 
 @torch.no_grad()
 def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
-                  eos: list[int], pad: int, *, graph: bool | None = None, prefix: int = 0) -> Decoded:
+                  eos: list[int], pad: int, *, graph: bool | None = None, prefix: int = 0,
+                  stopped: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Decoded:
     """Greedy continuation of left-padded `input_ids` on a static cache: one CUDA graph replayed per step on a GPU
     (`graph=None`: on CUDA devices), eager steps otherwise. With `prefix` > 0 every row starts with the same
-    `prefix` tokens, its padding after them (`generation.batch_layout`), and they are prefilled once. Raises
+    `prefix` tokens, its padding after them (`generation.batch_layout`), and they are prefilled once. `stopped`
+    (new tokens [rows, n] on the CPU -> rows that reached a stop string) is asked at every EOS check. Raises
     Unsupported where the model cannot take the path."""
     if prefix and not (bool(attention_mask[:, :prefix].all()) and bool((input_ids[:, :prefix] == input_ids[:1, :prefix])
                                                                        .all()) and prefix < input_ids.shape[1]):
@@ -225,18 +233,19 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
             shared = f", the {prefix}-token shared prefix prefilled once" if prefix else ""
             if not use_graph:
                 for k in range(steps):
-                    if k % EOS_CHECK_EVERY == 0 and dec.finished():
+                    if k % EOS_CHECK_EVERY == 0 and dec.finished(stopped):
                         break
                     dec.step()
                 return Decoded(dec.out, f"static cache, eager steps{shared}", dec.chunk)
-            return Decoded(_replay(dec, steps), f"static cache, one CUDA graph per step{shared}", dec.chunk)
+            return Decoded(_replay(dec, steps, stopped), f"static cache, one CUDA graph per step{shared}", dec.chunk)
     except Unsupported:
         raise
     except Exception as exc:  # any failure of the fast path sends the caller back to generate
         raise Unsupported(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
-def _replay(dec: _Decoder, steps: int) -> torch.Tensor:
+def _replay(dec: _Decoder, steps: int, stopped: Callable[[torch.Tensor], torch.Tensor] | None = None
+            ) -> torch.Tensor:
     """Two eager steps on a side stream (warm-up, as CUDA graph capture requires), then capture and replay."""
     warm = min(2, steps)
     side = torch.cuda.Stream()
@@ -251,7 +260,7 @@ def _replay(dec: _Decoder, steps: int) -> torch.Tensor:
     with torch.cuda.graph(graph):
         dec.step()
     for k in range(steps - warm):
-        if k % EOS_CHECK_EVERY == 0 and dec.finished():
+        if k % EOS_CHECK_EVERY == 0 and dec.finished(stopped):
             break
         graph.replay()
     return dec.out

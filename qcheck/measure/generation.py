@@ -22,6 +22,12 @@ from qcheck.quant.offload import input_device
 GSM8K_PROMPT = "gsm8k_3shot"
 """The packaged GSM8K 3-shot prompt (qcheck/prompts/gsm8k_3shot.json)."""
 
+PLAIN_STOP = ("Question:",)
+"""Where a continuation of a plain (no chat template) few-shot prompt ends: a base model that has answered goes on
+with the next "Question: ..." of the pattern, and the last \\boxed{} of that made-up question would be read as its
+answer. lm-evaluation-harness's gsm8k task stops at the same string (`until: ["Question:", ...]` in gsm8k.yaml),
+on the same "Question: ...\\nAnswer:" format."""
+
 
 @dataclass(frozen=True)
 class FewShotPrompt:
@@ -32,12 +38,24 @@ class FewShotPrompt:
     system: str = ""
     instruction: str = ""
     source: str = ""
+    stop: tuple[str, ...] = ()
+    """Strings that end a continuation, whatever the rendering (the file's "stop" list); a plain rendering also
+    stops at PLAIN_STOP."""
 
     def __post_init__(self) -> None:
         for i, shot in enumerate(self.shots):
             if len(shot) != 2 or not all(isinstance(s, str) and s.strip() for s in shot):
                 raise ConfigError(f"prompt {self.name!r}: shot {i} must be a non-empty (question, answer) pair",
                                   field="shots")
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ConfigError(f"prompt {self.name!r}: stop must be a list of non-empty strings, got {self.stop!r}",
+                              field="stop")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    def stop_strings(self, chat: bool) -> tuple[str, ...]:
+        """Where a continuation ends besides the model's end-of-sequence token: the file's stop strings, and for
+        a plain rendering the next question of the pattern (PLAIN_STOP)."""
+        return self.stop if chat else tuple(dict.fromkeys(self.stop + PLAIN_STOP))
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> FewShotPrompt:
@@ -56,7 +74,9 @@ class FewShotPrompt:
             shots = tuple((s["question"], s["answer"]) for s in data["shots"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ConfigError(f"prompt file {source} is malformed: {exc}", field="prompt") from None
-        return cls(data.get("name", path.stem), shots, data.get("system", ""), data.get("instruction", ""), source)
+        stop = data.get("stop", ())
+        return cls(data.get("name", path.stem), shots, data.get("system", ""), data.get("instruction", ""), source,
+                   stop if isinstance(stop, str) else tuple(stop))
 
     def messages(self, question: str) -> list[dict[str, str]]:
         """Chat messages: system (if any), then user/assistant turns per shot, then the question."""
@@ -182,8 +202,9 @@ def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
 
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings | None = None,
-             *, ids: Sequence[str] | None = None) -> GenerationRun:
-    """Greedy continuations of `prompts` (already rendered text), batched with left padding."""
+             *, ids: Sequence[str] | None = None, stop_strings: Sequence[str] = ()) -> GenerationRun:
+    """Greedy continuations of `prompts` (already rendered text), batched with left padding. A continuation ends at
+    an end-of-sequence token or, cut before it, at the first of `stop_strings`."""
     from transformers import GenerationConfig
 
     settings = settings or GenerationSettings()
@@ -192,6 +213,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
     ids = list(ids) if ids is not None else [str(i) for i in range(len(prompts))]
     if len(ids) != len(prompts):
         raise DataError(f"{len(ids)} ids for {len(prompts)} prompts")
+    stop_strings = tuple(stop_strings)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
@@ -211,17 +233,63 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
         batch = order[b: b + size]
         with varying_shape_attention():
             new, method = _decode(model, [encoded[i] for i in batch], device, config, settings, eos, pad,
-                                  fallback_size)
+                                  fallback_size, tokenizer, stop_strings)
         methods.append(method)
         for row, i in enumerate(batch):
             tokens = new[row].tolist()
             cut = next((k for k, t in enumerate(tokens) if t in eos), None)
             kept = tokens if cut is None else tokens[:cut]
-            text = tokenizer.decode(kept, skip_special_tokens=True)
-            results[i] = Generation(ids[i], text, len(encoded[i]), len(kept), "budget" if cut is None else "eos")
+            text, n_kept, hit = cut_at_stop(tokenizer, kept, stop_strings)
+            reason = "stop_string" if hit else "budget" if cut is None else "eos"
+            results[i] = Generation(ids[i], text, len(encoded[i]), n_kept, reason)
     seconds = time.perf_counter() - start
     return GenerationRun([results[i] for i in range(len(prompts))], settings, seconds,
-                         {"batch_size": size, "decoding": sorted(set(methods))})
+                         {"batch_size": size, "decoding": sorted(set(methods)), "stop_strings": list(stop_strings)})
+
+
+def cut_at_stop(tokenizer: Any, tokens: Sequence[int], stop_strings: Sequence[str]) -> tuple[str, int, bool]:
+    """The decoded text of `tokens` cut before the first stop string, the new tokens up to the one that completed
+    it (all of them where none occurs), and whether one occurred. The same whichever path decoded the row: the graph
+    decoder notices a stop string only at its periodic checks, generate at once, and both cut here."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    found = [text.find(s) for s in stop_strings if s in text]
+    if not found:
+        return text, len(tokens), False
+    low, high = 1, len(tokens)  # a decoded prefix only grows, so the first prefix holding a stop string is bisected
+    while low < high:
+        mid = (low + high) // 2
+        if any(s in tokenizer.decode(tokens[:mid], skip_special_tokens=True) for s in stop_strings):
+            high = mid
+        else:
+            low = mid + 1
+    return text[:min(found)], low, True
+
+
+def new_text_stop(tokenizer: Any, stop_strings: Sequence[str], width: int) -> Any:
+    """generate's stopping criterion for stop strings in the new text only. transformers' own (`stop_strings`) also
+    matches a string that begins in the prompt: a row whose prompt ends "how many" stopped at its first new token
+    " many" for the stop string " many many". Each step decodes the last tokens of every row, enough to hold the
+    longest string (as lm-evaluation-harness's criterion does)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    tail = max(map(len, stop_strings)) + 8  # a token decodes to >= 1 character, bar the odd partial byte
+
+    class NewTextStop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            texts = tokenizer.batch_decode(input_ids[:, width:][:, -tail:].tolist(), skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop_strings) for t in texts], dtype=torch.bool,
+                                device=input_ids.device)
+
+    return StoppingCriteriaList([NewTextStop()])
+
+
+def stopped_rows(tokenizer: Any, stop_strings: Sequence[str]) -> Any:
+    """For the graph decoder's periodic checks: which rows of new tokens [rows, n] (on the CPU) hold a stop string."""
+    def stopped(tokens: torch.Tensor) -> torch.Tensor:
+        texts = tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in stop_strings) for t in texts], dtype=torch.bool)
+
+    return stopped
 
 
 def _static_path(model: nn.Module, lengths: Sequence[int], settings: GenerationSettings) -> bool:
@@ -266,11 +334,12 @@ def batch_layout(rows: Sequence[Sequence[int]], pad: int, prefix: int = 0) -> tu
 
 
 def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, config: Any,
-            settings: GenerationSettings, eos: list[int], pad: int, fallback_size: int) -> tuple[torch.Tensor, str]:
+            settings: GenerationSettings, eos: list[int], pad: int, fallback_size: int, tokenizer: Any = None,
+            stop_strings: Sequence[str] = ()) -> tuple[torch.Tensor, str]:
     """New tokens [rows, steps] on the CPU and how they were decoded: the graph path where asked and possible (the
     prompts' shared prefix prefilled once), else transformers' generate on left-padded rows, in slices of
     `fallback_size` rows (its prefill is one pass over the whole batch, so a batch sized for the chunked static
-    prefill may not fit it)."""
+    prefill may not fit it). Rows that reach a stop string stop early on either path (the caller cuts the text)."""
     fallback = f"generate, {settings.cache} cache"
     if settings.cache == "graph":
         from qcheck.measure.decode import Unsupported, decode_greedy
@@ -279,7 +348,8 @@ def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, confi
         inp, attn = batch_layout(rows, pad, prefix)
         try:
             decoded = decode_greedy(model, inp.to(device), attn.to(device), settings.max_new_tokens, eos, pad,
-                                    prefix=prefix)
+                                    prefix=prefix,
+                                    stopped=stopped_rows(tokenizer, stop_strings) if stop_strings else None)
             return decoded.tokens.cpu(), decoded.method
         except Unsupported as exc:
             fallback = f"generate, dynamic cache (the graph path refused: {exc})"
@@ -288,7 +358,9 @@ def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, confi
     parts = []
     for start in range(0, inp.shape[0], max(1, fallback_size)):
         part = slice(start, start + max(1, fallback_size))
-        out = model.generate(input_ids=inp[part], attention_mask=attn[part], generation_config=config)
+        out = model.generate(input_ids=inp[part], attention_mask=attn[part], generation_config=config,
+                             **({"stopping_criteria": new_text_stop(tokenizer, stop_strings, inp.shape[1])}
+                                if stop_strings else {}))
         new = out[:, inp.shape[1]:].cpu()
         parts.append(torch.nn.functional.pad(new, (0, settings.max_new_tokens - new.shape[1]), value=pad))
     return torch.cat(parts), fallback
@@ -337,14 +409,14 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
 def generate_answers(model: nn.Module, tokenizer: Any, questions: Sequence[str],
                      settings: GenerationSettings | None = None, *, ids: Sequence[str] | None = None,
                      prompt: FewShotPrompt | None = None) -> GenerationRun:
-    """Render each question with the few-shot prompt (chat template when the model has one) and generate."""
+    """Render each question with the few-shot prompt (chat template when the model has one) and generate, each
+    continuation ending where the prompt's stop strings say (a plain rendering: at the next "Question:")."""
     settings = settings or GenerationSettings()
     prompt = prompt or FewShotPrompt.load(settings.prompt)
+    chat = has_chat_template(tokenizer) if settings.chat_template is None else settings.chat_template
     texts = [prompt.render(tokenizer, q, chat=settings.chat_template) for q in questions]
-    run = generate(model, tokenizer, texts, settings, ids=ids)
-    run.extra.update({"prompt": prompt.name, "prompt_source": prompt.source,
-                      "chat_template": has_chat_template(tokenizer) if settings.chat_template is None
-                      else settings.chat_template})
+    run = generate(model, tokenizer, texts, settings, ids=ids, stop_strings=prompt.stop_strings(chat))
+    run.extra.update({"prompt": prompt.name, "prompt_source": prompt.source, "chat_template": chat})
     return run
 
 

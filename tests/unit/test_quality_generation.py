@@ -1,5 +1,7 @@
 """Greedy generation (left padding, fixed budget, chat template), few-shot prompt files, log-likelihood multiple
 choice and task slices, on a tiny random Llama with a small real byte-level BPE tokenizer (fast)."""
+import json
+
 import pytest
 import torch
 
@@ -8,8 +10,10 @@ from qcheck.inputs.models import random_init_like, tiny_llama_config
 from qcheck.inputs.tasks import MCQuestion, gold_after_hashes, load_arc_easy, load_gsm8k
 from qcheck.measure.choice import choice_loglikelihoods, score_multiple_choice
 from qcheck.measure.generation import (
+    PLAIN_STOP,
     FewShotPrompt,
     GenerationSettings,
+    boxed_records,
     generate,
     generate_answers,
     has_chat_template,
@@ -95,6 +99,88 @@ def test_prompt_uses_chat_template_when_the_tokenizer_has_one(tokenizer, tmp_pat
     path.write_text('{"name": "p", "shots": [{"question": "q"}]}')
     with pytest.raises(ConfigError, match="malformed"):
         FewShotPrompt.load(path)
+
+
+def test_a_plain_prompt_stops_at_the_next_question_and_a_file_adds_its_own(tmp_path):
+    prompt = FewShotPrompt.load("gsm8k_3shot")
+    assert prompt.stop_strings(chat=False) == PLAIN_STOP == ("Question:",)
+    assert prompt.stop_strings(chat=True) == ()
+    path = tmp_path / "p.json"
+    path.write_text('{"name": "p", "shots": [{"question": "q", "answer": "a"}], "stop": ["###"]}')
+    own = FewShotPrompt.load(path)
+    assert own.stop_strings(chat=True) == ("###",) and own.stop_strings(chat=False) == ("###", "Question:")
+    for bad in ("###", [""], [3]):
+        path.write_text(json.dumps({"name": "p", "shots": [{"question": "q", "answer": "a"}], "stop": bad}))
+        with pytest.raises(ConfigError, match="stop must be a list of non-empty strings"):
+            FewShotPrompt.load(path)
+
+
+def stop_strings_cut_as_the_uncut_text(model, tokenizer, caches):
+    """Each row's text with a stop string equals its text without one, cut before the string's first occurrence,
+    on every decoding path in `caches`, with the same token counts and stop reasons. The stop string is two tokens
+    from the middle of the most varied row's continuation, so at least one row meets it after text of its own."""
+    prompts = [p * k for p in PROMPTS for k in (1, 2)]
+    uncut = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=40, batch_size=0))
+    row = max(uncut.outputs, key=lambda g: len(set(tokenizer(g.text, add_special_tokens=False)["input_ids"])))
+    ids = tokenizer(row.text, add_special_tokens=False)["input_ids"]
+    stop = tokenizer.decode(ids[len(ids) // 3: len(ids) // 3 + 2])
+    assert stop.strip() and any(t.find(stop) > 0 for t in uncut.texts), f"no row meets {stop!r} after its start"
+    runs = [generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=40, batch_size=0, cache=cache),
+                     stop_strings=(stop,)) for cache in caches]
+    for run in runs:
+        assert run.extra["stop_strings"] == [stop]
+        assert [g.text for g in run.outputs] == [t[:t.find(stop)] if stop in t else t for t in uncut.texts]
+        assert [g.stop for g in run.outputs] == ["stop_string" if stop in t else g.stop
+                                                 for t, g in zip(uncut.texts, uncut.outputs)]
+        assert [g.n_new_tokens for g in run.outputs] == [g.n_new_tokens for g in runs[0].outputs]
+        assert any(g.stop == "stop_string" for g in run.outputs)
+    return runs
+
+
+def test_stop_strings_cut_each_row_as_its_uncut_text_on_generate_and_the_static_decoder(tiny, tokenizer):
+    """generate (transformers' stop-string criteria) and the static decoder (its periodic checks, eager on a CPU)
+    stop the rows that meet a stop string, and both give each row's uncut text cut before the string."""
+    stop_strings_cut_as_the_uncut_text(tiny, tokenizer, ("dynamic", "graph"))
+
+
+def test_a_stop_string_begun_in_the_prompt_does_not_stop_the_row(tiny, tokenizer):
+    """transformers' own stop-string criterion matches across the prompt's end: "Question: how many" stopped at its
+    first new token " many" for the stop " many many", and the row was then recorded as run to the budget. Only the
+    new text counts: the row stops when its own text holds the string (" many many", two tokens)."""
+    settings = GenerationSettings(max_new_tokens=6, batch_size=1)
+    assert generate(tiny, tokenizer, ["Question: how many"], settings).texts[0].startswith(" many many")
+    run = generate(tiny, tokenizer, ["Question: how many"], settings, stop_strings=(" many many",))
+    assert (run.texts[0], run.outputs[0].n_new_tokens, run.outputs[0].stop) == ("", 2, "stop_string")
+
+
+@pytest.mark.gpu
+def test_stop_strings_cut_each_row_as_its_uncut_text_in_the_cuda_graph_decoder(tokenizer):
+    model = random_init_like(tiny_llama_config(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id), seed=1, device="cuda")
+    runs = stop_strings_cut_as_the_uncut_text(model, tokenizer, ("dynamic", "graph"))
+    assert any("CUDA graph" in m for m in runs[1].extra["decoding"])
+
+
+def test_a_base_model_pattern_is_cut_at_the_next_question_so_its_own_answer_is_read(smollm2):
+    """The real SmolLM2 on the plain 3-shot prompt (no chat template, as for a base model) answers GSM8K test
+    question 300 with \\boxed{39}, then makes up the next "Question: ...": read to the budget, the last \\boxed{}
+    was the made-up question's (10 in session 16's run of 256 tokens). Cut at the stop string, the answer is the
+    model's own."""
+    try:
+        problems = load_gsm8k(1, offset=300)
+    except DataError as exc:
+        pytest.skip(f"GSM8K not available: {exc}")
+    question, gold = problems.items[0].question, problems.items[0].gold
+    settings = GenerationSettings(max_new_tokens=48, batch_size=1, chat_template=False)
+    cut = generate_answers(smollm2.model, smollm2.tokenizer, [question], settings)
+    record = boxed_records(cut, [gold])["records"][0]
+    assert cut.extra["stop_strings"] == ["Question:"]
+    assert record["stop"] == "stop_string" and record["answer"] == "39" and "Question:" not in record["output"]
+    assert record["new_tokens"] < 48
+    text = FewShotPrompt.load("gsm8k_3shot").render(smollm2.tokenizer, question, chat=False)
+    uncut = generate(smollm2.model, smollm2.tokenizer, [text], settings)
+    assert uncut.outputs[0].stop == "budget" and "\nQuestion:" in uncut.texts[0]
+    assert uncut.texts[0].startswith(cut.texts[0])
 
 
 def test_generate_answers_records_prompt_and_template(tiny, tokenizer):
