@@ -255,7 +255,7 @@ def cut_at_stop(tokenizer: Any, tokens: Sequence[int], stop_strings: Sequence[st
     found = [text.find(s) for s in stop_strings if s in text]
     if not found:
         return text, len(tokens), False
-    low, high = 1, len(tokens)  # a decoded prefix only grows, so the first prefix holding a stop string is bisected
+    low, high = 1, len(tokens)  # a string once in a decoded prefix stays in the longer ones: bisect for the first
     while low < high:
         mid = (low + high) // 2
         if any(s in tokenizer.decode(tokens[:mid], skip_special_tokens=True) for s in stop_strings):
@@ -276,20 +276,20 @@ def new_text_stop(tokenizer: Any, stop_strings: Sequence[str], width: int) -> An
 
     class NewTextStop(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            texts = tokenizer.batch_decode(input_ids[:, width:][:, -tail:].tolist(), skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in stop_strings) for t in texts], dtype=torch.bool,
-                                device=input_ids.device)
+            return rows_holding(tokenizer, input_ids[:, width:][:, -tail:], stop_strings).to(input_ids.device)
 
     return StoppingCriteriaList([NewTextStop()])
 
 
+def rows_holding(tokenizer: Any, tokens: torch.Tensor, stop_strings: Sequence[str]) -> torch.Tensor:
+    """Which rows of new tokens [rows, n] hold a stop string once decoded (a bool per row, on the CPU)."""
+    texts = tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+    return torch.tensor([any(s in t for s in stop_strings) for t in texts], dtype=torch.bool)
+
+
 def stopped_rows(tokenizer: Any, stop_strings: Sequence[str]) -> Any:
     """For the graph decoder's periodic checks: which rows of new tokens [rows, n] (on the CPU) hold a stop string."""
-    def stopped(tokens: torch.Tensor) -> torch.Tensor:
-        texts = tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in stop_strings) for t in texts], dtype=torch.bool)
-
-    return stopped
+    return lambda tokens: rows_holding(tokenizer, tokens, stop_strings)
 
 
 def _static_path(model: nn.Module, lengths: Sequence[int], settings: GenerationSettings) -> bool:
