@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcheck import timeline
-from qcheck.errors import QCheckError
+from qcheck.errors import ConfigError, QCheckError
 from qcheck.options import RunOptions
 from qcheck.records import Record, RecordStatus, RecordStore
 from qcheck.variants import DEFAULT_VARIANTS, REFERENCE
@@ -69,7 +69,7 @@ class RunContext:
             from qcheck.measure.budget import Budget
 
             self._budget = Budget(self.gpu, self.options.samples, self.options.n_prompts, self.options.tokens,
-                                  self.options.new_tokens)
+                                  self.options.new_tokens, self.options.prompt)
         return self._budget
 
     def batch_size(self, measurement: str) -> int:
@@ -103,7 +103,6 @@ def variant_names(options: RunOptions) -> list[str]:
     """The run's variants in order: built-in selection, then plan files, then PTQ specs (by their run names)."""
     from pathlib import Path
 
-    from qcheck.errors import ConfigError
     from qcheck.quant.backends import ptq_variant_name
     from qcheck.quant.plan import Plan
 
@@ -172,6 +171,7 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     if dispatched:
         device = input_device(loaded.model)
     check_reference_finite(loaded.model)
+    check_chat_template(options, loaded.tokenizer, loaded.source)
     timeline.mark("loaded")
     names = list(DEFAULT_VARIANTS if options.variants is None else options.variants)
     fingerprint = weight_fingerprint(loaded.model)
@@ -192,6 +192,15 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     ctx = RunContext(options, device, loaded, variants, inputs, store, fingerprint, lm_eval_files)
     _OPENED[(options, device_index)] = ctx
     return ctx
+
+
+def check_chat_template(options: RunOptions, tokenizer: Any, source: str) -> None:
+    """--chat-template on needs a tokenizer that has one (refused before anything runs, not per generation step)."""
+    from qcheck.measure.generation import has_chat_template
+
+    if options.chat_template == "on" and not has_chat_template(tokenizer):
+        raise ConfigError(f"--chat-template on: the tokenizer of {source} has no chat template; pass "
+                          "--chat-template off (plain Question/Answer prompts) or auto", field="--chat-template")
 
 
 _OFFLOAD_DIRS: list[Any] = []

@@ -11,6 +11,10 @@ from qcheck.inputs.placement import Placement, check_device_map, parse_max_memor
 
 REFERENCE_DTYPES = ("fp32", "bf16", "fp16", "auto")
 DECODINGS = ("auto", "generate", "graph")
+CHAT_TEMPLATES = ("auto", "on", "off")
+"""--chat-template: render the generation prompts with the tokenizer's chat template when it has one (auto), always
+(on), or never (off: plain "Question: ...\\nAnswer:" text, as a base model is prompted, ending at the next
+"Question:")."""
 """--decoding: transformers' generate (dynamic cache), qcheck.measure.decode's static cache replayed as a CUDA graph, or
 auto: the graph on a CUDA device (the same greedy tokens, 1.2-2.3x faster on an H100: RESULTS.md session 11), generate
 elsewhere (a CPU gains nothing from it)."""
@@ -80,6 +84,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("prompts", "--prompts", {"type": int, "default": None, "metavar": "N",
                                     "help": "generation prompts (GSM8K) per variant, when fewer than --samples are "
                                             "wanted (generation costs far more per sample than scoring)"}),
+    Option("prompt", "--prompt", {"default": None, "metavar": "NAME|FILE.json",
+                                  "help": "few-shot prompt of the generation checks: a packaged one (gsm8k_3shot, "
+                                          "gsm8k_3shot_direct) or a JSON file {name, system, instruction, shots, "
+                                          "stop} (default: gsm8k_3shot on a GPU, gsm8k_3shot_direct on a CPU)"}),
+    Option("chat_template", "--chat-template", {"default": "auto", "choices": CHAT_TEMPLATES,
+                                                "help": "render the generation prompts with the tokenizer's chat "
+                                                        "template: auto (default: when it has one), on, or off "
+                                                        "(plain Question/Answer text, as for a base model; a "
+                                                        "continuation then ends at the next 'Question:')"}),
     Option("new_tokens", "--new-tokens", {"type": int, "default": None, "metavar": "N",
                                           "help": "greedy generation budget per GSM8K prompt (default 256 on a GPU, "
                                                   "24 on a CPU); raise it for models that reason at length before "
@@ -128,6 +141,8 @@ class RunOptions:
     samples: int = 50
     prompts: int | None = None
     new_tokens: int | None = None
+    prompt: str | None = None
+    chat_template: str = "auto"
     tokens: int = 4096
     context: int = 1024
     text: str | None = None
@@ -158,6 +173,16 @@ class RunOptions:
         if self.decoding not in DECODINGS:
             raise ConfigError(f"--decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}",
                               field="--decoding")
+        if self.chat_template not in CHAT_TEMPLATES:
+            raise ConfigError(f"--chat-template must be one of {', '.join(CHAT_TEMPLATES)}, got "
+                              f"{self.chat_template!r}", field="--chat-template")
+        if self.prompt is not None:
+            from qcheck.measure.generation import FewShotPrompt
+
+            try:
+                FewShotPrompt.load(self.prompt)
+            except ConfigError as exc:
+                raise ConfigError(f"--prompt {self.prompt}: {exc}", field="--prompt") from None
         if self.reference_dtype not in REFERENCE_DTYPES:
             raise ConfigError(f"--reference-dtype must be one of {', '.join(REFERENCE_DTYPES)}, got "
                               f"{self.reference_dtype!r}", field="--reference-dtype")

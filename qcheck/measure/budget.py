@@ -54,6 +54,8 @@ class Budget:
     tokens: int
     generation_tokens: int | None = None
     """--new-tokens: the greedy budget per prompt on any device (None: GPU_NEW_TOKENS / CPU_NEW_TOKENS)."""
+    generation_prompt: str | None = None
+    """--prompt: the few-shot prompt on any device (None: GPU_PROMPT / CPU_PROMPT)."""
 
     @property
     def choice_questions(self) -> int:
@@ -83,6 +85,8 @@ class Budget:
 
     @property
     def prompt(self) -> str:
+        if self.generation_prompt is not None:
+            return self.generation_prompt
         return GPU_PROMPT if self.gpu else CPU_PROMPT
 
 

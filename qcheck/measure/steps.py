@@ -256,6 +256,7 @@ def _generation(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, 
     data = ctx.inputs.gsm8k(ctx.budget.generation_prompts)
     settings = GenerationSettings(max_new_tokens=ctx.budget.new_tokens, batch_size=ctx.batch_size("generation"),
                                   prompt=ctx.budget.prompt,
+                                  chat_template={"auto": None, "on": True, "off": False}[ctx.options.chat_template],
                                   cache=decoding_cache(ctx.options.decoding, gpu=ctx.gpu))
     run = generate_answers(s.model, ctx.tokenizer, [p.question for p in data.items], settings,
                            ids=[p.id for p in data.items])

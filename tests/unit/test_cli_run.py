@@ -114,7 +114,8 @@ def test_nan_in_the_reference_is_blamed_on_the_reference(tiny_folder, tmp_path, 
 
 
 @pytest.mark.parametrize("case", ["out-is-a-file", "empty-text", "binary-text", "three-tokens", "context-1",
-                                  "no-variants", "junk-ptq", "slice-past-the-end", "new-tokens-0"])
+                                  "no-variants", "junk-ptq", "slice-past-the-end", "new-tokens-0", "unknown-prompt",
+                                  "malformed-prompt", "chat-template-on-without-one"])
 def test_bad_options_exit_2_before_anything_runs(case, tiny_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "rep"
     args = ["run", "--model", str(tiny_folder), "--device", "cpu", "--variants", "int8", "--out", str(out)]
@@ -122,7 +123,10 @@ def test_bad_options_exit_2_before_anything_runs(case, tiny_folder, tmp_path, ca
                 "binary-text": "not UTF-8 text", "three-tokens": "a run needs at least 256",
                 "context-1": "--context must be an integer >= 2", "no-variants": "no variant to check",
                 "junk-ptq": "junk", "slice-past-the-end": "lower --slice",
-                "new-tokens-0": "--new-tokens must be an integer >= 1"}[case]
+                "new-tokens-0": "--new-tokens must be an integer >= 1",
+                "unknown-prompt": "--prompt gsm8k_9shot: no prompt file 'gsm8k_9shot'",
+                "malformed-prompt": "stop must be a list of non-empty strings",
+                "chat-template-on-without-one": "has no chat template; pass --chat-template off"}[case]
     if case == "out-is-a-file":
         out.write_text("not a folder")
     elif case in ("empty-text", "binary-text", "three-tokens"):
@@ -140,6 +144,20 @@ def test_bad_options_exit_2_before_anything_runs(case, tiny_folder, tmp_path, ca
         args += ["--slice", "5000"]
     elif case == "new-tokens-0":
         args += ["--new-tokens", "0"]
+    elif case == "unknown-prompt":
+        args += ["--prompt", "gsm8k_9shot"]
+    elif case == "malformed-prompt":
+        prompt = tmp_path / "p.json"
+        prompt.write_text('{"name": "p", "shots": [{"question": "q", "answer": "a"}], "stop": "Q:"}')
+        args += ["--prompt", str(prompt)]
+    elif case == "chat-template-on-without-one":
+        model = _copy_model(tiny_folder, tmp_path / "model")
+        config = json.loads((model / "tokenizer_config.json").read_text())
+        config.pop("chat_template", None)
+        (model / "tokenizer_config.json").write_text(json.dumps(config))
+        (model / "chat_template.jinja").unlink(missing_ok=True)
+        args[args.index(str(tiny_folder))] = str(model)
+        args += ["--chat-template", "on"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err, err

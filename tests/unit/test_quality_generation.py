@@ -334,3 +334,21 @@ def test_new_tokens_sets_the_generation_budget_on_either_device():
     assert Budget(True, 50, 50, 4096).new_tokens == GPU_NEW_TOKENS
     assert Budget(False, 50, 8, 4096, 40).new_tokens == Budget(True, 50, 50, 4096, 40).new_tokens == 40
     assert RunOptions(new_tokens=700).new_tokens == 700
+
+
+def test_prompt_and_chat_template_reach_the_generation_step(tiny_folder, tmp_path):
+    """--prompt replaces the device's default prompt and --chat-template off renders it as plain text, which ends at
+    the next "Question:"; the generation records say both."""
+    from qcheck.engine import measure_run, open_run
+    from qcheck.measure.budget import CPU_PROMPT, Budget
+    from qcheck.options import RunOptions
+
+    assert Budget(False, 50, 8, 4096).prompt == CPU_PROMPT
+    assert Budget(False, 50, 8, 4096, None, "gsm8k_3shot").prompt == "gsm8k_3shot"
+    options = RunOptions(model=str(tiny_folder), device="cpu", variants=("int8",), samples=4, prompts=2,
+                         new_tokens=6, prompt="gsm8k_3shot", chat_template="off", report_dir=str(tmp_path))
+    store = measure_run(open_run(options), {"fp32": {"generation"}})
+    run = store.find("fp32", "generation").data["run"]
+    assert run["settings"]["prompt"] == "gsm8k_3shot" and run["settings"]["chat_template"] is False
+    assert run["extra"]["chat_template"] is False and run["extra"]["stop_strings"] == ["Question:"]
+
