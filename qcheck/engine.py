@@ -159,6 +159,7 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
             else torch.device(placement.one_device())
     if device_index is not None and device.type == "cuda":
         device = torch.device("cuda", device_index)
+    check_prompt(options)
     dtype = checkpoint_dtype(options.model) if options.reference_dtype == "auto" else options.reference_dtype
     torch.manual_seed(0)
     check_memory(options, device, dtype)
@@ -192,6 +193,19 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     ctx = RunContext(options, device, loaded, variants, inputs, store, fingerprint, lm_eval_files)
     _OPENED[(options, device_index)] = ctx
     return ctx
+
+
+def check_prompt(options: RunOptions) -> None:
+    """--prompt names a packaged prompt or a readable, well-formed prompt file (checked where the run is opened, not
+    in RunOptions: a stored run is judged again where its prompt file may not be)."""
+    if options.prompt is None:
+        return
+    from qcheck.measure.generation import FewShotPrompt
+
+    try:
+        FewShotPrompt.load(options.prompt)
+    except ConfigError as exc:
+        raise ConfigError(f"--prompt {options.prompt}: {exc}", field="--prompt") from None
 
 
 def check_chat_template(options: RunOptions, tokenizer: Any, source: str) -> None:

@@ -176,13 +176,6 @@ class RunOptions:
         if self.chat_template not in CHAT_TEMPLATES:
             raise ConfigError(f"--chat-template must be one of {', '.join(CHAT_TEMPLATES)}, got "
                               f"{self.chat_template!r}", field="--chat-template")
-        if self.prompt is not None:
-            from qcheck.measure.generation import FewShotPrompt
-
-            try:
-                FewShotPrompt.load(self.prompt)
-            except ConfigError as exc:
-                raise ConfigError(f"--prompt {self.prompt}: {exc}", field="--prompt") from None
         if self.reference_dtype not in REFERENCE_DTYPES:
             raise ConfigError(f"--reference-dtype must be one of {', '.join(REFERENCE_DTYPES)}, got "
                               f"{self.reference_dtype!r}", field="--reference-dtype")

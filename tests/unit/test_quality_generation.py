@@ -345,6 +345,8 @@ def test_prompt_and_chat_template_reach_the_generation_step(tiny_folder, tmp_pat
 
     assert Budget(False, 50, 8, 4096).prompt == CPU_PROMPT
     assert Budget(False, 50, 8, 4096, None, "gsm8k_3shot").prompt == "gsm8k_3shot"
+    # a stored run is judged again where its prompt file may be gone: the file is checked where a run is opened
+    assert RunOptions(prompt=str(tmp_path / "gone.json")).prompt.endswith("gone.json")
     options = RunOptions(model=str(tiny_folder), device="cpu", variants=("int8",), samples=4, prompts=2,
                          new_tokens=6, prompt="gsm8k_3shot", chat_template="off", report_dir=str(tmp_path))
     store = measure_run(open_run(options), {"fp32": {"generation"}})
