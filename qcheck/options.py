@@ -11,13 +11,13 @@ from qcheck.inputs.placement import Placement, check_device_map, parse_max_memor
 
 REFERENCE_DTYPES = ("fp32", "bf16", "fp16", "auto")
 DECODINGS = ("auto", "generate", "graph")
+"""--decoding: transformers' generate (dynamic cache), qcheck.measure.decode's static cache replayed as a CUDA graph, or
+auto: the graph on a CUDA device (the same greedy tokens, 1.2-2.3x faster on an H100: RESULTS.md session 11), generate
+elsewhere (a CPU gains nothing from it)."""
 CHAT_TEMPLATES = ("auto", "on", "off")
 """--chat-template: render the generation prompts with the tokenizer's chat template when it has one (auto), always
 (on), or never (off: plain "Question: ...\\nAnswer:" text, as a base model is prompted, ending at the next
 "Question:")."""
-"""--decoding: transformers' generate (dynamic cache), qcheck.measure.decode's static cache replayed as a CUDA graph, or
-auto: the graph on a CUDA device (the same greedy tokens, 1.2-2.3x faster on an H100: RESULTS.md session 11), generate
-elsewhere (a CPU gains nothing from it)."""
 
 PTQ_ENV = "QCHECK_PTQ"
 """Comma-separated PTQ specs added to every run (the same as repeating --ptq)."""
