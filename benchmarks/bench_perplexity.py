@@ -12,6 +12,12 @@ Run on a GPU machine (from the repository root):
     PYTHONPATH=. python -m pytest benchmarks/bench_perplexity.py -m gpu -q     # the >= 2x gate as a test
 
 `--quick --device cpu` runs a tiny model on the CPU to check the script itself.
+
+`--fidelity` times the fidelity measurement the same way (issue 20: "fidelity (two models) at the same rate per
+model"): the reference against its int8 RTN variant (the built-in plan, fake-quantized in the reference's dtype) on
+the same tokens, qcheck's `fidelity_of_ids` at each batch size against a plain loop (both models' logits one window
+at a time, KL(ref || variant) from log-softmaxes). Tokens/s count the tokens of both models (2 x the text), so they
+compare with perplexity's one-model figure; the mean KLs must agree in fp32.
 """
 from __future__ import annotations
 
@@ -56,6 +62,70 @@ def plain_loop(model: torch.nn.Module, ids: torch.Tensor, context: int = CONTEXT
         total += float(loss) * (window.shape[1] - 1)
         count += window.shape[1] - 1
     return math.exp(total / count)
+
+
+@torch.no_grad()
+def plain_fidelity(reference: torch.nn.Module, variant: torch.nn.Module, ids: torch.Tensor,
+                   context: int = CONTEXT) -> float:
+    """Mean KL(ref || variant) over the tokens the perplexity loop scores, one window at a time, in fp32."""
+    device = next(reference.parameters()).device
+    total, count = 0.0, 0
+    for begin in range(0, len(ids), context):
+        window = ids[begin: begin + context].unsqueeze(0).to(device)
+        if window.shape[1] < 2:
+            continue
+        ref = reference(input_ids=window).logits[0, :-1].float().log_softmax(-1)
+        var = variant(input_ids=window).logits[0, :-1].float().log_softmax(-1)
+        total += float((ref.exp() * (ref - var)).sum())
+        count += window.shape[1] - 1
+    return total / count
+
+
+def qcheck_fidelity(reference: torch.nn.Module, variant: torch.nn.Module, ids: torch.Tensor, batch_size: int,
+                    context: int = CONTEXT) -> float:
+    from qcheck.measure.fidelity import fidelity_of_ids
+
+    return float(fidelity_of_ids(reference, variant, ids, context=context, batch_size=batch_size,
+                                 pad_id=2).token_kl.mean())
+
+
+def int8_variant(model: torch.nn.Module) -> torch.nn.Module:
+    """The built-in int8 RTN variant of `model` (a deep copy, fake-quantized in the model's dtype)."""
+    from qcheck.quant.apply import quantize
+    from qcheck.variants import builtin_plan
+
+    return quantize(model, builtin_plan("int8"))[0]
+
+
+def run_fidelity(device: str, tokens: int, batch_sizes: list[int], dtypes: list[str], repeats: int,
+                 quick: bool) -> dict[str, Any]:
+    """Tokens/s (both models' tokens) of the plain fidelity loop and of qcheck's at each batch size, per dtype."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    out: dict[str, Any] = {"device": describe_device(device), "tokens": tokens, "context": CONTEXT,
+                           "repeats": repeats, "quick": quick, "results": {}, "measure": "fidelity"}
+    for name in dtypes:
+        reference = build(DTYPES[name], device, quick)
+        variant = int8_variant(reference)
+        ids = random_ids(tokens, reference.config.vocab_size)
+        ref_value, ref_times = timed(plain_fidelity, (reference, variant, ids), device, repeats)
+        entry: dict[str, Any] = {"plain": {"mean_kl": ref_value, "seconds": ref_times, "median_s":
+                                           statistics.median(ref_times),
+                                           "tokens_per_s": 2 * tokens / statistics.median(ref_times)}}
+        for bs in batch_sizes:
+            value, times = timed(qcheck_fidelity, (reference, variant, ids, bs), device, repeats)
+            tps = 2 * tokens / statistics.median(times)
+            entry[f"qcheck_b{bs}"] = {"mean_kl": value, "seconds": times, "median_s": statistics.median(times),
+                                      "tokens_per_s": tps, "speedup": tps / entry["plain"]["tokens_per_s"],
+                                      "relative_difference": abs(value / ref_value - 1) if ref_value else 0.0,
+                                      "absolute_difference": abs(value - ref_value)}
+            print(name, "fidelity plain", entry["plain"]["median_s"], f"qcheck_b{bs}", statistics.median(times),
+                  value, ref_value, flush=True)
+        out["results"][name] = entry
+        del reference, variant
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return out
 
 
 def qcheck_batched(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, compiled: bool = False,
@@ -122,6 +192,8 @@ def run(device: str, tokens: int, batch_sizes: list[int], dtypes: list[str], rep
 
 
 def markdown(data: dict[str, Any]) -> str:
+    if data.get("measure") == "fidelity":
+        return fidelity_markdown(data)
     title = (f"Perplexity throughput, {data['tokens']:,} random tokens, context {data['context']}, non-overlapping "
              f"windows, median of {data['repeats']} ({data['device'].get('name', data['device'].get('device'))})")
     lines = [title, "", "| dtype | method | seconds | tokens/s | speedup vs plain | perplexity | rel. diff |",
@@ -132,6 +204,36 @@ def markdown(data: dict[str, Any]) -> str:
                          f"{r.get('speedup', 1.0):.2f}x | "
                          f"{r['perplexity']:.4f} | {r.get('relative_difference', 0.0):.1e} |")
     return "\n".join(lines) + "\n"
+
+
+def fidelity_markdown(data: dict[str, Any]) -> str:
+    title = (f"Fidelity throughput (reference vs its int8 RTN variant), {data['tokens']:,} random tokens, context "
+             f"{data['context']}, median of {data['repeats']} ({data['device'].get('name', data['device'].get('device'))});"
+             " tokens/s count both models' tokens")
+    lines = [title, "", "| dtype | method | seconds | tokens/s (both models) | speedup vs plain | mean KL | rel. diff |",
+             "|---|---|---|---|---|---|---|"]
+    for dtype, entry in data["results"].items():
+        for method, r in entry.items():
+            lines.append(f"| {dtype} | {method} | {r['median_s']:.3f} | {r['tokens_per_s']:,.0f} | "
+                         f"{r.get('speedup', 1.0):.2f}x | {r['mean_kl']:.6g} | {r.get('relative_difference', 0.0):.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+KL_ABSOLUTE_SLACK = 2e-6
+"""The plain loop's KL is the textbook sum p (log p - log q) in fp32, which carries about eps x |log Z| ~ 1e-6 per
+token from rounding the two log-normalizers (`qcheck.measure.fidelity._kl_from_logit_difference`, which avoids it).
+On a variant this close to its reference (the tiny CPU model: mean KL 1.4e-7) that error is the whole difference."""
+
+
+def fidelity_gate(data: dict[str, Any]) -> list[str]:
+    """Problems: qcheck's mean KL differs from the plain loop's in fp32 by more than 0.1% plus KL_ABSOLUTE_SLACK
+    (bf16 logits round differently per path, so bf16 is reported, not gated)."""
+    problems = []
+    for method, r in data["results"].get("fp32", {}).items():
+        plain = data["results"]["fp32"]["plain"]["mean_kl"]
+        if r.get("absolute_difference", 0.0) > 1e-3 * abs(plain) + KL_ABSOLUTE_SLACK:
+            problems.append(f"fp32 {method}: mean KL {r['mean_kl']:.6g} against the plain loop's {plain:.6g}")
+    return problems
 
 
 def gate(data: dict[str, Any], dtype: str = "bf16") -> list[str]:
@@ -158,9 +260,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compiled-batch-sizes", default="", help="batch sizes also timed with a compiled decoder")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny model (checks the script, not a benchmark)")
+    parser.add_argument("--fidelity", action="store_true", help="time fidelity (two models) instead of perplexity")
     parser.add_argument("--out", default=None, help="folder for bench_perplexity.json / .md")
     args = parser.parse_args(argv)
     tokens = min(args.tokens, 8192) if args.quick else args.tokens
+    if args.fidelity:
+        data = run_fidelity(args.device, tokens, [int(b) for b in args.batch_sizes.split(",")],
+                            args.dtypes.split(","), args.repeats, args.quick)
+        data["problems"] = fidelity_gate(data)
+        text = markdown(data)
+        print(text)
+        save(args.out, "bench_fidelity", data, text)
+        for p in data["problems"]:
+            print("PROBLEM:", p, file=sys.stderr)
+        return 1 if data["problems"] else 0
     data = run(args.device, tokens, [int(b) for b in args.batch_sizes.split(",")], args.dtypes.split(","),
                args.repeats, args.quick, tuple(int(b) for b in args.compiled_batch_sizes.split(",") if b))
     data["problems"] = gate(data)
@@ -181,6 +294,11 @@ def test_batched_perplexity_at_least_2x_faster_than_plain_loop_on_gpu():
 def test_quick_cpu_run_agrees_with_the_plain_loop():
     data = run("cpu", 2048, [4], ["fp32"], repeats=1, quick=True)
     assert gate(data) == [], markdown(data)
+
+
+def test_quick_cpu_fidelity_agrees_with_the_plain_loop():
+    data = run_fidelity("cpu", 2048, [2], ["fp32"], repeats=1, quick=True)
+    assert fidelity_gate(data) == [] and data["results"]["fp32"]["plain"]["mean_kl"] > 0, markdown(data)
 
 
 if __name__ == "__main__":
