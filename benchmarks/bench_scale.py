@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -77,8 +78,12 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
         proc.terminate()
         output, _ = proc.communicate(timeout=60)  # the run writes its report (marked unfinished) on SIGTERM
     wall = time.perf_counter() - start
+    written = re.search(r"report written in ([0-9.]+) s", output)
     row: dict[str, Any] = {"wall_s": round(wall, 1), "exit": proc.returncode, "head": output[:1500],
-                           "tail": output[-3000:]}
+                           "tail": output[-3000:],
+                           # of "reports and exit": the writing of the reports (the rest is pytest's and the
+                           # interpreter's exit, the models' teardown included)
+                           "report_write_s": float(written.group(1)) if written else None}
     report_path = out / "qcheck-report.json"
     if report_path.is_file():
         report = json.loads(report_path.read_text())
@@ -191,7 +196,9 @@ def main() -> None:
     timed = {shape: row["phases"] for shape, row in rows.items() if row.get("phases")}
     if timed:
         lines += ["", "Wall time by phase (the run's timeline; the last, the wall time after its last mark):", ""]
-        lines += [f"- {shape}: " + ", ".join(f"{k} {v:.1f} s" for k, v in p.items()) for shape, p in timed.items()]
+        lines += [f"- {shape}: " + ", ".join(f"{k} {v:.1f} s" for k, v in p.items())
+                  + (f" (of it writing the reports {w:.1f} s)" if (w := rows[shape].get("report_write_s")) else "")
+                  for shape, p in timed.items()]
     save(args.out, "bench_scale", {"args": vars(args), "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
 
