@@ -264,22 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for bench_perplexity.json / .md")
     args = parser.parse_args(argv)
     tokens = min(args.tokens, 8192) if args.quick else args.tokens
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.fidelity:
-        data = run_fidelity(args.device, tokens, [int(b) for b in args.batch_sizes.split(",")],
-                            args.dtypes.split(","), args.repeats, args.quick)
+        data = run_fidelity(args.device, tokens, batch_sizes, args.dtypes.split(","), args.repeats, args.quick)
         data["problems"] = fidelity_gate(data)
-        text = markdown(data)
-        print(text)
-        save(args.out, "bench_fidelity", data, text)
-        for p in data["problems"]:
-            print("PROBLEM:", p, file=sys.stderr)
-        return 1 if data["problems"] else 0
-    data = run(args.device, tokens, [int(b) for b in args.batch_sizes.split(",")], args.dtypes.split(","),
-               args.repeats, args.quick, tuple(int(b) for b in args.compiled_batch_sizes.split(",") if b))
-    data["problems"] = gate(data)
+    else:
+        data = run(args.device, tokens, batch_sizes, args.dtypes.split(","), args.repeats, args.quick,
+                   tuple(int(b) for b in args.compiled_batch_sizes.split(",") if b))
+        data["problems"] = gate(data)
     text = markdown(data)
     print(text)
-    save(args.out, "bench_perplexity", data, text)
+    save(args.out, "bench_fidelity" if args.fidelity else "bench_perplexity", data, text)
     for p in data["problems"]:
         print("PROBLEM:", p, file=sys.stderr)
     return 1 if data["problems"] else 0

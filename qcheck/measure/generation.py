@@ -47,7 +47,7 @@ class FewShotPrompt:
             if len(shot) != 2 or not all(isinstance(s, str) and s.strip() for s in shot):
                 raise ConfigError(f"prompt {self.name!r}: shot {i} must be a non-empty (question, answer) pair",
                                   field="shots")
-        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
             raise ConfigError(f"prompt {self.name!r}: stop must be a list of non-empty strings, got {self.stop!r}",
                               field="stop")
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -74,9 +74,8 @@ class FewShotPrompt:
             shots = tuple((s["question"], s["answer"]) for s in data["shots"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ConfigError(f"prompt file {source} is malformed: {exc}", field="prompt") from None
-        stop = data.get("stop", ())
         return cls(data.get("name", path.stem), shots, data.get("system", ""), data.get("instruction", ""), source,
-                   stop if isinstance(stop, str) else tuple(stop))
+                   data.get("stop", ()))
 
     def messages(self, question: str) -> list[dict[str, str]]:
         """Chat messages: system (if any), then user/assistant turns per shot, then the question."""
@@ -287,10 +286,6 @@ def rows_holding(tokenizer: Any, tokens: torch.Tensor, stop_strings: Sequence[st
     return torch.tensor([any(s in t for s in stop_strings) for t in texts], dtype=torch.bool)
 
 
-def stopped_rows(tokenizer: Any, stop_strings: Sequence[str]) -> Any:
-    """For the graph decoder's periodic checks: which rows of new tokens [rows, n] (on the CPU) hold a stop string."""
-    return lambda tokens: rows_holding(tokenizer, tokens, stop_strings)
-
 
 def _static_path(model: nn.Module, lengths: Sequence[int], settings: GenerationSettings) -> bool:
     """Whether the static-cache decoder will take the model (its refusals known up front), so the batch is sized
@@ -349,7 +344,8 @@ def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, confi
         try:
             decoded = decode_greedy(model, inp.to(device), attn.to(device), settings.max_new_tokens, eos, pad,
                                     prefix=prefix,
-                                    stopped=stopped_rows(tokenizer, stop_strings) if stop_strings else None)
+                                    stopped=(lambda new: rows_holding(tokenizer, new, stop_strings))
+                                    if stop_strings else None)
             return decoded.tokens.cpu(), decoded.method
         except Unsupported as exc:
             fallback = f"generate, dynamic cache (the graph path refused: {exc})"

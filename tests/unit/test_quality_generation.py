@@ -109,7 +109,7 @@ def test_a_plain_prompt_stops_at_the_next_question_and_a_file_adds_its_own(tmp_p
     path.write_text('{"name": "p", "shots": [{"question": "q", "answer": "a"}], "stop": ["###"]}')
     own = FewShotPrompt.load(path)
     assert own.stop_strings(chat=True) == ("###",) and own.stop_strings(chat=False) == ("###", "Question:")
-    for bad in ("###", [""], [3]):
+    for bad in ("###", [""], [3], 3):
         path.write_text(json.dumps({"name": "p", "shots": [{"question": "q", "answer": "a"}], "stop": bad}))
         with pytest.raises(ConfigError, match="stop must be a list of non-empty strings"):
             FewShotPrompt.load(path)
@@ -138,8 +138,8 @@ def stop_strings_cut_as_the_uncut_text(model, tokenizer, caches):
 
 
 def test_stop_strings_cut_each_row_as_its_uncut_text_on_generate_and_the_static_decoder(tiny, tokenizer):
-    """generate (transformers' stop-string criteria) and the static decoder (its periodic checks, eager on a CPU)
-    stop the rows that meet a stop string, and both give each row's uncut text cut before the string."""
+    """generate (qcheck's stop criterion on the new text) and the static decoder (its periodic checks, eager on a
+    CPU) stop the rows that meet a stop string, and both give each row's uncut text cut before the string."""
     stop_strings_cut_as_the_uncut_text(tiny, tokenizer, ("dynamic", "graph"))
 
 
