@@ -135,6 +135,16 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                  for v, t in (records["meta"].get("variant_seconds") or {}).items()}
         row.update(build_seconds=built, unaccounted_s=round(wall - sum(per_measurement.values()) - sum(built.values()),
                                                             1))
+        meta = records["meta"]
+        if (meta.get("workers") or 1) > 1:
+            # the parent's peak above is its own; the device's is at most the parent's plus every worker's
+            worker_peaks = {i: p.get("gpu_max_allocated_mb") or p.get("rss_max_mb")
+                            for i, p in (meta.get("workers_peak_memory") or {}).items()}
+            row.update(workers=meta["workers"], workers_measured=meta.get("workers_measured"),
+                       workers_peak_mb=worker_peaks, workers_variant_seconds=meta.get("workers_variant_seconds"),
+                       timed_after_workers=meta.get("timed_after_workers"),
+                       device_peak_at_most_mb=round(sum(v or 0 for v in worker_peaks.values())
+                                                    + (peak.get("gpu_max_allocated_mb") or 0), 1))
         timeline = records["meta"].get("timeline") or {}
         row.update(timeline=timeline, phases=phase_seconds(timeline, wall))
     return row

@@ -4,6 +4,8 @@
 # bar8b     issue 18's bar: the 8B shape, seven simulated default variants, peak GPU memory vs reference + largest
 # e2e       issue 20's end-to-end wall time, 135M and 1.2B shapes, all default variants
 # e2egraph  e2e's 135M run with --decoding graph (the CUDA-graph decoder)
+# e2ew      e2e with --workers $QCHECK_WORKERS (default 3) on the one GPU: host-bound variants overlap, the timings
+#           are taken afterwards by the parent alone
 # e2e8b     the same on the 8B shape (the step's limit leaves room for the folder build, ~30 s, and the report
 #           written on SIGTERM: at 420 s for a 380-s run, session 12 lost the whole output)
 # build     each variant's build on the 1.2B shape, twice, the bitsandbytes ones profiled (bench_build.py)
@@ -26,7 +28,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2egraph|e2e8b|gen|genbnb|gengraph|gqa|ppl|fid|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|gqa|ppl|fid|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -53,6 +55,8 @@ for step in "$@"; do
                    --qcheck-arg=--variants=fp16,bf16,int8,w4g64,fixed8.4,fixed16.8,mixed \
                    --qcheck-arg=-k --qcheck-arg="perplexity or fidelity or applied" --out "$OUT/$step" ;;
         e2e) timeout 420 python3 benchmarks/bench_scale.py --shapes 135m,1.2b --limit-s 200 --out "$OUT/$step" ;;
+        e2ew) timeout 420 python3 benchmarks/bench_scale.py --shapes 135m,1.2b --limit-s 200 \
+                  --qcheck-arg=--workers=${QCHECK_WORKERS:-3} --out "$OUT/$step-w${QCHECK_WORKERS:-3}" ;;
         e2egraph) timeout 260 python3 benchmarks/bench_scale.py --shapes 135m --limit-s 230 \
                       --qcheck-arg=--decoding=graph --out "$OUT/$step" ;;
         e2e8b) timeout 590 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 440 --out "$OUT/$step" ;;

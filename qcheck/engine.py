@@ -330,7 +330,20 @@ def check_memory(options: RunOptions, device: Any, reference_dtype: str = "fp32"
         budget = budgets[key]
     check_fits(memory_need(count, dtypes, not_counted=tuple(not_counted), vocab_size=vocab, context=options.context,
                            batch=batch, device=device, available=available_bytes(device),
-                           reference_dtype=reference_dtype, budget=budget))
+                           reference_dtype=reference_dtype, budget=budget, copies=sharing_workers(options, device)))
+
+
+def sharing_workers(options: RunOptions, device: Any) -> int:
+    """How many worker processes share one device (`measure_parallel`): on a GPU run the workers over the GPUs,
+    rounded up; on a CPU run all of them; 1 without workers."""
+    workers = worker_count(options)
+    if workers <= 1:
+        return 1
+    if device.type == "cuda":
+        import torch
+
+        return -(-workers // max(1, torch.cuda.device_count()))
+    return workers
 
 
 def check_reference_finite(model: Any) -> None:
@@ -546,56 +559,90 @@ def worker_count(options: RunOptions) -> int:
 
 
 def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore:
-    """Spread the variants over `workers` processes (round robin; on a GPU run worker i uses GPU i mod the GPUs
-    there are); each loads the reference, measures its share into a store of its own, and this process merges
-    them into the run's store. Worker 0 also measures the reference's own records. Any number of workers works;
-    the records are those one process would take (timing aside)."""
+    """Spread the variants over `workers` processes and merge what they record into the run's store. Each worker
+    loads the reference and takes the next variant from one shared list, longest first (`longest_first`), until
+    none is left; worker 0 also measures the reference's own records; on a GPU run worker i uses GPU i mod the GPUs
+    there are. Where workers share a device (more workers than GPUs, or a CPU run), the timed measurements
+    (latency, energy) are left out of their shares and taken here afterwards, variant by variant, with the device
+    to this process alone: a timing taken beside another worker's kernels would time the contention. Any number
+    of workers works; the records are those one process would take (timing aside)."""
     import json
     import multiprocessing
     import tempfile
     from pathlib import Path
 
-    names = [n for n in ctx.variants.names if n in needs]
-    shares = [names[i::workers] for i in range(workers)]
+    from qcheck.measure.steps import STEPS
+
     gpus = 0
     if ctx.gpu:
         import torch
 
         gpus = torch.cuda.device_count()
+    shared = gpus == 0 or workers > gpus
+    timed: Needs = {}
+    if shared:
+        timed = {n: {m for m in ms if STEPS[m].timed} for n, ms in needs.items()}
+        timed = {n: ms for n, ms in timed.items() if ms}
+    untimed = {n: set(ms) - timed.get(n, set()) for n, ms in needs.items()}
+    queue = longest_first(ctx, [n for n in ctx.variants.names if untimed.get(n)])
     spawn = multiprocessing.get_context("spawn")
+    taken = spawn.Value("i", 0)
+    reference = sorted(untimed.get(REFERENCE, ()))  # worker 0 records the reference's build even with none
     with _reference_on_host(ctx) as parked, tempfile.TemporaryDirectory(prefix="qcheck-workers-") as tmp:
         procs = []
-        for i, share in enumerate(shares):
-            if not share and i:
-                continue
-            part = {n: sorted(needs[n]) for n in share}
-            if i == 0 and REFERENCE in needs:
-                part[REFERENCE] = sorted(needs[REFERENCE])
+        for i in range(max(1, min(workers, len(queue)))):
             out = Path(tmp) / f"worker-{i}.json"
-            proc = spawn.Process(target=_worker, args=(ctx.options.to_dict(), part, i == 0,
-                                                       (i % gpus) if gpus else None, str(out)))
+            shares = {n: sorted(untimed[n]) for n in queue}
+            proc = spawn.Process(target=_worker, args=(ctx.options.to_dict(), shares, queue, taken,
+                                                       reference if i == 0 else None,
+                                                       (i % gpus) if gpus else None, -(-workers // gpus) if gpus
+                                                       else 1, str(out)))
             proc.start()
             procs.append((i, proc, out))
         for i, proc, out in procs:
             proc.join()
-            if proc.exitcode != 0 or not out.is_file():
-                for name in shares[i]:
-                    for m in needs[name]:
-                        ctx.store.put(Record(name, m, RecordStatus.ERROR, reason=f"worker {i} died (exit "
-                                             f"{proc.exitcode}) before recording its share"))
-                continue
+            if not out.is_file():
+                continue  # a worker that died before its first variant; what it took is marked below
             part_store = RecordStore.from_dict(json.loads(out.read_text(encoding="utf-8")), source=str(out))
             for record in part_store:
                 ctx.store.put(record)
             for key, value in part_store.meta.items():
-                if key in ("variant_seconds", "peak_memory"):
+                if key in ("variant_seconds", "peak_memory", "measured"):
                     ctx.store.meta.setdefault(f"workers_{key}", {})[str(i)] = value
                 elif key == "data":
                     ctx.store.meta.setdefault("data", {}).update(value)
+        died = [f"worker {i} (exit {proc.exitcode})" for i, proc, _ in procs if proc.exitcode != 0]
+        for name, ms in {REFERENCE: set(), **untimed}.items():
+            for m in ms | ({"build"} if name == REFERENCE or any(not STEPS[x].model_free for x in ms) else set()):
+                if (name, m) not in ctx.store:
+                    ctx.store.put(Record(name, m, RecordStatus.ERROR, reason=f"no worker recorded it: "
+                                         f"{', '.join(died) or 'every worker exited 0'} before its share was done"))
     ctx.store.meta["workers"] = len(procs)
     ctx.store.meta["reference_parked_on_host"] = parked
     ctx.store.variants = [REFERENCE, *ctx.variants.names]
+    if timed:
+        ctx.store.meta["timed_after_workers"] = {
+            "measurements": sorted({m for ms in timed.values() for m in ms}),
+            "why": f"{len(procs)} workers shared {'the CPU' if not gpus else f'{gpus} GPU(s)'}: each timing was taken "
+                   "afterwards in the parent process, alone on the device"}
+        measure_run(ctx, timed)
     return ctx.store
+
+
+def longest_first(ctx: RunContext, names: list[str]) -> list[str]:
+    """The order workers take variants in: those likely to take longest first, so that none of them is started
+    last while the other workers sit idle. PTQ backends calibrate when built, and bitsandbytes' kernels are
+    host-bound (its LLM.int8 generation was 20-50 s of a GPU run where a fake-quantized variant's took 2-12 s,
+    RESULTS.md sessions 14-16); the rest keep the run's order."""
+    from qcheck.quant.spec import BnbSpec
+
+    def rank(name: str) -> int:
+        plan = ctx.variants.plans.get(name)
+        if plan is None:
+            return 0
+        return 1 if any(isinstance(rule.spec, BnbSpec) for rule in (plan.default, *plan.overrides)) else 2
+
+    return sorted(names, key=rank)
 
 
 @contextmanager
@@ -619,12 +666,19 @@ def _reference_on_host(ctx: RunContext) -> Iterator[bool]:
         model.to(ctx.device)
 
 
-def _worker(options: dict[str, Any], needs: dict[str, list[str]], reference: bool, device_index: int | None,
-            out: str) -> None:
-    """One worker process: open the run on its device, measure its share, write its store as JSON."""
+def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[str], taken: Any,
+            reference: list[str] | None, device_index: int | None, share: int, out: str) -> None:
+    """One worker process: open the run on its device, measure the reference's records when given them, then take
+    the next variant of `queue` (`taken` counts those handed out, shared by every worker) until none is left. Its
+    batches are sized within 1/`share` of its GPU (the workers on it). Its store is written as JSON after each
+    subject (a worker that dies keeps what it finished)."""
     import json
     import os
     from pathlib import Path
+
+    from qcheck.inputs.fit import share_device
+
+    share_device(share)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["QCHECK_PROGRESS"] = "0"
@@ -635,5 +689,28 @@ def _worker(options: dict[str, Any], needs: dict[str, list[str]], reference: boo
         kw["variants"] = tuple(kw["variants"])
     kw["workers"] = 1
     ctx = open_run(RunOptions(**kw), device_index=device_index)
-    store = measure_run(ctx, {k: set(v) for k, v in needs.items()}, reference=reference)
-    Path(out).write_text(json.dumps(store.to_dict(), allow_nan=False), encoding="utf-8")
+    target = Path(out)
+
+    def save() -> None:
+        partial = target.with_suffix(".partial")
+        partial.write_text(json.dumps(ctx.store.to_dict(), allow_nan=False), encoding="utf-8")
+        os.replace(partial, target)
+
+    measured: list[str] = []
+    if reference is not None:
+        measure_run(ctx, {REFERENCE: set(reference)}, reference=True)
+        measured.append(REFERENCE)
+        save()
+    while True:
+        with taken.get_lock():
+            index = taken.value
+            taken.value += 1
+        if index >= len(queue):
+            break
+        name = queue[index]
+        measure_run(ctx, {name: set(shares[name])}, reference=False)
+        measured.append(name)
+        ctx.store.meta["measured"] = measured
+        save()
+    ctx.store.meta["measured"] = measured
+    save()

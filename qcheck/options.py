@@ -108,8 +108,10 @@ OPTIONS: tuple[Option, ...] = (
                                              "GSM8K problems), for trying checks on data they were not tuned on "
                                              "(default 0: the first)"}),
     Option("workers", "--workers", {"type": int, "default": 1, "metavar": "N",
-                                    "help": "measure the variants in N worker processes, one per GPU (0: one per "
-                                            "visible GPU, else 1); the checks then judge all their records once"}),
+                                    "help": "measure the variants in N worker processes (0: one per visible GPU, "
+                                            "else 1); more workers than GPUs share them, which speeds up host-bound "
+                                            "small models, and the timings are then taken afterwards with the device "
+                                            "alone; the checks judge all the records once"}),
     Option("lm_eval_results", "--lm-eval-results", {"action": "append", "default": [], "metavar": "[VARIANT=]FILE",
                                                     "help": "an lm-evaluation-harness results JSON of one of the "
                                                             "run's variants (fp32 when VARIANT= is left out), "

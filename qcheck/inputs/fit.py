@@ -33,10 +33,13 @@ class MemoryNeed:
     reference_dtype: str = "fp32"
     budget_bytes: int | None = None
     """--max-memory's budget per model on this device (each model takes at most that here; the rest is offloaded)."""
+    copies: int = 1
+    """Worker processes sharing this device (--workers above the GPU count, or on a CPU): each holds all of the
+    above."""
 
     @property
     def total_bytes(self) -> int:
-        return self.reference_bytes + self.variant_bytes + self.working_bytes
+        return (self.reference_bytes + self.variant_bytes + self.working_bytes) * self.copies
 
     @property
     def fits(self) -> bool:
@@ -52,19 +55,25 @@ class MemoryNeed:
         if self.variant:
             parts.append(f"one variant beside it (the largest, {self.variant}: {self.variant_bytes / GiB:.1f} GiB)")
         parts.append(f"one batch of logits ({self.working_bytes / GiB:.1f} GiB)")
+        if self.copies > 1:
+            parts.append(f"all of it in each of the {self.copies} --workers processes that share this device")
         skipped = f"; not counted: {', '.join(self.not_counted)}" if self.not_counted else ""
         digits = 1
         while digits < 4 and f"{self.total_bytes / GiB:.{digits}f}" == f"{(self.available_bytes or 0) / GiB:.{digits}f}":
             digits += 1  # never "needs 5.6 GiB and 5.6 GiB is available"
+        advice = (f"Lower --max-memory for {self.device} (what does not fit there is offloaded to CPU, then disk)"
+                  if self.budget_bytes is not None else
+                  "Run it where that much memory is free, or spread each model over the GPUs, CPU and disk with "
+                  "--device-map auto --max-memory 0=SIZE,cpu=SIZE (a budget per model: the reference and one variant "
+                  "are alive at once), or hold the reference in half precision with --reference-dtype bf16 (or "
+                  "auto for the checkpoint's own dtype), or leave out the fp32-stored variants (--variants fp16,bf16 "
+                  "keeps one half-precision copy)")
+        if self.copies > 1:
+            advice = ("Pass fewer --workers (one per GPU holds one reference and one variant on each), or "
+                      + advice[0].lower() + advice[1:])
         return (f"this run needs at least {self.total_bytes / GiB:.{digits}f} GiB of {self.device} memory and "
                 f"{(self.available_bytes or 0) / GiB:.{digits}f} GiB is available: {'; '.join(parts)}{skipped}. "
-                + (f"Lower --max-memory for {self.device} (what does not fit there is offloaded to CPU, then disk)"
-                   if self.budget_bytes is not None else
-                   "Run it where that much memory is free, or spread each model over the GPUs, CPU and disk with "
-                   "--device-map auto --max-memory 0=SIZE,cpu=SIZE (a budget per model: the reference and one variant "
-                   "are alive at once), or hold the reference in half precision with --reference-dtype bf16 (or "
-                   "auto for the checkpoint's own dtype), or leave out the fp32-stored variants (--variants fp16,bf16 "
-                   "keeps one half-precision copy)"))
+                + advice)
 
 
 def model_size(folder: Path | None, trust_remote_code: bool = False) -> tuple[int, int] | None:
@@ -85,16 +94,31 @@ def model_size(folder: Path | None, trust_remote_code: bool = False) -> tuple[in
         return None
 
 
+_SHARE = 1
+"""How many worker processes share this process's GPU (`qcheck.engine.measure_parallel`)."""
+
+
+def share_device(workers: int) -> None:
+    """Size this process's batches within 1/`workers` of its GPU: workers that share one size their batches at
+    the same time, and each counting the whole free memory as its own would overcommit it."""
+    global _SHARE
+    _SHARE = max(1, int(workers))
+
+
 def available_bytes(device: Any) -> int | None:
     """Free memory of the device: on a GPU the driver's free bytes plus what torch's allocator holds cached and
     unused (a step's batches are sized while earlier steps' blocks are still cached: counted free by torch, not by
-    the driver; session 13's 8B run sized bitsandbytes int8's generation at 31 rows of 50 that way); else the host's
-    MemAvailable plus free swap."""
+    the driver; session 13's 8B run sized bitsandbytes int8's generation at 31 rows of 50 that way), within this
+    process's share of the GPU when workers share it (`share_device`); else the host's MemAvailable plus free swap."""
     if getattr(device, "type", str(device)) == "cuda":
         import torch
 
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))
+        free = int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))
+        if _SHARE > 1:
+            share = torch.cuda.get_device_properties(device).total_memory // _SHARE
+            free = min(free, max(0, share - int(torch.cuda.memory_allocated(device))))
+        return free
     try:
         info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
         return (int(info["MemAvailable"].split()[0]) + int(info.get("SwapFree", "0 kB").split()[0])) * 1024
@@ -109,10 +133,10 @@ def available_bytes(device: Any) -> int | None:
 
 def memory_need(parameters: int, variant_dtypes: dict[str, str], *, not_counted: tuple[str, ...] = (),
                 vocab_size: int, context: int, batch: int, device: Any, available: int | None,
-                reference_dtype: str = "fp32", budget: int | None = None) -> MemoryNeed:
+                reference_dtype: str = "fp32", budget: int | None = None, copies: int = 1) -> MemoryNeed:
     """The lower bound for a reference of `parameters` in `reference_dtype` and variants stored in the given dtypes
     ("fp32" for a plan that keeps the model's dtype means the reference's); with a --max-memory `budget` for this
-    device each model takes at most that much of it."""
+    device each model takes at most that much of it; `copies` worker processes sharing the device each need it all."""
     def stored(dtype: str) -> int:
         return parameters * _BYTES.get(reference_dtype if dtype == "fp32" else dtype, 4)
 
@@ -122,7 +146,7 @@ def memory_need(parameters: int, variant_dtypes: dict[str, str], *, not_counted:
     if budget is not None:
         reference_bytes, variant_bytes = min(reference_bytes, budget), min(variant_bytes, budget)
     return MemoryNeed(str(getattr(device, "type", device)), parameters, reference_bytes, largest, variant_bytes,
-                      batch * context * vocab_size * 4, available, not_counted, reference_dtype, budget)
+                      batch * context * vocab_size * 4, available, not_counted, reference_dtype, budget, copies)
 
 
 def check_fits(need: MemoryNeed) -> None:

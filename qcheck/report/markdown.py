@@ -150,6 +150,12 @@ def placement_lines(meta: dict[str, Any]) -> list[str]:
             lines.append(f"attention on the GPU: {precision['attention']}")
         if precision.get("note"):
             lines.append(f"note: {precision['note']}")
+    workers = meta.get("workers")
+    if isinstance(workers, int) and workers > 1:
+        timed = meta.get("timed_after_workers")
+        lines.append(f"workers: {workers} processes measured the variants; "
+                     + (f"{timed.get('why')} ({', '.join(timed.get('measurements') or [])})" if isinstance(timed, dict)
+                        else "each on a GPU of its own, its timings there included"))
     return lines
 
 

@@ -148,10 +148,12 @@ def test_gpu_checks_of_a_cpu_run_stay_skipped_when_judged(stored_run, tmp_path, 
 
 def test_workers_record_what_one_process_records(tiny_folder):
     """Issue 20: variants spread over worker processes (here 2 CPU workers) give the same records as one process;
-    only timings differ. The store keeps every variant, the reference's records come from worker 0."""
+    only timings differ. The store keeps every variant, the reference's records come from worker 0. The workers
+    share the CPU, so the timed measurement (latency) is left out of their shares and taken by the parent
+    afterwards, alone on the device, for the reference and each timed variant."""
     from qcheck.engine import measure_parallel
 
-    needs = {"fp32": {"perplexity"}, "int8": {"perplexity", "weights", "fidelity"},
+    needs = {"fp32": {"perplexity", "latency"}, "int8": {"perplexity", "weights", "fidelity", "latency"},
              "w4g64": {"perplexity", "weights", "fidelity"}, "fixed8.4": {"perplexity"}}
     one = measure_run(open_run(_options(tiny_folder, variants=("int8", "w4g64", "fixed8.4"), tokens=256)), needs)
     two = measure_parallel(open_run(_options(tiny_folder, variants=("int8", "w4g64", "fixed8.4"), tokens=256,
@@ -160,9 +162,38 @@ def test_workers_record_what_one_process_records(tiny_folder):
     for record in one:
         other = two.find(record.variant, record.measurement)
         assert other is not None and other.status == record.status, (record.variant, record.measurement)
+        if record.measurement == "latency":
+            continue  # a timing: its figures differ from run to run
         strip = {"seconds", "manifest"}
         assert {k: v for k, v in other.data.items() if k not in strip} == \
             {k: v for k, v in record.data.items() if k not in strip}, (record.variant, record.measurement)
+    assert two.find("int8", "latency").status == RecordStatus.OK
+    assert two.meta["timed_after_workers"]["measurements"] == ["latency"]
+    assert "2 workers shared the CPU" in two.meta["timed_after_workers"]["why"]
+    assert set(two.meta["variant_seconds"]) == {"int8"}  # the parent built int8 again for its timing, nothing else
+    measured = [name for names in two.meta["workers_measured"].values() for name in names]
+    assert sorted(measured) == ["fixed8.4", "fp32", "int8", "w4g64"]  # each subject taken by exactly one worker
+    from qcheck.report.markdown import placement_lines
+
+    assert ("workers: 2 processes measured the variants; 2 workers shared the CPU: each timing was taken afterwards "
+            "in the parent process, alone on the device (latency)") in placement_lines(two.meta)
+
+
+def test_workers_take_the_longest_variants_first(tiny_folder):
+    """The shared list the workers take from starts with the variants likely to take longest (bitsandbytes'
+    host-bound kernels), so none of them is started last while the other workers sit idle; the rest keep the run's
+    order."""
+    from types import SimpleNamespace
+
+    from qcheck.engine import longest_first
+    from qcheck.variants import DEFAULT_VARIANTS, builtin_plan
+
+    ctx = SimpleNamespace(variants=SimpleNamespace(plans={n: builtin_plan(n) for n in DEFAULT_VARIANTS}))
+    order = longest_first(ctx, list(DEFAULT_VARIANTS))
+    assert order[:2] == ["bnb-int8", "bnb-nf4"]
+    assert order[2:] == [n for n in DEFAULT_VARIANTS if not n.startswith("bnb-")]
+    ptq = SimpleNamespace(variants=SimpleNamespace(plans={"int8": builtin_plan("int8")}))
+    assert longest_first(ptq, ["int8", "gptq-model"]) == ["gptq-model", "int8"]  # a PTQ backend calibrates
 
 
 def test_the_parent_reference_is_parked_on_the_host_only_on_a_gpu_run(tiny_folder):

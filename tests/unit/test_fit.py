@@ -86,3 +86,45 @@ def test_cached_allocator_blocks_count_as_available_on_a_gpu():
     free = torch.cuda.mem_get_info(device)[0]
     assert available_bytes(device) >= free + 256 * 2**20
     torch.cuda.empty_cache()
+
+
+def test_workers_sharing_a_device_each_need_the_whole_run():
+    """--workers above the GPU count puts several workers on one device, each holding the reference, a variant and
+    a batch: the pre-check counts every copy and names --workers in what to do."""
+    one = memory_need(10**9, {"int8": "fp32"}, vocab_size=1000, context=100, batch=2, device="cuda",
+                      available=10 * GiB)
+    three = memory_need(10**9, {"int8": "fp32"}, vocab_size=1000, context=100, batch=2, device="cuda",
+                        available=10 * GiB, copies=3)
+    assert one.fits and three.total_bytes == 3 * one.total_bytes and not three.fits
+    message = three.message()
+    assert "each of the 3 --workers processes that share this device" in message
+    assert "Pass fewer --workers" in message and ", or run it where that much memory is free" in message
+
+
+def test_too_many_workers_for_the_memory_are_refused_before_loading(tmp_path, capsys):
+    """The CLI's pre-check with --workers on a CPU run (every worker shares the host): exit 2, the copies counted."""
+    folder = _llama70b_folder(tmp_path / "llama-70b")
+    assert main(["run", "--model", str(folder), "--device", "cpu", "--variants", "int8", "--workers", "4",
+                 "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "each of the 4 --workers processes that share this device" in err and "Pass fewer --workers" in err
+    assert "Traceback" not in err and not (tmp_path / "rep").exists()
+
+
+@pytest.mark.gpu
+def test_a_worker_sharing_its_gpu_sizes_batches_within_its_share():
+    """Workers that share a GPU size their batches at the same time: each counts only its share of the device (less
+    what it holds), never the whole free memory."""
+    from qcheck.inputs import fit
+
+    device = torch.device("cuda")
+    held = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    whole = available_bytes(device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    fit.share_device(4)
+    try:
+        shared = available_bytes(device)
+    finally:
+        fit.share_device(1)
+    assert shared <= total // 4 - held.numel() < whole
+    assert abs(available_bytes(device) - whole) < 64 * 2**20  # back to the whole device
