@@ -586,19 +586,20 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
     untimed = {n: set(ms) - timed.get(n, set()) for n, ms in needs.items()}
     queue = longest_first(ctx, [n for n in ctx.variants.names if untimed.get(n)])
     spawn = multiprocessing.get_context("spawn")
-    taken = spawn.Value("i", 0)
+    taken, done = spawn.Value("i", 0), spawn.Value("i", 0)
     reference = sorted(untimed.get(REFERENCE, ()))  # worker 0 records the reference's build even with none
     with _reference_on_host(ctx) as parked, tempfile.TemporaryDirectory(prefix="qcheck-workers-") as tmp:
         procs = []
         for i in range(max(1, min(workers, len(queue)))):
             out = Path(tmp) / f"worker-{i}.json"
             shares = {n: sorted(untimed[n]) for n in queue}
-            proc = spawn.Process(target=_worker, args=(ctx.options.to_dict(), shares, queue, taken,
+            proc = spawn.Process(target=_worker, args=(ctx.options.to_dict(), shares, queue, taken, done,
                                                        reference if i == 0 else None,
                                                        (i % gpus) if gpus else None, -(-workers // gpus) if gpus
                                                        else 1, str(out)))
             proc.start()
             procs.append((i, proc, out))
+        _follow(procs, done, len(queue) + 1)
         for i, proc, out in procs:
             proc.join()
             if not out.is_file():
@@ -625,8 +626,24 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
             "measurements": sorted({m for ms in timed.values() for m in ms}),
             "why": f"{len(procs)} workers shared {'the CPU' if not gpus else f'{gpus} GPU(s)'}: each timing was taken "
                    "afterwards in the parent process, alone on the device"}
-        measure_run(ctx, timed)
+        from qcheck.progress import variant_progress
+
+        with variant_progress([n for n in (REFERENCE, *ctx.variants.names) if n in timed]) as progress:
+            measure_run(ctx, timed, progress=progress)
     return ctx.store
+
+
+def _follow(procs: list[Any], done: Any, total: int) -> None:
+    """Wait for the workers with a live line: subjects measured of `total` (workers count them in `done`)."""
+    import time as clock
+
+    from qcheck.progress import progress_bar
+
+    with progress_bar(f"qcheck, {len(procs)} workers", total=total, unit="variant") as bar:
+        while any(proc.is_alive() for _, proc, _ in procs):
+            clock.sleep(0.5)
+            if done.value > bar.n:
+                bar.update(done.value - bar.n)
 
 
 def longest_first(ctx: RunContext, names: list[str]) -> list[str]:
@@ -666,10 +683,11 @@ def _reference_on_host(ctx: RunContext) -> Iterator[bool]:
         model.to(ctx.device)
 
 
-def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[str], taken: Any,
+def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[str], taken: Any, done: Any,
             reference: list[str] | None, device_index: int | None, share: int, out: str) -> None:
     """One worker process: open the run on its device, measure the reference's records when given them, then take
-    the next variant of `queue` (`taken` counts those handed out, shared by every worker) until none is left. Its
+    the next variant of `queue` (`taken` counts those handed out, `done` those measured, both shared by every
+    worker) until none is left. Its
     batches are sized within 1/`share` of its GPU (the workers on it). Its store is written as JSON after each
     subject (a worker that dies keeps what it finished)."""
     import json
@@ -691,16 +709,21 @@ def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[s
     ctx = open_run(RunOptions(**kw), device_index=device_index)
     target = Path(out)
 
-    def save() -> None:
+    def save(subject: str | None) -> None:
+        if subject is not None:
+            measured.append(subject)
+        ctx.store.meta["measured"] = measured
         partial = target.with_suffix(".partial")
         partial.write_text(json.dumps(ctx.store.to_dict(), allow_nan=False), encoding="utf-8")
         os.replace(partial, target)
+        if subject is not None:
+            with done.get_lock():
+                done.value += 1
 
     measured: list[str] = []
     if reference is not None:
         measure_run(ctx, {REFERENCE: set(reference)}, reference=True)
-        measured.append(REFERENCE)
-        save()
+        save(REFERENCE)
     while True:
         with taken.get_lock():
             index = taken.value
@@ -709,8 +732,6 @@ def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[s
             break
         name = queue[index]
         measure_run(ctx, {name: set(shares[name])}, reference=False)
-        measured.append(name)
-        ctx.store.meta["measured"] = measured
-        save()
-    ctx.store.meta["measured"] = measured
-    save()
+        save(name)
+    if not measured:
+        save(None)  # a worker that found nothing left still writes its (empty) store

@@ -146,7 +146,7 @@ def test_gpu_checks_of_a_cpu_run_stay_skipped_when_judged(stored_run, tmp_path, 
     assert all("no CUDA device on the machine that measured this run" in c["message"] for c in gpu)
 
 
-def test_workers_record_what_one_process_records(tiny_folder):
+def test_workers_record_what_one_process_records(tiny_folder, monkeypatch, capsys):
     """Issue 20: variants spread over worker processes (here 2 CPU workers) give the same records as one process;
     only timings differ. The store keeps every variant, the reference's records come from worker 0. The workers
     share the CPU, so the timed measurement (latency) is left out of their shares and taken by the parent
@@ -156,8 +156,12 @@ def test_workers_record_what_one_process_records(tiny_folder):
     needs = {"fp32": {"perplexity", "latency"}, "int8": {"perplexity", "weights", "fidelity", "latency"},
              "w4g64": {"perplexity", "weights", "fidelity"}, "fixed8.4": {"perplexity"}}
     one = measure_run(open_run(_options(tiny_folder, variants=("int8", "w4g64", "fixed8.4"), tokens=256)), needs)
+    monkeypatch.setenv("QCHECK_PROGRESS", "1")  # the parent's live line (the workers keep quiet)
     two = measure_parallel(open_run(_options(tiny_folder, variants=("int8", "w4g64", "fixed8.4"), tokens=256,
                                              workers=2)), needs, 2)
+    err = capsys.readouterr().err
+    assert "qcheck, 2 workers" in err and "4/4" in err  # the four subjects counted as the workers finish them
+    assert "int8: latency" in err  # then the parent's timings, variant by variant
     assert two.meta["workers"] == 2 and two.variants == one.variants
     for record in one:
         other = two.find(record.variant, record.measurement)
