@@ -590,9 +590,9 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
     reference = sorted(untimed.get(REFERENCE, ()))  # worker 0 records the reference's build even with none
     with _reference_on_host(ctx) as parked, tempfile.TemporaryDirectory(prefix="qcheck-workers-") as tmp:
         procs = []
+        shares = {n: sorted(untimed[n]) for n in queue}
         for i in range(max(1, min(workers, len(queue)))):
             out = Path(tmp) / f"worker-{i}.json"
-            shares = {n: sorted(untimed[n]) for n in queue}
             proc = spawn.Process(target=_worker, args=(ctx.options.to_dict(), shares, queue, taken, done,
                                                        reference if i == 0 else None,
                                                        (i % gpus) if gpus else None, -(-workers // gpus) if gpus
@@ -624,7 +624,7 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
     if timed:
         ctx.store.meta["timed_after_workers"] = {
             "measurements": sorted({m for ms in timed.values() for m in ms}),
-            "why": f"{len(procs)} workers shared {'the CPU' if not gpus else f'{gpus} GPU(s)'}: each timing was taken "
+            "why": f"{len(procs)} workers shared {'the CPU' if not gpus else f'{gpus} GPU' + 's' * (gpus > 1)}: each timing was taken "
                    "afterwards in the parent process, alone on the device"}
         from qcheck.progress import variant_progress
 
@@ -687,9 +687,8 @@ def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[s
             reference: list[str] | None, device_index: int | None, share: int, out: str) -> None:
     """One worker process: open the run on its device, measure the reference's records when given them, then take
     the next variant of `queue` (`taken` counts those handed out, `done` those measured, both shared by every
-    worker) until none is left. Its
-    batches are sized within 1/`share` of its GPU (the workers on it). Its store is written as JSON after each
-    subject (a worker that dies keeps what it finished)."""
+    worker) until none is left. Its batches are sized within 1/`share` of its GPU (the workers on it). Its store
+    is written as JSON after each subject (a worker that dies keeps what it finished)."""
     import json
     import os
     from pathlib import Path
