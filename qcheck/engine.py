@@ -596,7 +596,7 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
             proc = spawn.Process(target=_worker, args=(ctx.options.to_dict(), shares, queue, taken, done,
                                                        reference if i == 0 else None,
                                                        (i % gpus) if gpus else None, -(-workers // gpus) if gpus
-                                                       else 1, str(out)))
+                                                       else workers, str(out)))
             proc.start()
             procs.append((i, proc, out))
         _follow(procs, done, len(queue) + 1)
@@ -687,15 +687,21 @@ def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[s
             reference: list[str] | None, device_index: int | None, share: int, out: str) -> None:
     """One worker process: open the run on its device, measure the reference's records when given them, then take
     the next variant of `queue` (`taken` counts those handed out, `done` those measured, both shared by every
-    worker) until none is left. Its batches are sized within 1/`share` of its GPU (the workers on it). Its store
-    is written as JSON after each subject (a worker that dies keeps what it finished)."""
+    worker) until none is left. `share` workers share its device: on a GPU its batches are sized within 1/`share`
+    of it, on a CPU it computes with 1/`share` of torch's threads (one each would oversubscribe the cores). Its
+    store is written as JSON after each subject (a worker that dies keeps what it finished)."""
     import json
     import os
     from pathlib import Path
 
     from qcheck.inputs.fit import share_device
 
-    share_device(share)
+    if device_index is None:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // share))
+    else:
+        share_device(share)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["QCHECK_PROGRESS"] = "0"
