@@ -86,8 +86,10 @@ def model_stored_bytes(model: torch.nn.Module) -> int:
 
 
 def weight_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap fingerprint of every parameter and buffer (sums in float64 plus shapes and dtypes); offloaded weights
-    are read from where accelerate keeps them, one module at a time."""
+    """A cheap fingerprint of every parameter and buffer (integer sums of their bit patterns, plus shapes and
+    dtypes); offloaded weights are read from where accelerate keeps them, one module at a time. Integer sums do not
+    depend on the order of the additions, so the fingerprint is the same whatever the thread count or device (a
+    float64 sum differed between one and two CPU threads)."""
     import hashlib
 
     from qcheck.quant.offload import is_dispatched, named_tensors
@@ -99,10 +101,22 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
         for name, t in tensors:
             h.update(name.encode())
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            if t.numel() and t.dtype.is_floating_point:
-                f = t.detach()
-                h.update(repr((torch.sum(f, dtype=torch.float64).item(),
-                               torch.linalg.vector_norm(f, dtype=torch.float64).item())).encode())
-            elif t.numel():
-                h.update(repr(t.detach().to(torch.int64).sum().item()).encode())
+            if t.numel():
+                h.update(repr(_bit_sums(t.detach())).encode())
     return h.hexdigest()[:16]
+
+
+_INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bit_sums(t: torch.Tensor) -> tuple[int, int]:
+    """The sum of a tensor's elements' bit patterns as integers, and of their squares modulo 2**64 (integer
+    additions wrap the same way in any order), in chunks of 2**24 elements (an int64 copy of one chunk at a time)."""
+    flat = t.reshape(-1)
+    ints = flat.view(_INT_OF_WIDTH[flat.element_size()]) if flat.dtype.is_floating_point else flat
+    total = squares = 0
+    for chunk in ints.split(1 << 24):
+        wide = chunk.to(torch.int64)
+        total += int(wide.sum())
+        squares += int((wide * wide).sum())
+    return total, squares % 2**64
