@@ -518,7 +518,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         report.records = config.stash[_LOADED]
         report.meta["judged_from"] = config.getoption("qcheck_records")
     if report.records is not None:
-        for key in ("model", "device", "placement", "precision", "data", "seeds", "options", "variant_seconds"):
+        for key in ("model", "device", "placement", "precision", "data", "seeds", "options", "variant_seconds",
+                    "workers", "timed_after_workers"):
             if key in report.records.meta:
                 report.meta.setdefault(key, report.records.meta[key])
     # this run's marks; the records carry them too where this run measured them (a judged run's records keep the

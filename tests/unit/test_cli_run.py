@@ -69,6 +69,26 @@ def test_run_subprocess_on_embedded_default_exit_0(tmp_path):
     assert re.search(r"qcheck: PASS; report written in \d+\.\d s", proc.stdout), proc.stdout[-2000:]
 
 
+def test_run_with_workers_through_the_cli(tiny_folder, tmp_path):
+    """`qcheck run --workers 2` on a CPU: the plugin spreads the variants over two processes, the latency checks
+    judge timings the parent took alone afterwards, and the report's Run section says both."""
+    out = tmp_path / "rep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "qcheck.cli", "run", "--model", str(tiny_folder), "--device", "cpu", "--variants",
+         "int8,w4g64", "--tokens", "256", "--context", "128", "--workers", "2", "--out", str(out),
+         "-k", "perplexity_finite or latency_plausible"],
+        check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "qcheck-report.json").read_text())
+    meta = report["records"]["meta"]
+    assert meta["workers"] == 2 and meta["timed_after_workers"]["measurements"] == ["latency"]
+    assert sorted(n for names in meta["workers_measured"].values() for n in names) == ["fp32", "int8", "w4g64"]
+    checks = {(c["name"], c.get("variant")): c["status"] for c in report["checks"]}
+    assert checks[("perplexity_finite", "int8")] == "PASS" and checks[("plausible_speed", "int8")] != "ERROR"
+    assert "workers: 2 processes measured the variants; 2 workers shared the CPU" in \
+        (out / "qcheck-report.md").read_text()
+
+
 # ---------------------------------------------------------------- bad input: exit 2 before anything runs (issue 17)
 
 def _copy_model(src, dst):
