@@ -109,9 +109,10 @@ OPTIONS: tuple[Option, ...] = (
                                              "(default 0: the first)"}),
     Option("workers", "--workers", {"type": int, "default": 1, "metavar": "N",
                                     "help": "measure the variants in N worker processes (0: one per visible GPU, "
-                                            "else 1); more workers than GPUs share them, which speeds up host-bound "
-                                            "small models, and the timings are then taken afterwards with the device "
-                                            "alone; the checks judge all the records once"}),
+                                            "else 1); workers that share a device (more than the GPUs, or on a CPU) "
+                                            "leave the timings to the parent, taken afterwards with the device alone "
+                                            "(sharing one GPU was not faster: CUDA time-slices between processes); "
+                                            "the checks judge all the records once"}),
     Option("lm_eval_results", "--lm-eval-results", {"action": "append", "default": [], "metavar": "[VARIANT=]FILE",
                                                     "help": "an lm-evaluation-harness results JSON of one of the "
                                                             "run's variants (fp32 when VARIANT= is left out), "
