@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -189,8 +190,14 @@ def main() -> None:
         start = time.perf_counter()
         folder = build_apart(shape, args.tokenizer, Path(args.root), args.device)
         built = time.perf_counter() - start
-        row = run(folder, Path(args.root) / f"report-{shape}", args.device, args.qcheck_arg, args.limit_s)
+        report = Path(args.root) / f"report-{shape}"
+        row = run(folder, report, args.device, args.qcheck_arg, args.limit_s)
         row["folder_build_s"] = round(built, 1)
+        if args.out and (report / "qcheck-report.json").is_file():
+            # the whole report, records included: `qcheck judge` can judge its records again off the device (a
+            # check's budget or threshold tried on a GPU run's own samples)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(report / "qcheck-report.json", Path(args.out) / f"report-{shape}.json")
         rows[shape] = row
         print(shape, json.dumps({k: v for k, v in row.items() if k not in ("tail", "head", "verdicts")}), flush=True)
         save(args.out, "bench_scale", {"args": vars(args), "rows": rows}, "")  # kept if a later shape is cut short
