@@ -622,8 +622,9 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
         for name, ms in {REFERENCE: set(), **untimed}.items():
             for m in ms | ({"build"} if name == REFERENCE or any(not STEPS[x].model_free for x in ms) else set()):
                 if (name, m) not in ctx.store:
-                    ctx.store.put(Record(name, m, RecordStatus.ERROR, reason=f"no worker recorded it: "
-                                         f"{', '.join(died) or 'every worker exited 0'} before its share was done"))
+                    ctx.store.put(Record(name, m, RecordStatus.ERROR, reason="no worker recorded it: " + (
+                        f"{', '.join(died)} ended before finishing what it had taken" if died else
+                        "no worker took it, and every worker exited 0")))
     ctx.store.meta["workers"] = len(procs)
     ctx.store.meta["reference_parked_on_host"] = parked
     ctx.store.variants = [REFERENCE, *ctx.variants.names]

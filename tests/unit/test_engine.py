@@ -183,6 +183,45 @@ def test_workers_record_what_one_process_records(tiny_folder, monkeypatch, capsy
             "in the parent process, alone on the device (latency)") in placement_lines(two.meta)
 
 
+def _dies_after_taking_one(options, shares, queue, taken, done, reference, device_index, share, out):
+    """A worker for the test below (run in a spawned process): worker 0 is the real one, started once another has
+    taken the first variant off the shared list; that other dies before recording anything."""
+    import os
+    import time
+
+    from qcheck.engine import _worker
+
+    if reference is not None:
+        while taken.value < 1:
+            time.sleep(0.05)
+        return _worker(options, shares, queue, taken, done, reference, device_index, share, out)
+    with taken.get_lock():
+        taken.value += 1
+    os._exit(3)
+
+
+def test_a_worker_that_dies_leaves_errors_for_what_it_took(tiny_folder, monkeypatch):
+    """A worker that dies (killed for memory, a crash in a kernel) loses only the variant it had taken: each of its
+    records is an ERROR naming the worker and its exit code, and the other worker measures every other variant."""
+    from qcheck import engine
+
+    monkeypatch.setattr(engine, "_worker", _dies_after_taking_one)
+    needs = {"fp32": {"perplexity"}, "int8": {"perplexity", "weights"}, "w4g64": {"perplexity", "weights"},
+             "fixed8.4": {"perplexity"}}
+    store = engine.measure_parallel(open_run(_options(tiny_folder, variants=("int8", "w4g64", "fixed8.4"),
+                                                      tokens=256, workers=2)), needs, 2)
+    errors = [r for r in store if r.status == RecordStatus.ERROR]
+    lost = {r.variant for r in errors}
+    assert len(lost) == 1, [(r.variant, r.measurement, r.reason) for r in errors]
+    assert lost == {"int8"}  # the first on the list
+    assert {r.measurement for r in errors} == {"build", "perplexity", "weights"}
+    assert all(r.reason == "no worker recorded it: worker 1 (exit 3) ended before finishing what it had taken"
+               for r in errors)
+    assert store.meta["workers_measured"] == {"0": ["fp32", "w4g64", "fixed8.4"]}
+    for other in ("fp32", "w4g64", "fixed8.4"):
+        assert all(store.find(other, m).status == RecordStatus.OK for m in needs[other]), other
+
+
 def test_workers_take_the_longest_variants_first(tiny_folder):
     """The shared list the workers take from starts with the variants likely to take longest (bitsandbytes'
     host-bound kernels), so none of them is started last while the other workers sit idle; the rest keep the run's
