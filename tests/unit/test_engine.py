@@ -206,6 +206,7 @@ def test_a_worker_that_dies_leaves_errors_for_what_it_took(tiny_folder, monkeypa
     from qcheck import engine
 
     monkeypatch.setattr(engine, "_worker", _dies_after_taking_one)
+    monkeypatch.setattr(engine, "_OPENED", {})  # a fresh context: another test's store may hold these records
     needs = {"fp32": {"perplexity"}, "int8": {"perplexity", "weights"}, "w4g64": {"perplexity", "weights"},
              "fixed8.4": {"perplexity"}}
     store = engine.measure_parallel(open_run(_options(tiny_folder, variants=("int8", "w4g64", "fixed8.4"),
