@@ -16,6 +16,8 @@
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # fid       fidelity throughput on 299k tokens (reference vs its int8 variant): plain loop vs qcheck; bf16 and fp32
+# fidbf16   fid in bf16 alone, one repeat: fits what a short budget leaves (session 17's fid was cut at 170 s
+#           with nothing written)
 # gputests  every gpu-marked test
 # startup   validate_run of the 135M shape under cProfile: where the 12-16 s before measuring go (bench_startup.py),
 #           twice: the first process compiles what it imports into the bytecode cache, the second reads it back
@@ -28,7 +30,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|gqa|ppl|fid|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -75,6 +77,8 @@ for step in "$@"; do
                  --compiled-batch-sizes 64 --repeats 3 --out "$OUT/$step" ;;
         fid) timeout 330 python3 benchmarks/bench_perplexity.py --fidelity --tokens 299008 --dtypes bf16,fp32 \
                  --batch-sizes 64 --repeats 3 --out "$OUT/$step" ;;
+        fidbf16) timeout 200 python3 benchmarks/bench_perplexity.py --fidelity --tokens 299008 --dtypes bf16 \
+                 --batch-sizes 64 --repeats 1 --out "$OUT/$step" ;;
         devmap) timeout 570 python3 benchmarks/bench_device_map.py --shape 1.2b --max-memory 0=2GiB,cpu=64GiB \
                     --qcheck-arg=--variants=int8,w4g64,bf16 --qcheck-arg=--new-tokens=32 --limit-s 270 \
                     --out "$OUT/$step" ;;
