@@ -26,7 +26,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -49,15 +49,21 @@ def random_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
 
 
+def plain_windows(model: torch.nn.Module, ids: torch.Tensor, context: int = CONTEXT) -> Iterator[torch.Tensor]:
+    """The plain loops' windows: consecutive `context` tokens [1, n] on the model's device, any shorter than two
+    tokens (nothing to score) left out."""
+    device = next(model.parameters()).device
+    for begin in range(0, len(ids), context):
+        window = ids[begin: begin + context].unsqueeze(0).to(device)
+        if window.shape[1] >= 2:
+            yield window
+
+
 @torch.no_grad()
 def plain_loop(model: torch.nn.Module, ids: torch.Tensor, context: int = CONTEXT) -> float:
     """Perplexity one window at a time with labels=input_ids (each window's first token unscored), pooled."""
-    device = next(model.parameters()).device
     total, count = 0.0, 0
-    for begin in range(0, len(ids), context):
-        window = ids[begin: begin + context].unsqueeze(0).to(device)
-        if window.shape[1] < 2:
-            continue
+    for window in plain_windows(model, ids, context):
         loss = model(input_ids=window, labels=window).loss
         total += float(loss) * (window.shape[1] - 1)
         count += window.shape[1] - 1
@@ -68,12 +74,8 @@ def plain_loop(model: torch.nn.Module, ids: torch.Tensor, context: int = CONTEXT
 def plain_fidelity(reference: torch.nn.Module, variant: torch.nn.Module, ids: torch.Tensor,
                    context: int = CONTEXT) -> float:
     """Mean KL(ref || variant) over the tokens the perplexity loop scores, one window at a time, in fp32."""
-    device = next(reference.parameters()).device
     total, count = 0.0, 0
-    for begin in range(0, len(ids), context):
-        window = ids[begin: begin + context].unsqueeze(0).to(device)
-        if window.shape[1] < 2:
-            continue
+    for window in plain_windows(reference, ids, context):
         ref = reference(input_ids=window).logits[0, :-1].float().log_softmax(-1)
         var = variant(input_ids=window).logits[0, :-1].float().log_softmax(-1)
         total += float((ref.exp() * (ref - var)).sum())

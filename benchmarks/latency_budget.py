@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from _output import save
+from bench_scale import verdicts
 
 from qcheck.measure.timing import Timing, classify_regime
 
@@ -77,11 +78,10 @@ def cut_report(report: dict[str, Any], min_repeats: int, min_time_s: float) -> t
 
 
 def judge(path: Path, out: Path) -> dict[str, str]:
-    """`qcheck judge` of a report: each check's status keyed `name[variant]`."""
+    """`qcheck judge` of a report: each check's status keyed `name[variant]` (`bench_scale.verdicts`)."""
     subprocess.run([sys.executable, "-m", "qcheck.cli", "judge", str(path), "--out", str(out)], check=False,
                    capture_output=True, text=True, timeout=600)
-    report = json.loads((out / "qcheck-report.json").read_text(encoding="utf-8"))
-    return {f"{c['name']}[{c.get('variant')}]": c["status"] for c in report["checks"]}
+    return verdicts(json.loads((out / "qcheck-report.json").read_text(encoding="utf-8"))["checks"])
 
 
 def main() -> None:

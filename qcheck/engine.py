@@ -297,7 +297,6 @@ def check_memory(options: RunOptions, device: Any, reference_dtype: str = "fp32"
     from qcheck.inputs.fit import available_bytes, check_fits, memory_need, model_size
     from qcheck.inputs.models import config_folder
     from qcheck.quant.plan import Plan
-    from qcheck.quant.spec import BnbSpec
     from qcheck.variants import builtin_plan
 
     size = model_size(config_folder(options.model))
@@ -313,7 +312,7 @@ def check_memory(options: RunOptions, device: Any, reference_dtype: str = "fp32"
         except (QCheckError, OSError):
             continue  # the plan's own error is reported with its file when the variants are built
     for plan in plans:
-        if any(isinstance(rule.spec, BnbSpec) for rule in (plan.default, *plan.overrides)):
+        if plan.uses_bitsandbytes:
             not_counted.append(f"{plan.name} (bitsandbytes storage)")
         else:
             dtypes[plan.name] = plan.dtype
@@ -339,11 +338,17 @@ def sharing_workers(options: RunOptions, device: Any) -> int:
     workers = worker_count(options)
     if workers <= 1:
         return 1
+    gpus = 0
     if device.type == "cuda":
         import torch
 
-        return -(-workers // max(1, torch.cuda.device_count()))
-    return workers
+        gpus = torch.cuda.device_count()
+    return per_device(workers, gpus)
+
+
+def per_device(workers: int, gpus: int) -> int:
+    """Workers on the busiest device when `workers` are dealt over `gpus` GPUs (0: a CPU run, all on the host)."""
+    return -(-workers // gpus) if gpus else workers
 
 
 def check_reference_finite(model: Any) -> None:
@@ -578,15 +583,15 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
         import torch
 
         gpus = torch.cuda.device_count()
-    shared = gpus == 0 or workers > gpus
-    if gpus and workers > gpus:
+    share = per_device(workers, gpus)
+    if gpus and share > 1:
         import sys
 
         print(f"qcheck: {workers} workers share {gpus} GPU{'s' * (gpus > 1)}; CUDA time-slices between processes, so "
               "this is rarely faster than one worker per GPU (on one H100, 3 workers: 116 s and 117 s against one "
               "process's 111 s and 94 s at the 135M and 1.2B shapes)", file=sys.stderr)
     timed: Needs = {}
-    if shared:
+    if share > 1:
         timed = {n: {m for m in ms if STEPS[m].timed} for n, ms in needs.items()}
         timed = {n: ms for n, ms in timed.items() if ms}
     untimed = {n: set(ms) - timed.get(n, set()) for n, ms in needs.items()}
@@ -601,8 +606,7 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
             out = Path(tmp) / f"worker-{i}.json"
             proc = spawn.Process(target=_worker, args=(ctx.options.to_dict(), shares, queue, taken, done,
                                                        reference if i == 0 else None,
-                                                       (i % gpus) if gpus else None, -(-workers // gpus) if gpus
-                                                       else workers, str(out)))
+                                                       (i % gpus) if gpus else None, share, str(out)))
             proc.start()
             procs.append((i, proc, out))
         _follow(procs, done, len(queue) + 1)
@@ -658,13 +662,9 @@ def longest_first(ctx: RunContext, names: list[str]) -> list[str]:
     last while the other workers sit idle. PTQ backends calibrate when built, and bitsandbytes' kernels are
     host-bound (its LLM.int8 generation was 20-50 s of a GPU run where a fake-quantized variant's took 2-12 s,
     RESULTS.md sessions 14-16); the rest keep the run's order."""
-    from qcheck.quant.spec import BnbSpec
-
     def rank(name: str) -> int:
         plan = ctx.variants.plans.get(name)
-        if plan is None:
-            return 0
-        return 1 if any(isinstance(rule.spec, BnbSpec) for rule in (plan.default, *plan.overrides)) else 2
+        return 0 if plan is None else 1 if plan.uses_bitsandbytes else 2
 
     return sorted(names, key=rank)
 

@@ -286,7 +286,6 @@ def rows_holding(tokenizer: Any, tokens: torch.Tensor, stop_strings: Sequence[st
     return torch.tensor([any(s in t for s in stop_strings) for t in texts], dtype=torch.bool)
 
 
-
 def _static_path(model: nn.Module, lengths: Sequence[int], settings: GenerationSettings) -> bool:
     """Whether the static-cache decoder will take the model (its refusals known up front), so the batch is sized
     for its chunked prefill."""
@@ -410,7 +409,7 @@ def generate_answers(model: nn.Module, tokenizer: Any, questions: Sequence[str],
     settings = settings or GenerationSettings()
     prompt = prompt or FewShotPrompt.load(settings.prompt)
     chat = has_chat_template(tokenizer) if settings.chat_template is None else settings.chat_template
-    texts = [prompt.render(tokenizer, q, chat=settings.chat_template) for q in questions]
+    texts = [prompt.render(tokenizer, q, chat=chat) for q in questions]
     run = generate(model, tokenizer, texts, settings, ids=ids, stop_strings=prompt.stop_strings(chat))
     run.extra.update({"prompt": prompt.name, "prompt_source": prompt.source, "chat_template": chat})
     return run

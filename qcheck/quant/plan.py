@@ -132,6 +132,13 @@ class Plan:
     def rules(self) -> tuple[Rule, ...]:
         return self.overrides + (self.default,)
 
+    @property
+    def uses_bitsandbytes(self) -> bool:
+        """Whether any rule stores layers with bitsandbytes (its storage is its own, and its kernels host-bound)."""
+        from qcheck.quant.spec import BnbSpec
+
+        return any(isinstance(rule.spec, BnbSpec) for rule in self.rules)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "include_lm_head": self.include_lm_head,
                                "include_embeddings": self.include_embeddings,
