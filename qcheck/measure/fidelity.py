@@ -27,7 +27,13 @@ from qcheck.quant.offload import input_device
 from qcheck.stats import Interval, bootstrap_interval, mcnemar_exact, wilson_interval
 
 CHUNK_POSITIONS = 128
-"""Positions whose full-vocabulary logits are materialized at once (per model)."""
+"""The fewest positions whose full-vocabulary logits are materialized at once (per model)."""
+CHUNK_BYTES = 192 * 2**20
+"""The most one fp32 full-vocabulary tensor of a chunk may take: about five such tensors are alive at once (the
+reference's logits, log-probs and probabilities, the difference, its expm1), so a chunk holds about 1 GiB, as
+perplexity's head chunk does (HEAD_CHUNK_BYTES): 1,024 positions of SmolLM2's 49,152 tokens, 392 of Llama 3's
+128,256. A chunk of 128 positions cost ~35 kernel launches and six host waits per 128 tokens: on an H100 the
+fidelity of 299k tokens took 4.5 s in bf16, three times perplexity's time per model (benchmarks/RESULTS.md)."""
 BLOCK_TOKENS = 128
 """Resampling unit of the bootstrap: runs of up to this many consecutive scored tokens, never across windows."""
 HEAD_PATH = "head-chunked"
@@ -245,7 +251,7 @@ def fidelity_many(
     context: int = 1024,
     stride: int | None = None,
     batch_size: int = 1,
-    chunk: int = CHUNK_POSITIONS,
+    chunk: int | None = None,
     block_tokens: int = BLOCK_TOKENS,
     pad_id: int = 0,
     reference_cache: dict[Any, torch.Tensor] | None = None,
@@ -258,11 +264,12 @@ def fidelity_many(
     measures one variant per call, and the reference's decoder pass is then paid once per run, not per variant.
     Only the final hidden states are kept (tokens x hidden size: 4.7 MB for 2,048 tokens of a 576-wide model).
     `states_cache` holds the variants' decoder states of batches another measurement already ran (perplexity over
-    the same windows), so their decoder runs once per subject.
+    the same windows), so their decoder runs once per subject. `chunk` (positions whose logits exist at once)
+    defaults to `chunk_positions` of the batch; chunking does not change the values (row-wise arithmetic).
     """
     if not variants:
         raise ValueError("fidelity_many needs at least one variant")
-    if chunk < 1:
+    if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     ids_t = torch.as_tensor(ids, dtype=torch.long).flatten()
     if ids_t.numel() < 2:
@@ -272,8 +279,9 @@ def fidelity_many(
     probe = ids_t[: min(16, ids_t.numel())].unsqueeze(0)
     ref_stream = _Stream(reference, probe)
     streams = {name: (ref_stream if model is reference else _Stream(model, probe)) for name, model in variants.items()}
-    acc = {name: {"kl": [], "top1": [], "dp": [], "win": [], "identical": 0, "maxdiff": 0.0, "neg": 0, "secs": 0.0}
-           for name in variants}
+    acc: dict[str, dict[str, Any]] = {
+        name: {"kl": [], "top1": [], "dp": [], "win": [], "identical": [], "maxdiff": [], "neg": [], "secs": 0.0}
+        for name in variants}
     ref_p_tops: list[torch.Tensor] = []
     device = ref_stream.device
     cache_key = (ids_digest(ids_t), context, stride, batch_size, pad_id, ref_stream.path)
@@ -294,29 +302,32 @@ def fidelity_many(
                                                                                 rows)
             acc[name]["secs"] += time.perf_counter() - start
         win = torch.cat([torch.full((last - first,), i + row, dtype=torch.int32) for row, first, last in rows])
-        for c in range(0, ref_states.shape[0], chunk):
-            ref_logits = ref_stream.logits(ref_states[c: c + chunk], device)
+        step = chunk or chunk_positions(ref_states.shape[0], _vocab(reference))
+        for c in range(0, ref_states.shape[0], step):
+            ref_logits = ref_stream.logits(ref_states[c: c + step], device)
             ref_lse = ref_logits.logsumexp(-1)
             ref_logp = ref_logits - ref_lse.unsqueeze(-1)
             ref_p = ref_logp.exp()
             ref_top = ref_logits.argmax(-1)
             ref_p_top = (ref_logits.gather(-1, ref_top.unsqueeze(-1)).squeeze(-1) - ref_lse).exp()
-            ref_p_tops.append(ref_p_top.float().cpu())
+            ref_p_tops.append(ref_p_top.float())
             for name, stream in streams.items():
                 start = time.perf_counter()
                 a = acc[name]
-                var_logits = stream.logits(var_states[name][c: c + chunk], device)
+                var_logits = stream.logits(var_states[name][c: c + step], device)
                 var_top = var_logits.argmax(-1)
                 var_p_top = (var_logits.gather(-1, ref_top.unsqueeze(-1)).squeeze(-1)
                              - var_logits.logsumexp(-1)).exp()
                 diff = var_logits.neg_().add_(ref_logits)  # ref - variant logits, in place
-                a["identical"] += int((diff == 0).all(-1).sum())
-                a["maxdiff"] = max(a["maxdiff"], float(diff.abs().max()))
+                low, high = torch.aminmax(diff)
+                # device-side tallies: one host wait per run, not several per chunk
+                a["identical"].append((diff == 0).all(-1).sum())
+                a["maxdiff"].append(torch.maximum(high, low.neg()))
                 kl = _kl_from_logit_difference(ref_logp, ref_p, diff)
-                a["neg"] += int((kl < 0).sum())
-                a["kl"].append(kl.clamp_min(0.0).cpu())
-                a["top1"].append((var_top == ref_top).cpu())
-                a["dp"].append((ref_p_top - var_p_top).abs().cpu())
+                a["neg"].append((kl < 0).sum())
+                a["kl"].append(kl.clamp_min(0.0))
+                a["top1"].append(var_top == ref_top)
+                a["dp"].append((ref_p_top - var_p_top).abs())
                 a["secs"] += time.perf_counter() - start
                 del var_logits, diff
         for name in acc:
@@ -327,13 +338,29 @@ def fidelity_many(
         paths = {"reference": ref_stream.path, "variant": stream.path}
         notes = [s.note for s in (ref_stream, stream) if s.note]
         out[name] = FidelityResult(
-            variant=name, token_kl=torch.cat(a["kl"]).double().numpy(), token_top1=torch.cat(a["top1"]).numpy(),
-            token_dp=torch.cat(a["dp"]).double().numpy(), token_window=torch.cat(a["win"]).numpy(),
-            context=context, stride=stride, n_windows=len(spans), identical_tokens=a["identical"],
-            max_abs_logit_diff=a["maxdiff"], negative_kl_clamped=a["neg"], paths=paths,
-            same_object=variants[name] is reference, block_tokens=block_tokens, seconds=a["secs"],
-            extra={"notes": notes} if notes else {}, token_ref_p_top=torch.cat(ref_p_tops).double().numpy())
+            variant=name, token_kl=_host(a["kl"]).double().numpy(), token_top1=_host(a["top1"]).numpy(),
+            token_dp=_host(a["dp"]).double().numpy(), token_window=torch.cat(a["win"]).numpy(),
+            context=context, stride=stride, n_windows=len(spans), identical_tokens=int(_host(a["identical"]).sum()),
+            max_abs_logit_diff=float(_host(a["maxdiff"]).max()), negative_kl_clamped=int(_host(a["neg"]).sum()),
+            paths=paths, same_object=variants[name] is reference, block_tokens=block_tokens, seconds=a["secs"],
+            extra={"notes": notes} if notes else {}, token_ref_p_top=_host(ref_p_tops).double().numpy())
     return out
+
+
+def chunk_positions(rows: int, vocab: int) -> int:
+    """Positions per head chunk: CHUNK_BYTES of fp32 logits, at most a quarter of the batch's `rows` (so a chunk's
+    five tensors stay near one forward's logits of the same batch, issue 11's bound), at least CHUNK_POSITIONS."""
+    return max(CHUNK_POSITIONS, min(CHUNK_BYTES // (4 * max(1, vocab)), rows // 4))
+
+
+def _vocab(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    return int(getattr(config, "vocab_size", 0) or 0) or 1
+
+
+def _host(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Per-chunk device tensors as one CPU tensor (0-d tallies become a vector)."""
+    return torch.cat([p.reshape(-1) for p in parts]).cpu()
 
 
 def _kl_from_logit_difference(ref_logp: torch.Tensor, ref_p: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from qcheck.invariants.fidelity import (
     assert_kl_sane,
     kl_difference_interval,
 )
+from qcheck.measure import fidelity as fidelity_module
 from qcheck.measure.fidelity import (
     FULL_PATH,
     HEAD_PATH,
@@ -112,6 +113,31 @@ def test_batching_and_chunking_do_not_change_the_values(tiny, tiny_w4, ids):
     b = fidelity_of_ids(tiny, tiny_w4, ids, context=64, stride=32, batch_size=4, chunk=5)
     np.testing.assert_allclose(a.token_kl, b.token_kl, rtol=1e-4, atol=1e-7)
     assert np.array_equal(a.token_top1, b.token_top1) and np.array_equal(a.token_window, b.token_window)
+
+
+def test_the_default_chunk_gives_the_same_values_and_tallies_as_small_chunks(tiny, tiny_w4, ids, monkeypatch):
+    """The default chunk is sized by bytes; lowered so a batch spans several chunks, every per-token value and the
+    device-side tallies (identical rows, largest difference, clamped negatives) equal those of 5-position chunks."""
+    monkeypatch.setattr(fidelity_module, "CHUNK_POSITIONS", 3)
+    monkeypatch.setattr(fidelity_module, "CHUNK_BYTES", 4 * tiny.config.vocab_size * 40)
+    assert fidelity_module.chunk_positions(4 * 64, tiny.config.vocab_size) == 40
+    a = fidelity_of_ids(tiny, tiny_w4, ids, context=64, batch_size=4)
+    b = fidelity_of_ids(tiny, tiny_w4, ids, context=64, batch_size=4, chunk=5)
+    np.testing.assert_allclose(a.token_kl, b.token_kl, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(a.token_dp, b.token_dp, rtol=1e-3, atol=1e-8)  # the head's GEMM rounds by shape
+    assert np.array_equal(a.token_top1, b.token_top1) and a.identical_tokens == b.identical_tokens == 0
+    assert a.max_abs_logit_diff == pytest.approx(b.max_abs_logit_diff, rel=1e-4) and a.max_abs_logit_diff > 0
+    assert a.negative_kl_clamped == b.negative_kl_clamped
+    same = fidelity_of_ids(tiny, tiny, ids, context=64, batch_size=4)
+    assert same.identical and same.max_abs_logit_diff == 0.0
+
+
+def test_chunk_positions_follow_the_byte_budget_and_the_batch():
+    vocab = 49_152
+    assert fidelity_module.chunk_positions(64 * 1024, vocab) == fidelity_module.CHUNK_BYTES // (4 * vocab) == 1024
+    assert fidelity_module.chunk_positions(1024, vocab) == 256  # a quarter of one window: near one forward's logits
+    assert fidelity_module.chunk_positions(100, vocab) == fidelity_module.CHUNK_POSITIONS
+    assert fidelity_module.chunk_positions(64 * 1024, 128_256) == 392
 
 
 def test_kept_reference_states_give_the_same_values_and_skip_the_reference_pass(tiny, tiny_w4, ids):
