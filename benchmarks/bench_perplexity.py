@@ -14,7 +14,7 @@ Run on a GPU machine (from the repository root):
 `--quick --device cpu` runs a tiny model on the CPU to check the script itself.
 
 `--fidelity` times the fidelity measurement the same way (issue 20: "fidelity (two models) at the same rate per
-model"): the reference against its int8 RTN variant (the built-in plan, fake-quantized in the reference's dtype) on
+model"): the reference against its int8 RTN variant (the built-in plan, cast back to the reference's dtype) on
 the same tokens, qcheck's `fidelity_of_ids` at each batch size against a plain loop (both models' logits one window
 at a time, KL(ref || variant) from log-softmaxes). Tokens/s count the tokens of both models (2 x the text), so they
 compare with perplexity's one-model figure; the mean KLs must agree in fp32.
@@ -92,11 +92,14 @@ def qcheck_fidelity(reference: torch.nn.Module, variant: torch.nn.Module, ids: t
 
 
 def int8_variant(model: torch.nn.Module) -> torch.nn.Module:
-    """The built-in int8 RTN variant of `model` (a deep copy, fake-quantized in the model's dtype)."""
+    """The built-in int8 RTN variant of `model` (a deep copy), cast back to the model's dtype: qcheck fake-quantizes
+    in fp32 (a bf16 reference's variant computes in fp32, so sessions 17-18's bf16 rows timed an fp32 variant, three
+    times a bf16 model's time); per model, the rate compares with perplexity's only in the same dtype."""
     from qcheck.quant.apply import quantize
     from qcheck.variants import builtin_plan
 
-    return quantize(model, builtin_plan("int8"))[0]
+    dtype = next(model.parameters()).dtype
+    return quantize(model, builtin_plan("int8"))[0].to(dtype)
 
 
 def run_fidelity(device: str, tokens: int, batch_sizes: list[int], dtypes: list[str], repeats: int,
