@@ -61,7 +61,7 @@ def _models(device: str, quick: bool, with_variant: bool) -> tuple[torch.nn.Modu
     return reference, variant
 
 
-def measure(kind: str, device: str, batch: int, windows: int, quick: bool, chunk: int) -> dict[str, Any]:
+def measure(kind: str, device: str, batch: int, windows: int, quick: bool, chunk: int | None) -> dict[str, Any]:
     """Peak memory above the models' baseline of one `kind` ('forward' or 'fidelity'), in this process."""
     from qcheck.measure.fidelity import fidelity_many
 
@@ -89,8 +89,11 @@ def measure(kind: str, device: str, batch: int, windows: int, quick: bool, chunk
             ids = torch.randint(0, vocab, (batch * windows * CONTEXT,), generator=gen)
             result = fidelity_many(reference, {"variant": variant}, ids, context=CONTEXT, batch_size=batch,
                                    chunk=chunk)["variant"]
+            from qcheck.measure.fidelity import chunk_positions
+
             out.update(tokens=result.n_tokens, windows=result.n_windows, kl_mean=result.kl_mean,
-                       top1_agreement=result.top1_agreement, paths=result.paths, chunk=chunk,
+                       top1_agreement=result.top1_agreement, paths=result.paths,
+                       chunk=chunk or chunk_positions(batch * (CONTEXT - 1), vocab),
                        full_logits_bytes_if_held=result.n_tokens * vocab * 4 * 2)
         if cuda:
             torch.cuda.synchronize()
@@ -107,7 +110,7 @@ def measure(kind: str, device: str, batch: int, windows: int, quick: bool, chunk
 def run_child(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """`measure` in a fresh Python process (nothing allocated by one measurement is reused by the other)."""
     cmd = [sys.executable, __file__, "--child", kind, "--device", args.device, "--batch", str(args.batch),
-           "--windows", str(args.windows), "--chunk", str(args.chunk)] + (["--quick"] if args.quick else [])
+           "--windows", str(args.windows)] + (["--chunk", str(args.chunk)] if args.chunk else []) + (["--quick"] if args.quick else [])
     env = dict(os.environ)
     if not args.device.startswith("cuda") and not getattr(args, "malloc_default", False):
         # glibc raises its mmap threshold after big frees and then keeps freed blocks resident: with a fixed
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=1, help="windows per forward (default 1)")
     parser.add_argument("--windows", type=int, default=4, help="window batches the fidelity pass streams")
-    parser.add_argument("--chunk", type=int, default=128, help="positions whose logits exist at once")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="positions whose logits exist at once (default: qcheck's, sized by bytes and batch)")
     parser.add_argument("--quick", action="store_true", help="tiny model (checks the script)")
     parser.add_argument("--malloc-default", action="store_true",
                         help="CPU: keep glibc's dynamic mmap threshold (RSS then includes freed, retained blocks)")
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _args(device: str, batch: int) -> argparse.Namespace:
-    return argparse.Namespace(device=device, batch=batch, windows=4, chunk=128, quick=False, malloc_default=False)
+    return argparse.Namespace(device=device, batch=batch, windows=4, chunk=None, quick=False, malloc_default=False)
 
 
 def test_streaming_within_2x_of_a_forward_cpu():
