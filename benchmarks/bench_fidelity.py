@@ -63,7 +63,7 @@ def _models(device: str, quick: bool, with_variant: bool) -> tuple[torch.nn.Modu
 
 def measure(kind: str, device: str, batch: int, windows: int, quick: bool, chunk: int | None) -> dict[str, Any]:
     """Peak memory above the models' baseline of one `kind` ('forward' or 'fidelity'), in this process."""
-    from qcheck.measure.fidelity import fidelity_many
+    from qcheck.measure.fidelity import chunk_positions, fidelity_many
 
     reference, variant = _models(device, quick, with_variant=kind == "fidelity")
     vocab = reference.config.vocab_size
@@ -89,8 +89,6 @@ def measure(kind: str, device: str, batch: int, windows: int, quick: bool, chunk
             ids = torch.randint(0, vocab, (batch * windows * CONTEXT,), generator=gen)
             result = fidelity_many(reference, {"variant": variant}, ids, context=CONTEXT, batch_size=batch,
                                    chunk=chunk)["variant"]
-            from qcheck.measure.fidelity import chunk_positions
-
             out.update(tokens=result.n_tokens, windows=result.n_windows, kl_mean=result.kl_mean,
                        top1_agreement=result.top1_agreement, paths=result.paths,
                        chunk=chunk or chunk_positions(batch * (CONTEXT - 1), vocab),
@@ -110,7 +108,8 @@ def measure(kind: str, device: str, batch: int, windows: int, quick: bool, chunk
 def run_child(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """`measure` in a fresh Python process (nothing allocated by one measurement is reused by the other)."""
     cmd = [sys.executable, __file__, "--child", kind, "--device", args.device, "--batch", str(args.batch),
-           "--windows", str(args.windows)] + (["--chunk", str(args.chunk)] if args.chunk else []) + (["--quick"] if args.quick else [])
+           "--windows", str(args.windows)]
+    cmd += (["--chunk", str(args.chunk)] if args.chunk else []) + (["--quick"] if args.quick else [])
     env = dict(os.environ)
     if not args.device.startswith("cuda") and not getattr(args, "malloc_default", False):
         # glibc raises its mmap threshold after big frees and then keeps freed blocks resident: with a fixed

@@ -349,13 +349,20 @@ def fidelity_many(
 
 def chunk_positions(rows: int, vocab: int) -> int:
     """Positions per head chunk: CHUNK_BYTES of fp32 logits, at most a quarter of the batch's `rows` (so a chunk's
-    five tensors stay near one forward's logits of the same batch, issue 11's bound), at least CHUNK_POSITIONS."""
-    return max(CHUNK_POSITIONS, min(CHUNK_BYTES // (4 * max(1, vocab)), rows // 4))
+    five tensors stay near one forward's logits of the same batch, issue 11's bound), at least CHUNK_POSITIONS
+    (and just that where the vocabulary size is unknown, 0)."""
+    if vocab < 1:
+        return CHUNK_POSITIONS
+    return max(CHUNK_POSITIONS, min(CHUNK_BYTES // (4 * vocab), rows // 4))
 
 
 def _vocab(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    return int(getattr(config, "vocab_size", 0) or 0) or 1
+    """The model's logits width: its output embedding's rows, else config.vocab_size, else 0 (unknown)."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    return int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
 
 
 def _host(parts: list[torch.Tensor]) -> torch.Tensor:

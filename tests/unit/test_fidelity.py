@@ -138,6 +138,7 @@ def test_chunk_positions_follow_the_byte_budget_and_the_batch():
     assert fidelity_module.chunk_positions(1024, vocab) == 256  # a quarter of one window: near one forward's logits
     assert fidelity_module.chunk_positions(100, vocab) == fidelity_module.CHUNK_POSITIONS
     assert fidelity_module.chunk_positions(64 * 1024, 128_256) == 392
+    assert fidelity_module.chunk_positions(64 * 1024, 0) == fidelity_module.CHUNK_POSITIONS  # vocabulary unknown
 
 
 def test_kept_reference_states_give_the_same_values_and_skip_the_reference_pass(tiny, tiny_w4, ids):
