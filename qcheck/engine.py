@@ -571,7 +571,6 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
     (latency, energy) are left out of their shares and taken here afterwards, variant by variant, with the device
     to this process alone: a timing taken beside another worker's kernels would time the contention. Any number
     of workers works; the records are those one process would take (timing aside)."""
-    import json
     import multiprocessing
     import tempfile
     from pathlib import Path
@@ -609,19 +608,19 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
                                                        (i % gpus) if gpus else None, share, str(out)))
             proc.start()
             procs.append((i, proc, out))
-        _follow(procs, done, len(queue) + 1)
-        for i, proc, out in procs:
-            proc.join()
-            if not out.is_file():
-                continue  # a worker that died before its first variant; what it took is marked below
-            part_store = RecordStore.from_dict(json.loads(out.read_text(encoding="utf-8")), source=str(out))
-            for record in part_store:
-                ctx.store.put(record)
-            for key, value in part_store.meta.items():
-                if key in ("variant_seconds", "peak_memory", "measured"):
-                    ctx.store.meta.setdefault(f"workers_{key}", {})[str(i)] = value
-                elif key == "data":
-                    ctx.store.meta.setdefault("data", {}).update(value)
+        try:
+            _follow(procs, done, len(queue) + 1)
+            for _, proc, _ in procs:
+                proc.join()
+        except BaseException:
+            # Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the plugin: stop the workers (a non-daemon worker
+            # would keep the interrupted run alive until it finished its share), keep what they finished
+            _stop_workers(procs)
+            _merge_workers(ctx, procs)
+            ctx.store.meta["workers"] = len(procs)
+            ctx.store.variants = [REFERENCE, *ctx.variants.names]
+            raise
+        _merge_workers(ctx, procs)
         died = [f"worker {i} (exit {proc.exitcode})" for i, proc, _ in procs if proc.exitcode != 0]
         for name, ms in {REFERENCE: set(), **untimed}.items():
             for m in ms | ({"build"} if name == REFERENCE or any(not STEPS[x].model_free for x in ms) else set()):
@@ -642,6 +641,41 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
         with variant_progress([n for n in (REFERENCE, *ctx.variants.names) if n in timed]) as progress:
             measure_run(ctx, timed, progress=progress)
     return ctx.store
+
+
+def _merge_workers(ctx: RunContext, procs: list[Any]) -> None:
+    """Every worker's written store into the run's: its records, and its meta under `workers_*` keys."""
+    import json
+
+    for i, _, out in procs:
+        if not out.is_file():
+            continue  # a worker that died before its first variant; what it took is marked by the caller
+        part_store = RecordStore.from_dict(json.loads(out.read_text(encoding="utf-8")), source=str(out))
+        for record in part_store:
+            ctx.store.put(record)
+        for key, value in part_store.meta.items():
+            if key in ("variant_seconds", "peak_memory", "measured"):
+                ctx.store.meta.setdefault(f"workers_{key}", {})[str(i)] = value
+            elif key == "data":
+                ctx.store.meta.setdefault("data", {}).update(value)
+
+
+STOP_GRACE_S = 10.0
+"""How long stopped workers get to exit on SIGTERM before they are killed."""
+
+
+def _stop_workers(procs: list[Any], grace_s: float = STOP_GRACE_S) -> None:
+    """Terminate the workers still running, and kill any still alive after `grace_s`. Each writes its store
+    atomically, so what a worker finished survives it."""
+    for _, proc, _ in procs:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for _, proc, _ in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _follow(procs: list[Any], done: Any, total: int) -> None:

@@ -223,6 +223,48 @@ def test_a_worker_that_dies_leaves_errors_for_what_it_took(tiny_folder, monkeypa
         assert all(store.find(other, m).status == RecordStatus.OK for m in needs[other]), other
 
 
+def _hangs_after_the_reference(options, shares, queue, taken, done, reference, device_index, share, out):
+    """A worker for the test below: worker 0 measures the reference (and writes its store), then both hang as a
+    long variant would."""
+    import time
+
+    from qcheck.engine import _worker
+
+    if reference is not None:
+        _worker(options, {}, [], taken, done, reference, device_index, share, out)
+    while True:
+        time.sleep(1)
+
+
+def test_an_interrupted_run_stops_its_workers_and_keeps_what_they_finished(tiny_folder, monkeypatch):
+    """Ctrl-C or SIGTERM (which the plugin turns into KeyboardInterrupt) in the parent stops the workers at once:
+    they are not daemons, so the parent would otherwise wait at exit for their whole share. What a worker finished
+    (its store is written after each subject) is in the interrupted run's store."""
+    import multiprocessing
+    import time
+
+    from qcheck import engine
+
+    def interrupted(procs, done, total):
+        deadline = time.monotonic() + 120
+        while done.value < 1 and time.monotonic() < deadline:  # the reference is measured and written
+            time.sleep(0.1)
+        raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)")
+
+    monkeypatch.setattr(engine, "_worker", _hangs_after_the_reference)
+    monkeypatch.setattr(engine, "_follow", interrupted)
+    monkeypatch.setattr(engine, "_OPENED", {})
+    ctx = open_run(_options(tiny_folder, variants=("int8", "w4g64"), tokens=256, workers=2))
+    needs = {"fp32": {"perplexity"}, "int8": {"perplexity"}, "w4g64": {"perplexity"}}
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        engine.measure_parallel(ctx, needs, 2)
+    assert time.monotonic() - start < 120
+    assert multiprocessing.active_children() == []  # stopped, not left running the variants
+    assert ctx.store.find("fp32", "perplexity").status == RecordStatus.OK  # worker 0 finished it
+    assert ("int8", "perplexity") not in ctx.store and ctx.store.meta["workers"] == 2
+
+
 def test_workers_take_the_longest_variants_first(tiny_folder):
     """The shared list the workers take from starts with the variants likely to take longest (bitsandbytes'
     host-bound kernels), so none of them is started last while the other workers sit idle; the rest keep the run's
