@@ -140,20 +140,34 @@ def report_of(config: pytest.Config) -> Any:
     return config.stash[_REPORT]
 
 
+REPEATED_SIGTERM_S = 2.0
+"""A SIGTERM this soon after the first is the same termination delivered twice, and is ignored: GNU `timeout`
+signals the command and then its whole process group, which holds the command, so each of its timeouts arrives
+twice (a handler that let the second one kill lost every report to `timeout`). A later one kills as usual."""
+
+
 def _terminate_as_interrupt(config: pytest.Config) -> None:
     """Turn SIGTERM (CI timeouts, `timeout`, job cancellation) into a KeyboardInterrupt, so that pytest finishes
     the session and the report is still written, marked unfinished with the tests that did not run."""
     import signal
     import threading
+    import time
 
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
     if previous not in (signal.SIG_DFL, None):
         return  # someone else handles SIGTERM; leave it to them
+    first: list[float] = []
 
     def interrupt(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills as usual
+        if first and time.monotonic() - first[0] < REPEATED_SIGTERM_S:
+            return
+        if first:  # a second termination: kill as usual
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+            return
+        first.append(time.monotonic())
         raise KeyboardInterrupt(f"terminated by signal {signum} (SIGTERM)")
 
     signal.signal(signal.SIGTERM, interrupt)
@@ -271,6 +285,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     if _REPORT in session.config.stash:
+        if "imported" not in timeline.marks():
+            # a plain pytest run's timeline starts here; marks already set came from earlier work in this process
+            # (a test that opened a run in-process), not from this run (`qcheck run` marks "imported" first)
+            timeline.reset()
         timeline.mark("collected")
 
 

@@ -1,5 +1,7 @@
 """The pytest plugin, exercised through real pytest runs (pytester) of the shipped suite."""
 import json
+import shutil
+import sys
 
 import pytest
 
@@ -133,6 +135,57 @@ def test_sigterm_still_writes_the_report_marked_unfinished(pytester, tmp_path):
     assert report["complete"] is False and "SIGTERM" in report["interruption"]["reason"]
     assert any(n.endswith("test_never_runs") for n in report["unfinished"])
     assert [c["name"] for c in report["checks"]] == ["first"]
+
+
+def test_a_sigterm_delivered_twice_still_writes_the_report(pytester, tmp_path):
+    """GNU `timeout` signals the command and then its process group: the same SIGTERM arrives twice in a row. The
+    second must not kill the session before it writes its report."""
+    pytester.makepyfile(test_twice="""
+        import os, signal
+
+        def test_first(qcheck_record):
+            from qcheck.results import CheckResult, Status
+            qcheck_record(CheckResult("first", Status.PASS, "ran"))
+
+        def test_killed():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def test_never_runs():
+            pass
+    """)
+    pytester.makeconftest("""
+        import os, signal
+
+        def pytest_sessionfinish():
+            os.kill(os.getpid(), signal.SIGTERM)  # the group's copy, while the session winds down
+    """)
+    out = tmp_path / "rep"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--qcheck-report={out}")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    report = json.loads((out / "qcheck-report.json").read_text())
+    assert report["complete"] is False and [c["name"] for c in report["checks"]] == ["first"]
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs GNU coreutils' timeout")
+def test_a_run_under_gnu_timeout_writes_its_report(pytester, tmp_path):
+    """The real thing: `timeout` ends a run mid-test and the report is written, marked unfinished."""
+    pytester.makepyfile(test_slow="""
+        import time
+
+        def test_first(qcheck_record):
+            from qcheck.results import CheckResult, Status
+            qcheck_record(CheckResult("first", Status.PASS, "ran"))
+
+        def test_slow():
+            time.sleep(600)
+    """)
+    out = tmp_path / "rep"
+    result = pytester.run("timeout", "-s", "TERM", "30", sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                          f"--qcheck-report={out}", str(pytester.path))
+    assert result.ret == 124  # timeout's own status: it fired
+    report = json.loads((out / "qcheck-report.json").read_text())
+    assert report["complete"] is False and "SIGTERM" in report["interruption"]["reason"]
+    assert any(n.endswith("test_slow") for n in report["unfinished"])
 
 
 def test_prompts_and_ptq_options_reach_the_run_options(pytester, monkeypatch):
