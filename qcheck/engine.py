@@ -608,19 +608,19 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
                                                        (i % gpus) if gpus else None, share, str(out)))
             proc.start()
             procs.append((i, proc, out))
+        ctx.store.meta["workers"] = len(procs)
+        ctx.store.variants = [REFERENCE, *ctx.variants.names]
         try:
             _follow(procs, done, len(queue) + 1)
             for _, proc, _ in procs:
                 proc.join()
         except BaseException:
             # Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the plugin: stop the workers (a non-daemon worker
-            # would keep the interrupted run alive until it finished its share), keep what they finished
+            # would keep the interrupted run alive until it finished its share)
             _stop_workers(procs)
-            _merge_workers(ctx, procs)
-            ctx.store.meta["workers"] = len(procs)
-            ctx.store.variants = [REFERENCE, *ctx.variants.names]
             raise
-        _merge_workers(ctx, procs)
+        finally:
+            _merge_workers(ctx, procs)  # what they finished, interrupted or not
         died = [f"worker {i} (exit {proc.exitcode})" for i, proc, _ in procs if proc.exitcode != 0]
         for name, ms in {REFERENCE: set(), **untimed}.items():
             for m in ms | ({"build"} if name == REFERENCE or any(not STEPS[x].model_free for x in ms) else set()):
@@ -628,9 +628,7 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
                     ctx.store.put(Record(name, m, RecordStatus.ERROR, reason="no worker recorded it: " + (
                         f"{', '.join(died)} ended before finishing what it had taken" if died else
                         "no worker took it, and every worker exited 0")))
-    ctx.store.meta["workers"] = len(procs)
     ctx.store.meta["reference_parked_on_host"] = parked
-    ctx.store.variants = [REFERENCE, *ctx.variants.names]
     if timed:
         ctx.store.meta["timed_after_workers"] = {
             "measurements": sorted({m for ms in timed.values() for m in ms}),
@@ -680,13 +678,11 @@ def _stop_workers(procs: list[Any], grace_s: float = STOP_GRACE_S) -> None:
 
 def _follow(procs: list[Any], done: Any, total: int) -> None:
     """Wait for the workers with a live line: subjects measured of `total` (workers count them in `done`)."""
-    import time as clock
-
     from qcheck.progress import progress_bar
 
     with progress_bar(f"qcheck, {len(procs)} workers", total=total, unit="variant") as bar:
         while any(proc.is_alive() for _, proc, _ in procs):
-            clock.sleep(0.5)
+            time.sleep(0.5)
             if done.value > bar.n:
                 bar.update(done.value - bar.n)
 

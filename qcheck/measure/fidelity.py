@@ -303,7 +303,8 @@ def fidelity_many(
                                                                                 rows)
             acc[name]["secs"] += time.perf_counter() - start
         win = torch.cat([torch.full((last - first,), i + row, dtype=torch.int32) for row, first, last in rows])
-        step = chunk or chunk_positions(ref_states.shape[0], _vocab(reference))
+        width = ref_states.shape[-1] if ref_stream.path == FULL_PATH else getattr(ref_stream.head, "out_features", 0)
+        step = chunk or chunk_positions(ref_states.shape[0], int(width or 0))  # width: the logits' (vocabulary)
         for c in range(0, ref_states.shape[0], step):
             ref_logits = ref_stream.logits(ref_states[c: c + step], device)
             ref_lse = ref_logits.logsumexp(-1)
@@ -354,15 +355,6 @@ def chunk_positions(rows: int, vocab: int) -> int:
     if vocab < 1:
         return CHUNK_POSITIONS
     return max(CHUNK_POSITIONS, min(CHUNK_BYTES // (4 * vocab), rows // 4))
-
-
-def _vocab(model: nn.Module) -> int:
-    """The model's logits width: its output embedding's rows, else config.vocab_size, else 0 (unknown)."""
-    head = getattr(model, "get_output_embeddings", lambda: None)()
-    weight = getattr(head, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        return int(weight.shape[0])
-    return int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
 
 
 def _host(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -113,21 +113,34 @@ def test_ptq_backend_runs_as_a_suite_variant(pytester, tmp_path, warm_model, wik
     assert variant["metrics"]["perplexity"]["context"] == 128
 
 
-def test_sigterm_still_writes_the_report_marked_unfinished(pytester, tmp_path):
-    """A CI timeout (SIGTERM) mid-run ends the session through pytest, so the report says what did not run."""
-    pytester.makepyfile(test_killed="""
-        import os, signal
+KILLED_MID_RUN = """
+    import os, signal
 
-        def test_first(qcheck_record):
-            from qcheck.results import CheckResult, Status
-            qcheck_record(CheckResult("first", Status.PASS, "ran"))
+    def test_first(qcheck_record):
+        from qcheck.results import CheckResult, Status
+        qcheck_record(CheckResult("first", Status.PASS, "ran"))
 
-        def test_killed():
-            os.kill(os.getpid(), signal.SIGTERM)
+    def test_killed():
+        os.kill(os.getpid(), signal.SIGTERM)
 
-        def test_never_runs():
-            pass
-    """)
+    def test_never_runs():
+        pass
+"""
+
+
+@pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
+def test_sigterm_still_writes_the_report_marked_unfinished(pytester, tmp_path, twice):
+    """A CI timeout (SIGTERM) mid-run ends the session through pytest, so the report says what did not run. GNU
+    `timeout` signals the command and then its process group, so the same SIGTERM can arrive twice in a row: the
+    second must not kill the session before it writes its report."""
+    pytester.makepyfile(test_killed=KILLED_MID_RUN)
+    if twice:
+        pytester.makeconftest("""
+            import os, signal
+
+            def pytest_sessionfinish():
+                os.kill(os.getpid(), signal.SIGTERM)  # the group's copy, while the session winds down
+        """)
     out = tmp_path / "rep"
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--qcheck-report={out}")
     assert result.ret == pytest.ExitCode.INTERRUPTED
@@ -135,35 +148,6 @@ def test_sigterm_still_writes_the_report_marked_unfinished(pytester, tmp_path):
     assert report["complete"] is False and "SIGTERM" in report["interruption"]["reason"]
     assert any(n.endswith("test_never_runs") for n in report["unfinished"])
     assert [c["name"] for c in report["checks"]] == ["first"]
-
-
-def test_a_sigterm_delivered_twice_still_writes_the_report(pytester, tmp_path):
-    """GNU `timeout` signals the command and then its process group: the same SIGTERM arrives twice in a row. The
-    second must not kill the session before it writes its report."""
-    pytester.makepyfile(test_twice="""
-        import os, signal
-
-        def test_first(qcheck_record):
-            from qcheck.results import CheckResult, Status
-            qcheck_record(CheckResult("first", Status.PASS, "ran"))
-
-        def test_killed():
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        def test_never_runs():
-            pass
-    """)
-    pytester.makeconftest("""
-        import os, signal
-
-        def pytest_sessionfinish():
-            os.kill(os.getpid(), signal.SIGTERM)  # the group's copy, while the session winds down
-    """)
-    out = tmp_path / "rep"
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--qcheck-report={out}")
-    assert result.ret == pytest.ExitCode.INTERRUPTED
-    report = json.loads((out / "qcheck-report.json").read_text())
-    assert report["complete"] is False and [c["name"] for c in report["checks"]] == ["first"]
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs GNU coreutils' timeout")
