@@ -13,8 +13,12 @@ with torch's scaled-dot-product-attention backends: "all" (torch's own choice) a
 and math only; cuDNN's attention builds an execution plan for every new sequence length, and a decoding step's key
 length grows by one each step). --profile-first profiles the first call of a fresh model instead of a warm one.
 --gqa crosses the graph decoder's grouped-query attention: "packed" (qcheck's: the query heads that share a key/value
-head are that head's query rows) and "copied" (transformers' sdpa as it stands, which before 5.2x copies the cache to
-every query head whenever a mask is passed). --profile-cache picks the cache of the profiled call.
+head are that head's query rows, and the few-shot prefix every prompt shares is held once and read from its one
+copy), "unshared" (packed, but every row's cache holds its whole prompt: the cache layout before the prefix was kept
+once, whose decoding steps read 50 copies of the prefix) and "copied" (transformers' sdpa as it stands, which before
+5.2x copies the cache to every query head whenever a mask is passed; rows unshared). --profile-cache picks the cache
+of the profiled call. --shape picks the layer shapes (bench_scale.py's SHAPES: 135m, 1.2b, 8b). Each result holds
+the second call's peak GPU memory.
 """
 from __future__ import annotations
 
@@ -49,21 +53,30 @@ def attention(name: str) -> contextlib.AbstractContextManager[Any]:
 
 
 def gqa(name: str) -> contextlib.AbstractContextManager[Any]:
-    """The graph decoder's grouped-query attention for one setting: "packed" is qcheck's, "copied" is transformers'."""
+    """The graph decoder's grouped-query attention for one setting: "packed" is qcheck's, "unshared" the same without
+    the prefix kept once, "copied" transformers' (rows unshared: its attention cannot read a prefix kept apart)."""
     from unittest import mock
 
-    if name == "packed":
-        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    if name in ("unshared", "copied"):
+        stack.enter_context(mock.patch("qcheck.measure.generation.shared_prefix", lambda rows: 0))
     if name == "copied":
-        return mock.patch("qcheck.measure.decode.gqa_decoding", lambda model: contextlib.nullcontext())
-    raise SystemExit(f"--gqa: unknown setting {name!r} (packed, copied)")
+        stack.enter_context(mock.patch("qcheck.measure.decode.gqa_decoding",
+                                       lambda model: contextlib.nullcontext(None)))
+    elif name not in ("packed", "unshared"):
+        raise SystemExit(f"--gqa: unknown setting {name!r} (packed, unshared, copied)")
+    return stack
 
 
-def build(dtype: torch.dtype, device: str, quick: bool, variant: str | None = None) -> torch.nn.Module:
-    """The random-init model in `dtype`, quantized in place by the built-in `variant`'s plan where one is named."""
+def build(dtype: torch.dtype, device: str, quick: bool, variant: str | None = None, shape: str = "135m"
+          ) -> torch.nn.Module:
+    """The random-init model of `shape` in `dtype`, quantized in place by the built-in `variant`'s plan where one is
+    named."""
+    from bench_scale import SHAPES
+
     from qcheck.inputs.models import random_init_like, smollm2_config, tiny_llama_config
 
-    config = tiny_llama_config(vocab_size=49152) if quick else smollm2_config()
+    config = tiny_llama_config(vocab_size=49152) if quick else smollm2_config(**SHAPES[shape])
     model = random_init_like(config, seed=0, dtype=dtype, device=device)
     if variant:
         from qcheck.quant.apply import quantize
@@ -132,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     questions = [p.question for p in load_gsm8k(args.prompts).items]
     out: dict[str, Any] = {"device": args.device, "prompts": len(questions), "new_tokens": args.new_tokens,
                            "torch": torch.__version__, "results": {}, "profiles": {},
-                           "host_profiles": {}, "variant": args.variant}
+                           "host_profiles": {}, "variant": args.variant, "shape": args.shape}
     if args.device == "cuda":
         out["gpu"] = torch.cuda.get_device_name()
     out["cudnn_sdp_enabled"] = bool(torch.backends.cuda.cudnn_sdp_enabled())
@@ -140,14 +153,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reference_texts = None
         for backends in args.attention.split(","):
             for heads in args.gqa.split(","):
-                model = build(DTYPES[name], args.device, args.quick, args.variant)  # fresh: the first call counts
+                model = build(DTYPES[name], args.device, args.quick, args.variant, args.shape)  # the first call counts
                 with attention(backends), gqa(heads):
                     if args.profile_first:
                         out["profiles"][f"{name}/{backends}/first"] = profile(model, tokenizer, questions,
                                                                               args.profile_tokens, args.top)
                     for cache in args.caches.split(","):
                         first, texts, decoding = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+                        if args.device == "cuda":
+                            torch.cuda.reset_peak_memory_stats()
                         second, texts2, _ = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+                        peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
                         reference_texts = reference_texts if reference_texts is not None else texts
                         key = (f"{name}/{cache}" + ("" if backends == "all" else f"/{backends}")
                                + (f"/gqa-{heads}" if cache == "graph" else ""))
@@ -156,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "ms_per_step": round(1000 * second / args.new_tokens, 2),
                             "same_tokens_as_first_cache": texts2 == reference_texts, "repeatable": texts == texts2,
                             "rows_differing": sum(a != b for a, b in zip(texts2, reference_texts)),
-                            "decoding": decoding}
+                            "peak_mb": None if peak is None else round(peak, 1), "decoding": decoding}
                         print(key, out["results"][key], flush=True)
                     if args.host_profile:
                         out["host_profiles"][f"{name}/{args.profile_cache}"] = host_profile(
@@ -172,13 +188,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(data: dict[str, Any]) -> str:
     title = (f"Greedy generation, {data['prompts']} GSM8K prompts in one batch, {data['new_tokens']} new tokens, "
-             f"random-init SmolLM2-135M shape{', variant ' + data['variant'] if data.get('variant') else ''} ({data.get('gpu', data['device'])}, torch {data['torch']})")
+             f"random-init {data.get('shape', '135m')} shape{', variant ' + data['variant'] if data.get('variant') else ''} ({data.get('gpu', data['device'])}, torch {data['torch']})")
     lines = [title, "",
-             ("| dtype / cache / attention | first call s | second call s | ms per step | same tokens as the first "
-              "setting |"),
-             "|---|---|---|---|---|"]
+             ("| dtype / cache / attention | first call s | second call s | ms per step | peak MiB (second call) "
+              "| same tokens as the first setting |"),
+             "|---|---|---|---|---|---|"]
     for key, r in data["results"].items():
-        lines.append(f"| {key} | {r['first_s']} | {r['second_s']} | {r['ms_per_step']} | "
+        lines.append(f"| {key} | {r['first_s']} | {r['second_s']} | {r['ms_per_step']} | {r.get('peak_mb')} | "
                      f"{r['same_tokens_as_first_cache']} |")
     lines += ["", f"cuDNN attention enabled in torch: {data.get('cudnn_sdp_enabled')}"]
     for name, rows in data.get("host_profiles", {}).items():
@@ -205,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-first", action="store_true",
                         help="profile the first call of each fresh model (where a 16-bit model's extra time goes)")
     parser.add_argument("--attention", default="all", help="SDPA backend settings to cross: all, no-cudnn")
-    parser.add_argument("--gqa", default="packed", help="graph decoder's grouped-query attention: packed, copied")
+    parser.add_argument("--gqa", default="packed",
+                        help="graph decoder's grouped-query attention: packed, unshared, copied")
+    parser.add_argument("--shape", default="135m", help="layer shapes: 135m, 1.2b, 8b (bench_scale.py)")
     parser.add_argument("--profile-cache", default="dynamic", help="cache of the profiled call")
     parser.add_argument("--profile-tokens", type=int, default=16)
     parser.add_argument("--top", type=int, default=8)

@@ -14,6 +14,8 @@
 #           operator (torch.profiler), 32 new tokens: what its 130 ms a step at 135M is made of
 # gqa       the graph decoder's grouped-query attention, packed (qcheck's) vs copied (transformers' repeat_kv), profiled
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
+# genprefix the graph decoder with the shared few-shot prefix kept once (qcheck's) against every row holding it
+#           (the layout before): time, peak memory and tokens, 256 steps, fp32 and bf16, 135M and 1.2B shapes
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # fid       fidelity throughput on 299k tokens (reference vs its int8 variant): plain loop vs qcheck; bf16 and fp32
 # fidbf16   fid in bf16 alone, one repeat: fits what a short budget leaves (session 17's fid was cut at 170 s
@@ -30,7 +32,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -70,6 +72,10 @@ for step in "$@"; do
                  --out "$OUT/$step" ;;
         gengraph) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches dynamic,graph \
                  --attention no-cudnn --new-tokens 256 --out "$OUT/$step" ;;
+        genprefix) for shape in 135m 1.2b; do
+                 timeout 150 python3 benchmarks/bench_generation.py --shape $shape --dtypes fp32,bf16 --caches graph \
+                     --gqa packed,unshared --attention no-cudnn --new-tokens 256 --out "$OUT/$step/$shape"
+             done ;;
         gqa) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches graph --gqa packed,copied \
                  --attention no-cudnn --new-tokens 256 --profile --profile-cache graph --profile-tokens 32 --top 12 \
                  --out "$OUT/$step" ;;

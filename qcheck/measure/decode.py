@@ -6,7 +6,9 @@ argmax, bookkeeping) is captured as a CUDA graph and replayed, so a step costs t
 same arithmetic as `model.generate`'s greedy search (left padding masked out, positions continuing each prompt),
 on a fixed-size cache: attention runs over the cache's full length with the unused slots masked out, and a
 grouped-query layer attends to the cached key/value heads without copying them per query head
-(`qcheck.measure.attention.sdpa_gqa_decoding`).
+(`qcheck.measure.attention.sdpa_gqa_decoding`). A prompt prefix every row shares (the few-shot examples) is
+prefilled once and kept once: each row's cache holds only the positions after it, and attention reads the prefix's
+single copy (`qcheck.measure.attention.attend_with_prefix`).
 
 Where a model cannot take this path (its own generation config adds logits processors, attention other than sdpa,
 a sliding window shorter than the run, accelerate's dispatch, bitsandbytes' LLM.int8 with an outlier threshold,
@@ -73,19 +75,23 @@ class _Decoder:
     """The static buffers of one batch and the step that advances them in place (capturable as a CUDA graph)."""
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
-                 eos: list[int], pad: int, prefix: int = 0) -> None:
+                 eos: list[int], pad: int, prefix: int = 0, prefixes: dict[int, Any] | None = None) -> None:
         self.model = model
         rows, width = input_ids.shape
         device = input_ids.device
+        if prefix and prefixes is None:
+            raise Unsupported("a shared prefix needs qcheck's sdpa attention to read its single copy")
+        self.prefixes = prefixes
         self.width, self.length = width, width + new_tokens
-        self.cache = _static_cache(model, self.length)
+        self.first = width - prefix                                # the first new token's cache slot
+        self.cache = _static_cache(model, self.length - prefix)    # every row's positions after the shared prefix
         self.cache_kw = cache_argument(model, self.cache)
         real = attention_mask.bool()
-        self.keys = torch.zeros(rows, 1, 1, self.length, dtype=torch.bool, device=device)
-        self.keys[:, 0, 0, :width] = real
-        self.slots = torch.arange(self.length, device=device)
+        self.keys = torch.zeros(rows, 1, 1, self.length - prefix, dtype=torch.bool, device=device)
+        self.keys[:, 0, 0, :self.first] = real[:, prefix:]
+        self.slots = torch.arange(self.length - prefix, device=device)
         self.position = real.long().sum(1, keepdim=True)           # the next token's position, per row
-        self.slot = torch.tensor([width], device=device)           # the next token's cache slot
+        self.slot = torch.tensor([self.first], device=device)      # the next token's cache slot
         self.eos = torch.tensor(eos or [-1], device=device)
         self.pad = pad
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -95,41 +101,41 @@ class _Decoder:
 
     def _prefill(self, input_ids: torch.Tensor, real: torch.Tensor, prefix: int) -> None:
         """Fill the cache with the prompts: the first `prefix` positions, the same tokens in every row, once for all
-        rows; the rest in chunks of positions (every row at once) that keep the working memory within PREFILL_BYTES.
-        Each chunk attends to the cache written so far, as one pass would."""
+        rows (kept once, outside the rows' cache); the rest in chunks of positions (every row at once) that keep the
+        working memory within PREFILL_BYTES. Each chunk attends to the prefix and the cache written so far, as one
+        pass would."""
         rows, width = input_ids.shape
         device = input_ids.device
         if prefix:
             self._prefill_shared(input_ids[:1, :prefix])
-        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        mask = torch.zeros(rows, 1, width, self.length, dtype=torch.bool, device=device)
-        mask[:, 0, :, :width] = causal[None] & real[:, None, :]
-        mask[:, 0, :, :width] |= torch.eye(width, dtype=torch.bool, device=device)[None]
-        positions = (real.long().cumsum(1) - 1).clamp_min(0)
-        self.chunk = max(1, min(width, PREFILL_BYTES // max(1, rows * token_bytes(self.model.config, self.length))))
-        for start in range(prefix, width, self.chunk):
-            end = min(width, start + self.chunk)
-            logits = self.model(input_ids=input_ids[:, start:end], attention_mask=mask[:, :, start:end],
-                                position_ids=positions[:, start:end],
+        own = width - prefix
+        causal = torch.ones(own, own, dtype=torch.bool, device=device).tril()
+        mask = torch.zeros(rows, 1, own, self.length - prefix, dtype=torch.bool, device=device)
+        mask[:, 0, :, :own] = causal[None] & real[:, None, prefix:]
+        mask[:, 0, :, :own] |= torch.eye(own, dtype=torch.bool, device=device)[None]
+        positions = (real.long().cumsum(1) - 1).clamp_min(0)[:, prefix:]
+        self.chunk = max(1, min(own, PREFILL_BYTES // max(1, rows * token_bytes(self.model.config, self.length))))
+        for start in range(0, own, self.chunk):
+            end = min(own, start + self.chunk)
+            logits = self.model(input_ids=input_ids[:, prefix + start:prefix + end],
+                                attention_mask=mask[:, :, start:end], position_ids=positions[:, start:end],
                                 cache_position=torch.arange(start, end, device=device), **self.cache_kw,
                                 use_cache=True, logits_to_keep=1).logits
         self._advance(logits)
 
     def _prefill_shared(self, tokens: torch.Tensor) -> None:
-        """One row's pass over the shared prefix (positions 0..n-1, causal), its keys and values written into every
-        row of the cache."""
-        rows = self.keys.shape[0]
+        """One row's pass over the shared prefix (positions 0..n-1, causal); its keys and values, one copy per layer,
+        are what every row's attention reads first from then on."""
+        assert self.prefixes is not None
         shared = cache_of(self.model(input_ids=tokens, use_cache=True, logits_to_keep=1))
-        position = torch.arange(tokens.shape[1], device=tokens.device)
-        for i, (keys, values) in enumerate(_layer_states(shared)):
-            self.cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i,
-                              {"cache_position": position})
+        for i, states in enumerate(_layer_states(shared)):
+            self.prefixes[i] = states
 
     def _advance(self, logits: torch.Tensor) -> None:
         """Greedy pick from the last position's logits; rows that stopped get the pad token, as generate does."""
         nxt = logits[:, -1, :].to(torch.float32).argmax(-1)
         nxt = torch.where(self.done, torch.full_like(nxt, self.pad), nxt)
-        self.out.index_copy_(1, self.slot - self.width, nxt[:, None])
+        self.out.index_copy_(1, self.slot - self.first, nxt[:, None])
         self.done |= torch.isin(nxt, self.eos)
         self.token.copy_(nxt[:, None])
 
@@ -147,7 +153,7 @@ class _Decoder:
         """Whether every row has stopped (a host sync). `stopped` marks, from the new tokens so far (on the CPU),
         the rows that reached a stop string; they are done from the next step on."""
         if stopped is not None:
-            n = int(self.slot.item()) - self.width + 1
+            n = int(self.slot.item()) - self.first + 1
             self.done |= stopped(self.out[:, :n].cpu()).to(self.done.device)
         return bool(self.done.all())
 
@@ -227,10 +233,10 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     _check(model, input_ids.shape[1] + new_tokens)
     use_graph = input_ids.device.type == "cuda" if graph is None else graph
     try:
-        with gqa_decoding(model):
-            dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix)
+        with gqa_decoding(model) as prefixes:
+            dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix, prefixes)
             steps = new_tokens - 1
-            shared = f", the {prefix}-token shared prefix prefilled once" if prefix else ""
+            shared = f", the {prefix}-token shared prefix prefilled and kept once" if prefix else ""
             if not use_graph:
                 for k in range(steps):
                     if k % EOS_CHECK_EVERY == 0 and dec.finished(stopped):

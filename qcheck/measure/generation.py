@@ -224,7 +224,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
     results: dict[int, Generation] = {}
     lengths = [len(e) for e in encoded]
     static = settings.cache == "graph" and _static_path(model, lengths, settings)
-    size = settings.batch_size or memory_batch_size(model, lengths, settings.max_new_tokens, static=static)
+    size = settings.batch_size or memory_batch_size(model, lengths, settings.max_new_tokens, static=static,
+                                                    shared=shared_prefix(encoded) if static else 0)
     fallback_size = settings.batch_size or memory_batch_size(model, lengths, settings.max_new_tokens)
     methods: list[str] = []
     start = time.perf_counter()
@@ -331,7 +332,7 @@ def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, confi
             settings: GenerationSettings, eos: list[int], pad: int, fallback_size: int, tokenizer: Any = None,
             stop_strings: Sequence[str] = ()) -> tuple[torch.Tensor, str]:
     """New tokens [rows, steps] on the CPU and how they were decoded: the graph path where asked and possible (the
-    prompts' shared prefix prefilled once), else transformers' generate on left-padded rows, in slices of
+    prompts' shared prefix prefilled and kept once), else transformers' generate on left-padded rows, in slices of
     `fallback_size` rows (its prefill is one pass over the whole batch, so a batch sized for the chunked static
     prefill may not fit it). Rows that reach a stop string stop early on either path (the caller cuts the text)."""
     fallback = f"generate, {settings.cache} cache"
@@ -374,10 +375,11 @@ gone; the quarter left covers the step's own activations, the graph's pool and t
 
 
 def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_tokens: int, *,
-                      static: bool = False) -> int:
+                      static: bool = False, shared: int = 0) -> int:
     """Prompts per batch that fit the free device memory: per sequence its KV cache (2 x layers x KV heads x head dim
     x tokens, in the model's dtype) and, for generate, the prefill activations (GENERATION_MEMORY_SHARE); for the
-    static decoder (static=True) the cache alone beside one chunked prefill (STATIC_MEMORY_SHARE); 8 on a CPU."""
+    static decoder (static=True) the cache alone beside one chunked prefill (STATIC_MEMORY_SHARE), without the
+    `shared` leading tokens every prompt has (kept once for a batch of two rows or more); 8 on a CPU."""
     param = next(model.parameters())
     if param.device.type != "cuda":
         return max(1, min(8, len(prompt_lengths)))
@@ -394,7 +396,10 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
     if static:
         from qcheck.measure.decode import PREFILL_BYTES
 
-        fit = int((free * STATIC_MEMORY_SHARE - PREFILL_BYTES) // max(1, kv))
+        room = free * STATIC_MEMORY_SHARE - PREFILL_BYTES
+        fit = int(room // max(1, kv * (tokens - shared) // tokens))
+        if fit < 2:  # a batch of one row has no shared prefix: its cache holds every position
+            fit = int(room // max(1, kv))
     else:
         prefill = max(prompt_lengths) * (int(cfg.hidden_size) * 4 + int(getattr(cfg, "intermediate_size", 0)) * 3) * 4
         fit = int(free * GENERATION_MEMORY_SHARE // max(1, kv + prefill))

@@ -180,7 +180,7 @@ def test_decoding_option_reaches_the_generation_record(pytester, tmp_path, tiny_
         assert record["data"]["run"]["settings"]["cache"] == "graph"
         assert record["data"]["run"]["settings"]["max_new_tokens"] == 7
         assert max(o["n_new_tokens"] for o in record["data"]["run"]["outputs"]) <= 7
-        method = "static cache, eager steps, the 231-token shared prefix prefilled once"  # the 3-shot examples
+        method = "static cache, eager steps, the 231-token shared prefix prefilled and kept once"  # the 3-shot examples
         assert record["data"]["run"]["extra"]["decoding"] == [method]
     assert f"- generation decoding: {method} (fp32, w4g64)" in (out / "qcheck-report.md").read_text()
     assert "generation decoding" in (out / "qcheck-report.html").read_text()
@@ -258,6 +258,59 @@ def test_grouped_query_decoding_attends_like_sdpa_with_copied_heads():
     assert prefill.shape == (rows, 5, heads, dim)
 
 
+@pytest.mark.parametrize("queries, dtype, additive", [(1, torch.float32, False), (1, torch.float32, True),
+                                                      (5, torch.float32, False), (1, torch.bfloat16, False),
+                                                      (5, torch.bfloat16, True)])
+def test_attention_over_one_copy_of_a_shared_prefix_is_attention_over_it_copied_per_row(queries, dtype, additive):
+    """The rows' own keys (left padding masked, a causal block for a prefill chunk) after a prefix kept once: the
+    result is sdpa's over the prefix copied into every row's cache and heads copied per query head, to the dtype's
+    rounding. One fp32 query token is the matrix-product path of the decoding steps; the rest concatenate."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from qcheck.measure.attention import attend_with_prefix
+
+    gen = torch.Generator().manual_seed(1)
+    rows, heads, kv_heads, shared, own, dim = 4, 9, 3, 23, 17, 64
+    query, key, value = (torch.randn(rows, h, n, dim, generator=gen).to(dtype)
+                         for h, n in ((heads, queries), (kv_heads, own), (kv_heads, own)))
+    prefix_key, prefix_value = (torch.randn(1, kv_heads, shared, dim, generator=gen).to(dtype) for _ in range(2))
+    mask = torch.ones(rows, 1, queries, own, dtype=torch.bool)
+    mask[1, ..., :5] = False
+    mask[3, ..., :9] = False
+    if queries > 1:
+        mask[..., own - queries:] &= torch.ones(queries, queries, dtype=torch.bool).tril()
+    given = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min) if additive else mask
+    got = attend_with_prefix(query, key, value, given, prefix_key, prefix_value, dim ** -0.5)
+    full = torch.cat([torch.ones(rows, 1, queries, shared, dtype=torch.bool), mask], -1)
+    keys = repeat_kv(torch.cat([prefix_key.expand(rows, -1, -1, -1), key], 2), 3)
+    values = repeat_kv(torch.cat([prefix_value.expand(rows, -1, -1, -1), value], 2), 3)
+    want = torch.nn.functional.scaled_dot_product_attention(query.float(), keys.float(), values.float(),
+                                                            attn_mask=full, scale=dim ** -0.5).transpose(1, 2)
+    assert got.shape == (rows, queries, heads, dim) and got.dtype == dtype
+    tolerance = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=tolerance)
+
+
+def test_the_rows_cache_holds_only_the_positions_after_the_shared_prefix():
+    """Issue 20's memory: with a shared prefix, each row's static cache is as long as the row's own positions and the
+    new tokens, and the prefix's keys and values are held once (one row per layer), not once per row."""
+    from qcheck.measure import attention
+    from qcheck.measure.attention import gqa_decoding
+    from qcheck.measure.decode import _Decoder, _layer_states
+    from qcheck.measure.generation import batch_layout
+
+    model = random_init_like(tiny_llama_config(), seed=0)
+    rows = [list(range(1, 41)) + [50 + i] * (2 + i) for i in range(4)]
+    ids, mask = batch_layout(rows, 0, 40)
+    with torch.no_grad(), gqa_decoding(model) as prefixes:
+        dec = _Decoder(model, ids, mask, 6, [0], 0, 40, prefixes)
+        layers = _layer_states(dec.cache)
+        assert len(prefixes) == len(layers) == model.config.num_hidden_layers
+        assert {tuple(k.shape[:3]) for k, _ in prefixes.values()} == {(1, 2, 40)}
+        assert {tuple(k.shape[:3]) for k, _ in layers} == {(4, 2, ids.shape[1] - 40 + 6)}
+    assert attention._SHARED_PREFIX.get() is None, "the prefix is attended to only inside the decoding block"
+
+
 def test_grouped_query_decoding_restores_the_models_attention_also_on_error():
     from qcheck.measure.attention import GQA_DECODING, gqa_decoding
 
@@ -307,7 +360,7 @@ def test_a_graph_path_failing_late_falls_back_to_generate_in_slices_that_fit_it(
 
     sizes = []
 
-    def planned(model, lengths, new_tokens, *, static=False):
+    def planned(model, lengths, new_tokens, *, static=False, shared=0):
         sizes.append(static)
         return 4 if static else 1
 
@@ -323,7 +376,7 @@ def test_a_graph_path_failing_late_falls_back_to_generate_in_slices_that_fit_it(
 
 def test_the_few_shot_prefix_is_prefilled_once_and_the_tokens_are_generates(smollm2, monkeypatch):
     """Rendered GSM8K prompts share their few-shot examples: laid out with the shared prefix first and each row's
-    padding after it, the prefix is prefilled once (one row) and copied into every row of the cache. Each row's
+    padding after it, the prefix is prefilled once (one row) and kept once, outside the rows' cache. Each row's
     tokens up to its end equal generate's on the usual left-padded batch; the prefix's one-row pass is asserted."""
     from qcheck.measure import decode
     from qcheck.measure.generation import batch_layout, shared_prefix
@@ -343,7 +396,7 @@ def test_the_few_shot_prefix_is_prefilled_once_and_the_tokens_are_generates(smol
                                                                              original(self, t))[1])
     got = decode_greedy(model, shared_ids, shared_mask, 40, [eos], tok.pad_token_id, prefix=prefix)
     assert calls == [(1, prefix)]
-    assert got.method == f"static cache, eager steps, the {prefix}-token shared prefix prefilled once"
+    assert got.method == f"static cache, eager steps, the {prefix}-token shared prefix prefilled and kept once"
     for want, have in zip(expected.tolist(), got.tokens.tolist()):
         assert until_eos(have, eos) == until_eos(want, eos)
 
@@ -385,7 +438,7 @@ def test_cuda_graph_decoding_with_a_shared_prefix_gives_generates_tokens_in_fp32
     want = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
     shared_ids, shared_mask = (t.cuda() for t in batch_layout(rows, 0, 40))
     got = decode_greedy(model, shared_ids, shared_mask, 48, [eos], 0, prefix=40)
-    assert got.method == "static cache, one CUDA graph per step, the 40-token shared prefix prefilled once"
+    assert got.method == "static cache, one CUDA graph per step, the 40-token shared prefix prefilled and kept once"
     stops = set()
     for w, h in zip(want.tolist(), got.tokens.tolist()):
         assert until_eos(h, eos) == until_eos(w, eos)
