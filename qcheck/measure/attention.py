@@ -85,9 +85,10 @@ def attend_with_prefix(query: Any, key: Any, value: Any, mask: Any, prefix_key: 
     query rows, so no head is copied either.
 
     One-token fp32 queries (the decoding steps) take the prefix's scores with one matrix product against its single
-    copy and the rows' scores with another, and one softmax over both. Other queries (prefill chunks, 16-bit
-    decoding, whose 16-bit score products would round where sdpa's kernels keep fp32) run sdpa over the prefix
-    concatenated to the rows' keys, one layer at a time (a transient copy of one layer's prefix per row)."""
+    copy and the rows' scores with another, and one softmax over both. Other queries (prefill chunks; 16-bit
+    decoding, whose 16-bit score products would round where sdpa's kernels keep fp32, and which the decoder therefore
+    runs on copies instead: `qcheck.measure.decode.keeps_prefix_once`) run sdpa over the prefix concatenated to the
+    rows' keys, one layer at a time (a transient copy of one layer's prefix per row)."""
     import torch
 
     rows, heads, length, dim = query.shape

@@ -7,8 +7,9 @@ same arithmetic as `model.generate`'s greedy search (left padding masked out, po
 on a fixed-size cache: attention runs over the cache's full length with the unused slots masked out, and a
 grouped-query layer attends to the cached key/value heads without copying them per query head
 (`qcheck.measure.attention.sdpa_gqa_decoding`). A prompt prefix every row shares (the few-shot examples) is
-prefilled once and kept once: each row's cache holds only the positions after it, and attention reads the prefix's
-single copy (`qcheck.measure.attention.attend_with_prefix`).
+prefilled once; in an fp32 cache it is also kept once (each row's cache holds only the positions after it, and
+attention reads the prefix's single copy: `qcheck.measure.attention.attend_with_prefix`), in a 16-bit one copied
+into every row (`keeps_prefix_once` says why).
 
 Where a model cannot take this path (its own generation config adds logits processors, attention other than sdpa,
 a sliding window shorter than the run, accelerate's dispatch, bitsandbytes' LLM.int8 with an outlier threshold,
@@ -71,6 +72,17 @@ def _static_cache(model: nn.Module, length: int) -> Any:
     return StaticCache(config=model.config, max_cache_len=length)
 
 
+def keeps_prefix_once(dtype: torch.dtype) -> bool:
+    """Whether a cache of `dtype` keeps the shared prefix once, outside the rows' cache, or copies it into every row.
+    fp32: once. The decoding steps then read the prefix's single copy by matrix products (on an H100, 50 rows of
+    SmolLM2's 374-token 3-shot prefix: 1.94 s against 2.56 s for 256 steps at the 135M shape and 2.43 s against 4.05 s
+    at 1.2B, with 1.1 and 1.4 GiB less memory; RESULTS.md, session 19). 16-bit: copied. Its score products would
+    round to 16 bits where sdpa's kernels keep fp32, and sdpa over the prefix concatenated at every step was slower
+    than over the copies (2.03 s against 1.51 s at 135M, 1.86 s against 1.31 s at 1.2B); a 16-bit cache is half the
+    size besides."""
+    return dtype == torch.float32
+
+
 class _Decoder:
     """The static buffers of one batch and the step that advances them in place (capturable as a CUDA graph)."""
 
@@ -79,17 +91,25 @@ class _Decoder:
         self.model = model
         rows, width = input_ids.shape
         device = input_ids.device
-        if prefix and prefixes is None:
-            raise Unsupported("a shared prefix needs qcheck's sdpa attention to read its single copy")
-        self.prefixes = prefixes
         self.width, self.length = width, width + new_tokens
-        self.first = width - prefix                                # the first new token's cache slot
-        self.cache = _static_cache(model, self.length - prefix)    # every row's positions after the shared prefix
+        shared = self._prefill_shared(input_ids[:1, :prefix]) if prefix else []
+        self.kept_once = bool(shared) and prefixes is not None and keeps_prefix_once(shared[0][0].dtype)
+        base = prefix if self.kept_once else 0                     # the positions the rows' cache leaves out
+        self.first = width - base                                  # the first new token's cache slot
+        self.cache = _static_cache(model, self.length - base)
         self.cache_kw = cache_argument(model, self.cache)
+        if self.kept_once:
+            assert prefixes is not None
+            prefixes.update(enumerate(shared))
+        elif shared:
+            position = torch.arange(prefix, device=device)
+            for i, (keys, values) in enumerate(shared):
+                self.cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i,
+                                  {"cache_position": position})
         real = attention_mask.bool()
-        self.keys = torch.zeros(rows, 1, 1, self.length - prefix, dtype=torch.bool, device=device)
-        self.keys[:, 0, 0, :self.first] = real[:, prefix:]
-        self.slots = torch.arange(self.length - prefix, device=device)
+        self.keys = torch.zeros(rows, 1, 1, self.length - base, dtype=torch.bool, device=device)
+        self.keys[:, 0, 0, :self.first] = real[:, base:]
+        self.slots = torch.arange(self.length - base, device=device)
         self.position = real.long().sum(1, keepdim=True)           # the next token's position, per row
         self.slot = torch.tensor([self.first], device=device)      # the next token's cache slot
         self.eos = torch.tensor(eos or [-1], device=device)
@@ -97,39 +117,35 @@ class _Decoder:
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)
         self.out = torch.full((rows, new_tokens), pad, dtype=torch.long, device=device)
         self.token = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self._prefill(input_ids, real, prefix)
+        self._prefill(input_ids, real, prefix, base)
 
-    def _prefill(self, input_ids: torch.Tensor, real: torch.Tensor, prefix: int) -> None:
-        """Fill the cache with the prompts: the first `prefix` positions, the same tokens in every row, once for all
-        rows (kept once, outside the rows' cache); the rest in chunks of positions (every row at once) that keep the
-        working memory within PREFILL_BYTES. Each chunk attends to the prefix and the cache written so far, as one
+    def _prefill(self, input_ids: torch.Tensor, real: torch.Tensor, prefix: int, base: int) -> None:
+        """Fill the cache with the prompts after the shared `prefix` (already in: kept once, or copied into every
+        row), in chunks of positions (every row at once) that keep the working memory within PREFILL_BYTES. The
+        rows' cache starts at position `base`. Each chunk attends to the prefix and the cache written so far, as one
         pass would."""
         rows, width = input_ids.shape
         device = input_ids.device
-        if prefix:
-            self._prefill_shared(input_ids[:1, :prefix])
-        own = width - prefix
-        causal = torch.ones(own, own, dtype=torch.bool, device=device).tril()
-        mask = torch.zeros(rows, 1, own, self.length - prefix, dtype=torch.bool, device=device)
-        mask[:, 0, :, :own] = causal[None] & real[:, None, prefix:]
-        mask[:, 0, :, :own] |= torch.eye(own, dtype=torch.bool, device=device)[None]
-        positions = (real.long().cumsum(1) - 1).clamp_min(0)[:, prefix:]
-        self.chunk = max(1, min(own, PREFILL_BYTES // max(1, rows * token_bytes(self.model.config, self.length))))
-        for start in range(0, own, self.chunk):
-            end = min(own, start + self.chunk)
-            logits = self.model(input_ids=input_ids[:, prefix + start:prefix + end],
+        held = width - base
+        causal = torch.ones(held, held, dtype=torch.bool, device=device).tril()
+        mask = torch.zeros(rows, 1, held, self.length - base, dtype=torch.bool, device=device)
+        mask[:, 0, :, :held] = causal[None] & real[:, None, base:]
+        mask[:, 0, :, :held] |= torch.eye(held, dtype=torch.bool, device=device)[None]
+        positions = (real.long().cumsum(1) - 1).clamp_min(0)[:, base:]
+        self.chunk = max(1, min(width - prefix,
+                                PREFILL_BYTES // max(1, rows * token_bytes(self.model.config, self.length))))
+        for start in range(prefix - base, held, self.chunk):
+            end = min(held, start + self.chunk)
+            logits = self.model(input_ids=input_ids[:, base + start:base + end],
                                 attention_mask=mask[:, :, start:end], position_ids=positions[:, start:end],
                                 cache_position=torch.arange(start, end, device=device), **self.cache_kw,
                                 use_cache=True, logits_to_keep=1).logits
         self._advance(logits)
 
-    def _prefill_shared(self, tokens: torch.Tensor) -> None:
-        """One row's pass over the shared prefix (positions 0..n-1, causal); its keys and values, one copy per layer,
-        are what every row's attention reads first from then on."""
-        assert self.prefixes is not None
-        shared = cache_of(self.model(input_ids=tokens, use_cache=True, logits_to_keep=1))
-        for i, states in enumerate(_layer_states(shared)):
-            self.prefixes[i] = states
+    def _prefill_shared(self, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One row's pass over the shared prefix (positions 0..n-1, causal): its keys and values [1, key/value heads,
+        n, head dim], per layer."""
+        return _layer_states(cache_of(self.model(input_ids=tokens, use_cache=True, logits_to_keep=1)))
 
     def _advance(self, logits: torch.Tensor) -> None:
         """Greedy pick from the last position's logits; rows that stopped get the pad token, as generate does."""
@@ -236,7 +252,8 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         with gqa_decoding(model) as prefixes:
             dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix, prefixes)
             steps = new_tokens - 1
-            shared = f", the {prefix}-token shared prefix prefilled and kept once" if prefix else ""
+            shared = (f", the {prefix}-token shared prefix prefilled once"
+                      + (" and kept once" if dec.kept_once else " and copied into every row") if prefix else "")
             if not use_graph:
                 for k in range(steps):
                     if k % EOS_CHECK_EVERY == 0 and dec.finished(stopped):

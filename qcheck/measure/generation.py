@@ -379,7 +379,8 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
     """Prompts per batch that fit the free device memory: per sequence its KV cache (2 x layers x KV heads x head dim
     x tokens, in the model's dtype) and, for generate, the prefill activations (GENERATION_MEMORY_SHARE); for the
     static decoder (static=True) the cache alone beside one chunked prefill (STATIC_MEMORY_SHARE), without the
-    `shared` leading tokens every prompt has (kept once for a batch of two rows or more); 8 on a CPU."""
+    `shared` leading tokens every prompt has where an fp32 cache keeps them once (for a batch of two rows or more);
+    8 on a CPU."""
     param = next(model.parameters())
     if param.device.type != "cuda":
         return max(1, min(8, len(prompt_lengths)))
@@ -397,6 +398,7 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
         from qcheck.measure.decode import PREFILL_BYTES
 
         room = free * STATIC_MEMORY_SHARE - PREFILL_BYTES
+        shared = shared if width == 4 else 0  # a 16-bit cache holds the prefix in every row (keeps_prefix_once)
         fit = int(room // max(1, kv * (tokens - shared) // tokens))
         if fit < 2:  # a batch of one row has no shared prefix: its cache holds every position
             fit = int(room // max(1, kv))

@@ -180,7 +180,7 @@ def test_decoding_option_reaches_the_generation_record(pytester, tmp_path, tiny_
         assert record["data"]["run"]["settings"]["cache"] == "graph"
         assert record["data"]["run"]["settings"]["max_new_tokens"] == 7
         assert max(o["n_new_tokens"] for o in record["data"]["run"]["outputs"]) <= 7
-        method = "static cache, eager steps, the 231-token shared prefix prefilled and kept once"  # the 3-shot examples
+        method = "static cache, eager steps, the 231-token shared prefix prefilled once and kept once"  # the 3-shot examples
         assert record["data"]["run"]["extra"]["decoding"] == [method]
     assert f"- generation decoding: {method} (fp32, w4g64)" in (out / "qcheck-report.md").read_text()
     assert "generation decoding" in (out / "qcheck-report.html").read_text()
@@ -291,23 +291,27 @@ def test_attention_over_one_copy_of_a_shared_prefix_is_attention_over_it_copied_
     torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=tolerance)
 
 
-def test_the_rows_cache_holds_only_the_positions_after_the_shared_prefix():
-    """Issue 20's memory: with a shared prefix, each row's static cache is as long as the row's own positions and the
-    new tokens, and the prefix's keys and values are held once (one row per layer), not once per row."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_fp32_cache_holds_the_shared_prefix_once_and_a_16_bit_one_in_every_row(dtype):
+    """Issue 20's memory: with a shared prefix, each row of an fp32 static cache is as long as the row's own positions
+    and the new tokens, and the prefix's keys and values are held once (one row per layer), not once per row. A
+    16-bit cache holds the prefix in every row (`keeps_prefix_once`), and nothing is attended to apart."""
     from qcheck.measure import attention
     from qcheck.measure.attention import gqa_decoding
     from qcheck.measure.decode import _Decoder, _layer_states
     from qcheck.measure.generation import batch_layout
 
-    model = random_init_like(tiny_llama_config(), seed=0)
+    model = random_init_like(tiny_llama_config(), seed=0, dtype=dtype)
     rows = [list(range(1, 41)) + [50 + i] * (2 + i) for i in range(4)]
     ids, mask = batch_layout(rows, 0, 40)
     with torch.no_grad(), gqa_decoding(model) as prefixes:
         dec = _Decoder(model, ids, mask, 6, [0], 0, 40, prefixes)
         layers = _layer_states(dec.cache)
-        assert len(prefixes) == len(layers) == model.config.num_hidden_layers
-        assert {tuple(k.shape[:3]) for k, _ in prefixes.values()} == {(1, 2, 40)}
-        assert {tuple(k.shape[:3]) for k, _ in layers} == {(4, 2, ids.shape[1] - 40 + 6)}
+        once = dtype == torch.float32
+        assert dec.kept_once == once and {k.dtype for k, _ in layers} == {dtype}
+        assert len(prefixes) == (len(layers) if once else 0) and len(layers) == model.config.num_hidden_layers
+        assert {tuple(k.shape[:3]) for k, _ in prefixes.values()} == ({(1, 2, 40)} if once else set())
+        assert {tuple(k.shape[:3]) for k, _ in layers} == {(4, 2, ids.shape[1] - (40 if once else 0) + 6)}
     assert attention._SHARED_PREFIX.get() is None, "the prefix is attended to only inside the decoding block"
 
 
@@ -374,10 +378,12 @@ def test_a_graph_path_failing_late_falls_back_to_generate_in_slices_that_fit_it(
     assert run.texts == plain.texts
 
 
-def test_the_few_shot_prefix_is_prefilled_once_and_the_tokens_are_generates(smollm2, monkeypatch):
+@pytest.mark.parametrize("kept_once", [True, False])
+def test_the_few_shot_prefix_is_prefilled_once_and_the_tokens_are_generates(smollm2, monkeypatch, kept_once):
     """Rendered GSM8K prompts share their few-shot examples: laid out with the shared prefix first and each row's
-    padding after it, the prefix is prefilled once (one row) and kept once, outside the rows' cache. Each row's
-    tokens up to its end equal generate's on the usual left-padded batch; the prefix's one-row pass is asserted."""
+    padding after it, the prefix is prefilled once (one row) and kept once, outside the rows' cache (an fp32 cache),
+    or copied into every row (a 16-bit cache's way, forced here on the fp32 model). Each row's tokens up to its end
+    equal generate's on the usual left-padded batch; the prefix's one-row pass is asserted."""
     from qcheck.measure import decode
     from qcheck.measure.generation import batch_layout, shared_prefix
 
@@ -392,11 +398,13 @@ def test_the_few_shot_prefix_is_prefilled_once_and_the_tokens_are_generates(smol
     assert bool(shared_mask[:, :prefix].all()) and int(shared_mask.sum()) == int(mask.sum())
     calls = []
     original = decode._Decoder._prefill_shared
+    monkeypatch.setattr(decode, "keeps_prefix_once", lambda dtype: kept_once)
     monkeypatch.setattr(decode._Decoder, "_prefill_shared", lambda self, t: (calls.append(tuple(t.shape)),
                                                                              original(self, t))[1])
     got = decode_greedy(model, shared_ids, shared_mask, 40, [eos], tok.pad_token_id, prefix=prefix)
     assert calls == [(1, prefix)]
-    assert got.method == f"static cache, eager steps, the {prefix}-token shared prefix prefilled and kept once"
+    way = "kept once" if kept_once else "copied into every row"
+    assert got.method == f"static cache, eager steps, the {prefix}-token shared prefix prefilled once and {way}"
     for want, have in zip(expected.tolist(), got.tokens.tolist()):
         assert until_eos(have, eos) == until_eos(want, eos)
 
@@ -438,7 +446,7 @@ def test_cuda_graph_decoding_with_a_shared_prefix_gives_generates_tokens_in_fp32
     want = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
     shared_ids, shared_mask = (t.cuda() for t in batch_layout(rows, 0, 40))
     got = decode_greedy(model, shared_ids, shared_mask, 48, [eos], 0, prefix=40)
-    assert got.method == "static cache, one CUDA graph per step, the 40-token shared prefix prefilled and kept once"
+    assert got.method == "static cache, one CUDA graph per step, the 40-token shared prefix prefilled once and kept once"
     stops = set()
     for w, h in zip(want.tolist(), got.tokens.tolist()):
         assert until_eos(h, eos) == until_eos(w, eos)
