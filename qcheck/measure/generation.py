@@ -332,9 +332,10 @@ def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, confi
             settings: GenerationSettings, eos: list[int], pad: int, fallback_size: int, tokenizer: Any = None,
             stop_strings: Sequence[str] = ()) -> tuple[torch.Tensor, str]:
     """New tokens [rows, steps] on the CPU and how they were decoded: the graph path where asked and possible (the
-    prompts' shared prefix prefilled and kept once), else transformers' generate on left-padded rows, in slices of
-    `fallback_size` rows (its prefill is one pass over the whole batch, so a batch sized for the chunked static
-    prefill may not fit it). Rows that reach a stop string stop early on either path (the caller cuts the text)."""
+    prompts' shared prefix prefilled once, and kept once in an fp32 cache), else transformers' generate on
+    left-padded rows, in slices of `fallback_size` rows (its prefill is one pass over the whole batch, so a batch
+    sized for the chunked static prefill may not fit it). Rows that reach a stop string stop early on either path
+    (the caller cuts the text)."""
     fallback = f"generate, {settings.cache} cache"
     if settings.cache == "graph":
         from qcheck.measure.decode import Unsupported, decode_greedy
