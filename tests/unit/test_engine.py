@@ -1,6 +1,7 @@
 """The measure-once engine: variant-major (one variant alive at a time), measurements chosen by the selected checks,
 a failed measurement is an ERROR record (not a crashed run), and a stored run is judged again from its JSON alone."""
 import gc
+import importlib
 import json
 import shutil
 import subprocess
@@ -46,7 +47,9 @@ def test_variants_are_built_one_at_a_time_and_released(tiny_folder, monkeypatch)
 
 
 def test_a_failed_measurement_is_an_error_record_and_the_run_goes_on(tiny_folder, monkeypatch):
-    from qcheck.measure import steps
+    # the module the engine will import: after an in-process pytester run has dropped it from sys.modules, `from
+    # qcheck.measure import steps` would still give the package's stale attribute, and the patch would miss
+    steps = importlib.import_module("qcheck.measure.steps")
 
     ctx = open_run(_options(tiny_folder, variants=("int8", "w4g64"), tokens=256))
     real = steps.STEPS["perplexity"]
