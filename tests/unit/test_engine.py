@@ -119,8 +119,6 @@ def test_judge_reproduces_the_verdicts_from_the_json_alone(stored_run, tmp_path)
 
 
 def test_a_changed_threshold_changes_the_verdict_without_a_model(stored_run, tmp_path, pytester, monkeypatch):
-    import importlib
-
     from qcheck.inputs import models
 
     closeness = importlib.import_module("qcheck.invariants.closeness")  # the module the suite imports (pytester
