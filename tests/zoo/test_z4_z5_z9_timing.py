@@ -23,6 +23,7 @@ from qcheck.errors import InvariantViolation
 from qcheck.formats import integer
 from qcheck.inputs.models import random_init_like, tiny_llama_config
 from qcheck.invariants.latency import (
+    CPU_TIMING_WARNING,
     assert_latency_order,
     assert_placement,
     assert_plausible_speed,
@@ -217,7 +218,8 @@ def test_simulated_format_measured_faster_is_caught(tiny):
     with pytest.raises(InvariantViolation) as err:
         assert_throughput_honest(planted, kinds, simulated_tolerance=0.25, fail_on_cpu=True)
     assert "int8 is simulated" in err.value.result.message and "measurement is broken" in err.value.result.message
-    assert assert_throughput_honest(planted, kinds, simulated_tolerance=0.25).status == Status.WARN
+    warned = assert_throughput_honest(planted, kinds, simulated_tolerance=0.25)
+    assert warned.status == Status.WARN and warned.message.endswith(CPU_TIMING_WARNING)
     fair = {"fp32": time_forward(tiny, big, **budget), "int8": time_forward(int8, big, **budget)}
     ok = assert_throughput_honest(fair, kinds, simulated_tolerance=0.25)
     assert ok.status in (Status.PASS, Status.WARN)  # WARN only if this shared CPU was loaded mid-measurement
@@ -359,7 +361,12 @@ def test_an_offloaded_placement_is_not_timed_as_the_variants_speed(pytester, tmp
     assert latency and all(r["status"] == "skipped" for r in latency)
     plain, report = _timing_checks(pytester, tiny_folder, tmp_path / "plain")
     assert not report["meta"]["placement"]["offloaded"]
-    assert all(c["status"] == "PASS" for c in plain), plain
+    # judged on its timings: PASS, or on this CPU a finding from timings a busy machine disturbs, which the check
+    # reports as a warning by design (a reference timed while the other pytest worker ran, int8 while it did not, read
+    # as "int8 measured faster" in one fresh-clone run here)
+    assert all(c["status"] == "PASS" or (c["status"] == "WARN" and c["message"].endswith(CPU_TIMING_WARNING))
+               for c in plain), plain
+    assert [r["status"] for r in report["records"]["records"] if r["measurement"] == "latency"] == ["ok", "ok"]
     # the skipped checks keep the ids the judged run gives them, so the two reports compare check by check (the
     # offloaded run of session 14 reported `latency_plausible[int8]` SKIPPED beside the plain run's `plausible_speed`)
     ids = sorted((c["name"], c.get("variant")) for c in plain)
