@@ -98,8 +98,7 @@ class _Decoder:
         self.first = width - base                                  # the first new token's cache slot
         self.cache = _static_cache(model, self.length - base)
         self.cache_kw = cache_argument(model, self.cache)
-        if self.kept_once:
-            assert prefixes is not None
+        if self.kept_once and prefixes is not None:
             prefixes.update(enumerate(shared))
         elif shared:
             position = torch.arange(prefix, device=device)

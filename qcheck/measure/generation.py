@@ -396,10 +396,10 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
 
     free = available_bytes(param.device) or 0
     if static:
-        from qcheck.measure.decode import PREFILL_BYTES
+        from qcheck.measure.decode import PREFILL_BYTES, keeps_prefix_once
 
         room = free * STATIC_MEMORY_SHARE - PREFILL_BYTES
-        shared = shared if width == 4 else 0  # a 16-bit cache holds the prefix in every row (keeps_prefix_once)
+        shared = shared if keeps_prefix_once(param.dtype) else 0  # else every row's cache holds the prefix
         fit = int(room // max(1, kv * (tokens - shared) // tokens))
         if fit < 2:  # a batch of one row has no shared prefix: its cache holds every position
             fit = int(room // max(1, kv))
