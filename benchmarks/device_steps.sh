@@ -16,6 +16,8 @@
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
 # genprefix the graph decoder with the shared few-shot prefix kept once (qcheck's) against every row holding it
 #           (the layout before): time, peak memory and tokens, 256 steps, fp32 and bf16, 135M and 1.2B shapes
+# genthreads bitsandbytes LLM.int8 generation: generate's dynamic cache against the static cache's eager steps in 1, 2
+#           and 3 threads of rows (each on its own CUDA stream), 64 steps, 135M and 1.2B shapes: time, peak, tokens
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # fid       fidelity throughput on 299k tokens (reference vs its int8 variant): plain loop vs qcheck; bf16 and fp32
 # fidbf16   fid in bf16 alone, one repeat: fits what a short budget leaves (session 17's fid was cut at 170 s
@@ -32,7 +34,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genthreads|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -75,6 +77,11 @@ for step in "$@"; do
         genprefix) for shape in 135m 1.2b; do
                  timeout 150 python3 benchmarks/bench_generation.py --shape $shape --dtypes fp32,bf16 --caches graph \
                      --gqa packed,unshared --attention no-cudnn --new-tokens 256 --out "$OUT/$step/$shape"
+             done ;;
+        genthreads) for shape in 135m 1.2b; do
+                 timeout 150 python3 benchmarks/bench_generation.py --shape $shape --dtypes fp32 --variant bnb-int8 \
+                     --caches dynamic,graph --threads 1,2,3 --attention no-cudnn --new-tokens 64 \
+                     --out "$OUT/$step/$shape"
              done ;;
         gqa) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches graph --gqa packed,copied \
                  --attention no-cudnn --new-tokens 256 --profile --profile-cache graph --profile-tokens 32 --top 12 \

@@ -131,12 +131,23 @@ def gqa_decoding(model: Any) -> Any:
     if before != "sdpa":
         yield None
         return
-    prefixes: dict[int, tuple[Any, Any]] = {}
     AttentionInterface.register(GQA_DECODING, sdpa_gqa_decoding)
     config._attn_implementation = GQA_DECODING
+    try:
+        with shared_prefix_scope(True) as prefixes:
+            yield prefixes
+    finally:
+        config._attn_implementation = before
+
+
+@contextlib.contextmanager
+def shared_prefix_scope(enabled: bool) -> Any:
+    """A fresh dict of shared-prefix keys and values for the attention calls of this thread inside the block (None
+    where not `enabled`). `gqa_decoding` opens one; each thread of the decoder's threaded eager path opens its own, so
+    that no thread reads a prefix another thread's stream is still writing."""
+    prefixes: dict[int, tuple[Any, Any]] | None = {} if enabled else None
     token = _SHARED_PREFIX.set(prefixes)
     try:
         yield prefixes
     finally:
         _SHARED_PREFIX.reset(token)
-        config._attn_implementation = before

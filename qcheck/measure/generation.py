@@ -349,7 +349,7 @@ def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, confi
                                     if stop_strings else None)
             return decoded.tokens.cpu(), decoded.method
         except Unsupported as exc:
-            fallback = f"generate, dynamic cache (the graph path refused: {exc})"
+            fallback = f"generate, dynamic cache (the static path refused: {exc})"
     inp, attn = batch_layout(rows, pad)
     inp, attn = inp.to(device), attn.to(device)
     parts = []

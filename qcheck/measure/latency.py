@@ -300,15 +300,15 @@ def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(model, memo).to(dtype)
 
 
-def _casts(ctx: RunContext) -> Any:
-    """The reference cast to fp16 and bf16, one at a time (plain casts: no per-layer adapters adding host time). A
+def _casts(ctx: RunContext, names: tuple[str, ...] = ("fp16", "bf16")) -> Any:
+    """The reference cast to each of `names` (fp16, bf16), one at a time (plain casts: no per-layer adapters adding host time). A
     reference accelerate spread over several GPUs is loaded afresh with its placement (a deep copy would share its
     hooks) and cast where it lies."""
     from qcheck.quant.offload import is_dispatched
     from qcheck.variants import free_memory
 
     dispatched = is_dispatched(ctx.reference_model)
-    for name in ("fp16", "bf16"):
+    for name in names:
         source = ctx.variants.reload() if dispatched and ctx.variants.reload is not None else None
         folder = getattr(source, "_qcheck_offload_dir", None)
         model = source.to(_DTYPES[name]) if source is not None else cast_copy(ctx.reference_model, _DTYPES[name])
@@ -337,19 +337,16 @@ def measure_reference_casts(ctx: RunContext) -> tuple[dict[str, Any], dict[str, 
 
 def measure_reference_energy(ctx: RunContext) -> tuple[dict[str, Any], dict[str, Any]]:
     """Energy per forward of the reference in fp32 and cast to fp16, from NVML's total-energy counter over a
-    2 s window (1 s idle baseline)."""
+    2 s window each; the idle baseline (1 s) is measured once, before the fp32 window, and serves both."""
     from qcheck.measure.timing import device_info, forward_callable, measure_energy, pinned_flags
 
     ids = latency_inputs(ctx)
     out: dict[str, Any] = {}
-    models = [("fp32", ctx.reference_model)]
     with pinned_flags(tf32=False):
-        out["fp32"] = measure_energy(forward_callable(ctx.reference_model, ids), device=ctx.device, window_s=2.0,
-                                     idle_s=1.0).to_dict()
-        for name, model in _casts(ctx):
-            if name == "fp16":
-                out[name] = measure_energy(forward_callable(model, ids), device=ctx.device, window_s=2.0,
-                                           idle_s=1.0).to_dict()
-    del models
+        fp32 = measure_energy(forward_callable(ctx.reference_model, ids), device=ctx.device, window_s=2.0, idle_s=1.0)
+        out["fp32"] = fp32.to_dict()
+        for name, model in _casts(ctx, ("fp16",)):
+            out[name] = measure_energy(forward_callable(model, ids), device=ctx.device, window_s=2.0, idle_s=1.0,
+                                       idle_w=fp32.idle_power_w).to_dict()
     limit = device_info(ctx.device).clocks.get("power_limit_w")
     return {"energy": out, "tokens": int(ids.numel()), "power_limit_w": limit}, {"shape": list(ids.shape)}

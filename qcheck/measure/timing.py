@@ -543,10 +543,11 @@ MIN_ENERGY_WINDOW_S = 1.0
 
 
 def measure_energy(fn: Callable[[], Any], *, device: str | torch.device, window_s: float = 2.0,
-                   idle_s: float = 1.0, warmup: int = 2) -> Energy:
-    """Energy of `fn()` on an NVIDIA GPU: idle power over `idle_s`, then calls back to back for >= `window_s`
-    (>= 1 s: the counter updates far slower than a kernel) between two counter reads."""
-    if window_s < MIN_ENERGY_WINDOW_S or idle_s < MIN_ENERGY_WINDOW_S:
+                   idle_s: float = 1.0, warmup: int = 2, idle_w: float | None = None) -> Energy:
+    """Energy of `fn()` on an NVIDIA GPU: idle power over `idle_s` (or `idle_w`, the idle power an earlier call
+    measured on the same GPU), then calls back to back for >= `window_s` (>= 1 s: the counter updates far slower
+    than a kernel) between two counter reads."""
+    if window_s < MIN_ENERGY_WINDOW_S or (idle_w is None and idle_s < MIN_ENERGY_WINDOW_S):
         raise ConfigError(f"energy windows must be >= {MIN_ENERGY_WINDOW_S} s (NVML's counter updates slowly)",
                           field="window_s")
     dev = torch.device(device)
@@ -562,10 +563,11 @@ def measure_energy(fn: Callable[[], Any], *, device: str | torch.device, window_
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize(dev)
-    e0, t0 = nv.nvmlDeviceGetTotalEnergyConsumption(h), time.perf_counter()
-    time.sleep(idle_s)
-    e1, t1 = nv.nvmlDeviceGetTotalEnergyConsumption(h), time.perf_counter()
-    idle_w = (e1 - e0) / 1000.0 / (t1 - t0)
+    if idle_w is None:
+        e0, t0 = nv.nvmlDeviceGetTotalEnergyConsumption(h), time.perf_counter()
+        time.sleep(idle_s)
+        e1, t1 = nv.nvmlDeviceGetTotalEnergyConsumption(h), time.perf_counter()
+        idle_w = (e1 - e0) / 1000.0 / (t1 - t0)
     calls = 0
     e2, t2 = nv.nvmlDeviceGetTotalEnergyConsumption(h), time.perf_counter()
     while True:

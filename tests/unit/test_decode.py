@@ -73,7 +73,7 @@ def test_generate_records_the_decoding_and_falls_back_with_the_reason(smollm2):
     model.config._attn_implementation = "eager"
     refused = generate(model, tok, prompts, GenerationSettings(max_new_tokens=16, batch_size=0, cache="graph"))
     (method,) = refused.extra["decoding"]
-    assert method.startswith("generate, dynamic cache (the graph path refused: attention implementation 'eager'")
+    assert method.startswith("generate, dynamic cache (the static path refused: attention implementation 'eager'")
     assert refused.texts == dynamic.texts
 
 
@@ -85,25 +85,69 @@ def test_a_sliding_window_shorter_than_the_run_is_refused():
         decode_greedy(model, ids, torch.ones_like(ids), 4, [1], 0)
 
 
-@pytest.mark.parametrize("table, refused", [({"format": "bnb-int8"}, True),
-                                             ({"format": "bnb-int8", "threshold": 0.0}, False),
-                                             ({"format": "bnb-nf4"}, False)])
-def test_llm_int8_with_an_outlier_threshold_is_refused_before_anything_runs(table, refused):
+@pytest.mark.parametrize("table, waits", [({"format": "bnb-int8"}, True),
+                                           ({"format": "bnb-int8", "threshold": 0.0}, False),
+                                           ({"format": "bnb-nf4"}, False)])
+def test_llm_int8_with_an_outlier_threshold_is_refused_a_graph_and_decodes_in_eager_steps(table, waits):
     """bitsandbytes' LLM.int8 asks `if outliers.any():` from the host in every int8 matmul, which no CUDA graph can
     capture (on an H100 the failed attempt cost a prefill and a capture before generate ran: RESULTS.md session 11), so
-    a model with such a layer is refused up front; without outlier splitting (threshold 0) and in nf4 it is not."""
+    a graph is refused up front for a model with such a layer; without outlier splitting (threshold 0) and in nf4 it
+    is not. Either way the static cache's eager steps take the model, and give generate's tokens here (one batch, the
+    prompt in one prefill chunk, so LLM.int8 sees the same rows as in generate)."""
+    from qcheck.measure.decode import host_waits, refusal
     from qcheck.quant.apply import quantize
 
     pytest.importorskip("bitsandbytes")
     model = random_init_like(tiny_llama_config(), seed=0)
     quantized, _ = quantize(model, {"default": table})
-    ids = torch.ones(2, 6, dtype=torch.long)
-    if refused:
+    ids = torch.randint(1, 512, (2, 6), generator=torch.Generator().manual_seed(0))
+    assert bool(host_waits(quantized)) == waits
+    if waits:
         with pytest.raises(Unsupported, match=r"LLM.int8 with outlier threshold 6.0"):
-            decode_greedy(quantized, ids, torch.ones_like(ids), 4, [1], 0, graph=False)
-    else:
-        got = decode_greedy(quantized, ids, torch.ones_like(ids), 4, [1], 0, graph=False)
-        assert got.tokens.shape == (2, 4) and got.method == "static cache, eager steps"
+            decode_greedy(quantized, ids, torch.ones_like(ids), 4, [1], 0, graph=True)
+    assert refusal(quantized, 10) is None
+    got = decode_greedy(quantized, ids, torch.ones_like(ids), 4, [1], 0)
+    assert got.tokens.shape == (2, 4) and got.method == "static cache, eager steps"
+    assert got.tokens.tolist() == generated(quantized, ids, torch.ones_like(ids), 4, 1, 0).tolist()
+
+
+@pytest.mark.parametrize("prefix", [0, 40])
+def test_eager_decoding_in_threads_gives_each_slice_of_rows_its_own_tokens(prefix):
+    """The threaded eager path (a host-bound model's on a GPU, asked for here on the CPU): 7 rows in 3 threads are
+    decoded as the slices 3 + 2 + 2, each slice's tokens exactly those the slice gets decoded alone, with and without
+    a shared prefix (kept once by each thread), and the method names the threads."""
+    from qcheck.measure.generation import batch_layout
+
+    model = random_init_like(tiny_llama_config(max_position_embeddings=256), seed=4)
+    g = torch.Generator().manual_seed(2)
+    head = torch.randint(1, 512, (prefix,), generator=g).tolist()
+    rows = [head + torch.randint(1, 512, (3 + 4 * i,), generator=g).tolist() for i in range(7)]
+    ids, mask = batch_layout(rows, 0, prefix)
+    got = decode_greedy(model, ids, mask, 12, [511], 0, prefix=prefix, threads=3)
+    shared = f", the {prefix}-token shared prefix prefilled once and kept once" if prefix else ""
+    assert got.method == f"static cache, eager steps in 3 threads of rows{shared}"
+    for part in (slice(0, 3), slice(3, 5), slice(5, 7)):
+        alone = decode_greedy(model, ids[part], mask[part], 12, [511], 0, prefix=prefix)
+        assert got.tokens[part].tolist() == alone.tokens.tolist()
+
+
+def test_an_error_in_one_decoding_thread_reaches_the_caller():
+    """A failure inside one thread of the threaded eager path is not lost with the thread: the caller gets
+    Unsupported with its message (and so falls back to generate), not tokens from the other threads."""
+    model = random_init_like(tiny_llama_config(), seed=0)
+    calls = []
+    original = model.model.layers[0].forward
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("planted failure in one thread")
+        return original(*args, **kwargs)
+
+    model.model.layers[0].forward = failing
+    ids = torch.randint(1, 512, (4, 6), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(Unsupported, match="planted failure in one thread"):
+        decode_greedy(model, ids, torch.ones_like(ids), 8, [1], 0, threads=2)
 
 
 @pytest.mark.gpu
@@ -452,3 +496,31 @@ def test_cuda_graph_decoding_with_a_shared_prefix_gives_generates_tokens_in_fp32
         assert until_eos(h, eos) == until_eos(w, eos)
         stops.add(len(until_eos(h, eos)))
     assert len(stops) > 1
+
+
+@pytest.mark.gpu
+def test_llm_int8_decodes_on_the_gpu_in_threads_each_slice_as_alone():
+    """On the GPU an LLM.int8 model (random weights, 4 layers, outlier threshold 6) takes the eager static path in
+    HOST_BOUND_THREADS threads, each on its own CUDA stream: 12 rows sharing a 40-token prefix, 32 new tokens; each
+    thread's slice of rows gets exactly the tokens it gets decoded alone on the default stream (LLM.int8 picks its
+    outlier columns over the rows of a call, so a slice is compared with itself, not with the whole batch)."""
+    pytest.importorskip("bitsandbytes")
+    from qcheck.measure.decode import HOST_BOUND_THREADS
+    from qcheck.measure.generation import batch_layout
+    from qcheck.quant.apply import quantize
+
+    config = tiny_llama_config(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                               max_position_embeddings=512)
+    model, _ = quantize(random_init_like(config, seed=5, device="cuda"), {"default": {"format": "bnb-int8"}})
+    g = torch.Generator().manual_seed(3)
+    head = torch.randint(1, 49152, (40,), generator=g).tolist()
+    rows = [head + torch.randint(1, 49152, (5 + 5 * i,), generator=g).tolist() for i in range(12)]
+    ids, mask = (t.cuda() for t in batch_layout(rows, 0, 40))
+    got = decode_greedy(model, ids, mask, 32, [49151], 0, prefix=40)
+    assert got.method.startswith(f"static cache, eager steps in {HOST_BOUND_THREADS} threads of rows, each on its own "
+                                 "CUDA stream, the 40-token shared prefix prefilled once and kept once (not a CUDA "
+                                 "graph: bitsandbytes LLM.int8 with outlier threshold 6.0")
+    for part in torch.arange(12).tensor_split(HOST_BOUND_THREADS):
+        rows_of = slice(int(part[0]), int(part[-1]) + 1)
+        alone = decode_greedy(model, ids[rows_of], mask[rows_of], 32, [49151], 0, prefix=40, threads=1)
+        assert got.tokens[rows_of].tolist() == alone.tokens.tolist()

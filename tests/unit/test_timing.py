@@ -173,6 +173,27 @@ def test_energy_unsupported_says_why_and_windows_are_long():
     assert e.per_token(100) is None
     with pytest.raises(ConfigError):
         measure_energy(lambda: None, device="cpu", window_s=0.1)
+    with pytest.raises(ConfigError):
+        measure_energy(lambda: None, device="cpu", idle_s=0.1)
+    assert measure_energy(lambda: None, device="cpu", idle_s=0.1, idle_w=60.0).supported is False  # no idle window
+
+
+@pytest.mark.gpu
+def test_energy_takes_an_idle_power_measured_before_instead_of_its_own_window(monkeypatch):
+    """The energy step measures the GPU's idle power once and gives it to the fp16 window: that call sleeps through
+    no idle window of its own, and its dynamic energy is computed from the power it was given."""
+    from qcheck.measure import timing
+
+    a = torch.randn(2048, 2048, device="cuda")
+    first = measure_energy(lambda: a @ a, device="cuda", window_s=1.0, idle_s=1.0)
+    if not first.supported:
+        pytest.skip(first.reason)
+    sleeps = []
+    monkeypatch.setattr(timing.time, "sleep", lambda s: sleeps.append(s))
+    second = measure_energy(lambda: a @ a, device="cuda", window_s=1.0, idle_s=1.0, idle_w=first.idle_power_w)
+    assert sleeps == [] and second.supported and second.idle_power_w == first.idle_power_w
+    expected = max(0.0, second.joules_per_call * second.calls - first.idle_power_w * second.window_s) / second.calls
+    assert second.dynamic_joules_per_call == pytest.approx(expected)
 
 
 def test_degenerate_tensors_and_placement(tiny):
