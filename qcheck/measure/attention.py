@@ -39,13 +39,15 @@ GQA_DECODING = "qcheck_sdpa_gqa_decoding"
 
 def sdpa_gqa_decoding(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                       scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any) -> tuple[Any, None]:
-    """transformers' sdpa attention, except that a one-token query of a grouped-query layer attends to the cache's
-    key/value heads as they are: the query heads sharing a key/value head become that head's query rows.
+    """transformers' sdpa attention, except that the queries of a grouped-query layer (one token, or several under a
+    mask shared by the heads: prefill chunks, the choice rows of per-question scoring and attacks) attend to the
+    cache's key/value heads as they are: the query heads sharing a key/value head become that head's query rows.
 
     transformers before 5.2x copies the cache to every query head (`repeat_kv`) whenever a mask is passed on CUDA: at
     every decoding step, in every layer, over the whole static cache (SmolLM2-135M: 3 key/value heads to 9, 50 rows x
     ~1,300 positions x 30 layers, about 9 GB written per fp32 step). The dot products, softmax and weighted sums are
-    the same; only the copy goes."""
+    the same; only the copy goes. A multi-token query without a mask (transformers' causal shortcut) is left to
+    transformers, whose sdpa call shares the heads itself there."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -60,14 +62,18 @@ def sdpa_gqa_decoding(module: Any, query: Any, key: Any, value: Any, attention_m
             raise RuntimeError(f"the shared prefix's keys and values cannot be attended to here (layer index "
                                f"{layer!r}, mask {None if attention_mask is None else tuple(attention_mask.shape)})")
         return attend_with_prefix(query, key, value, attention_mask, *prefixes[layer], scaling), None
-    if groups == 1 or query.shape[2] != 1 or not mask_shared or not plain:
+    length = query.shape[2]
+    if groups == 1 or not mask_shared or not plain or (length > 1 and attention_mask is None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     batch, heads, _, dim = query.shape
-    packed = query.reshape(batch, heads // groups, groups, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=attention_mask,
-                                                           scale=scaling, is_causal=False)
-    return out.reshape(out.shape[0], heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+    packed = query.reshape(batch, heads // groups, groups * length, dim)
+    mask = attention_mask
+    if length > 1:  # each packed row is (group, position): its position's mask row, once per group
+        mask = mask[:, :, None].expand(batch, 1, groups, length, mask.shape[-1]).reshape(batch, 1, groups * length, -1)
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling,
+                                                           is_causal=False)
+    return out.reshape(out.shape[0], heads, length, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
 _SHARED_PREFIX: ContextVar[dict[int, tuple[Any, Any]] | None] = ContextVar("qcheck_shared_prefix", default=None)
@@ -118,26 +124,39 @@ def attend_with_prefix(query: Any, key: Any, value: Any, mask: Any, prefix_key: 
 
 
 @contextlib.contextmanager
-def gqa_decoding(model: Any) -> Any:
+def packed_gqa_attention(model: Any) -> Any:
     """Run `model`'s sdpa attention through `sdpa_gqa_decoding` inside the block (registered with transformers'
-    AttentionInterface, the model's implementation restored on the way out, also on error). Yields a dict the
-    decoder fills with a shared prefix's keys and values per layer index once it has them; from then on every
-    attention call of the model attends to them first (`attend_with_prefix`). Yields None, and changes nothing, for
-    a model whose attention is not sdpa."""
+    AttentionInterface, with sdpa's mask builder beside it in AttentionMaskInterface; the model's implementation
+    restored on the way out, also on error). Yields whether it did: False, changing nothing, for a model whose
+    attention is not sdpa (or has no config)."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    config = model.config
-    before = config._attn_implementation
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
     if before != "sdpa":
-        yield None
+        yield False
         return
     AttentionInterface.register(GQA_DECODING, sdpa_gqa_decoding)
+    AttentionMaskInterface.register(GQA_DECODING, sdpa_mask)  # without it transformers builds no mask at all
     config._attn_implementation = GQA_DECODING
     try:
-        with shared_prefix_scope(True) as prefixes:
-            yield prefixes
+        yield True
     finally:
         config._attn_implementation = before
+
+
+@contextlib.contextmanager
+def gqa_decoding(model: Any) -> Any:
+    """`packed_gqa_attention` for the decoder. Yields a dict the decoder fills with a shared prefix's keys and values
+    per layer index once it has them; from then on every attention call of the model attends to them first
+    (`attend_with_prefix`). Yields None, and changes nothing, for a model whose attention is not sdpa."""
+    with packed_gqa_attention(model) as packed:
+        if not packed:
+            yield None
+            return
+        with shared_prefix_scope(True) as prefixes:
+            yield prefixes
 
 
 @contextlib.contextmanager

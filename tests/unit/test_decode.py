@@ -274,10 +274,13 @@ def test_a_generation_config_with_logits_processors_is_left_to_generate(smollm2)
     assert unpenalized.texts != plain.texts, "the ban should change a random model's greedy tokens"
 
 
-def test_grouped_query_decoding_attends_like_sdpa_with_copied_heads():
-    """One query token of a grouped-query layer (9 query heads over 3 key/value heads, SmolLM2-135M's layout), left
-    padding masked: attending to the key/value heads as they are gives what sdpa gives on heads copied per query
-    head (transformers' repeat_kv), to fp32 rounding."""
+@pytest.mark.parametrize("queries, additive", [(1, False), (13, False), (13, True)])
+def test_grouped_query_decoding_attends_like_sdpa_with_copied_heads(queries, additive):
+    """Queries of a grouped-query layer (9 query heads over 3 key/value heads, SmolLM2-135M's layout): one token, or
+    13 under a mask shared by the heads (a prefill chunk, the choice rows of scoring and attacks), left padding and a
+    causal part masked, boolean or additive: attending to the key/value heads as they are gives what sdpa gives on
+    heads copied per query head (transformers' repeat_kv), to fp32 rounding. Without a mask a multi-token query is
+    left to transformers."""
     from types import SimpleNamespace
 
     from transformers.integrations.sdpa_attention import repeat_kv
@@ -286,20 +289,27 @@ def test_grouped_query_decoding_attends_like_sdpa_with_copied_heads():
 
     gen = torch.Generator().manual_seed(0)
     rows, heads, kv_heads, length, dim = 4, 9, 3, 37, 64
-    query = torch.randn(rows, heads, 1, dim, generator=gen)
+    query = torch.randn(rows, heads, queries, dim, generator=gen)
     key = torch.randn(rows, kv_heads, length, dim, generator=gen)
     value = torch.randn(rows, kv_heads, length, dim, generator=gen)
-    mask = torch.ones(rows, 1, 1, length, dtype=torch.bool)
+    mask = torch.ones(rows, 1, queries, length, dtype=torch.bool)
     mask[1, ..., :5] = False
     mask[3, ..., :20] = False
+    mask[..., length - queries:] &= torch.ones(queries, queries, dtype=torch.bool).tril()
+    if additive:
+        mask = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
     module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
     got, _ = sdpa_gqa_decoding(module, query, key, value, mask, scaling=dim ** -0.5)
     want = torch.nn.functional.scaled_dot_product_attention(query, repeat_kv(key, 3), repeat_kv(value, 3),
                                                             attn_mask=mask, scale=dim ** -0.5).transpose(1, 2)
-    assert got.shape == (rows, 1, heads, dim)
+    assert got.shape == (rows, queries, heads, dim)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    prefill, _ = sdpa_gqa_decoding(module, torch.randn(rows, heads, 5, dim, generator=gen), key, value, None)
-    assert prefill.shape == (rows, 5, heads, dim)
+    first = torch.randn(rows, heads, 5, dim, generator=gen)
+    prefill, _ = sdpa_gqa_decoding(module, first, key[:, :, :5], value[:, :, :5], None, scaling=dim ** -0.5)
+    causal = torch.nn.functional.scaled_dot_product_attention(first, repeat_kv(key[:, :, :5], 3),
+                                                              repeat_kv(value[:, :, :5], 3), is_causal=True,
+                                                              scale=dim ** -0.5).transpose(1, 2)
+    torch.testing.assert_close(prefill, causal, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("queries, dtype, additive", [(1, torch.float32, False), (1, torch.float32, True),

@@ -422,3 +422,70 @@ def test_a_dispatched_16_bit_variant_takes_gradients_from_an_fp32_copy(items, tm
     ev = evaluate_robustness(dispatched, items[:8], AttackConfig(epsilon=0.5, pgd_steps=2), batch_size=8)
     assert [asdict(r) for r in ev.records] == [asdict(r) for r in plain.records]
     assert {p.dtype for p in dispatched.parameters()} == {torch.bfloat16}
+
+
+def test_an_attack_pass_keeps_no_weight_inputs_or_copied_heads_and_its_gradient_is_unchanged():
+    """The attack's gradient pass freezes the weights (no layer input is kept for a weight gradient) and attends to a
+    grouped-query layer's key/value heads without copying them per query head (SmolLM2-135M's 9 over 3, two layers,
+    16 questions of ARC-like lengths): autograd keeps no copied key/value heads and less in all (23% less here, 38%
+    with all 30 layers on 16 real ARC-Easy questions: 2,401 MiB to 1,483), the
+    scores are those of transformers' sdpa, the gradient with respect to delta is the same to fp32 rounding, and
+    every weight requires grad again afterwards."""
+    import contextlib
+
+    from qcheck.inputs.models import smollm2_config
+    from qcheck.measure import robustness as R
+
+    model = random_init_like(smollm2_config(num_hidden_layers=2), seed=0)
+    g = torch.Generator().manual_seed(3)
+
+    def ids(lo: int, hi: int) -> list[int]:
+        return torch.randint(1, 49152, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
+
+    items = items_from_rows((f"q{i}", ids(30, 45), [ids(4, 13) for _ in range(4)], i % 4) for i in range(16))
+    batch = R._make_batch(items, 0, torch.device("cpu"))
+    base = R._base_embeddings(model, batch)
+    delta = torch.randn(base.shape, generator=torch.Generator().manual_seed(0)) * 0.01
+    rows, length = batch.choices.shape[0], batch.prompt_ids.shape[1] + batch.choices.shape[1]
+
+    def kept() -> tuple[float, set[tuple[int, ...]], torch.Tensor, list[torch.Tensor]]:
+        storages: dict[int, int] = {}
+        shapes: set[tuple[int, ...]] = set()
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            shapes.add(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            grad, _ = R._loss_grad(model, base, delta, batch, 1)
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        with torch.no_grad():
+            scores = R._choice_scores(model, R._inputs(base, delta, batch), batch)
+        return sum(n for k, n in storages.items() if k not in weights) / 2**20, shapes, grad, scores
+
+    mib, shapes, grad, scores = kept()
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(R, "frozen_parameters", contextlib.nullcontext)
+        mp.setattr(R, "packed_gqa_attention", lambda m: contextlib.nullcontext(False))
+        mib_before, shapes_before, grad_before, scores_before = kept()
+    copied = (rows, 9, length, 64)
+    assert copied in shapes_before and copied not in shapes
+    assert mib < 0.85 * mib_before, (mib, mib_before)  # two layers: the vocabulary's logits weigh more than in 30
+    torch.testing.assert_close(grad, grad_before, rtol=1e-4, atol=1e-5)
+    for a, b in zip(scores, scores_before):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_parameters_restores_requires_grad_by_name_also_on_error(tiny):
+    from qcheck.measure.robustness import frozen_parameters
+
+    tiny.lm_head.weight.requires_grad_(False)
+    try:
+        with pytest.raises(RuntimeError, match="planted"), frozen_parameters(tiny) as m:
+            assert not any(p.requires_grad for p in m.parameters())
+            raise RuntimeError("planted")
+        assert not tiny.lm_head.weight.requires_grad and sum(not p.requires_grad for p in tiny.parameters()) == 1
+    finally:
+        tiny.lm_head.weight.requires_grad_(True)
