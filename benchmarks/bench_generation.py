@@ -18,9 +18,7 @@ copy), "unshared" (packed, but every row's cache holds its whole prompt: the cac
 once, whose decoding steps read 50 copies of the prefix) and "copied" (transformers' sdpa as it stands, which before
 5.2x copies the cache to every query head whenever a mask is passed; rows unshared). --profile-cache picks the cache
 of the profiled call. --shape picks the layer shapes (bench_scale.py's SHAPES: 135m, 1.2b, 8b). Each result holds
-the second call's peak GPU memory. --threads crosses the threads of the static cache's eager path for a host-bound
-variant (`qcheck.measure.decode.HOST_BOUND_THREADS`: bnb-int8's rows split between threads, each on its own CUDA
-stream); its rows compare the tokens with the first cache's (`generate` for "dynamic,graph").
+the second call's peak GPU memory.
 """
 from __future__ import annotations
 
@@ -68,13 +66,6 @@ def gqa(name: str) -> contextlib.AbstractContextManager[Any]:
     elif name not in ("packed", "unshared"):
         raise SystemExit(f"--gqa: unknown setting {name!r} (packed, unshared, copied)")
     return stack
-
-
-def host_threads(n: int) -> contextlib.AbstractContextManager[Any]:
-    """The eager static path's thread count for a host-bound model, for one setting."""
-    from unittest import mock
-
-    return mock.patch("qcheck.measure.decode.HOST_BOUND_THREADS", n)
 
 
 def build(dtype: torch.dtype, device: str, quick: bool, variant: str | None = None, shape: str = "135m"
@@ -167,20 +158,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if args.profile_first:
                         out["profiles"][f"{name}/{backends}/first"] = profile(model, tokenizer, questions,
                                                                               args.profile_tokens, args.top)
-                    for cache, threads in [(c, t) for c in args.caches.split(",")
-                                           for t in (args.threads.split(",") if c == "graph" else ["1"])]:
-                        with host_threads(int(threads)):
-                            first, texts, decoding = timed_generate(model, tokenizer, questions, args.new_tokens,
-                                                                    cache)
+                    for cache in args.caches.split(","):
+                        first, texts, decoding = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
                         if args.device == "cuda":
                             torch.cuda.reset_peak_memory_stats()
-                        with host_threads(int(threads)):
-                            second, texts2, _ = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
+                        second, texts2, _ = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
                         peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
                         reference_texts = reference_texts if reference_texts is not None else texts
                         key = (f"{name}/{cache}" + ("" if backends == "all" else f"/{backends}")
-                               + (f"/gqa-{heads}" if cache == "graph" else "")
-                               + (f"/threads-{threads}" if threads != "1" else ""))
+                               + (f"/gqa-{heads}" if cache == "graph" else ""))
                         out["results"][key] = {
                             "first_s": round(first, 3), "second_s": round(second, 3),
                             "ms_per_step": round(1000 * second / args.new_tokens, 2),
@@ -239,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="graph decoder's grouped-query attention: packed, unshared, copied")
     parser.add_argument("--shape", default="135m", help="layer shapes: 135m, 1.2b, 8b (bench_scale.py)")
     parser.add_argument("--profile-cache", default="dynamic", help="cache of the profiled call")
-    parser.add_argument("--threads", default="1", help="eager static path threads for a host-bound variant, e.g. 1,2,3")
     parser.add_argument("--profile-tokens", type=int, default=16)
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--variant", default=None, help="a built-in variant applied to each model (e.g. bnb-int8)")

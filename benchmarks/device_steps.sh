@@ -4,6 +4,7 @@
 # bar8b     issue 18's bar: the 8B shape, seven simulated default variants, peak GPU memory vs reference + largest
 # e2e       issue 20's end-to-end wall time, 135M and 1.2B shapes, all default variants
 # e2egraph  e2e's 135M run with --decoding graph (the CUDA-graph decoder)
+# e2e12b    e2e's 1.2B run alone
 # e2ew      e2e with --workers $QCHECK_WORKERS (default 3) on the one GPU: host-bound variants overlap, the timings
 #           are taken afterwards by the parent alone
 # e2e8b     the same on the 8B shape (the step's limit leaves room for the folder build, ~30 s, and the report
@@ -16,8 +17,8 @@
 # gengraph  generate's dynamic cache against the CUDA-graph decoder (qcheck.measure.decode): time and tokens, 256 steps
 # genprefix the graph decoder with the shared few-shot prefix kept once (qcheck's) against every row holding it
 #           (the layout before): time, peak memory and tokens, 256 steps, fp32 and bf16, 135M and 1.2B shapes
-# genthreads bitsandbytes LLM.int8 generation: generate's dynamic cache against the static cache's eager steps in 1, 2
-#           and 3 threads of rows (each on its own CUDA stream), 64 steps, 135M and 1.2B shapes: time, peak, tokens
+# genint8   bitsandbytes LLM.int8 generation: generate's dynamic cache against the static cache's eager steps (qcheck's
+#           path for it since session 20), 64 steps, 135M and 1.2B shapes: time, peak, tokens
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # fid       fidelity throughput on 299k tokens (reference vs its int8 variant): plain loop vs qcheck; bf16 and fp32
 # fidbf16   fid in bf16 alone, one repeat: fits what a short budget leaves (session 17's fid was cut at 170 s
@@ -34,7 +35,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genthreads|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -61,6 +62,7 @@ for step in "$@"; do
                    --qcheck-arg=--variants=fp16,bf16,int8,w4g64,fixed8.4,fixed16.8,mixed \
                    --qcheck-arg=-k --qcheck-arg="perplexity or fidelity or applied" --out "$OUT/$step" ;;
         e2e) timeout 420 python3 benchmarks/bench_scale.py --shapes 135m,1.2b --limit-s 200 --out "$OUT/$step" ;;
+        e2e12b) timeout 240 python3 benchmarks/bench_scale.py --shapes 1.2b --limit-s 200 --out "$OUT/$step" ;;
         e2ew) timeout 420 python3 benchmarks/bench_scale.py --shapes 135m,1.2b --limit-s 200 \
                   --qcheck-arg=--workers=${QCHECK_WORKERS:-3} --out "$OUT/$step-w${QCHECK_WORKERS:-3}" ;;
         e2egraph) timeout 260 python3 benchmarks/bench_scale.py --shapes 135m --limit-s 230 \
@@ -78,9 +80,9 @@ for step in "$@"; do
                  timeout 150 python3 benchmarks/bench_generation.py --shape $shape --dtypes fp32,bf16 --caches graph \
                      --gqa packed,unshared --attention no-cudnn --new-tokens 256 --out "$OUT/$step/$shape"
              done ;;
-        genthreads) for shape in 135m 1.2b; do
+        genint8) for shape in 135m 1.2b; do
                  timeout 150 python3 benchmarks/bench_generation.py --shape $shape --dtypes fp32 --variant bnb-int8 \
-                     --caches dynamic,graph --threads 1,2,3 --attention no-cudnn --new-tokens 64 \
+                     --caches dynamic,graph --attention no-cudnn --new-tokens 64 \
                      --out "$OUT/$step/$shape"
              done ;;
         gqa) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches graph --gqa packed,copied \

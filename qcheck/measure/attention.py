@@ -155,18 +155,9 @@ def gqa_decoding(model: Any) -> Any:
         if not packed:
             yield None
             return
-        with shared_prefix_scope(True) as prefixes:
+        prefixes: dict[int, tuple[Any, Any]] = {}
+        token = _SHARED_PREFIX.set(prefixes)
+        try:
             yield prefixes
-
-
-@contextlib.contextmanager
-def shared_prefix_scope(enabled: bool) -> Any:
-    """A fresh dict of shared-prefix keys and values for the attention calls of this thread inside the block (None
-    where not `enabled`). `gqa_decoding` opens one; each thread of the decoder's threaded eager path opens its own, so
-    that no thread reads a prefix another thread's stream is still writing."""
-    prefixes: dict[int, tuple[Any, Any]] | None = {} if enabled else None
-    token = _SHARED_PREFIX.set(prefixes)
-    try:
-        yield prefixes
-    finally:
-        _SHARED_PREFIX.reset(token)
+        finally:
+            _SHARED_PREFIX.reset(token)

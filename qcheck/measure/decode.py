@@ -12,9 +12,10 @@ attention reads the prefix's single copy: `qcheck.measure.attention.attend_with_
 into every row (`keeps_prefix_once` says why).
 
 A model whose forward waits for the GPU from the host cannot be captured: bitsandbytes' LLM.int8 with an outlier
-threshold asks `if outliers.any()` in every int8 matmul. It decodes on the same static cache in eager steps, its rows
-split between HOST_BOUND_THREADS threads, each on its own CUDA stream, so that one thread's Python runs while another
-waits for the GPU.
+threshold asks `if outliers.any()` in every int8 matmul. It decodes on the same static cache in eager steps (the
+prompt prefilled in chunks, the shared prefix kept once), where it went through `generate` before: on an H100, 64
+steps of 50 prompts in 60 ms a step against 69 at the 1.2B shape, with 2.7 GB at peak against 6.6 (RESULTS.md,
+session 20).
 
 Where a model cannot take this path at all (its own generation config adds logits processors, attention other than
 sdpa, a sliding window shorter than the run, accelerate's dispatch, any other failure), `decode_greedy` raises
@@ -22,7 +23,6 @@ Unsupported with the reason, and the caller runs `model.generate` instead.
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcheck.measure.attention import gqa_decoding, shared_prefix_scope
+from qcheck.measure.attention import gqa_decoding
 from qcheck.measure.kv_cache import cache_argument, cache_of
 from qcheck.quant.bnb import llm_int8_threshold
 from qcheck.quant.offload import is_dispatched
@@ -45,13 +45,6 @@ not by the prefill: at the 8B shape all 50 GSM8K prompts at once (session 13: si
 by the estimate, the batch held 30 rows, two batches of 256 steps each). With 50 rows and a ~750-position cache a
 chunk is ~64 positions at 8B, ~94 at 1.2B and ~390 at 135M: 3,200 or more rows in each GEMM, which keeps it at
 full speed."""
-
-HOST_BOUND_THREADS = 2
-"""Threads that decode a host-bound model's batch (`host_waits`: LLM.int8) on a GPU, each a share of the rows on its
-own CUDA stream. bitsandbytes runs ~15 operators and two host waits per int8 layer call (RESULTS.md, session 16: the
-GPU idle most of each step), and torch releases the GIL while it waits, so a second thread's Python fills those
-waits. LLM.int8 picks its outlier columns over the rows of each call, so the tokens depend on how the rows are split,
-as they already depend on the batch size."""
 
 
 def token_bytes(config: Any, length: int) -> int:
@@ -99,10 +92,8 @@ class _Decoder:
     """The static buffers of one batch and the step that advances them in place (capturable as a CUDA graph)."""
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
-                 eos: list[int], pad: int, prefix: int = 0, prefixes: dict[int, Any] | None = None,
-                 prefill_bytes: int | None = None) -> None:
+                 eos: list[int], pad: int, prefix: int = 0, prefixes: dict[int, Any] | None = None) -> None:
         self.model = model
-        self.prefill_bytes = PREFILL_BYTES if prefill_bytes is None else prefill_bytes
         rows, width = input_ids.shape
         device = input_ids.device
         self.width, self.length = width, width + new_tokens
@@ -134,7 +125,7 @@ class _Decoder:
 
     def _prefill(self, input_ids: torch.Tensor, real: torch.Tensor, prefix: int, base: int) -> None:
         """Fill the cache with the prompts after the shared `prefix` (already in: kept once, or copied into every
-        row), in chunks of positions (every row at once) that keep the working memory within `prefill_bytes`. The
+        row), in chunks of positions (every row at once) that keep the working memory within PREFILL_BYTES. The
         rows' cache starts at position `base`. Each chunk attends to the prefix and the cache written so far, as one
         pass would."""
         rows, width = input_ids.shape
@@ -146,7 +137,7 @@ class _Decoder:
         mask[:, 0, :, :held] |= torch.eye(held, dtype=torch.bool, device=device)[None]
         positions = (real.long().cumsum(1) - 1).clamp_min(0)[:, base:]
         self.chunk = max(1, min(width - prefix,
-                                self.prefill_bytes // max(1, rows * token_bytes(self.model.config, self.length))))
+                                PREFILL_BYTES // max(1, rows * token_bytes(self.model.config, self.length))))
         for start in range(prefix - base, held, self.chunk):
             end = min(held, start + self.chunk)
             logits = self.model(input_ids=input_ids[:, base + start:base + end],
@@ -259,97 +250,37 @@ def _check(model: nn.Module, length: int, graph: bool) -> None:
 @torch.no_grad()
 def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
                   eos: list[int], pad: int, *, graph: bool | None = None, prefix: int = 0,
-                  stopped: Callable[[torch.Tensor], torch.Tensor] | None = None, threads: int | None = None
-                  ) -> Decoded:
+                  stopped: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Decoded:
     """Greedy continuation of left-padded `input_ids` on a static cache: one CUDA graph replayed per step on a GPU
-    (`graph=None`: on CUDA devices, for a model whose forward does not wait for the GPU), eager steps otherwise, in
-    `threads` threads of rows (None: HOST_BOUND_THREADS for a host-waiting model on a GPU, else one). With `prefix` > 0
-    every row starts with the same `prefix` tokens, its padding after them (`generation.batch_layout`), and they are
-    prefilled once. `stopped` (new tokens [rows, n] on the CPU -> rows that reached a stop string) is asked at every
-    EOS check. Raises Unsupported where the model cannot take the path."""
+    (`graph=None`: on CUDA devices, for a model whose forward does not wait for the GPU), eager steps otherwise. With
+    `prefix` > 0 every row starts with the same `prefix` tokens, its padding after them (`generation.batch_layout`),
+    and they are prefilled once. `stopped` (new tokens [rows, n] on the CPU -> rows that reached a stop string) is
+    asked at every EOS check. Raises Unsupported where the model cannot take the path."""
     if prefix and not (bool(attention_mask[:, :prefix].all()) and bool((input_ids[:, :prefix] == input_ids[:1, :prefix])
                                                                        .all()) and prefix < input_ids.shape[1]):
         raise ValueError(f"prefix={prefix}: every row must start with the same {prefix} real tokens, and have more")
     cuda = input_ids.device.type == "cuda"
     waits = host_waits(model)
-    use_graph = cuda and not waits if graph is None else graph
+    use_graph = (cuda and not waits) if graph is None else graph
     _check(model, input_ids.shape[1] + new_tokens, graph=use_graph)
-    if threads is None:
-        threads = HOST_BOUND_THREADS if cuda and waits and not use_graph else 1
-    if threads < 1 or (use_graph and threads > 1):
-        raise ValueError(f"threads={threads}: eager decoding takes one thread or more, graph replay one")
-    groups = min(input_ids.shape[0], threads)
     try:
         with gqa_decoding(model) as prefixes:
-            if groups > 1:
-                decoders = _threaded(model, input_ids, attention_mask, new_tokens, eos, pad, prefix,
-                                     prefixes is not None, stopped, groups)
-                out = torch.cat([d.out for d in decoders])
-                dec = decoders[0]
-            else:
-                dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix, prefixes)
+            dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix, prefixes)
+            steps = new_tokens - 1
             shared = (f", the {prefix}-token shared prefix prefilled once"
                       + (" and kept once" if dec.kept_once else " and copied into every row") if prefix else "")
-            note = f" (not a CUDA graph: {waits})" if cuda and waits else ""
-            if groups > 1:
-                streams = ", each on its own CUDA stream" if cuda else ""
-                return Decoded(out, f"static cache, eager steps in {groups} threads of rows{streams}{shared}{note}",
-                               dec.chunk)
             if not use_graph:
-                _run_eager(dec, new_tokens - 1, stopped)
+                for k in range(steps):
+                    if k % EOS_CHECK_EVERY == 0 and dec.finished(stopped):
+                        break
+                    dec.step()
+                note = f" (not a CUDA graph: {waits})" if cuda and waits else ""
                 return Decoded(dec.out, f"static cache, eager steps{shared}{note}", dec.chunk)
-            return Decoded(_replay(dec, new_tokens - 1, stopped), f"static cache, one CUDA graph per step{shared}",
-                           dec.chunk)
+            return Decoded(_replay(dec, steps, stopped), f"static cache, one CUDA graph per step{shared}", dec.chunk)
     except Unsupported:
         raise
     except Exception as exc:  # any failure of the fast path sends the caller back to generate
         raise Unsupported(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-
-
-def _run_eager(dec: _Decoder, steps: int, stopped: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-    for k in range(steps):
-        if k % EOS_CHECK_EVERY == 0 and dec.finished(stopped):
-            break
-        dec.step()
-
-
-def _threaded(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
-              eos: list[int], pad: int, prefix: int, keep_prefix: bool,
-              stopped: Callable[[torch.Tensor], torch.Tensor] | None, groups: int) -> list[_Decoder]:
-    """Eager decoding of `groups` slices of the rows, each in its own thread (on a GPU, on its own CUDA stream) with its
-    own static cache and shared prefix, the prefill budget split between them. Returns the decoders, their work done
-    and synchronised; the first error of any thread is raised."""
-    cuda = input_ids.device.type == "cuda"
-    main = torch.cuda.current_stream(input_ids.device) if cuda else None
-    slices = [s for s in torch.arange(input_ids.shape[0]).tensor_split(groups) if s.numel()]
-    decoders: list[_Decoder | None] = [None] * len(slices)
-    errors: list[BaseException] = []
-
-    def work(i: int, rows: torch.Tensor) -> None:
-        try:
-            stream = torch.cuda.Stream(input_ids.device) if cuda else None
-            if stream is not None:
-                stream.wait_stream(main)
-            with torch.cuda.stream(stream), torch.no_grad(), shared_prefix_scope(keep_prefix) as mine:
-                part = slice(int(rows[0]), int(rows[-1]) + 1)
-                dec = _Decoder(model, input_ids[part], attention_mask[part], new_tokens, eos, pad, prefix, mine,
-                               PREFILL_BYTES // len(slices))
-                _run_eager(dec, new_tokens - 1, stopped)
-            decoders[i] = dec
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the calling thread)
-            errors.append(exc)
-
-    workers = [threading.Thread(target=work, args=(i, rows), name=f"qcheck-decode-{i}")
-               for i, rows in enumerate(slices)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    if cuda:
-        torch.cuda.synchronize(input_ids.device)
-    if errors:
-        raise errors[0]
-    return [d for d in decoders if d is not None]
 
 
 def _replay(dec: _Decoder, steps: int, stopped: Callable[[torch.Tensor], torch.Tensor] | None = None

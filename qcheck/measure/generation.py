@@ -331,7 +331,8 @@ def batch_layout(rows: Sequence[Sequence[int]], pad: int, prefix: int = 0) -> tu
 def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, config: Any,
             settings: GenerationSettings, eos: list[int], pad: int, fallback_size: int, tokenizer: Any = None,
             stop_strings: Sequence[str] = ()) -> tuple[torch.Tensor, str]:
-    """New tokens [rows, steps] on the CPU and how they were decoded: the graph path where asked and possible (the
+    """New tokens [rows, steps] on the CPU and how they were decoded: the static cache where asked and possible (one
+    CUDA graph per step, or eager steps for a model whose forward waits for the GPU, bitsandbytes' LLM.int8; the
     prompts' shared prefix prefilled once, and kept once in an fp32 cache), else transformers' generate on
     left-padded rows, in slices of `fallback_size` rows (its prefill is one pass over the whole batch, so a batch
     sized for the chunked static prefill may not fit it). Rows that reach a stop string stop early on either path
