@@ -285,9 +285,12 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
 
 def _replay(dec: _Decoder, steps: int, stopped: Callable[[torch.Tensor], torch.Tensor] | None = None
             ) -> torch.Tensor:
-    """Two eager steps on a side stream (warm-up, as CUDA graph capture requires), then capture and replay."""
+    """Two eager steps on the side stream (warm-up, as CUDA graph capture requires; one stream for the process,
+    `qcheck.measure.side_stream` says why), then capture and replay."""
+    from qcheck.measure.side_stream import side_stream
+
     warm = min(2, steps)
-    side = torch.cuda.Stream()
+    side = side_stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(warm):

@@ -367,9 +367,12 @@ def _measure_cpu(fn: Callable[[], Any], dev: torch.device, warmup: int, min_repe
 
 
 def capture_graph(fn: Callable[[], Any], device: torch.device) -> Any:
-    """Capture `fn` in a CUDA graph (after two warm-up calls on a side stream); raises TimingError if it cannot."""
+    """Capture `fn` in a CUDA graph (after two warm-up calls on the process's side stream, `side_stream`); raises
+    TimingError if it cannot."""
+    from qcheck.measure.side_stream import side_stream
+
     try:
-        side = torch.cuda.Stream(device)
+        side = side_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):

@@ -490,3 +490,32 @@ def test_llm_int8_decodes_on_the_gpu_in_eager_steps_on_the_static_cache():
                                  "(not a CUDA graph: bitsandbytes LLM.int8 with outlier threshold 6.0")
     assert got.tokens.shape == (12, 32)
     assert decode_greedy(model, ids, mask, 32, [49151], 0, prefix=40).tokens.tolist() == got.tokens.tolist()
+
+
+@pytest.mark.gpu
+def test_repeated_graph_decoding_leaves_no_memory_behind():
+    """Every variant's generation captures a CUDA graph after warm-up steps on a side stream. cuBLAS keeps a workspace
+    (32 MiB on an H100) for every stream it has run on, so a new stream per capture left that much behind each time
+    (a 1.2B run's step peaks rose by 32.0 MiB per variant). With one side stream for the process, three more decodes
+    after the first leave the allocated memory where the first left it, and the side stream is that one stream."""
+    import gc
+
+    from qcheck.measure.side_stream import side_stream
+
+    config = tiny_llama_config(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                               max_position_embeddings=512)
+    model = random_init_like(config, seed=2, device="cuda")
+    ids = torch.randint(1, 49152, (6, 20), generator=torch.Generator().manual_seed(0)).cuda()
+    mask = torch.ones_like(ids)
+
+    def settled() -> int:
+        gc.collect()
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+
+    assert decode_greedy(model, ids, mask, 16, [49151], 0).method == "static cache, one CUDA graph per step"
+    before = settled()
+    for _ in range(3):
+        decode_greedy(model, ids, mask, 16, [49151], 0)
+    assert settled() - before < 2**20
+    assert side_stream() is side_stream("cuda:0") is side_stream(0)
