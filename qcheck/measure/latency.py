@@ -301,9 +301,9 @@ def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def _casts(ctx: RunContext, names: tuple[str, ...] = ("fp16", "bf16")) -> Any:
-    """The reference cast to each of `names` (fp16, bf16), one at a time (plain casts: no per-layer adapters adding host time). A
-    reference accelerate spread over several GPUs is loaded afresh with its placement (a deep copy would share its
-    hooks) and cast where it lies."""
+    """The reference cast to each of `names` (fp16, bf16), one at a time (plain casts: no per-layer adapters adding
+    host time). A reference accelerate spread over several GPUs is loaded afresh with its placement (a deep copy would
+    share its hooks) and cast where it lies."""
     from qcheck.quant.offload import is_dispatched
     from qcheck.variants import free_memory
 
