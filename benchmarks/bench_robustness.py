@@ -11,10 +11,16 @@ CPU with the embedded SmolLM2 and real ARC-Easy questions (the figures in RESULT
 
 `--quick` runs a tiny random model to check the script itself. Writes OUTDIR/bench_robustness.json and .md.
 Random weights answer at chance, so on GPU only the times mean anything; the accuracies are recorded anyway.
+`--shape` picks bench_scale.py's layer shapes for the random model (135m, 1.2b, 8b). `--backward before,qcheck`
+crosses the attacks' gradient pass: "qcheck" is the current one (weights frozen for the pass, grouped-query heads
+attended to without copies), "before" the pass of session 19 (weights requiring grad, transformers' sdpa copying
+the key/value heads under the choice rows' mask); each row holds the peak GPU memory above what was allocated
+before, and whether the per-question predictions equal the first setting's.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -53,13 +59,31 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, list[ChoiceItem], 
         loaded = load_model(device=args.device)
         items, info = arc_easy_items(loaded.tokenizer, args.questions, max_tokens=64)
         return loaded.model, items, {"model": loaded.describe(), "data": info}, loaded.tokenizer.pad_token_id or 0
-    config = tiny_llama_config() if args.quick else smollm2_config()
+    from bench_scale import SHAPES
+
+    config = tiny_llama_config() if args.quick else smollm2_config(**SHAPES[args.shape])
     model = random_init_like(config, seed=0, device=args.device)
     items = random_items(args.questions, config.vocab_size)
-    return model, items, {"model": {"architecture": "SmolLM2-135M shape" if not args.quick else "tiny llama",
+    return model, items, {"model": {"architecture": f"{args.shape} shape" if not args.quick else "tiny llama",
                                     "weights": "random init, seed 0",
                                     "parameters": sum(p.numel() for p in model.parameters())},
                           "data": {"questions": len(items), "kind": "random token ids, ARC-Easy shaped"}}, 0
+
+
+def backward(name: str) -> contextlib.AbstractContextManager[Any]:
+    """The attacks' gradient pass for one setting: "qcheck" as it is, "before" without the frozen weights and the
+    packed grouped-query attention."""
+    from unittest import mock
+
+    if name == "qcheck":
+        return contextlib.nullcontext()
+    if name != "before":
+        raise SystemExit(f"--backward: unknown setting {name!r} (before, qcheck)")
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch("qcheck.measure.robustness.frozen_parameters", contextlib.nullcontext))
+    stack.enter_context(mock.patch("qcheck.measure.robustness.packed_gqa_attention",
+                                   lambda model: contextlib.nullcontext(False)))
+    return stack
 
 
 def _sync(device: torch.device) -> None:
@@ -80,26 +104,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "variants": {}}
     for name in args.variants:
         model = reference if name == "fp32" else quantize(reference, builtin_plan(name))[0]
-        times, cpu_times = [], []
-        evaluation = None
-        for _ in range(args.repeats):
-            _sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            evaluation = evaluate_robustness(model, items, ATTACK, pad_id=pad_id, batch_size=args.batch_size,
-                                             variant=name, repeats=2)
-            _sync(device)
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-        assert evaluation is not None
-        out["variants"][name] = {
-            "seconds_median": statistics.median(times), "seconds": times,
-            "process_cpu_seconds_median": statistics.median(cpu_times),
-            "seconds_per_question": statistics.median(times) / len(items), "questions": len(items),
-            "clean_accuracy": evaluation.clean_accuracy, "robust_accuracy": evaluation.robust_accuracy,
-            "attacked": evaluation.attacked, "gradient_source": evaluation.gradient_source,
-            "gradients": evaluation.gradient_counts(), "randomized": evaluation.randomization.randomized}
-        print(f"{name:6s} {statistics.median(times):8.2f} s  clean {evaluation.clean_accuracy:.3f} "
-              f"robust {evaluation.robust_accuracy:.3f}", flush=True)
+        first_preds = None
+        for setting in args.backward:
+            times, cpu_times = [], []
+            evaluation = None
+            peak = None
+            for _ in range(args.repeats):
+                _sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                    base = torch.cuda.memory_allocated(device)
+                start, cpu_start = time.perf_counter(), time.process_time()
+                with backward(setting):
+                    evaluation = evaluate_robustness(model, items, ATTACK, pad_id=pad_id, batch_size=args.batch_size,
+                                                     variant=name, repeats=2)
+                _sync(device)
+                times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
+                if device.type == "cuda":
+                    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+            assert evaluation is not None
+            preds = [(r.clean_pred, sorted(r.attack_preds.items())) for r in evaluation.records]
+            first_preds = preds if first_preds is None else first_preds
+            key = name if len(args.backward) == 1 else f"{name}/{setting}"
+            out["variants"][key] = {
+                "seconds_median": statistics.median(times), "seconds": times,
+                "process_cpu_seconds_median": statistics.median(cpu_times),
+                "seconds_per_question": statistics.median(times) / len(items), "questions": len(items),
+                "clean_accuracy": evaluation.clean_accuracy, "robust_accuracy": evaluation.robust_accuracy,
+                "attacked": evaluation.attacked, "gradient_source": evaluation.gradient_source,
+                "gradients": evaluation.gradient_counts(), "randomized": evaluation.randomization.randomized,
+                "peak_above_resident_mb": None if peak is None else round(peak, 1),
+                "same_predictions_as_first_setting": preds == first_preds}
+            print(f"{key:16s} {statistics.median(times):8.2f} s  clean {evaluation.clean_accuracy:.3f} "
+                  f"robust {evaluation.robust_accuracy:.3f}  peak {peak}", flush=True)
         if name != "fp32":
             del model
     return out
@@ -118,12 +156,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"epsilon {meta['attack']['epsilon']} (embedding-norm units); batch {meta['batch_size']}; "
             f"median of {meta['repeats']}; load average {meta['load_average']}")
     lines = [head, "",
-             "| variant | seconds | process CPU s | s / question | clean | robust | attacked |",
-             "|---|---|---|---|---|---|---|"]
+             ("| variant | seconds | process CPU s | s / question | clean | robust | attacked | peak MiB above resident "
+              "| same predictions as the first setting |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, v in result["variants"].items():
         lines.append(f"| {name} | {v['seconds_median']:.2f} | {v['process_cpu_seconds_median']:.1f} | "
                      f"{v['seconds_per_question']:.3f} | "
-                     f"{v['clean_accuracy']:.3f} | {v['robust_accuracy']:.3f} | {v['attacked']} |")
+                     f"{v['clean_accuracy']:.3f} | {v['robust_accuracy']:.3f} | {v['attacked']} | "
+                     f"{v.get('peak_above_resident_mb')} | {v.get('same_predictions_as_first_setting')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (3 cuda, 1 cpu)")
     parser.add_argument("--embedded", action="store_true", help="embedded SmolLM2 and real ARC-Easy (CPU figures)")
     parser.add_argument("--quick", action="store_true", help="tiny random model (checks the script)")
+    parser.add_argument("--shape", default="135m", help="random model's layer shapes: 135m, 1.2b, 8b (bench_scale.py)")
+    parser.add_argument("--backward", default="qcheck", help="attack gradient passes to cross: before, qcheck")
     parser.add_argument("--out", default=None, help="folder for bench_robustness.json/.md")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -143,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_size = args.batch_size or (16 if cuda else 4)
     args.repeats = args.repeats or (3 if cuda else 1)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.backward = [b.strip() for b in args.backward.split(",") if b.strip()]
     result = run(args)
     text = markdown(result)
     print(text)

@@ -19,6 +19,8 @@
 #           (the layout before): time, peak memory and tokens, 256 steps, fp32 and bf16, 135M and 1.2B shapes
 # genint8   bitsandbytes LLM.int8 generation: generate's dynamic cache against the static cache's eager steps (qcheck's
 #           path for it since session 20), 64 steps, 135M and 1.2B shapes: time, peak, tokens
+# attack    the attacks' gradient pass, session 19's (weights requiring grad, copied key/value heads) against qcheck's,
+#           1.2B shape, fp32, bf16 and w4g64, 50 questions, median of 3: time, peak above resident, same predictions
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
 # fid       fidelity throughput on 299k tokens (reference vs its int8 variant): plain loop vs qcheck; bf16 and fp32
 # fidbf16   fid in bf16 alone, one repeat: fits what a short budget leaves (session 17's fid was cut at 170 s
@@ -35,7 +37,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|attack|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -85,6 +87,8 @@ for step in "$@"; do
                      --caches dynamic,graph --attention no-cudnn --new-tokens 64 \
                      --out "$OUT/$step/$shape"
              done ;;
+        attack) timeout 200 python3 benchmarks/bench_robustness.py --device cuda --shape 1.2b --questions 50 \
+                    --variants fp32,bf16,w4g64 --backward before,qcheck --repeats 3 --out "$OUT/$step" ;;
         gqa) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16 --caches graph --gqa packed,copied \
                  --attention no-cudnn --new-tokens 256 --profile --profile-cache graph --profile-tokens 32 --top 12 \
                  --out "$OUT/$step" ;;
