@@ -68,12 +68,17 @@ def sdpa_gqa_decoding(module: Any, query: Any, key: Any, value: Any, attention_m
                                       is_causal=is_causal, **kwargs)
     batch, heads, _, dim = query.shape
     packed = query.reshape(batch, heads // groups, groups * length, dim)
-    mask = attention_mask
-    if length > 1:  # each packed row is (group, position): its position's mask row, once per group
-        mask = mask[:, :, None].expand(batch, 1, groups, length, mask.shape[-1]).reshape(batch, 1, groups * length, -1)
+    mask = per_group(attention_mask, groups) if length > 1 else attention_mask
     out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling,
                                                            is_causal=False)
     return out.reshape(out.shape[0], heads, length, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def per_group(mask: Any, groups: int) -> Any:
+    """A mask [rows, 1, q, keys] for queries packed per key/value head ([rows, kv heads, groups * q, dim], row g * q + t
+    being group g's position t): each position's mask row, once per group."""
+    rows, _, length, keys = mask.shape
+    return mask[:, :, None].expand(rows, 1, groups, length, keys).reshape(rows, 1, groups * length, keys)
 
 
 _SHARED_PREFIX: ContextVar[dict[int, tuple[Any, Any]] | None] = ContextVar("qcheck_shared_prefix", default=None)
@@ -117,7 +122,7 @@ def attend_with_prefix(query: Any, key: Any, value: Any, mask: Any, prefix_key: 
         keys = torch.cat([prefix_key.expand(rows, -1, -1, -1), key], 2)
         values = torch.cat([prefix_value.expand(rows, -1, -1, -1), value], 2)
         full = torch.cat([mask.new_ones(rows, 1, mask.shape[2], shared), mask.expand(rows, 1, -1, own)], -1)
-        full = full[:, :, None].expand(rows, 1, groups, length, shared + own).reshape(rows, 1, groups * length, -1)
+        full = per_group(full, groups)
         out = torch.nn.functional.scaled_dot_product_attention(
             query.reshape(rows, kv_heads, groups * length, dim), keys, values, attn_mask=full, scale=scale)
     return out.reshape(rows, heads, length, out.shape[-1]).transpose(1, 2).contiguous()

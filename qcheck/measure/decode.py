@@ -210,7 +210,7 @@ def refusal(model: nn.Module, length: int) -> str | None:
     """Why the static path (replayed graphs, or eager steps for a host-bound model) will not take `model` for `length`
     positions (known before any work), or None."""
     try:
-        _check(model, length, graph=False)
+        _check(model, length)
     except Unsupported as exc:
         return str(exc)
     return None
@@ -225,7 +225,7 @@ def host_waits(model: nn.Module) -> str | None:
     return None
 
 
-def _check(model: nn.Module, length: int, graph: bool) -> None:
+def _check(model: nn.Module, length: int) -> None:
     config = getattr(model, "config", None)
     processors = _processors(model)
     if processors:
@@ -242,9 +242,6 @@ def _check(model: nn.Module, length: int, graph: bool) -> None:
                           "every layer here")
     if is_dispatched(model):
         raise Unsupported("a model spread or offloaded by a device map (its hooks move tensors between devices)")
-    waits = host_waits(model) if graph else None
-    if waits:
-        raise Unsupported(waits)
 
 
 @torch.no_grad()
@@ -262,7 +259,9 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     cuda = input_ids.device.type == "cuda"
     waits = host_waits(model)
     use_graph = (cuda and not waits) if graph is None else graph
-    _check(model, input_ids.shape[1] + new_tokens, graph=use_graph)
+    _check(model, input_ids.shape[1] + new_tokens)
+    if use_graph and waits:
+        raise Unsupported(waits)
     try:
         with gqa_decoding(model) as prefixes:
             dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix, prefixes)
