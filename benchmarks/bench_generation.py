@@ -6,7 +6,8 @@ A random-init model of SmolLM2-135M's shape (weights' values do not change kerne
 early on random weights, so every prompt runs the whole budget) generates greedy continuations of the first
 --prompts GSM8K questions with qcheck's few-shot prompt, all prompts in one left-padded batch, as `qcheck run`
 does on a GPU. Per dtype and cache: seconds of the first and second call (a static cache compiles on the first),
-seconds per decoding step, and whether the tokens equal the dynamic cache's. With --profile, one short call per
+seconds per decoding step, and whether the tokens equal the dynamic cache's; with --count-ops, the aten operators
+each decoding step dispatches (host time, where steps are host-bound). With --profile, one short call per
 dtype runs under torch.profiler and the top operators by host time and by device time are listed: the 16-bit
 decoding steps that cost more than fp32 ones on an H200 are explained from that table. --attention crosses the runs
 with torch's scaled-dot-product-attention backends: "all" (torch's own choice) and "no-cudnn" (flash, memory-efficient
@@ -15,7 +16,8 @@ length grows by one each step). --profile-first profiles the first call of a fre
 --gqa crosses the graph decoder's grouped-query attention: "packed" (qcheck's: the query heads that share a key/value
 head are that head's query rows, and the few-shot prefix every prompt shares is held once and read from its one
 copy), "unshared" (packed, but every row's cache holds its whole prompt: the cache layout before the prefix was kept
-once, whose decoding steps read 50 copies of the prefix) and "copied" (transformers' sdpa as it stands, which before
+once, whose decoding steps read 50 copies of the prefix), "prefix-copied" (the prefix prefilled once, then copied
+into every row, as a 16-bit cache does) and "copied" (transformers' sdpa as it stands, which before
 5.2x copies the cache to every query head whenever a mask is passed; rows unshared). --profile-cache picks the cache
 of the profiled call. --shape picks the layer shapes (bench_scale.py's SHAPES: 135m, 1.2b, 8b). Each result holds
 the second call's peak GPU memory.
@@ -54,17 +56,21 @@ def attention(name: str) -> contextlib.AbstractContextManager[Any]:
 
 def gqa(name: str) -> contextlib.AbstractContextManager[Any]:
     """The graph decoder's grouped-query attention for one setting: "packed" is qcheck's, "unshared" the same without
-    the prefix kept once, "copied" transformers' (rows unshared: its attention cannot read a prefix kept apart)."""
+    a shared prefix (every row prefills its whole prompt), "prefix-copied" the prefix prefilled once and copied into
+    every row (as a 16-bit cache does), "copied" transformers' (rows unshared: its attention cannot read a prefix kept
+    apart)."""
     from unittest import mock
 
     stack = contextlib.ExitStack()
+    if name == "prefix-copied":
+        stack.enter_context(mock.patch("qcheck.measure.decode.keeps_prefix_once", lambda dtype: False))
     if name in ("unshared", "copied"):
         stack.enter_context(mock.patch("qcheck.measure.generation.shared_prefix", lambda rows: 0))
     if name == "copied":
         stack.enter_context(mock.patch("qcheck.measure.decode.gqa_decoding",
                                        lambda model: contextlib.nullcontext(None)))
-    elif name not in ("packed", "unshared"):
-        raise SystemExit(f"--gqa: unknown setting {name!r} (packed, unshared, copied)")
+    elif name not in ("packed", "unshared", "prefix-copied"):
+        raise SystemExit(f"--gqa: unknown setting {name!r} (packed, unshared, prefix-copied, copied)")
     return stack
 
 
@@ -117,6 +123,34 @@ def timed_generate(model: torch.nn.Module, tokenizer: Any, questions: list[str],
     return time.perf_counter() - start, run.texts, list(run.extra.get("decoding", []))
 
 
+def ops_per_step(model: torch.nn.Module, tokenizer: Any, questions: list[str], cache: str, top: int,
+                 steps: tuple[int, int] = (8, 24)) -> dict[str, Any]:
+    """aten operators dispatched per decoding step: two calls of `steps` new tokens each, counted by a dispatch mode,
+    their difference over the steps between. Where the steps are host-bound (bitsandbytes LLM.int8 on a GPU) each
+    operator is host time, so the count compares settings on any machine."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+            self.ops[str(func)] = self.ops.get(str(func), 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for new_tokens in steps:
+        with Count() as count:
+            timed_generate(model, tokenizer, questions, new_tokens, cache)
+        counts.append(count.ops)
+    span = steps[1] - steps[0]
+    per = {op: (counts[1].get(op, 0) - counts[0].get(op, 0)) / span for op in counts[1]}
+    ranked = sorted(((n, op) for op, n in per.items() if n > 0), reverse=True)[:top]
+    return {"per_step": round(sum(per.values()), 1), "layers": int(model.config.num_hidden_layers),
+            "top": [{"op": op, "per_step": round(n, 1)} for n, op in ranked]}
+
+
 def profile(model: torch.nn.Module, tokenizer: Any, questions: list[str], new_tokens: int, top: int,
             cache: str = "dynamic") -> dict[str, list[dict[str, Any]]]:
     """Top operators of one generate call by self host time and by self device time (ms, calls)."""
@@ -159,6 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         out["profiles"][f"{name}/{backends}/first"] = profile(model, tokenizer, questions,
                                                                               args.profile_tokens, args.top)
                     for cache in args.caches.split(","):
+                        if cache != "graph" and heads != args.gqa.split(",")[0]:
+                            continue  # --gqa changes only the graph decoder: the other caches ran with the first
                         first, texts, decoding = timed_generate(model, tokenizer, questions, args.new_tokens, cache)
                         if args.device == "cuda":
                             torch.cuda.reset_peak_memory_stats()
@@ -173,6 +209,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "same_tokens_as_first_cache": texts2 == reference_texts, "repeatable": texts == texts2,
                             "rows_differing": sum(a != b for a, b in zip(texts2, reference_texts)),
                             "peak_mb": None if peak is None else round(peak, 1), "decoding": decoding}
+                        if args.count_ops:
+                            out["results"][key]["ops"] = ops_per_step(model, tokenizer, questions, cache, args.top)
                         print(key, out["results"][key], flush=True)
                     if args.host_profile:
                         out["host_profiles"][f"{name}/{args.profile_cache}"] = host_profile(
@@ -197,6 +235,13 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {key} | {r['first_s']} | {r['second_s']} | {r['ms_per_step']} | {r.get('peak_mb')} | "
                      f"{r['same_tokens_as_first_cache']} |")
     lines += ["", f"cuDNN attention enabled in torch: {data.get('cudnn_sdp_enabled')}"]
+    for key, r in data["results"].items():
+        if r.get("ops"):
+            ops = r["ops"]
+            lines += ["", (f"{key}: {ops['per_step']} aten operators per decoding step "
+                           f"({ops['per_step'] / ops['layers']:.1f} per layer), the most frequent:"), "",
+                      "| op | per step |", "|---|---|"]
+            lines += [f"| `{o['op']}` | {o['per_step']} |" for o in ops["top"]]
     for name, rows in data.get("host_profiles", {}).items():
         lines += ["", f"{name}, top Python functions by own host time (cProfile, one call)", "",
                   "| function | calls | own ms | cumulative ms |", "|---|---|---|---|"]
@@ -222,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile the first call of each fresh model (where a 16-bit model's extra time goes)")
     parser.add_argument("--attention", default="all", help="SDPA backend settings to cross: all, no-cudnn")
     parser.add_argument("--gqa", default="packed",
-                        help="graph decoder's grouped-query attention: packed, unshared, copied")
+                        help="graph decoder's grouped-query attention: packed, unshared, prefix-copied, copied")
     parser.add_argument("--shape", default="135m", help="layer shapes: 135m, 1.2b, 8b (bench_scale.py)")
     parser.add_argument("--profile-cache", default="dynamic", help="cache of the profiled call")
     parser.add_argument("--profile-tokens", type=int, default=16)
@@ -230,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default=None, help="a built-in variant applied to each model (e.g. bnb-int8)")
     parser.add_argument("--host-profile", action="store_true",
                         help="one call per dtype under cProfile: the top Python functions by own host time")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="aten operators per decoding step for each setting (two more calls each, 8 and 24 tokens)")
     parser.add_argument("--quick", action="store_true", help="tiny model (checks the script, not a benchmark)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
