@@ -127,7 +127,8 @@ def ops_per_step(model: torch.nn.Module, tokenizer: Any, questions: list[str], c
                  steps: tuple[int, int] = (8, 24)) -> dict[str, Any]:
     """aten operators dispatched per decoding step: two calls of `steps` new tokens each, counted by a dispatch mode,
     their difference over the steps between. Where the steps are host-bound (bitsandbytes LLM.int8 on a GPU) each
-    operator is host time, so the count compares settings on any machine."""
+    operator is host time, so the count compares settings on any machine. A CUDA graph's replays dispatch none (only
+    its warm-up and capture count), and bitsandbytes' operators count once each, their insides not at all."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
