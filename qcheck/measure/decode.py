@@ -13,9 +13,9 @@ into every row (`keeps_prefix_once` says why).
 
 A model whose forward waits for the GPU from the host cannot be captured: bitsandbytes' LLM.int8 with an outlier
 threshold asks `if outliers.any()` in every int8 matmul. It decodes on the same static cache in eager steps (the
-prompt prefilled in chunks, the shared prefix kept once), where it went through `generate` before: on an H100, 64
-steps of 50 prompts in 60 ms a step against 69 at the 1.2B shape, with 2.7 GB at peak against 6.6 (RESULTS.md,
-session 20).
+prompt prefilled in chunks, the shared prefix kept once), where it went through `generate` before: on two H100
+machines, 64 steps of 50 prompts in 60 and 64 ms a step against 69 and 67 at the 1.2B shape, with 2.7 GB at peak
+against 6.6 (at 135M within the spread between the machines, 0.9 GB against 2.1; RESULTS.md, sessions 20 and 21).
 
 Where a model cannot take this path at all (its own generation config adds logits processors, attention other than
 sdpa, a sliding window shorter than the run, accelerate's dispatch, any other failure), `decode_greedy` raises
