@@ -17,7 +17,8 @@ length grows by one each step). --profile-first profiles the first call of a fre
 head are that head's query rows, and the few-shot prefix every prompt shares is held once and read from its one
 copy), "unshared" (packed, but every row's cache holds its whole prompt: the cache layout before the prefix was kept
 once, whose decoding steps read 50 copies of the prefix), "prefix-copied" (the prefix prefilled once, then copied
-into every row, as a 16-bit cache does) and "copied" (transformers' sdpa as it stands, which before
+into every row, as a 16-bit cache and eager steps on a GPU do), "prefix-kept" (kept once in an fp32 cache whatever
+the steps: eager LLM.int8 steps before session 22) and "copied" (transformers' sdpa as it stands, which before
 5.2x copies the cache to every query head whenever a mask is passed; rows unshared). --profile-cache picks the cache
 of the profiled call. --shape picks the layer shapes (bench_scale.py's SHAPES: 135m, 1.2b, 8b). Each result holds
 the second call's peak GPU memory.
@@ -57,20 +58,24 @@ def attention(name: str) -> contextlib.AbstractContextManager[Any]:
 def gqa(name: str) -> contextlib.AbstractContextManager[Any]:
     """The graph decoder's grouped-query attention for one setting: "packed" is qcheck's, "unshared" the same without
     a shared prefix (every row prefills its whole prompt), "prefix-copied" the prefix prefilled once and copied into
-    every row (as a 16-bit cache does), "copied" transformers' (rows unshared: its attention cannot read a prefix kept
-    apart)."""
+    every row (as a 16-bit cache and eager steps on a GPU do), "prefix-kept" the prefix kept once in an fp32 cache
+    whatever the steps (as before session 22), "copied" transformers' (rows unshared: its attention cannot read a
+    prefix kept apart)."""
     from unittest import mock
 
     stack = contextlib.ExitStack()
     if name == "prefix-copied":
-        stack.enter_context(mock.patch("qcheck.measure.decode.keeps_prefix_once", lambda dtype: False))
+        stack.enter_context(mock.patch("qcheck.measure.decode.keeps_prefix_once", lambda dtype, **_: False))
+    if name == "prefix-kept":
+        stack.enter_context(mock.patch("qcheck.measure.decode.keeps_prefix_once",
+                                       lambda dtype, **_: dtype == torch.float32))
     if name in ("unshared", "copied"):
         stack.enter_context(mock.patch("qcheck.measure.generation.shared_prefix", lambda rows: 0))
     if name == "copied":
         stack.enter_context(mock.patch("qcheck.measure.decode.gqa_decoding",
                                        lambda model: contextlib.nullcontext(None)))
-    elif name not in ("packed", "unshared", "prefix-copied"):
-        raise SystemExit(f"--gqa: unknown setting {name!r} (packed, unshared, prefix-copied, copied)")
+    elif name not in ("packed", "unshared", "prefix-copied", "prefix-kept"):
+        raise SystemExit(f"--gqa: unknown setting {name!r} (packed, unshared, prefix-copied, prefix-kept, copied)")
     return stack
 
 
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile the first call of each fresh model (where a 16-bit model's extra time goes)")
     parser.add_argument("--attention", default="all", help="SDPA backend settings to cross: all, no-cudnn")
     parser.add_argument("--gqa", default="packed",
-                        help="graph decoder's grouped-query attention: packed, unshared, prefix-copied, copied")
+                        help="graph decoder's grouped-query attention: packed, unshared, prefix-copied, prefix-kept, copied")
     parser.add_argument("--shape", default="135m", help="layer shapes: 135m, 1.2b, 8b (bench_scale.py)")
     parser.add_argument("--profile-cache", default="dynamic", help="cache of the profiled call")
     parser.add_argument("--profile-tokens", type=int, default=16)

@@ -19,7 +19,8 @@
 #           (the layout before): time, peak memory and tokens, 256 steps, fp32 and bf16, 135M and 1.2B shapes
 # genint8   bitsandbytes LLM.int8 generation: generate's dynamic cache against the static cache's eager steps (qcheck's
 #           path for it since session 20), 64 steps, 135M and 1.2B shapes: time, peak, tokens; the static path with
-#           the prefix kept once (qcheck's) and copied into every row, and aten operators per step of each
+#           the prefix copied into every row (qcheck's since session 22) and kept once, and aten operators per step
+#           of each
 # attack    the attacks' gradient pass, session 19's (weights requiring grad, copied key/value heads) against qcheck's,
 #           1.2B shape, fp32, bf16 and w4g64, 50 questions, median of 3: time, peak above resident, same predictions
 # ppl       perplexity throughput on 299k tokens: plain loop, qcheck, qcheck with a compiled decoder; bf16 and fp32
@@ -85,7 +86,7 @@ for step in "$@"; do
              done ;;
         genint8) for shape in 135m 1.2b; do
                  timeout 150 python3 benchmarks/bench_generation.py --shape $shape --dtypes fp32 --variant bnb-int8 \
-                     --caches dynamic,graph --gqa packed,prefix-copied --count-ops --attention no-cudnn --new-tokens 64 \
+                     --caches dynamic,graph --gqa packed,prefix-kept --count-ops --attention no-cudnn --new-tokens 64 \
                      --out "$OUT/$step/$shape"
              done ;;
         attack) timeout 200 python3 benchmarks/bench_robustness.py --device cuda --shape 1.2b --questions 50 \

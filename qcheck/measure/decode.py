@@ -7,15 +7,16 @@ same arithmetic as `model.generate`'s greedy search (left padding masked out, po
 on a fixed-size cache: attention runs over the cache's full length with the unused slots masked out, and a
 grouped-query layer attends to the cached key/value heads without copying them per query head
 (`qcheck.measure.attention.sdpa_gqa_decoding`). A prompt prefix every row shares (the few-shot examples) is
-prefilled once; in an fp32 cache it is also kept once (each row's cache holds only the positions after it, and
-attention reads the prefix's single copy: `qcheck.measure.attention.attend_with_prefix`), in a 16-bit one copied
-into every row (`keeps_prefix_once` says why).
+prefilled once; in an fp32 cache whose steps are replayed (or run on a CPU) it is also kept once (each row's cache
+holds only the positions after it, and attention reads the prefix's single copy:
+`qcheck.measure.attention.attend_with_prefix`), otherwise copied into every row (`keeps_prefix_once` says why).
 
 A model whose forward waits for the GPU from the host cannot be captured: bitsandbytes' LLM.int8 with an outlier
 threshold asks `if outliers.any()` in every int8 matmul. It decodes on the same static cache in eager steps (the
-prompt prefilled in chunks, the shared prefix kept once), where it went through `generate` before: on two H100
-machines, 64 steps of 50 prompts in 60 and 64 ms a step against 69 and 67 at the 1.2B shape, with 2.7 GB at peak
-against 6.6 (at 135M within the spread between the machines, 0.9 GB against 2.1; RESULTS.md, sessions 20 and 21).
+prompt prefilled in chunks, the shared prefix copied into every row: kept once, it cost more host time than it saved),
+where it went through `generate` before: on an H100, 64 steps of 50 prompts in 79 ms a step against generate's 89 at
+the 135M shape and 58 against 67 at 1.2B, with 1.7 GB at peak against 2.1 and 3.9 against 6.6 (RESULTS.md, session
+22; sessions 20 and 21 give the kept-once layout's figures).
 
 Where a model cannot take this path at all (its own generation config adds logits processors, attention other than
 sdpa, a sliding window shorter than the run, accelerate's dispatch, any other failure), `decode_greedy` raises
@@ -77,28 +78,34 @@ def _static_cache(model: nn.Module, length: int) -> Any:
     return StaticCache(config=model.config, max_cache_len=length)
 
 
-def keeps_prefix_once(dtype: torch.dtype) -> bool:
+def keeps_prefix_once(dtype: torch.dtype, *, host_bound: bool = False) -> bool:
     """Whether a cache of `dtype` keeps the shared prefix once, outside the rows' cache, or copies it into every row.
-    fp32: once. The decoding steps then read the prefix's single copy by matrix products (on an H100, 50 rows of
-    SmolLM2's 374-token 3-shot prefix: 1.94 s against 2.56 s for 256 steps at the 135M shape and 2.43 s against 4.05 s
-    at 1.2B, with 1.1 and 1.4 GiB less memory; RESULTS.md, session 19). 16-bit: copied. Its score products would
-    round to 16 bits where sdpa's kernels keep fp32, and sdpa over the prefix concatenated at every step was slower
-    than over the copies (2.03 s against 1.51 s at 135M, 1.86 s against 1.31 s at 1.2B); a 16-bit cache is half the
-    size besides."""
-    return dtype == torch.float32
+    fp32 with steps replayed as CUDA graphs, or eager on a CPU: once. The decoding steps then read the prefix's single
+    copy by matrix products (on an H100, 50 rows of SmolLM2's 374-token 3-shot prefix: 1.94 s against 2.56 s for 256
+    steps at the 135M shape and 2.43 s against 4.05 s at 1.2B, with 1.1 and 1.4 GiB less memory; RESULTS.md, session
+    19; on this project's 2-core CPU, 8 rows, 200 against 210 ms a step, session 22). fp32 in eager steps on a GPU
+    (`host_bound`: a model whose forward waits for the GPU, bitsandbytes' LLM.int8): copied. Each such step's time is
+    the host's, and attending to a prefix kept apart dispatches about 40 more operators per layer (at the 135M shape
+    3,890 against 2,750 a step): 95 against 79 ms a step at 135M, 60 against 58 at 1.2B, 64 steps of 50 prompts on an
+    H100 (session 22). 16-bit: copied. Its score products would round to 16 bits where sdpa's kernels keep fp32, and
+    sdpa over the prefix concatenated at every step was slower than over the copies (2.03 s against 1.51 s at 135M,
+    1.86 s against 1.31 s at 1.2B); a 16-bit cache is half the size besides."""
+    return dtype == torch.float32 and not host_bound
 
 
 class _Decoder:
     """The static buffers of one batch and the step that advances them in place (capturable as a CUDA graph)."""
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, new_tokens: int,
-                 eos: list[int], pad: int, prefix: int = 0, prefixes: dict[int, Any] | None = None) -> None:
+                 eos: list[int], pad: int, prefix: int = 0, prefixes: dict[int, Any] | None = None,
+                 host_bound: bool = False) -> None:
         self.model = model
         rows, width = input_ids.shape
         device = input_ids.device
         self.width, self.length = width, width + new_tokens
         shared = self._prefill_shared(input_ids[:1, :prefix]) if prefix else []
-        self.kept_once = bool(shared) and prefixes is not None and keeps_prefix_once(shared[0][0].dtype)
+        self.kept_once = (bool(shared) and prefixes is not None
+                          and keeps_prefix_once(shared[0][0].dtype, host_bound=host_bound))
         base = prefix if self.kept_once else 0                     # the positions the rows' cache leaves out
         self.first = width - base                                  # the first new token's cache slot
         self.cache = _static_cache(model, self.length - base)
@@ -264,7 +271,8 @@ def decode_greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         raise Unsupported(waits)
     try:
         with gqa_decoding(model) as prefixes:
-            dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix, prefixes)
+            dec = _Decoder(model, input_ids, attention_mask, new_tokens, eos, pad, prefix, prefixes,
+                           host_bound=cuda and not use_graph)
             steps = new_tokens - 1
             shared = (f", the {prefix}-token shared prefix prefilled once"
                       + (" and kept once" if dec.kept_once else " and copied into every row") if prefix else "")

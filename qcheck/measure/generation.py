@@ -333,7 +333,7 @@ def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, confi
             stop_strings: Sequence[str] = ()) -> tuple[torch.Tensor, str]:
     """New tokens [rows, steps] on the CPU and how they were decoded: the static cache where asked and possible (one
     CUDA graph per step, or eager steps for a model whose forward waits for the GPU, bitsandbytes' LLM.int8; the
-    prompts' shared prefix prefilled once, and kept once in an fp32 cache), else transformers' generate on
+    prompts' shared prefix prefilled once, and kept once where `decode.keeps_prefix_once` says), else transformers' generate on
     left-padded rows, in slices of `fallback_size` rows (its prefill is one pass over the whole batch, so a batch
     sized for the chunked static prefill may not fit it). Rows that reach a stop string stop early on either path
     (the caller cuts the text)."""
@@ -381,8 +381,8 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
     """Prompts per batch that fit the free device memory: per sequence its KV cache (2 x layers x KV heads x head dim
     x tokens, in the model's dtype) and, for generate, the prefill activations (GENERATION_MEMORY_SHARE); for the
     static decoder (static=True) the cache alone beside one chunked prefill (STATIC_MEMORY_SHARE), without the
-    `shared` leading tokens every prompt has where an fp32 cache keeps them once (for a batch of two rows or more);
-    8 on a CPU."""
+    `shared` leading tokens every prompt has where the cache keeps them once (`keeps_prefix_once`; for a batch of two
+    rows or more); 8 on a CPU."""
     param = next(model.parameters())
     if param.device.type != "cuda":
         return max(1, min(8, len(prompt_lengths)))
@@ -397,10 +397,11 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
 
     free = available_bytes(param.device) or 0
     if static:
-        from qcheck.measure.decode import PREFILL_BYTES, keeps_prefix_once
+        from qcheck.measure.decode import PREFILL_BYTES, host_waits, keeps_prefix_once
 
         room = free * STATIC_MEMORY_SHARE - PREFILL_BYTES
-        shared = shared if keeps_prefix_once(param.dtype) else 0  # else every row's cache holds the prefix
+        once = keeps_prefix_once(param.dtype, host_bound=host_waits(model) is not None)
+        shared = shared if once else 0  # else every row's cache holds the prefix
         fit = int(room // max(1, kv * (tokens - shared) // tokens))
         if fit < 2:  # a batch of one row has no shared prefix: its cache holds every position
             fit = int(room // max(1, kv))

@@ -330,6 +330,25 @@ def test_an_fp32_cache_holds_the_shared_prefix_once_and_a_16_bit_one_in_every_ro
     assert attention._SHARED_PREFIX.get() is None, "the prefix is attended to only inside the decoding block"
 
 
+def test_host_bound_steps_copy_the_prefix_into_every_row_even_in_fp32():
+    """Eager steps on a GPU (a model whose forward waits for the GPU, LLM.int8) are host-bound, and attending to a
+    prefix kept apart costs ~40 more operators per layer each step: there the fp32 cache holds the prefix in every
+    row, as a 16-bit one does, and nothing is attended to apart; the batch sizing counts the prefix in every row."""
+    from qcheck.measure.attention import gqa_decoding
+    from qcheck.measure.decode import _Decoder, _layer_states, keeps_prefix_once
+    from qcheck.measure.generation import batch_layout
+
+    assert keeps_prefix_once(torch.float32) and not keeps_prefix_once(torch.float32, host_bound=True)
+    assert not keeps_prefix_once(torch.bfloat16)
+    model = random_init_like(tiny_llama_config(), seed=0)
+    rows = [list(range(1, 41)) + [50 + i] * (2 + i) for i in range(4)]
+    ids, mask = batch_layout(rows, 0, 40)
+    with torch.no_grad(), gqa_decoding(model) as prefixes:
+        dec = _Decoder(model, ids, mask, 6, [0], 0, 40, prefixes, host_bound=True)
+        assert not dec.kept_once and not prefixes
+        assert {tuple(k.shape[:3]) for k, _ in _layer_states(dec.cache)} == {(4, 2, ids.shape[1] + 6)}
+
+
 def test_grouped_query_decoding_restores_the_models_attention_also_on_error():
     from qcheck.measure.attention import GQA_DECODING, gqa_decoding
 
@@ -413,7 +432,7 @@ def test_the_few_shot_prefix_is_prefilled_once_and_the_tokens_are_generates(smol
     assert bool(shared_mask[:, :prefix].all()) and int(shared_mask.sum()) == int(mask.sum())
     calls = []
     original = decode._Decoder._prefill_shared
-    monkeypatch.setattr(decode, "keeps_prefix_once", lambda dtype: kept_once)
+    monkeypatch.setattr(decode, "keeps_prefix_once", lambda dtype, **_: kept_once)
     monkeypatch.setattr(decode._Decoder, "_prefill_shared", lambda self, t: (calls.append(tuple(t.shape)),
                                                                              original(self, t))[1])
     got = decode_greedy(model, shared_ids, shared_mask, 40, [eos], tok.pad_token_id, prefix=prefix)
@@ -472,8 +491,8 @@ def test_cuda_graph_decoding_with_a_shared_prefix_gives_generates_tokens_in_fp32
 @pytest.mark.gpu
 def test_llm_int8_decodes_on_the_gpu_in_eager_steps_on_the_static_cache():
     """On the GPU an LLM.int8 model (random weights, 4 layers, outlier threshold 6) takes the static cache's eager
-    steps, not a CUDA graph, and not generate: 12 rows sharing a 40-token prefix (kept once), 32 new tokens, the
-    method naming why no graph; two calls give the same tokens."""
+    steps, not a CUDA graph, and not generate: 12 rows sharing a 40-token prefix (copied into every row: host-bound
+    steps, `keeps_prefix_once`), 32 new tokens, the method naming why no graph; two calls give the same tokens."""
     pytest.importorskip("bitsandbytes")
     from qcheck.measure.generation import batch_layout
     from qcheck.quant.apply import quantize
@@ -486,8 +505,8 @@ def test_llm_int8_decodes_on_the_gpu_in_eager_steps_on_the_static_cache():
     rows = [head + torch.randint(1, 49152, (5 + 5 * i,), generator=g).tolist() for i in range(12)]
     ids, mask = (t.cuda() for t in batch_layout(rows, 0, 40))
     got = decode_greedy(model, ids, mask, 32, [49151], 0, prefix=40)
-    assert got.method.startswith("static cache, eager steps, the 40-token shared prefix prefilled once and kept once "
-                                 "(not a CUDA graph: bitsandbytes LLM.int8 with outlier threshold 6.0")
+    assert got.method.startswith("static cache, eager steps, the 40-token shared prefix prefilled once and copied into "
+                                 "every row (not a CUDA graph: bitsandbytes LLM.int8 with outlier threshold 6.0")
     assert got.tokens.shape == (12, 32)
     assert decode_greedy(model, ids, mask, 32, [49151], 0, prefix=40).tokens.tolist() == got.tokens.tolist()
 
