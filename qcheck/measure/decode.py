@@ -14,9 +14,9 @@ holds only the positions after it, and attention reads the prefix's single copy:
 A model whose forward waits for the GPU from the host cannot be captured: bitsandbytes' LLM.int8 with an outlier
 threshold asks `if outliers.any()` in every int8 matmul. It decodes on the same static cache in eager steps (the
 prompt prefilled in chunks, the shared prefix copied into every row: kept once, it cost more host time than it saved),
-where it went through `generate` before: on an H100, 64 steps of 50 prompts in 79 ms a step against generate's 89 at
-the 135M shape and 58 against 67 at 1.2B, with 1.7 GB at peak against 2.1 and 3.9 against 6.6 (RESULTS.md, session
-22; sessions 20 and 21 give the kept-once layout's figures).
+where it went through `generate` before: on two H100 machines, 64 steps of 50 prompts in 79 and 79 ms a step against
+generate's 89 and 79 at the 135M shape, 58 and 52 against 67 and 63 at 1.2B, with 1.7 GB at peak against 2.1 and 3.9
+against 6.6 (RESULTS.md, session 22; sessions 20 and 21 give the kept-once layout's figures).
 
 Where a model cannot take this path at all (its own generation config adds logits processors, attention other than
 sdpa, a sliding window shorter than the run, accelerate's dispatch, any other failure), `decode_greedy` raises
@@ -86,10 +86,11 @@ def keeps_prefix_once(dtype: torch.dtype, *, host_bound: bool = False) -> bool:
     19; on this project's 2-core CPU, 8 rows, 200 against 210 ms a step, session 22). fp32 in eager steps on a GPU
     (`host_bound`: a model whose forward waits for the GPU, bitsandbytes' LLM.int8): copied. Each such step's time is
     the host's, and attending to a prefix kept apart dispatches about 40 more operators per layer (at the 135M shape
-    3,890 against 2,750 a step): 95 against 79 ms a step at 135M, 60 against 58 at 1.2B, 64 steps of 50 prompts on an
-    H100 (session 22). 16-bit: copied. Its score products would round to 16 bits where sdpa's kernels keep fp32, and
-    sdpa over the prefix concatenated at every step was slower than over the copies (2.03 s against 1.51 s at 135M,
-    1.86 s against 1.31 s at 1.2B); a 16-bit cache is half the size besides."""
+    3,890 against 2,750 a step): kept once against copied, 95 and 93 against 79 and 79 ms a step at 135M, 60 and 52
+    against 58 and 52 at 1.2B, 64 steps of 50 prompts on two H100 machines (session 22). 16-bit: copied. Its score
+    products would round to 16 bits where sdpa's kernels keep fp32, and sdpa over the prefix concatenated at every
+    step was slower than over the copies (2.03 s against 1.51 s at 135M, 1.86 s against 1.31 s at 1.2B); a 16-bit
+    cache is half the size besides."""
     return dtype == torch.float32 and not host_bound
 
 
