@@ -649,8 +649,7 @@ def _merge_workers(ctx: RunContext, procs: list[Any]) -> None:
         if not out.is_file():
             continue  # a worker that died before its first variant; what it took is marked by the caller
         part_store = RecordStore.from_dict(json.loads(out.read_text(encoding="utf-8")), source=str(out))
-        for record in part_store:
-            ctx.store.put(record)
+        ctx.store.merge(part_store)
         for key, value in part_store.meta.items():
             if key in ("variant_seconds", "peak_memory", "measured"):
                 ctx.store.meta.setdefault(f"workers_{key}", {})[str(i)] = value

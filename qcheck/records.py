@@ -175,14 +175,13 @@ class RecordStore:
         return record is not None and record.ok
 
     def merge(self, other: RecordStore) -> None:
-        """Add another store's records (a worker's share of the variants); the same key twice is an error."""
+        """Add another store's records (a worker's share of the variants; its meta is the caller's to merge): the
+        workers' shares are disjoint, so the same key twice is a scheduling bug, an error, not an overwrite."""
         for record in other:
             key = (record.variant, record.measurement)
             if key in self.records:
                 raise QCheckError(f"two workers measured {record.measurement} of {record.variant}")
             self.put(record)
-        for k, v in other.meta.items():
-            self.meta.setdefault(k, v)
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable({"version": RECORDS_VERSION, "meta": self.meta, "variants": list(self.variants),
