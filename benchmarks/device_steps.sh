@@ -53,6 +53,9 @@ unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX=/tmp/qcheck-pycache
 OUT=${OUT:-/tmp/device-out}
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv,noheader
+# The host's processor and cores: host-bound steps (LLM.int8's decoding, eager forwards) differ between machines
+# with the same GPU (generate at 135M: 89 and 79 ms a step on two H100 machines, session 22).
+echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
 python3 -c "
 import os, sys, torch, transformers
 print('dont_write_bytecode: flag', sys.flags.dont_write_bytecode, 'sys', sys.dont_write_bytecode, 'pycache_prefix:', sys.pycache_prefix)
