@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile the first call of each fresh model (where a 16-bit model's extra time goes)")
     parser.add_argument("--attention", default="all", help="SDPA backend settings to cross: all, no-cudnn")
     parser.add_argument("--gqa", default="packed",
-                        help="graph decoder's grouped-query attention: packed, unshared, prefix-copied, prefix-kept, copied")
+                        help="graph decoder's grouped-query attention: packed, unshared, prefix-copied, prefix-kept, "
+                             "copied")
     parser.add_argument("--shape", default="135m", help="layer shapes: 135m, 1.2b, 8b (bench_scale.py)")
     parser.add_argument("--profile-cache", default="dynamic", help="cache of the profiled call")
     parser.add_argument("--profile-tokens", type=int, default=16)

@@ -333,7 +333,7 @@ def test_an_fp32_cache_holds_the_shared_prefix_once_and_a_16_bit_one_in_every_ro
 def test_host_bound_steps_copy_the_prefix_into_every_row_even_in_fp32():
     """Eager steps on a GPU (a model whose forward waits for the GPU, LLM.int8) are host-bound, and attending to a
     prefix kept apart costs ~40 more operators per layer each step: there the fp32 cache holds the prefix in every
-    row, as a 16-bit one does, and nothing is attended to apart; the batch sizing counts the prefix in every row."""
+    row, as a 16-bit one does, and nothing is attended to apart."""
     from qcheck.measure.attention import gqa_decoding
     from qcheck.measure.decode import _Decoder, _layer_states, keeps_prefix_once
     from qcheck.measure.generation import batch_layout
