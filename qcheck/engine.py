@@ -294,16 +294,18 @@ def check_memory(options: RunOptions, device: Any, reference_dtype: str = "fp32"
     (`qcheck.inputs.fit`): a 70B model on a 24 GB machine is bad input with the figures, not an OOM kill. With
     --device-map and --max-memory each model takes at most its budget on a device (the rest is offloaded); without
     a budget accelerate places within half the free memory, so there is nothing to pre-check."""
-    from qcheck.inputs.fit import available_bytes, check_fits, memory_need, model_size
+    from qcheck.inputs.fit import available_bytes, check_fits, memory_need, meta_model, stored_bytes
     from qcheck.inputs.models import config_folder
     from qcheck.quant.plan import Plan
     from qcheck.variants import builtin_plan
 
-    size = model_size(config_folder(options.model))
-    if size is None:
+    meta = meta_model(config_folder(options.model))
+    if meta is None:
         return
-    count, vocab = size
+    model, vocab = meta
+    count = sum(p.numel() for p in model.parameters())
     dtypes: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     not_counted = [f"PTQ variant {spec}" for spec in options.ptq]
     plans = [builtin_plan(n) for n in (DEFAULT_VARIANTS if options.variants is None else options.variants)]
     for source in options.plans:
@@ -316,6 +318,9 @@ def check_memory(options: RunOptions, device: Any, reference_dtype: str = "fp32"
             not_counted.append(f"{plan.name} (bitsandbytes storage)")
         else:
             dtypes[plan.name] = plan.dtype
+            size = stored_bytes(model, plan, reference_dtype)
+            if size is not None:
+                sizes[plan.name] = size
     batch = 8 if device.type == "cuda" else 1
     placement = options.placement()
     budget = None
@@ -329,7 +334,8 @@ def check_memory(options: RunOptions, device: Any, reference_dtype: str = "fp32"
         budget = budgets[key]
     check_fits(memory_need(count, dtypes, not_counted=tuple(not_counted), vocab_size=vocab, context=options.context,
                            batch=batch, device=device, available=available_bytes(device),
-                           reference_dtype=reference_dtype, budget=budget, copies=sharing_workers(options, device)))
+                           reference_dtype=reference_dtype, budget=budget, copies=sharing_workers(options, device),
+                           variant_bytes=sizes))
 
 
 def sharing_workers(options: RunOptions, device: Any) -> int:

@@ -2,12 +2,14 @@
 
 A run holds the reference in fp32, one variant beside it (fidelity compares the two; variants are built one at a
 time) and a batch of logits. The reference's size comes from its config, instantiated on the meta device (no
-memory, a second even for 70B shapes); a variant's storage from its plan's dtype (qcheck's fake quantization keeps
-each weight in the plan's float dtype). PTQ variants are not counted, so the figure stays a lower bound: a run
+memory, a second even for 70B shapes); a variant's storage from its plan resolved on that instance
+(`stored_bytes`: the plan's float dtype, except the layers it fake-quantizes, which hold fp32 in a 16-bit model too,
+and those it casts). PTQ variants are not counted, so the figure stays a lower bound: a run
 refused here could never have finished, and one let through may still need more.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,10 +78,9 @@ class MemoryNeed:
                 + advice)
 
 
-def model_size(folder: Path | None, trust_remote_code: bool = False) -> tuple[int, int] | None:
-    """(parameters, vocabulary size) from the config in `folder`, instantiated on the meta device (tied weights
-    counted once); None without a folder or when the config cannot be instantiated without its weights (the run is
-    then not pre-checked)."""
+def meta_model(folder: Path | None, trust_remote_code: bool = False) -> tuple[Any, int] | None:
+    """(the model of the config in `folder` on the meta device, vocabulary size); None without a folder or when the
+    config cannot be instantiated without its weights (the run is then not pre-checked)."""
     if folder is None:
         return None
     try:
@@ -89,9 +90,48 @@ def model_size(folder: Path | None, trust_remote_code: bool = False) -> tuple[in
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-        return sum(p.numel() for p in model.parameters()), int(getattr(config, "vocab_size", 0) or 0)
+        return model, int(getattr(config, "vocab_size", 0) or 0)
     except Exception:  # noqa: BLE001 - an unknown architecture is checked when it loads, not here
         return None
+
+
+def model_size(folder: Path | None, trust_remote_code: bool = False) -> tuple[int, int] | None:
+    """(parameters, vocabulary size) from the config in `folder`, instantiated on the meta device (tied weights
+    counted once); None where `meta_model` gives None."""
+    meta = meta_model(folder, trust_remote_code)
+    return None if meta is None else (sum(p.numel() for p in meta[0].parameters()), meta[1])
+
+
+def stored_bytes(model: Any, plan: Any, reference_dtype: str = "fp32") -> int | None:
+    """Bytes of `plan`'s variant of `model` (a meta-device instance; tied weights once): every parameter in the
+    plan's dtype (the reference's for a plan that keeps it), except the layers the plan changes. Fake-quantized
+    ones (int, fixed, minifloat) hold fp32 weights and biases in a 16-bit model too: grid values stored in 16 bits
+    would round off their grid (`qcheck.quant.apply`), so an int8 variant of a bf16 8B model takes 28 GiB, not the
+    15 GiB its dtype alone says. Cast ones hold their cast's dtype. None where the plan does not resolve on the
+    model (its own error is reported when the variant is built)."""
+    from qcheck.quant.spec import CastSpec, FixedSpec, IntSpec, MinifloatSpec
+
+    base = _BYTES.get(reference_dtype if plan.dtype == "fp32" else plan.dtype, 4)
+    try:
+        assignments = plan.resolve(model)
+    except QCheckError:
+        return None
+    total = sum(p.numel() for p in model.parameters()) * base
+    seen: set[int] = set()
+    for a in assignments:
+        spec = a.rule.spec
+        if isinstance(spec, (IntSpec, FixedSpec, MinifloatSpec)):
+            width = 4
+        elif isinstance(spec, CastSpec):
+            width = _BYTES[spec.format]
+        else:
+            continue
+        module = model.get_submodule(a.layer)
+        for param in (getattr(module, "weight", None), getattr(module, "bias", None)):
+            if param is not None and id(param) not in seen:
+                seen.add(id(param))
+                total += param.numel() * (width - base)
+    return total
 
 
 _SHARE = 1
@@ -133,19 +173,25 @@ def available_bytes(device: Any) -> int | None:
 
 def memory_need(parameters: int, variant_dtypes: dict[str, str], *, not_counted: tuple[str, ...] = (),
                 vocab_size: int, context: int, batch: int, device: Any, available: int | None,
-                reference_dtype: str = "fp32", budget: int | None = None, copies: int = 1) -> MemoryNeed:
+                reference_dtype: str = "fp32", budget: int | None = None, copies: int = 1,
+                variant_bytes: Mapping[str, int] | None = None) -> MemoryNeed:
     """The lower bound for a reference of `parameters` in `reference_dtype` and variants stored in the given dtypes
-    ("fp32" for a plan that keeps the model's dtype means the reference's); with a --max-memory `budget` for this
-    device each model takes at most that much of it; `copies` worker processes sharing the device each need it all."""
-    def stored(dtype: str) -> int:
+    ("fp32" for a plan that keeps the model's dtype means the reference's), or in `variant_bytes` where given
+    (`stored_bytes`); with a --max-memory `budget` for this device each model takes at most that much of it;
+    `copies` worker processes sharing the device each need it all."""
+    known = dict(variant_bytes or {})
+
+    def stored(name: str) -> int:
+        if name in known:
+            return known[name]
+        dtype = variant_dtypes[name]
         return parameters * _BYTES.get(reference_dtype if dtype == "fp32" else dtype, 4)
 
-    largest = max(variant_dtypes, key=lambda n: stored(variant_dtypes[n]), default=None)
-    reference_bytes, variant_bytes = parameters * _BYTES.get(reference_dtype, 4), stored(
-        variant_dtypes[largest]) if largest else 0
+    largest = max(variant_dtypes, key=stored, default=None)
+    reference_bytes, largest_bytes = parameters * _BYTES.get(reference_dtype, 4), stored(largest) if largest else 0
     if budget is not None:
-        reference_bytes, variant_bytes = min(reference_bytes, budget), min(variant_bytes, budget)
-    return MemoryNeed(str(getattr(device, "type", device)), parameters, reference_bytes, largest, variant_bytes,
+        reference_bytes, largest_bytes = min(reference_bytes, budget), min(largest_bytes, budget)
+    return MemoryNeed(str(getattr(device, "type", device)), parameters, reference_bytes, largest, largest_bytes,
                       batch * context * vocab_size * 4, available, not_counted, reference_dtype, budget, copies)
 
 

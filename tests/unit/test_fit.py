@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qcheck.cli import main
-from qcheck.inputs.fit import GiB, MemoryNeed, available_bytes, memory_need, model_size
+from qcheck.inputs.fit import GiB, MemoryNeed, available_bytes, memory_need, model_size, stored_bytes
 
 
 def _llama70b_folder(path):
@@ -29,6 +29,46 @@ def test_a_70b_model_on_this_machine_is_refused_before_loading(tmp_path, capsys)
     assert "70.55B parameters, 262.8 GiB" in err and "the largest, int8: 262.8 GiB" in err
     assert "not counted: bnb-nf4 (bitsandbytes storage)" in err and "--variants fp16,bf16" in err
     assert "Traceback" not in err and not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_a_variants_bytes_are_those_it_holds_once_built(dtype, tied):
+    """The pre-check's figure for each default variant without bitsandbytes is what the built variant holds, byte
+    for byte: a 16-bit model's fake-quantized layers hold fp32 (grid values would round off in 16 bits), so its int8
+    variant is larger than the model, which the plan's dtype alone undercounted (an 8B bf16 model's int8 variant:
+    28 GiB, counted as 15). Tied embeddings count once."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from qcheck.quant.apply import quantize
+    from qcheck.variants import DEFAULT_VARIANTS, builtin_plan
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config)
+    own = sum(p.numel() * p.element_size() for p in model.parameters())
+    plans = [builtin_plan(n) for n in DEFAULT_VARIANTS if not builtin_plan(n).uses_bitsandbytes]
+    assert {p.name for p in plans} >= {"fp16", "bf16", "int8", "w4g64", "fixed8.4", "mixed"}
+    for plan in plans:
+        built, _ = quantize(model, plan)
+        held = sum(p.numel() * p.element_size() for p in built.parameters())
+        assert stored_bytes(meta, plan, dtype) == held, plan.name
+        if plan.name == "int8":
+            assert held > own if dtype == "bf16" else held == own
+
+
+def test_a_16_bit_70b_models_int8_variant_is_counted_in_fp32(tmp_path, capsys):
+    """The CLI's pre-check on a Llama-3-70B config with --reference-dtype bf16: the reference counts 131.4 GiB and
+    its int8 variant 258.9 GiB (its 68.4B linear weights in fp32, embeddings and lm_head in bf16), not 131.4."""
+    folder = _llama70b_folder(tmp_path / "llama-70b")
+    assert main(["run", "--model", str(folder), "--device", "cpu", "--reference-dtype", "bf16", "--variants",
+                 "bf16,int8", "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "the reference in bf16 (70.55B parameters, 131.4 GiB)" in err
+    assert "the largest, int8: 258.9 GiB" in err and "Traceback" not in err and not (tmp_path / "rep").exists()
 
 
 def test_half_precision_variants_count_at_two_bytes():
