@@ -454,6 +454,34 @@ def fp32_copy_bytes(model: nn.Module) -> int:
     return sum(t.numel() * (4 - t.element_size()) for t in _low_precision_tensors(model))
 
 
+def fp32_copy_refusal(model: nn.Module, available: Callable[[torch.device], int | None] | None = None
+                      ) -> str | None:
+    """Why `model`'s attacks cannot run (None where they can): a 16-bit model accelerate dispatched takes its
+    gradients from an fp32 copy of what is resident (`gradient_weights`), twice its bytes on each device that holds
+    it, and a device without that much free would end the step out of memory (a 70B bf16 model spread over GPUs:
+    ~280 GB more) after the clean pass. `available` gives a device's free bytes (`qcheck.inputs.fit.available_bytes`
+    by default)."""
+    if not needs_fp32_copy(model) or not _has_accelerate_hooks(model):
+        return None
+    if available is None:
+        from qcheck.inputs.fit import available_bytes as available
+    need: dict[torch.device, int] = {}
+    for t in _low_precision_tensors(model):
+        if t.device.type != "meta":
+            need[t.device] = need.get(t.device, 0) + t.numel() * 4
+    short = []
+    for device, size in need.items():
+        free = available(device)
+        if free is not None and size > free:
+            short.append(f"{size / 2**30:.1f} GiB on {device}, where {free / 2**30:.1f} GiB is free")
+    if not short:
+        return None
+    return ("the attacks take gradients through an fp32 copy of this 16-bit model, which a device map spreads "
+            "(accelerate's hooks swap its parameters at each forward, so it cannot be upcast in place): "
+            f"{'; '.join(short)}. Not attacked rather than run out of memory; to attack it, lower --max-memory for "
+            "that device (the copy takes twice the model's share there) or run the reference in fp32")
+
+
 def needs_fp32_copy(model: nn.Module) -> bool:
     """Whether attacks take gradients in fp32 weights the model lacks: float weights other than fp32, not
     bitsandbytes layers."""

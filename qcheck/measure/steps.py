@@ -266,15 +266,18 @@ def _generation(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, 
 
 @step("robustness", "FGSM then PGD on the clean-correct ARC-Easy questions, per-question records")
 def _robustness(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.measure import robustness as R
     from qcheck.measure.budget import ROBUSTNESS_MAX_TOKENS
-    from qcheck.measure.robustness import ROBUSTNESS_ATTACK, attack_batch_size, evaluate_robustness
 
+    refused = R.fp32_copy_refusal(s.model)
+    if refused:
+        raise NotApplicable(f"{s.name}: {refused}")
     items, info = ctx.inputs.robustness_items(ctx.budget.robustness_questions, ROBUSTNESS_MAX_TOKENS)
     pad = ctx.tokenizer.pad_token_id or 0
-    batch = attack_batch_size(s.model, ROBUSTNESS_MAX_TOKENS)
-    evaluation = evaluate_robustness(s.model, items, ROBUSTNESS_ATTACK, pad_id=pad, variant=s.name, data=info,
-                                     repeats=2, batch_size=batch)
-    return evaluation.to_dict(), {"data": info, "attack": ROBUSTNESS_ATTACK.to_dict(), "batch_size": batch}
+    batch = R.attack_batch_size(s.model, ROBUSTNESS_MAX_TOKENS)
+    evaluation = R.evaluate_robustness(s.model, items, R.ROBUSTNESS_ATTACK, pad_id=pad, variant=s.name, data=info,
+                                       repeats=2, batch_size=batch)
+    return evaluation.to_dict(), {"data": info, "attack": R.ROBUSTNESS_ATTACK.to_dict(), "batch_size": batch}
 
 
 # ---------------------------------------------------------------------------------------------------------- timing

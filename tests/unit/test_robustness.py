@@ -424,6 +424,28 @@ def test_a_dispatched_16_bit_variant_takes_gradients_from_an_fp32_copy(items, tm
     assert {p.dtype for p in dispatched.parameters()} == {torch.bfloat16}
 
 
+def test_a_dispatched_16_bit_model_whose_fp32_copy_cannot_fit_is_not_attacked(tmp_path):
+    """The fp32 copy of a dispatched 16-bit model takes twice its resident bytes on each device that holds it; where
+    a device lacks that much free the step says so (the bytes, the device, what to pass) instead of running out of
+    memory after the clean pass. Where it fits, or for an undispatched model (upcast in place), nothing is refused."""
+    from accelerate import dispatch_model
+
+    from qcheck.measure.robustness import fp32_copy_refusal
+
+    model = random_init_like(tiny_llama_config(num_hidden_layers=2), seed=0).to(torch.bfloat16).eval()
+    assert fp32_copy_refusal(model, available=lambda device: 0) is None
+    held = {id(t): (n, t.numel()) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    resident = sum(k for n, k in held.values() if not n.startswith("model.layers.1."))  # layer 1 goes to disk
+    placement = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+                 "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dispatched = dispatch_model(model, device_map=placement, offload_dir=str(tmp_path))
+    assert fp32_copy_refusal(dispatched) is None
+    assert fp32_copy_refusal(dispatched, available=lambda device: 4 * resident) is None
+    reason = fp32_copy_refusal(dispatched, available=lambda device: 4 * resident - 1)
+    assert reason is not None and f"{4 * resident / 2**30:.1f} GiB on cpu, where" in reason
+    assert "lower --max-memory" in reason and "Not attacked rather than run out of memory" in reason
+
+
 def test_an_attack_pass_keeps_no_weight_inputs_or_copied_heads_and_its_gradient_is_unchanged():
     """The attack's gradient pass freezes the weights (no layer input is kept for a weight gradient) and attends to a
     grouped-query layer's key/value heads without copying them per query head (SmolLM2-135M's 9 over 3, two layers,
