@@ -133,7 +133,7 @@ def choice_loglikelihoods(model: nn.Module, tokenizer: Any, pairs: Sequence[tupl
             attn[row, : len(c) + len(t)] = 1
             score[row, len(c): len(c) + len(t)] = True
         inp, attn, score = inp.to(device), attn.to(device), score.to(device)
-        logits = model(input_ids=inp, attention_mask=attn).logits
+        logits = model(input_ids=inp, attention_mask=attn, use_cache=False).logits  # no cache: one pass
         mask = score[:, 1:]
         picked = logits[:, :-1][mask].float()
         targets = inp[:, 1:][mask]
