@@ -335,8 +335,8 @@ def _decode(model: nn.Module, rows: list[list[int]], device: torch.device, confi
     CUDA graph per step, or eager steps for a model whose forward waits for the GPU, bitsandbytes' LLM.int8; the
     prompts' shared prefix prefilled once, and kept once where `decode.keeps_prefix_once` says), else transformers'
     generate on left-padded rows, in slices of `fallback_size` rows (its prefill is one pass over the whole batch, so
-    a batch sized for the chunked static prefill may not fit it). Rows that reach a stop string stop early on either path
-    (the caller cuts the text)."""
+    a batch sized for the chunked static prefill may not fit it). Rows that reach a stop string stop early on either
+    path (the caller cuts the text)."""
     fallback = f"generate, {settings.cache} cache"
     if settings.cache == "graph":
         from qcheck.measure.decode import Unsupported, decode_greedy

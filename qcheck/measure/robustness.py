@@ -450,8 +450,17 @@ def fp32_copy_bytes(model: nn.Module) -> int:
     if not needs_fp32_copy(model):
         return 0
     if _has_accelerate_hooks(model):  # a copy in fp32 of what is resident (offloaded tensors stay on the meta device)
-        return sum(t.numel() * 4 for t in _low_precision_tensors(model) if t.device.type != "meta")
+        return sum(_fp32_copy_by_device(model).values())
     return sum(t.numel() * (4 - t.element_size()) for t in _low_precision_tensors(model))
+
+
+def _fp32_copy_by_device(model: nn.Module) -> dict[torch.device, int]:
+    """Bytes of an fp32 copy of a dispatched model's resident 16-bit tensors, per device that holds them."""
+    need: dict[torch.device, int] = {}
+    for t in _low_precision_tensors(model):
+        if t.device.type != "meta":
+            need[t.device] = need.get(t.device, 0) + t.numel() * 4
+    return need
 
 
 def fp32_copy_refusal(model: nn.Module, available: Callable[[torch.device], int | None] | None = None
@@ -465,12 +474,8 @@ def fp32_copy_refusal(model: nn.Module, available: Callable[[torch.device], int 
         return None
     if available is None:
         from qcheck.inputs.fit import available_bytes as available
-    need: dict[torch.device, int] = {}
-    for t in _low_precision_tensors(model):
-        if t.device.type != "meta":
-            need[t.device] = need.get(t.device, 0) + t.numel() * 4
     short = []
-    for device, size in need.items():
+    for device, size in _fp32_copy_by_device(model).items():
         free = available(device)
         if free is not None and size > free:
             short.append(f"{size / 2**30:.1f} GiB on {device}, where {free / 2**30:.1f} GiB is free")
