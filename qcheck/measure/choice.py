@@ -109,7 +109,14 @@ def mc_context(question: MCQuestion) -> str:
 @torch.no_grad()
 def choice_loglikelihoods(model: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
                           batch_size: int = 16) -> list[float]:
-    """Summed log p(continuation | context) for each (context, continuation), in float64; padding never scored."""
+    """Summed log p(continuation | context) for each (context, continuation), in float64; padding never scored.
+
+    Only the continuations' positions go through the output head: where the model's logits are head(decoder(ids))
+    (checked on a probe) the head runs on their hidden states in chunks (`scored_nll`), else the model's own logits
+    of the batch's last positions are read (`logits_to_keep`). A batch's full-vocabulary logits at every position
+    (64 rows of 215 tokens at Llama 3's 128,256: 3.5 GB in bf16) never exist."""
+    from qcheck.measure.head import PROBE_TOKENS, decoder_states, last_logits, scored_nll, split_head
+
     device = input_device(model)
     encoded = []
     for ctx, cont in pairs:
@@ -120,6 +127,10 @@ def choice_loglikelihoods(model: nn.Module, tokenizer: Any, pairs: Sequence[tupl
         encoded.append((c, t))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[float] = [0.0] * len(pairs)
+    if not pairs:
+        return out
+    probe = torch.tensor([(encoded[0][0] + encoded[0][1])[:PROBE_TOKENS]])
+    split = split_head(model, probe, tol=1e-5)
     order = sorted(range(len(pairs)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     for b in range(0, len(order), batch_size):
         batch = order[b: b + batch_size]
@@ -133,11 +144,16 @@ def choice_loglikelihoods(model: nn.Module, tokenizer: Any, pairs: Sequence[tupl
             attn[row, : len(c) + len(t)] = 1
             score[row, len(c): len(c) + len(t)] = True
         inp, attn, score = inp.to(device), attn.to(device), score.to(device)
-        logits = model(input_ids=inp, attention_mask=attn, use_cache=False).logits  # no cache: one pass
-        mask = score[:, 1:]
-        picked = logits[:, :-1][mask].float()
-        targets = inp[:, 1:][mask]
-        lp = -torch.nn.functional.cross_entropy(picked, targets, reduction="none").double()
+        mask = score[:, 1:]  # the state (logits) at position p predicts token p + 1
+        if split is not None:
+            states = decoder_states(split[0], inp, attn)
+            lp = -scored_nll(states[:, :-1][mask], inp[:, 1:][mask], split[1])
+        else:
+            keep = width - min(len(encoded[i][0]) for i in batch) + 1  # from the last context token on
+            logits = last_logits(model, inp, attn, min(keep, width))
+            first = width - logits.shape[1]
+            lp = -scored_nll(logits[:, :-1][mask[:, first:]], inp[:, 1:][:, first:][mask[:, first:]])
+        lp = lp.to(device)
         rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(mask)[mask]
         sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, lp).cpu().tolist()
         for row, i in enumerate(batch):

@@ -31,8 +31,8 @@ CHUNK_POSITIONS = 128
 CHUNK_BYTES = 192 * 2**20
 """The most one fp32 full-vocabulary tensor of a chunk may take: about five such tensors are alive at once (the
 reference's logits and probabilities, the difference, its expm1, a reduction's temporary), so a chunk holds about
-1 GiB, as perplexity's head chunk does (HEAD_CHUNK_BYTES): 1,024 positions of SmolLM2's 49,152 tokens, 392 of Llama
-3's 128,256. Chunks of 128 positions cost ~35 kernel launches and six host waits per 128 tokens: on an H100 the
+1 GiB, as scoring's head chunk does (`head.HEAD_CHUNK_BYTES`): 1,024 positions of SmolLM2's 49,152 tokens, 392 of
+Llama 3's 128,256. Chunks of 128 positions cost ~35 kernel launches and six host waits per 128 tokens: on an H100 the
 fidelity of 299k tokens took 9.47 s in fp32 with them and 8.61 s with byte-sized chunks (benchmarks/RESULTS.md,
 session 18); on the CPU (one window per batch: 255 positions) the peak rose from 0.72 to 1.28 of one forward's."""
 BLOCK_TOKENS = 128

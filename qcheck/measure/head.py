@@ -49,6 +49,26 @@ class StatesCache:
         return out
 
 
+HEAD_CHUNK_BYTES = 1 << 30
+"""fp32 logits held at once: rows per chunk = this / (vocabulary x 4 bytes), 5,461 rows for SmolLM2's 49,152 tokens,
+2,092 for Llama 3's 128,256. A 64-window GPU batch would otherwise hold 13 GB of logits."""
+
+
+def scored_nll(rows: torch.Tensor, targets: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+    """Per-row NLL (float64) of `targets`: `rows` are logits, or hidden states that `head` turns into logits; the
+    float32 log-softmax (and the head) run on HEAD_CHUNK_BYTES of logits at a time. Row-wise, so chunking changes
+    no value."""
+    vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0]) if head is not None else rows.shape[-1]
+    step = max(1, HEAD_CHUNK_BYTES // (4 * vocab))
+    parts = []
+    for i in range(0, rows.shape[0], step):
+        logits = (head(rows[i: i + step]) if head is not None else rows[i: i + step]).float()
+        # a model spread over devices returns its logits on its last one
+        parts.append(torch.nn.functional.cross_entropy(logits, targets[i: i + step].to(logits.device),
+                                                       reduction="none").double())
+    return torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float64)
+
+
 def last_logits(model: nn.Module, inp: torch.Tensor, attn: torch.Tensor, keep: int) -> torch.Tensor:
     """Logits of the last `keep` positions, no KV cache (the output head runs only there where the model takes
     `logits_to_keep`; a model that ignores it returns all positions, which are cut here)."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import DataError
-from qcheck.measure.head import StatesCache, decoder_states, last_logits
+from qcheck.measure.head import StatesCache, decoder_states, last_logits, scored_nll
 from qcheck.quant.offload import input_device
 
 
@@ -138,11 +138,6 @@ def model_context(model: nn.Module, default: int = 1024) -> int:
     return int(getattr(getattr(model, "config", None), "max_position_embeddings", default) or default)
 
 
-HEAD_CHUNK_BYTES = 1 << 30
-"""fp32 logits held at once: rows per chunk = this / (vocabulary x 4 bytes), 5,461 rows for SmolLM2's 49,152 tokens,
-2,092 for Llama 3's 128,256. A 64-window GPU batch would otherwise hold 13 GB of logits."""
-
-
 def _head_path(model: nn.Module, ids: torch.Tensor, compile_decoder: bool) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, head) where the model's logits are head(decoder(ids)) on a probe of the text, else None."""
     from qcheck.measure.head import PROBE_TOKENS, split_head
@@ -151,21 +146,6 @@ def _head_path(model: nn.Module, ids: torch.Tensor, compile_decoder: bool) -> tu
     if split is None or not compile_decoder:
         return split
     return torch.compile(split[0]), split[1]
-
-
-def _scored_nll(rows: torch.Tensor, targets: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
-    """Per-row NLL (float64) of `targets`: `rows` are logits, or hidden states that `head` turns into logits; the
-    float32 log-softmax (and the head) run on HEAD_CHUNK_BYTES of logits at a time. Row-wise, so chunking changes
-    no value."""
-    vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0]) if head is not None else rows.shape[-1]
-    step = max(1, HEAD_CHUNK_BYTES // (4 * vocab))
-    parts = []
-    for i in range(0, rows.shape[0], step):
-        logits = (head(rows[i: i + step]) if head is not None else rows[i: i + step]).float()
-        # a model spread over devices returns its logits on its last one
-        parts.append(torch.nn.functional.cross_entropy(logits, targets[i: i + step].to(logits.device),
-                                                       reduction="none").double())
-    return torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -221,14 +201,14 @@ def perplexity_of_ids(
             mask = score[:, 1:]
             states = (states_cache.states(split[0], inp, attn) if states_cache is not None and not compile_decoder
                       else decoder_states(split[0], inp, attn))
-            nll = _scored_nll(states[:, :-1][mask], inp[:, 1:][mask], split[1])
+            nll = scored_nll(states[:, :-1][mask], inp[:, 1:][mask], split[1])
         else:
             # logits at position t predict token t+1: the first predicting position is one before the first scored
             keep = width - min(e - b - n for b, e, n in batch) + 1
             logits = last_logits(model, inp, attn, min(keep, width))
             first = width - logits.shape[1]  # the position of logits[:, 0]
             mask = score[:, 1:][:, first:]
-            nll = _scored_nll(logits[:, :-1][mask], inp[:, 1:][:, first:][mask])
+            nll = scored_nll(logits[:, :-1][mask], inp[:, 1:][:, first:][mask])
         nll = nll.to(device)
         rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(mask)[mask]
         token_parts.append(nll)

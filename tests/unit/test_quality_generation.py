@@ -200,6 +200,34 @@ def test_choice_loglikelihood_matches_a_direct_computation(tiny, tokenizer):
     assert batched[0] == pytest.approx(direct, rel=1e-5) and batched[2] == pytest.approx(direct, rel=1e-5)
 
 
+def test_choice_loglikelihood_runs_the_head_only_on_the_continuations(tiny, tokenizer, monkeypatch):
+    """Scale: a batch's full-vocabulary logits at every position never exist (3.5 GB at 70B for 64 rows of 215
+    tokens): the head sees the continuations' positions only, and a model whose logits are not head(decoder(x))
+    reads the logits of the batch's last positions, with the same sums."""
+    pairs = [("Question: how many apples are left in the basket", " three"), ("apples", " 7 of them"),
+             ("Question: which is heavier", " iron")]
+    conts = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in pairs]
+    widths = []
+    hook = tiny.get_output_embeddings().register_forward_hook(lambda m, a, o: widths.append(tuple(a[0].shape)))
+    try:
+        split = choice_loglikelihoods(tiny, tokenizer, pairs, batch_size=2)
+    finally:
+        hook.remove()
+    scored = [w for w in widths if len(w) == 2]  # the probe's forwards pass [1, tokens, hidden]
+    assert sum(w[0] for w in scored) == sum(conts) and len(scored) == 2
+    from qcheck.measure import head
+
+    monkeypatch.setattr(head, "split_head", lambda *a, **k: None)
+    own = choice_loglikelihoods(tiny, tokenizer, pairs, batch_size=2)
+    assert own == pytest.approx(split, rel=1e-5)
+    for (ctx, cont), value in zip(pairs, own):
+        ids = tokenizer(ctx + cont, add_special_tokens=False)["input_ids"]
+        c = len(tokenizer(ctx, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny(torch.tensor([ids])).logits[0].double(), -1)
+        assert value == pytest.approx(sum(float(logp[i - 1, ids[i]]) for i in range(c, len(ids))), rel=1e-5)
+
+
 def test_multiple_choice_records(tiny, tokenizer):
     qs = [MCQuestion("a", "how many apples?", ("3", "4", "7", "left"), 2),
           MCQuestion("b", "the final answer?", ("7", "boxed"), 0)]
