@@ -9,7 +9,7 @@ refused here could never have finished, and one let through may still need more.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,15 @@ def available_bytes(device: Any) -> int | None:
             return int(psutil.virtual_memory().available + psutil.swap_memory().free)
         except ImportError:
             return None
+
+
+def rows_on_every_device(layers: Mapping[Any, int], row_bytes: Callable[[int], float],
+                         room: Callable[[Any], float]) -> int:
+    """The most rows every device holds: the least over devices of room(device) // row_bytes(its layer count). A
+    model spread over GPUs keeps each layer's cache and activations on the device that runs it, so weighing all its
+    layers against one device's free memory would size a 70B model's batches at one row."""
+    fits = [int(max(0.0, room(device)) // max(1.0, row_bytes(n))) for device, n in layers.items() if n]
+    return min(fits) if fits else 0
 
 
 def memory_need(parameters: int, variant_dtypes: dict[str, str], *, not_counted: tuple[str, ...] = (),

@@ -142,3 +142,37 @@ def _decoder_layers(model: Any) -> list[str]:
         return []
     name, blocks = max(lists, key=lambda item: len(item[1]))
     return [f"{name}.{i}" for i in range(len(blocks))]
+
+
+def layers_by_device(model: Any) -> dict[Any, int]:
+    """How many decoder layers run on each device (torch.device -> count): where accelerate's hook executes a layer
+    (an offloaded layer runs on its execution device, usually the first GPU), else where its parameters are. The
+    key/value cache and the kept activations of a layer live there, so batches are sized per device."""
+    import torch
+
+    modules = dict(model.named_modules())
+    counts: dict[Any, int] = {}
+    for name in _decoder_layers(model):
+        layer = modules[name]
+        where = next((d for d in map(_execution_device, layer.modules()) if d is not None), None)
+        if where is None:
+            tensors = [t for t in (*layer.parameters(), *layer.buffers()) if t.device.type != "meta"]
+            where = tensors[0].device if tensors else "cpu"
+        device = torch.device(f"cuda:{where}" if isinstance(where, int) else where)
+        if device.type == "cuda" and device.index is None:  # "cuda" is the current GPU, as torch places it
+            device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        counts[device] = counts.get(device, 0) + 1
+    if not counts:
+        first = next(model.parameters(), None)
+        counts[first.device if first is not None else torch.device("cpu")] = int(
+            getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 1)
+    return counts
+
+
+def _execution_device(module: Any) -> Any:
+    """The device accelerate's hook on `module` runs it on (None without one); a SequentialHook's first that says."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+        if getattr(h, "execution_device", None) is not None:
+            return h.execution_device
+    return None

@@ -382,32 +382,42 @@ def memory_batch_size(model: nn.Module, prompt_lengths: Sequence[int], max_new_t
     x tokens, in the model's dtype) and, for generate, the prefill activations (GENERATION_MEMORY_SHARE); for the
     static decoder (static=True) the cache alone beside one chunked prefill (STATIC_MEMORY_SHARE), without the
     `shared` leading tokens every prompt has where the cache keeps them once (`keeps_prefix_once`; for a batch of two
-    rows or more); 8 on a CPU."""
-    param = next(model.parameters())
-    if param.device.type != "cuda":
+    rows or more); 8 on a CPU. A model spread over GPUs is sized on each device by the layers that run there
+    (`layers_by_device`), the tightest device deciding."""
+    from qcheck.inputs.fit import available_bytes, rows_on_every_device
+    from qcheck.inputs.placement import layers_by_device
+
+    layers = layers_by_device(model)
+    if not any(d.type == "cuda" for d in layers):
         return max(1, min(8, len(prompt_lengths)))
+    param = next(model.parameters())
     cfg = model.config
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     width = 2 if not param.dtype.is_floating_point else param.element_size()
     tokens = max(prompt_lengths) + max_new_tokens
-    kv = 2 * int(cfg.num_hidden_layers) * kv_heads * head_dim * tokens * width
-    from qcheck.inputs.fit import available_bytes
+    kv_layer = 2 * kv_heads * head_dim * tokens * width
 
-    free = available_bytes(param.device) or 0
+    def free(device: torch.device) -> float:
+        return float(available_bytes(device) or 0)
+
     if static:
         from qcheck.measure.decode import PREFILL_BYTES, host_waits, keeps_prefix_once
 
-        room = free * STATIC_MEMORY_SHARE - PREFILL_BYTES
         once = keeps_prefix_once(param.dtype, host_bound=host_waits(model) is not None)
         shared = shared if once else 0  # else every row's cache holds the prefix
-        fit = int(room // max(1, kv * (tokens - shared) // tokens))
+
+        def room(device: torch.device) -> float:
+            return free(device) * STATIC_MEMORY_SHARE - PREFILL_BYTES
+
+        fit = rows_on_every_device(layers, lambda n: n * kv_layer * (tokens - shared) // tokens, room)
         if fit < 2:  # a batch of one row has no shared prefix: its cache holds every position
-            fit = int(room // max(1, kv))
+            fit = rows_on_every_device(layers, lambda n: n * kv_layer, room)
     else:
         prefill = max(prompt_lengths) * (int(cfg.hidden_size) * 4 + int(getattr(cfg, "intermediate_size", 0)) * 3) * 4
-        fit = int(free * GENERATION_MEMORY_SHARE // max(1, kv + prefill))
+        fit = rows_on_every_device(layers, lambda n: n * kv_layer + prefill,
+                                   lambda d: free(d) * GENERATION_MEMORY_SHARE)
     return max(1, min(len(prompt_lengths), fit))
 
 

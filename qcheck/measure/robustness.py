@@ -416,21 +416,28 @@ past which a GPU forward of a small model stops being launch-bound."""
 def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
     """Questions attacked together: ATTACK_BATCH on a CPU; on a GPU as many as fit
     ATTACK_MEMORY_SHARE of the free memory, at ~68 bytes per token, layer and hidden unit of fp32 activations kept for
-    the backward pass (2x the usual 34 for 16-bit training activations), up to ATTACK_BATCH_LIMIT."""
-    device = _device_of(model)
-    if device.type != "cuda":
+    the backward pass (2x the usual 34 for 16-bit training activations), up to ATTACK_BATCH_LIMIT. A model spread over
+    GPUs is sized on each device by the layers that run there and the fp32 copy it holds, the tightest deciding."""
+    from qcheck.inputs.fit import available_bytes, rows_on_every_device
+    from qcheck.inputs.placement import layers_by_device
+
+    layers = layers_by_device(model)
+    if not any(d.type == "cuda" for d in layers):
         return ATTACK_BATCH
     cfg = getattr(model, "config", None)
-    layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
-    if not layers or not hidden:
+    if not int(getattr(cfg, "num_hidden_layers", 0) or 0) or not hidden:
         return ATTACK_BATCH
-    per_question = 2 * max_tokens * layers * hidden * 68
-    from qcheck.inputs.fit import available_bytes
+    if _has_accelerate_hooks(model) and needs_fp32_copy(model):
+        copies = _fp32_copy_by_device(model)
+    else:
+        copies = {_device_of(model): fp32_copy_bytes(model)}
 
-    free = available_bytes(device) or 0
-    free = max(0, free - fp32_copy_bytes(model))
-    return max(1, min(ATTACK_BATCH_LIMIT, int(free * ATTACK_MEMORY_SHARE // per_question)))
+    def room(device: torch.device) -> float:
+        return max(0, (available_bytes(device) or 0) - copies.get(device, 0)) * ATTACK_MEMORY_SHARE
+
+    fit = rows_on_every_device(layers, lambda n: 2 * max_tokens * n * hidden * 68, room)
+    return max(1, min(ATTACK_BATCH_LIMIT, fit))
 
 
 def _low_precision_tensors(model: nn.Module) -> list[torch.Tensor]:

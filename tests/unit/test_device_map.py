@@ -140,3 +140,90 @@ def test_memory_refusal_names_the_budget_or_the_options():
                            available=80 * GiB, reference_dtype="bf16", budget=60 * GiB)
     assert budgeted.total_bytes == 120 * GiB + budgeted.working_bytes
     assert "Lower --max-memory for cuda" in budgeted.message()
+
+
+# --------------------------------------------------------------------------- batches sized per device
+
+def _llama_70b_on_meta():
+    """A Llama-3-70B-shaped model on the meta device (no weights): batch sizing reads only its config and dtype."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192)
+    with torch.device("meta"):
+        return LlamaForCausalLM(config).to(torch.bfloat16)
+
+
+def test_layers_by_device_follows_accelerates_execution_devices(tmp_path):
+    """Where a layer runs: its hook's execution device (an offloaded layer's hook sits on its submodules), else its
+    parameters' device."""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate import dispatch_model
+
+    from qcheck.inputs.models import random_init_like, tiny_llama_config
+    from qcheck.inputs.placement import layers_by_device
+
+    model = random_init_like(tiny_llama_config(num_hidden_layers=6), seed=0)
+    assert layers_by_device(model) == {torch.device("cpu"): 6}
+    for i, layer in enumerate(model.model.layers):
+        if i < 2:
+            layer._hf_hook = SimpleNamespace(execution_device=0)
+        elif i < 5:
+            layer._hf_hook = SimpleNamespace(hooks=[SimpleNamespace(execution_device="cuda:1")])
+        else:
+            layer.self_attn.q_proj._hf_hook = SimpleNamespace(execution_device=torch.device("cuda", 0))
+    assert layers_by_device(model) == {torch.device("cuda:0"): 3, torch.device("cuda:1"): 3}
+    small = random_init_like(tiny_llama_config(num_hidden_layers=2), seed=0)
+    placement = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+                 "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    assert layers_by_device(dispatch_model(small, device_map=placement, offload_dir=str(tmp_path))) == {
+        torch.device("cpu"): 2}
+
+
+@pytest.mark.parametrize("free_gib", [(12, 12, 12, 12), (12, 12, 3, 12)])
+def test_generation_and_attack_batches_of_a_spread_70b_are_sized_per_device(monkeypatch, free_gib):
+    """Issue 21: a 70B model spread over four GPUs keeps each layer's key/value cache and kept activations on the GPU
+    that runs it. Its batches were sized with all 80 layers against the first GPU's free memory (one attacked question
+    at a time here); now each GPU holds its 20 layers' share, and the tightest GPU decides."""
+    import torch
+
+    from qcheck.inputs import fit, placement
+    from qcheck.measure.generation import GENERATION_MEMORY_SHARE, memory_batch_size
+    from qcheck.measure.robustness import ATTACK_BATCH_LIMIT, ATTACK_MEMORY_SHARE, attack_batch_size
+
+    model = _llama_70b_on_meta()
+    gpus = [torch.device("cuda", i) for i in range(4)]
+    free = dict(zip(gpus, (g * 2**30 for g in free_gib)))
+    monkeypatch.setattr(placement, "layers_by_device", lambda m: dict.fromkeys(gpus, 20))
+    monkeypatch.setattr(fit, "available_bytes", lambda d: free[d])
+    lengths, new = [374] * 50, 256
+    kv_layer = 2 * 8 * 128 * (374 + new) * 2  # K and V, 8 KV heads of 128, bf16
+    prefill = 374 * (8192 * 4 + 28672 * 3) * 4
+    tightest = min(free.values())
+    assert memory_batch_size(model, lengths, new) == min(50, int(tightest * GENERATION_MEMORY_SHARE
+                                                                 // (20 * kv_layer + prefill)))
+    assert memory_batch_size(model, lengths, new) > int(free[gpus[0]] * GENERATION_MEMORY_SHARE
+                                                        // (80 * kv_layer + prefill)) or tightest < free[gpus[0]]
+    per_question = 2 * 64 * 20 * 8192 * 68
+    expected = max(1, min(ATTACK_BATCH_LIMIT, int(tightest * ATTACK_MEMORY_SHARE // per_question)))
+    assert attack_batch_size(model, 64) == expected
+    whole = int(free[gpus[0]] * ATTACK_MEMORY_SHARE // (4 * per_question))  # all 80 layers against GPU 0
+    if tightest == free[gpus[0]]:
+        assert whole == 0 and expected == 2  # one question at a time before, two now
+    else:
+        assert expected == 1  # the GPU with 3 GiB free decides
+
+
+def test_rows_on_every_device_takes_the_tightest_device():
+    from qcheck.inputs.fit import rows_on_every_device
+
+    layers = {"a": 10, "b": 30, "c": 0}
+    room = {"a": 1000.0, "b": 2000.0, "c": 0.0}
+    assert rows_on_every_device(layers, lambda n: n * 5.0, room.__getitem__) == 13  # b: 2000 // 150 (a: 20)
+    assert rows_on_every_device(layers, lambda n: n * 5.0 + 100, room.__getitem__) == 6  # a: 1000 // 150 (b: 8)
+    assert rows_on_every_device({}, lambda n: 1.0, room.__getitem__) == 0
+    room["b"] = -5.0
+    assert rows_on_every_device(layers, lambda n: n * 5.0, room.__getitem__) == 0

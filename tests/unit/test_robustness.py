@@ -386,8 +386,9 @@ def test_attack_batches_on_a_gpu_are_sized_by_free_memory():
     model = random_init_like(tiny_llama_config(), seed=0).to("cuda")
     assert attack_batch_size(model, 64) == ATTACK_BATCH_LIMIT
     free, _ = torch.cuda.mem_get_info()
-    model.config.num_hidden_layers = int(free // (2 * 64 * model.config.hidden_size * 68)) + 1
-    assert attack_batch_size(model, 64) == 1
+    layers = len(model.model.layers)  # the layers that run on the GPU, not the config's count
+    too_long = int(free // (2 * layers * model.config.hidden_size * 68)) + 1
+    assert attack_batch_size(model, too_long) == 1
 
 
 def test_the_fp32_gradient_weights_are_counted_before_the_attack_batch_is_sized():
