@@ -28,6 +28,8 @@
 # fidbf16   fid in bf16 alone, one repeat: fits what a short budget leaves (session 17's fid was cut at 170 s
 #           with nothing written)
 # gputests  every gpu-marked test
+# energy    NVML's energy counter: how often it advances, idle and busy, and the spread of measure_energy's joules per
+#           call with 1 s and 2 s windows (whether the energy step's 2 s windows can shrink)
 # startup   validate_run of the 135M shape under cProfile: where the 12-16 s before measuring go (bench_startup.py),
 #           twice: the first process compiles what it imports into the bytecode cache, the second reads it back
 # load      the 8B folder loaded onto the GPU two ways: host then .to (qcheck's) vs device_map (bench_load.py)
@@ -39,7 +41,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|attack|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|attack|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup|energy) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -111,6 +113,7 @@ for step in "$@"; do
         startup) for pass in first second; do timeout 120 python3 benchmarks/bench_startup.py --shape 135m --top 30 \
                      --out "$OUT/$step/$pass" | grep -v "^| "; done ;;
         load) timeout 200 python3 benchmarks/bench_load.py --shape 8b --out "$OUT/$step" ;;
+        energy) timeout 120 python3 benchmarks/bench_energy_counter.py --seconds 3 --repeats 5 --out "$OUT/$step" ;;
         gputests) timeout 300 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors \
                       --junitxml="$OUT/$step/junit.xml" ;;
     esac 2>&1 | grep -v -e "Writing model" -e "Loading weights" | tail -c 4000
