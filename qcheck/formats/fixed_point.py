@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qcheck.formats._chunks import map_elementwise
 from qcheck.formats._validate import require_int
 
 
@@ -64,6 +65,10 @@ def fixed_point(x: torch.Tensor, width: int, frac_width: int, signed: bool = Tru
     fast = width <= 24 and abs(grid.frac_width) <= 100 and x.dtype != torch.float64
     work = torch.float32 if fast else torch.float64
     scale = 2.0**grid.frac_width
-    k = torch.round(x.to(work) * scale)
-    k = torch.clamp(k, grid.k_min, grid.k_max)
-    return (k / scale).to(x.dtype)
+
+    def rounded(piece: torch.Tensor) -> torch.Tensor:
+        k = torch.round(piece.to(work) * scale)
+        k = torch.clamp(k, grid.k_min, grid.k_max)
+        return (k / scale).to(x.dtype)
+
+    return map_elementwise(x, rounded)  # elementwise: a piece at a time bounds the float64 work tensors

@@ -20,11 +20,13 @@ pinned only for normal scales.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from qcheck.errors import ConfigError
+from qcheck.formats._chunks import pieces
 from qcheck.formats._validate import require_int
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -73,25 +75,36 @@ def integer_params(
     x: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True, per_tensor: bool = False
 ) -> IntegerParams:
     """Compute RTN scales / zero points for `x` (float32, grouped as `integer` groups it)."""
-    g = _grouped(x.detach().to(torch.float32), group_size, per_tensor)
-    # scales come from the finite values only: NaN and +-inf count as 0 (one pass; the same values as
-    # torch.where(torch.isfinite(g), g, 0), which took three)
-    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+    g = _grouped(x.detach(), group_size, per_tensor)
     if symmetric:
         qmax = 2 ** (bits - 1) - 1
-        amax = g.abs().amax(dim=1, keepdim=True)
+        amax = _group_extreme(g, torch.amax, absolute=True)
         scale = amax / qmax
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return IntegerParams(scale, torch.zeros_like(scale), -qmax, qmax)
     qmax = 2**bits - 1
-    lo = torch.clamp(g.amin(dim=1, keepdim=True), max=0.0)
-    hi = torch.clamp(g.amax(dim=1, keepdim=True), min=0.0)
+    lo = torch.clamp(_group_extreme(g, torch.amin), max=0.0)
+    hi = torch.clamp(_group_extreme(g, torch.amax), min=0.0)
     scale = hi / qmax - lo / qmax  # (hi - lo) overflows to inf for |values| near the float32 max: NaN everywhere
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     a = -lo / scale
     frac = a - torch.floor(a)  # exact; floor(a + 0.5) would round a = k + 0.5 - ulp up to k + 1 in float
     zero = torch.clamp(torch.floor(a) + (frac >= 0.5).to(a.dtype), 0, qmax)  # ties round up (see module doc)
     return IntegerParams(scale, zero, 0, qmax, lo, hi)
+
+
+def _group_extreme(g: torch.Tensor, reduce: Callable[..., torch.Tensor], absolute: bool = False) -> torch.Tensor:
+    """Each group's (row's) torch.amax or torch.amin of its finite float32 values, as a (groups, 1) float32 tensor,
+    reduced a piece at a time (a maximum or minimum is exact, so the pieces give the whole row's value)."""
+    out = torch.empty(g.shape[0], 1, dtype=torch.float32, device=g.device)
+    combine = torch.maximum if reduce is torch.amax else torch.minimum
+    for rows, cols in pieces(*g.shape):
+        # scales come from the finite values only: NaN and +-inf count as 0 (one pass; the same values as
+        # torch.where(torch.isfinite(g), g, 0), which took three)
+        part = torch.nan_to_num(g[rows, cols].to(torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        part = reduce(part.abs() if absolute else part, dim=1, keepdim=True)
+        out[rows] = part if cols.start == 0 else combine(out[rows], part)
+    return out
 
 
 def integer(
@@ -109,21 +122,30 @@ def integer(
     if x.numel() == 0:
         return x.clone()
     p = integer_params(x, bits, group_size, symmetric, per_tensor)
-    g = _grouped(x.to(torch.float32), group_size, per_tensor)
-    q = torch.clamp(torch.round(g / p.scale + p.zero_point), p.qmin, p.qmax)
+    g = _grouped(x, group_size, per_tensor)
+    out = torch.empty(g.shape, dtype=x.dtype, device=x.device)
+    for rows, cols in pieces(*g.shape):  # elementwise given the group's scale: a piece at a time, same values
+        out[rows, cols] = _rtn(g[rows, cols].to(torch.float32), p, rows, symmetric, x.dtype)
+    return out.reshape(x.shape)
+
+
+def _rtn(g: torch.Tensor, p: IntegerParams, rows: slice, symmetric: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The RTN values of a piece `g` (float32) of the grouped tensor, whose groups are rows `rows` of `p`."""
+    scale, zero = p.scale[rows], p.zero_point[rows]
+    q = torch.clamp(torch.round(g / scale + zero), p.qmin, p.qmax)
     if not symmetric:
         # The range ends land on the grid ends in exact arithmetic; pin them there against float rounding of g / s.
-        lo, hi = p.lo, p.hi
+        lo, hi = p.lo[rows], p.hi[rows]
         # Only as a correction of float noise (within a step, normal scale): a subnormal scale has lost the
         # precision that puts the ends on the grid ends ([2.8e-45] at 2 bits: scale 1.4e-45, not 9.3e-46), and a
         # scale that fell back to 1 (range underflowed to zero) leaves them where rounding put them.
-        normal = p.scale >= torch.finfo(torch.float32).tiny
-        at_lo = (g == lo) & (lo < 0) & normal & ((lo / p.scale + p.zero_point).abs() <= 1)
-        at_hi = (g == hi) & (hi > 0) & normal & ((hi / p.scale + p.zero_point - p.qmax).abs() <= 1)
+        normal = scale >= torch.finfo(torch.float32).tiny
+        at_lo = (g == lo) & (lo < 0) & normal & ((lo / scale + zero).abs() <= 1)
+        at_hi = (g == hi) & (hi > 0) & normal & ((hi / scale + zero - p.qmax).abs() <= 1)
         q = torch.where(at_lo, torch.zeros_like(q), q)
         q = torch.where(at_hi, torch.full_like(q, p.qmax), q)
-    out = (q - p.zero_point) * p.scale
-    if x.dtype.is_floating_point:
-        info = torch.finfo(x.dtype)
+    out = (q - zero) * scale
+    if dtype.is_floating_point:
+        info = torch.finfo(dtype)
         out = out.clamp(info.min, info.max)  # a grid end past the dtype's max saturates there, never +-inf
-    return out.reshape(x.shape).to(x.dtype)
+    return out.to(dtype)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from qcheck.errors import ConfigError
+from qcheck.formats._chunks import map_elementwise
 from qcheck.formats._validate import require_int
 
 SPECIALS = ("ieee", "fn", "none")
@@ -70,16 +71,21 @@ PRESETS: dict[str, MinifloatFormat] = {"fp8_e4m3": FP8_E4M3, "fp8_e5m2": FP8_E5M
 
 
 def quantize_minifloat(x: torch.Tensor, fmt: MinifloatFormat) -> torch.Tensor:
-    """Round `x` to the nearest value of `fmt` (half to even), saturating; same dtype as `x`."""
-    work = x.to(torch.float64) if x.device.type == "cpu" else x.to(torch.float32)
+    """Round `x` to the nearest value of `fmt` (half to even), saturating; same dtype as `x`. Elementwise, so it runs
+    a piece at a time: the float64 work tensors of a CPU tensor are those of one piece, not of the whole weight."""
+    work_dtype = torch.float64 if x.device.type == "cpu" else torch.float32
     limit = fmt.max
-    clipped = torch.clamp(work, -limit, limit)
-    _, exp = torch.frexp(clipped)
-    exponent = torch.clamp(exp.to(work.dtype) - 1, min=fmt.min_exponent)
-    step = torch.pow(torch.tensor(2.0, dtype=work.dtype, device=work.device), exponent - fmt.man_bits)
-    q = torch.round(clipped / step) * step
-    q = torch.clamp(q, -limit, limit)
-    return q.to(x.dtype)
+
+    def rounded(piece: torch.Tensor) -> torch.Tensor:
+        clipped = torch.clamp(piece.to(work_dtype), -limit, limit)
+        _, exp = torch.frexp(clipped)
+        exponent = torch.clamp(exp.to(work_dtype) - 1, min=fmt.min_exponent)
+        step = torch.pow(torch.tensor(2.0, dtype=work_dtype, device=piece.device), exponent - fmt.man_bits)
+        q = torch.round(clipped / step) * step
+        q = torch.clamp(q, -limit, limit)
+        return q.to(x.dtype)
+
+    return map_elementwise(x, rounded)
 
 
 def minifloat(x: torch.Tensor, exp_bits: int, man_bits: int, bias: int | None = None, special: str = "ieee") -> torch.Tensor:

@@ -7,23 +7,28 @@ comparisons with the reference weights and outputs do.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from qcheck.formats import _chunks
+from qcheck.formats._chunks import flat_pieces, pieces
 from qcheck.quant.offload import input_device, onloaded
 from qcheck.quant.spec import (
     BnbSpec,
     CastSpec,
+    FixedSpec,
     IntSpec,
     KeepSpec,
+    MinifloatSpec,
     PruneSpec,
     Spec,
     spec_from_dict,
 )
-from qcheck.quant.tensor_stats import distinct_per_group, rel_change_and_sqnr_db, sqnr_db
+from qcheck.quant.tensor_stats import count_true, distinct_per_group, fraction, rel_change_and_sqnr_db, sqnr_db
 
 SQNR_FLOORS_DB: dict[str, float] = {
     "int8": 20.0, "int6": 14.0, "int5": 10.0, "int4": 8.0, "fp16": 40.0, "bf16": 30.0, "bnb-int8": 20.0,
@@ -88,31 +93,27 @@ def grid_evidence(module: nn.Module, spec: Spec, reference: torch.Tensor | None 
         allowed = 16 if spec.bits == 4 else 255
         return GridEvidence(distinct <= allowed, f"{distinct} distinct values per block (<= {allowed} allowed)",
                             distinct, allowed)
+    if isinstance(spec, CastSpec):
+        ok = module.weight.dtype == spec.dtype
+        return GridEvidence(ok, f"weight dtype {module.weight.dtype} (expected {spec.dtype})")
     w = effective_weight(module)
     if isinstance(spec, KeepSpec):
         if reference is None:
             return GridEvidence(True, "kept; no reference to compare")
-        same = torch.equal(w, reference.to(module.weight.dtype).to(torch.float32))
+        dtype = module.weight.dtype
+        same = w.shape == reference.shape and all(
+            torch.equal(a, b.to(dtype).to(torch.float32)) for a, b in flat_pieces(w, reference))
         return GridEvidence(same, "kept layer is bit-identical to the reference (in the model's dtype)" if same
                             else "layer marked 'keep' differs from the reference")
-    if isinstance(spec, CastSpec):
-        ok = module.weight.dtype == spec.dtype
-        return GridEvidence(ok, f"weight dtype {module.weight.dtype} (expected {spec.dtype})")
     if isinstance(spec, PruneSpec):
-        zeros = int((w == 0).sum().item())
+        zeros = count_true(lambda p: p == 0, w)
         need = round(float(spec.sparsity) * w.numel())
         return GridEvidence(zeros >= need - 1, f"{zeros} zeros of {w.numel()} (requested {need}, +-1)")
-    requant = spec.quantize(w)
-    diff = (requant - w).abs()
     if isinstance(spec, IntSpec):
-        from qcheck.formats import integer_params
-
-        params = integer_params(w, spec.bits, spec.group_size, spec.symmetric, spec.per_tensor)
-        step = params.scale.expand(-1, diff.numel() // params.scale.shape[0]).reshape(w.shape)
-        off = diff > 1e-3 * step
+        off = sum(_off_integer_grid(block, spec) for block in _blocks(w, spec))
         distinct = distinct_per_group(w, spec.group_size, spec.per_tensor)
         allowed = 2**spec.bits - (1 if spec.symmetric else 0)
-        frac = float(off.float().mean().item())
+        frac = fraction(off, w.numel())
         group_len = w.numel() if spec.per_tensor else (spec.group_size or w.shape[-1])
         underused = group_len >= 2 ** (spec.bits + 1) and distinct <= 2 ** (spec.bits - 1) - 1
         ok = frac == 0.0 and distinct <= allowed and not underused
@@ -122,9 +123,40 @@ def grid_evidence(module: nn.Module, spec: Spec, reference: torch.Tensor | None 
             reason += (f"; no group of {group_len} uses more than {distinct} values: effectively at most "
                        f"{spec.bits - 1} bits, not {spec.bits}")
         return GridEvidence(ok, reason, distinct, allowed, frac)
-    frac = float((diff > 0).float().mean().item())
+    off = sum(count_true(lambda a, b: (a - b).abs() > 0, spec.quantize(block), block) for block in _blocks(w, spec))
+    frac = fraction(off, w.numel())
     return GridEvidence(frac == 0.0, f"{frac:.2%} of weights off the {spec.label} grid (a value on the grid "
                         "maps to itself; the grid has at most 2^bits values)", None, 2**spec.bits, frac)
+
+
+def _off_integer_grid(block: torch.Tensor, spec: IntSpec) -> int:
+    """How many weights of `block` requantizing moves by more than 1e-3 of their group's step (a piece at a time: no
+    mask or broadcast step of the block's size)."""
+    from qcheck.formats import integer_params
+
+    requant = spec.quantize(block)
+    scale = integer_params(block, spec.bits, spec.group_size, spec.symmetric, spec.per_tensor).scale
+    grouped, regrouped = block.reshape(scale.shape[0], -1), requant.reshape(scale.shape[0], -1)
+    off = 0
+    for rows, cols in pieces(*grouped.shape):
+        diff = (regrouped[rows, cols] - grouped[rows, cols]).abs()
+        off += int((diff > 1e-3 * scale[rows]).sum().item())
+    return off
+
+
+def _blocks(w: torch.Tensor, spec: Spec) -> Iterator[torch.Tensor]:
+    """Pieces of `w`, about CHUNK_ELEMENTS each, that `spec` quantizes exactly as it quantizes them inside `w`, so
+    requantizing is checked without a weight-sized copy: any flat piece for an elementwise format (fixed point,
+    minifloat, cast); whole rows (dim 0) for integer groups and channels, which never span a row; `w` whole where one
+    group spans it (per tensor, a 1-D weight) or for any other spec."""
+    if isinstance(spec, (FixedSpec, MinifloatSpec, CastSpec)):
+        yield from (piece for (piece,) in flat_pieces(w))
+    elif isinstance(spec, IntSpec) and not spec.per_tensor and w.dim() >= 2:
+        step = max(1, _chunks.CHUNK_ELEMENTS // max(1, w[0].numel()))
+        for start in range(0, w.shape[0], step):
+            yield w[start:start + step]
+    else:
+        yield w
 
 
 def probe_input_ids(vocab_size: int, batch: int = 2, length: int = 32, seed: int = 0) -> torch.Tensor:
@@ -152,7 +184,8 @@ def layer_delta(reference: torch.Tensor, quantized: nn.Module) -> dict[str, Any]
     if qw.shape != reference.shape:
         return {"shape_mismatch": [list(reference.shape), list(qw.shape)]}
     rel, sqnr = rel_change_and_sqnr_db(reference, qw)
-    return {"changed_fraction": float((qw != reference).float().mean().item()), "rel_change": rel, "sqnr_db": sqnr,
+    changed = fraction(count_true(torch.ne, qw, reference), qw.numel())
+    return {"changed_fraction": changed, "rel_change": rel, "sqnr_db": sqnr,
             "dtype": str(quantized.weight.dtype), "module_class": type(quantized).__name__}
 
 
@@ -177,10 +210,11 @@ def already_in_format(reference: torch.Tensor, spec: Spec) -> bool:
     bf16-exact): quantizing it to that format cannot change it, and an unchanged layer is then no evidence of a
     quantization that was never applied."""
     if isinstance(spec, CastSpec):
-        return bool(torch.equal(reference.to(spec.dtype).to(reference.dtype), reference))
+        return all(torch.equal(p.to(spec.dtype).to(p.dtype), p) for p in _blocks(reference, spec))
     if isinstance(spec, (BnbSpec, PruneSpec, KeepSpec)):
         return isinstance(spec, KeepSpec)
-    return bool(torch.equal(spec.quantize(reference.to(torch.float32)).to(reference.dtype), reference))
+    return all(torch.equal(spec.quantize(block.to(torch.float32)).to(block.dtype), block)
+               for block in _blocks(reference, spec))
 
 
 def probe_view(reference_logits: torch.Tensor, input_ids: torch.Tensor) -> dict[str, Any]:

@@ -18,7 +18,13 @@ from qcheck.errors import ConfigError, QCheckError
 from qcheck.quant.manifest import LayerRecord, QuantReport
 from qcheck.quant.plan import MODEL_DTYPES, Assignment, Plan
 from qcheck.quant.spec import BnbSpec, CastSpec, FixedSpec, IntSpec, KeepSpec, MinifloatSpec, PruneSpec, spec_to_dict
-from qcheck.quant.tensor_stats import distinct_per_group, rel_change_and_sqnr_db, weight_fingerprint
+from qcheck.quant.tensor_stats import (
+    count_true,
+    distinct_per_group,
+    fraction,
+    rel_change_and_sqnr_db,
+    weight_fingerprint,
+)
 
 
 def quantize(
@@ -99,7 +105,7 @@ def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: to
     if isinstance(spec, PruneSpec):
         new = _prune(w.detach(), spec)
         rec.requested_sparsity = float(spec.sparsity)
-        rec.sparsity = float((new == 0).sum().item() / max(1, new.numel()))
+        rec.sparsity = float(count_true(lambda p: p == 0, new) / max(1, new.numel()))
     elif isinstance(spec, CastSpec):
         if w.dtype != spec.dtype:  # a cast layer inside a model of another dtype: adapt its input and output
             _add_dtype_adapter(module)
@@ -116,7 +122,8 @@ def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: to
                 module.bias.data = module.bias.data.to(torch.float32)
         lo_hi = _range_of(spec)
         if lo_hi is not None:
-            rec.saturation_rate = float(((ref_w < lo_hi[0]) | (ref_w > lo_hi[1])).float().mean().item())
+            lo, hi = lo_hi
+            rec.saturation_rate = fraction(count_true(lambda r: (r < lo) | (r > hi), ref_w), ref_w.numel())
     w.data = new
     rec.applied = True
     rec.bits = spec.bits
@@ -124,7 +131,8 @@ def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: to
     if isinstance(spec, IntSpec):
         rec.max_distinct_per_group = distinct_per_group(new, spec.group_size, spec.per_tensor)
     rec.rel_change, rec.sqnr_db = rel_change_and_sqnr_db(ref_w, new)
-    rec.underflow_rate = float(((ref_w != 0) & (new.to(ref_w.device) == 0)).float().mean().item())
+    rec.underflow_rate = fraction(count_true(lambda r, n: (r != 0) & (n.to(r.device) == 0), ref_w, new),
+                                  ref_w.numel())
 
 
 def _apply_bnb(model: nn.Module, a: Assignment, module: nn.Module, spec: BnbSpec, ref_w: torch.Tensor,

@@ -95,3 +95,73 @@ def test_integer_scales_from_finite_values_are_those_of_the_where_form(monkeypat
     for field in ("scale", "zero_point", "lo", "hi"):
         a, b = getattr(new_p, field), getattr(old_p, field)
         assert (a is None and b is None) or torch.equal(a.view(torch.int32), b.view(torch.int32)), field
+
+
+
+def _awkward(shape, seed):
+    """Weights with the values that make rounding and range ends hard: NaN, +-inf, +-0.0, the float32 maximum, a
+    subnormal, fixed-point ties."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.05
+    flat = x.view(-1)
+    if flat.numel() >= 40:
+        flat[:12] = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), 3.0e38, -3.0e38, 1e-40,
+                                  0.03125, 7.96875, 0.5, -0.0])
+    return x
+
+
+PIECE_CASES = {"odd-rows": lambda: _awkward((13, 96), 1), "non-contiguous": lambda: _awkward((96, 13), 2).t(),
+               "one-d": lambda: _awkward((250,), 3), "three-d": lambda: _awkward((3, 5, 32), 4),
+               "scalar": lambda: torch.tensor(0.3)}
+PIECE_CHUNKS = (7, 200)
+"""Pieces shorter than a row or group, and pieces of several rows or groups that do not divide the tensor."""
+INTEGER_SETTINGS = {"int8c": (8, None, True, False), "int4g32": (4, 32, True, False), "int3g16a": (3, 16, False, False),
+                    "int5ca": (5, None, False, False), "int2t": (2, None, True, True), "int6ta": (6, None, False, True)}
+"""bits, group_size, symmetric, per_tensor."""
+ELEMENTWISE_FORMATS = {
+    "fixed8.4": lambda x: fixed_point(x, 8, 4), "fixed16.8": lambda x: fixed_point(x, 16, 8),
+    "fixed30.20": lambda x: fixed_point(x, 30, 20), "fixed6.-2u": lambda x: fixed_point(x, 6, -2, signed=False),
+    "e4m3": lambda x: minifloat(x, 4, 3, special="fn"), "e5m2": lambda x: minifloat(x, 5, 2),
+}
+
+
+def _same_bits(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.int32),
+                                                                     b.reshape(-1).view(torch.int32))
+
+
+@pytest.mark.parametrize("name", sorted(INTEGER_SETTINGS))
+@pytest.mark.parametrize("case", sorted(PIECE_CASES))
+def test_integer_gives_the_same_bits_a_piece_at_a_time(monkeypatch, name, case):
+    """RTN computed a piece at a time (scales reduced over pieces, values rounded per piece) is bit for bit RTN of
+    the whole weight, scales and zero points included."""
+    from qcheck.formats import _chunks
+    from qcheck.formats.integer import integer_params
+
+    bits, group_size, symmetric, per_tensor = INTEGER_SETTINGS[name]
+    x = PIECE_CASES[case]()
+    if group_size is not None and (x.dim() == 0 or x.shape[-1] % group_size):
+        pytest.skip("the group size does not divide the last dimension")
+    assert x.numel() <= _chunks.CHUNK_ELEMENTS  # one piece: the unchunked computation
+    whole = integer(x, bits, group_size, symmetric, per_tensor=per_tensor)
+    whole_params = integer_params(x, bits, group_size, symmetric, per_tensor)
+    for chunk in PIECE_CHUNKS:
+        monkeypatch.setattr(_chunks, "CHUNK_ELEMENTS", chunk)
+        assert _same_bits(integer(x, bits, group_size, symmetric, per_tensor=per_tensor), whole), chunk
+        params = integer_params(x, bits, group_size, symmetric, per_tensor)
+        for field in ("scale", "zero_point", "lo", "hi"):
+            a, b = getattr(params, field), getattr(whole_params, field)
+            assert (a is None and b is None) or _same_bits(a, b), (chunk, field)
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE_FORMATS))
+@pytest.mark.parametrize("case", sorted(PIECE_CASES))
+def test_fixed_point_and_minifloat_give_the_same_bits_a_piece_at_a_time(monkeypatch, name, case):
+    """Elementwise formats computed a flat piece at a time (their float64 work tensors a piece's size) are bit for
+    bit the whole weight's."""
+    from qcheck.formats import _chunks
+
+    x = PIECE_CASES[case]()
+    whole = ELEMENTWISE_FORMATS[name](x)
+    for chunk in PIECE_CHUNKS:
+        monkeypatch.setattr(_chunks, "CHUNK_ELEMENTS", chunk)
+        assert _same_bits(ELEMENTWISE_FORMATS[name](x), whole), chunk

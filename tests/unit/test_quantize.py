@@ -1,5 +1,6 @@
 """quantize(): reference untouched, manifest measured from the weights, pruning exact, bnb on CPU."""
 import copy
+import math
 
 import pytest
 import torch
@@ -100,3 +101,55 @@ def test_bnb_staging_falls_back_to_a_pageable_copy_without_pinned_memory():
     assert held.dtype == torch.float16 and held.device.type == "cpu"
     assert torch.equal(held, weight.to(torch.float16))
     assert held.data_ptr() != weight.data_ptr()
+
+
+def _same_figures(a, b, path=""):
+    """Equal, float for float within 1e-12 relative (float64 norms summed in another order), NaN equal to NaN."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same_figures(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same_figures(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == b or (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=0), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+@pytest.mark.parametrize("plan", [
+    {"default": {"format": "int", "bits": 8}},
+    {"default": {"format": "int", "bits": 4, "group_size": 32, "symmetric": False}},
+    {"default": {"format": "int", "bits": 3, "per_tensor": True}},
+    {"default": {"format": "fixed", "width": 8, "frac_width": 4}},
+    {"default": {"format": "fixed", "width": 16, "frac_width": 8}},
+    {"default": {"format": "fp8-e4m3"}},
+    {"default": {"format": "bf16"}},
+    {"default": {"format": "prune", "sparsity": 0.3}},
+], ids=["int8c", "int4g32a", "int3t", "fixed8.4", "fixed16.8", "e4m3", "bf16", "prune"])
+def test_quantize_and_its_evidence_are_the_same_a_piece_at_a_time(tiny, monkeypatch, plan):
+    """In pieces of 100 elements (shorter than down_proj's rows of 128, one row of the other weights, three groups of
+    32, never dividing a weight): the same quantized bits, the same manifest (counts, rates; norms within 1e-12) and
+    the same evidence (grid membership, off-grid and changed fractions, already-in-format) as computed whole."""
+    from qcheck.formats import _chunks
+    from qcheck.measure.weights import already_in_format, plan_evidence, quantization_evidence, spec_of_record
+
+    def run():
+        q, report = quantize(tiny, plan)
+        weights = {n: p.detach().clone() for n, p in q.named_parameters()}
+        evidence = quantization_evidence(tiny, q, report)
+        followed = plan_evidence(q, plan, tiny), plan_evidence(tiny, plan)  # the reference is off every grid
+        in_format = {r.name: already_in_format(tiny.get_submodule(r.name).weight.detach(), spec_of_record(r))
+                     for r in report.applied}
+        return weights, report.to_dict(), evidence, followed, in_format
+
+    whole = run()
+    monkeypatch.setattr(_chunks, "CHUNK_ELEMENTS", 100)
+    pieces = run()
+    assert whole[0].keys() == pieces[0].keys()
+    for name, w in whole[0].items():
+        assert w.dtype == pieces[0][name].dtype and torch.equal(
+            w.reshape(-1).view(torch.int16), pieces[0][name].reshape(-1).view(torch.int16)), name
+    _same_figures(whole[1:], pieces[1:])

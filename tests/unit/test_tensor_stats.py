@@ -101,3 +101,29 @@ def test_rel_change_and_sqnr_edge_values():
     assert rel_change_and_sqnr_db(zero, zero) == (0.0, math.inf)
     assert rel_change_and_sqnr_db(zero, one) == (math.inf, -math.inf)
     assert rel_change_and_sqnr_db(one, zero) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"empty"}))
+@pytest.mark.parametrize("chunk", [5, 200])
+def test_measurements_a_piece_at_a_time_are_the_whole_tensors(monkeypatch, case, chunk):
+    """With pieces smaller than a group and pieces of several rows that do not divide the tensor: the same distinct
+    counts, masks counted to the same number (and rate), and float64 norms within 1e-12 of the whole tensor's."""
+    from qcheck.formats import _chunks
+    from qcheck.quant.tensor_stats import count_true, fraction
+
+    w = CASES[case]()
+    noise = torch.randn(w.shape, generator=torch.Generator().manual_seed(21))
+    finite = torch.where(torch.isfinite(w.float()), w.float(), torch.zeros(()))
+    ref = torch.where(noise > 0.5, finite, noise)  # equal to w in places, zero where w is
+    groupings = [(None, False), (None, True)] + ([(16, False)] if w.dim() and w.shape[-1] % 16 == 0 else [])
+    whole = {g: distinct_per_group(w, *g) for g in groupings}
+    other = torch.where(torch.isinf(w), torch.zeros_like(w), w)  # NaN kept (a NaN norm); inf has no SQNR
+    norms = rel_change_and_sqnr_db(ref, other)
+    mask = (w.float() != ref) & (ref != 0)
+    monkeypatch.setattr(_chunks, "CHUNK_ELEMENTS", chunk)
+    assert {g: distinct_per_group(w, *g) for g in groupings} == whole
+    count = count_true(lambda a, b: (a.float() != b) & (b != 0), w, ref)
+    assert count == int(mask.sum()) and fraction(count, w.numel()) == float(mask.float().mean())
+    for a, b in zip(rel_change_and_sqnr_db(ref, other), norms, strict=True):
+        assert a == b or (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=0)
+
