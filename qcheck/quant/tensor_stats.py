@@ -45,11 +45,14 @@ def fraction(count: int, numel: int) -> float:
 
 
 def _sqnr_from(signal: float, noise: float) -> float:
+    """20 log10(signal / noise): +inf for no noise, -inf where the ratio is 0 (no signal, or infinite noise: a 16-bit
+    cast of a weight past the dtype's range), NaN where either norm is NaN."""
     if noise == 0.0:
         return math.inf
-    if signal == 0.0:
+    ratio = signal / noise
+    if ratio == 0.0:
         return -math.inf
-    return 20.0 * math.log10(signal / noise)
+    return 20.0 * math.log10(ratio) if math.isfinite(ratio) else math.nan
 
 
 def _rel_from(signal: float, noise: float) -> float:

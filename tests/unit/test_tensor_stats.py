@@ -127,3 +127,11 @@ def test_measurements_a_piece_at_a_time_are_the_whole_tensors(monkeypatch, case,
     for a, b in zip(rel_change_and_sqnr_db(ref, other), norms, strict=True):
         assert a == b or (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=0)
 
+
+def test_a_cast_that_overflows_to_inf_has_an_sqnr_of_minus_infinity_not_a_math_error():
+    """An fp16 cast of a weight past 65,504 holds inf: the noise norm is infinite, the SQNR -inf and the relative
+    change inf (this raised "math domain error" from log10(0) while building the variant)."""
+    ref = torch.tensor([1.0, -2.0, 7.0e4])
+    rel, sqnr = rel_change_and_sqnr_db(ref, ref.to(torch.float16))
+    assert rel == math.inf and sqnr == -math.inf and sqnr_db(ref, ref.half()) == -math.inf
+    assert math.isnan(sqnr_db(torch.tensor([float("nan"), 1.0]), torch.ones(2)))
