@@ -543,6 +543,11 @@ class Energy:
 
 
 MIN_ENERGY_WINDOW_S = 1.0
+"""The shortest window `measure_energy` takes. NVML's total-energy counter advances every 100 ms on an H100, idle and
+busy (benchmarks/bench_energy_counter.py, session 23), so a window's energy is known to about one update: +-10% of a
+1 s window, +-5% of a 2 s one (joules per call over five repeats spread 8.7% and 4.4%, max - min over the mean). The
+energy step takes 2 s windows: `energy_measured` allows 10% over the power limit, which a 1 s window's error could
+reach on a GPU at its limit; the 1 s idle window is reported, not judged."""
 
 
 def measure_energy(fn: Callable[[], Any], *, device: str | torch.device, window_s: float = 2.0,
