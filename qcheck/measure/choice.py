@@ -147,12 +147,14 @@ def choice_loglikelihoods(model: nn.Module, tokenizer: Any, pairs: Sequence[tupl
         mask = score[:, 1:]  # the state (logits) at position p predicts token p + 1
         if split is not None:
             states = decoder_states(split[0], inp, attn)
-            lp = -scored_nll(states[:, :-1][mask], inp[:, 1:][mask], split[1])
+            # the decoder's last layer may run on another device than the inputs (a model spread over devices)
+            lp = -scored_nll(states[:, :-1][mask.to(states.device)], inp[:, 1:][mask], split[1])
         else:
             keep = width - min(len(encoded[i][0]) for i in batch) + 1  # from the last context token on
             logits = last_logits(model, inp, attn, min(keep, width))
             first = width - logits.shape[1]
-            lp = -scored_nll(logits[:, :-1][mask[:, first:]], inp[:, 1:][:, first:][mask[:, first:]])
+            kept = mask[:, first:]
+            lp = -scored_nll(logits[:, :-1][kept.to(logits.device)], inp[:, 1:][:, first:][kept])
         lp = lp.to(device)
         rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(mask)[mask]
         sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, lp).cpu().tolist()

@@ -108,4 +108,6 @@ def split_head(model: nn.Module, probe: torch.Tensor, *, tol: float, same_dtype:
         return None
     if full.shape != split.shape or (same_dtype and full.dtype != split.dtype):
         return None
-    return (decoder, head) if torch.allclose(full.float(), split.float(), rtol=tol, atol=tol) else None
+    # a model spread over devices may return its logits where its head runs and the split's where the decoder ends
+    same = torch.allclose(full.float(), split.float().to(full.device), rtol=tol, atol=tol)
+    return (decoder, head) if same else None

@@ -201,14 +201,15 @@ def perplexity_of_ids(
             mask = score[:, 1:]
             states = (states_cache.states(split[0], inp, attn) if states_cache is not None and not compile_decoder
                       else decoder_states(split[0], inp, attn))
-            nll = scored_nll(states[:, :-1][mask], inp[:, 1:][mask], split[1])
+            # the decoder's last layer may run on another device than the inputs (a model spread over devices)
+            nll = scored_nll(states[:, :-1][mask.to(states.device)], inp[:, 1:][mask], split[1])
         else:
             # logits at position t predict token t+1: the first predicting position is one before the first scored
             keep = width - min(e - b - n for b, e, n in batch) + 1
             logits = last_logits(model, inp, attn, min(keep, width))
             first = width - logits.shape[1]  # the position of logits[:, 0]
             mask = score[:, 1:][:, first:]
-            nll = scored_nll(logits[:, :-1][mask], inp[:, 1:][:, first:][mask])
+            nll = scored_nll(logits[:, :-1][mask.to(logits.device)], inp[:, 1:][:, first:][mask])
         nll = nll.to(device)
         rows = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(mask)[mask]
         token_parts.append(nll)
