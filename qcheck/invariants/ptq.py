@@ -84,7 +84,8 @@ def judge_reference_untouched(before: str, after: str, *, backend: str, variant:
            f"backend {backend!r} changed the reference's weights: comparisons against this 'reference' are void")
     return raise_if_failed(CheckResult("reference_untouched", Status.PASS if ok else Status.FAIL, msg, variant=variant,
                                compared="weight fingerprint of the reference before vs after", n=1,
-                               test="sha256 of per-tensor float64 sums and norms", threshold="equal",
+                               test="sha256 of per-tensor integer sums of the bit patterns and their squares",
+                               threshold="equal",
                                evidence={"before": before, "after": after, "backend": backend}))
 
 
