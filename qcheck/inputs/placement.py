@@ -150,11 +150,13 @@ def layers_by_device(model: Any) -> dict[Any, int]:
     key/value cache and the kept activations of a layer live there, so batches are sized per device."""
     import torch
 
+    from qcheck.quant.offload import execution_device
+
     modules = dict(model.named_modules())
     counts: dict[Any, int] = {}
     for name in _decoder_layers(model):
         layer = modules[name]
-        where = next((d for d in map(_execution_device, layer.modules()) if d is not None), None)
+        where = next((d for d in map(execution_device, layer.modules()) if d is not None), None)
         if where is None:
             tensors = [t for t in (*layer.parameters(), *layer.buffers()) if t.device.type != "meta"]
             where = tensors[0].device if tensors else "cpu"
@@ -168,11 +170,3 @@ def layers_by_device(model: Any) -> dict[Any, int]:
             getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 1)
     return counts
 
-
-def _execution_device(module: Any) -> Any:
-    """The device accelerate's hook on `module` runs it on (None without one); a SequentialHook's first that says."""
-    hook = getattr(module, "_hf_hook", None)
-    for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
-        if getattr(h, "execution_device", None) is not None:
-            return h.execution_device
-    return None

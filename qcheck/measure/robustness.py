@@ -428,10 +428,7 @@ def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
     if not int(getattr(cfg, "num_hidden_layers", 0) or 0) or not hidden:
         return ATTACK_BATCH
-    if _has_accelerate_hooks(model) and needs_fp32_copy(model):
-        copies = _fp32_copy_by_device(model)
-    else:
-        copies = {_device_of(model): fp32_copy_bytes(model)}
+    copies = fp32_copy_by_device(model)
 
     def room(device: torch.device) -> float:
         return max(0, (available_bytes(device) or 0) - copies.get(device, 0)) * ATTACK_MEMORY_SHARE
@@ -454,19 +451,19 @@ def fp32_copy_bytes(model: nn.Module) -> int:
     the model as it is): counted before the attack batch is sized, so they do not eat the batch's share (at the 8B
     shape the fp16 and bf16 variants' attacks set the run's peak, 1.36 x reference + largest variant, in session 13).
     The 16-bit tensors are upcast in place, so the cost is the difference of the two sizes, not a second model."""
+    return sum(fp32_copy_by_device(model).values())
+
+
+def fp32_copy_by_device(model: nn.Module) -> dict[torch.device, int]:
+    """`fp32_copy_bytes` per device that holds the tensors: the difference of the two sizes for an in-place upcast;
+    for a dispatched model, an fp32 copy of what is resident (offloaded tensors stay on the meta device)."""
     if not needs_fp32_copy(model):
-        return 0
-    if _has_accelerate_hooks(model):  # a copy in fp32 of what is resident (offloaded tensors stay on the meta device)
-        return sum(_fp32_copy_by_device(model).values())
-    return sum(t.numel() * (4 - t.element_size()) for t in _low_precision_tensors(model))
-
-
-def _fp32_copy_by_device(model: nn.Module) -> dict[torch.device, int]:
-    """Bytes of an fp32 copy of a dispatched model's resident 16-bit tensors, per device that holds them."""
+        return {}
+    copy = _has_accelerate_hooks(model)
     need: dict[torch.device, int] = {}
     for t in _low_precision_tensors(model):
         if t.device.type != "meta":
-            need[t.device] = need.get(t.device, 0) + t.numel() * 4
+            need[t.device] = need.get(t.device, 0) + t.numel() * (4 if copy else 4 - t.element_size())
     return need
 
 
@@ -477,12 +474,12 @@ def fp32_copy_refusal(model: nn.Module, available: Callable[[torch.device], int 
     it, and a device without that much free would end the step out of memory (a 70B bf16 model spread over GPUs:
     ~280 GB more) after the clean pass. `available` gives a device's free bytes (`qcheck.inputs.fit.available_bytes`
     by default)."""
-    if not needs_fp32_copy(model) or not _has_accelerate_hooks(model):
+    if not _has_accelerate_hooks(model):
         return None
     if available is None:
         from qcheck.inputs.fit import available_bytes as available
     short = []
-    for device, size in _fp32_copy_by_device(model).items():
+    for device, size in fp32_copy_by_device(model).items():
         free = available(device)
         if free is not None and size > free:
             short.append(f"{size / 2**30:.1f} GiB on {device}, where {free / 2**30:.1f} GiB is free")

@@ -24,12 +24,21 @@ def is_dispatched(model: nn.Module) -> bool:
     return len({str(v) for v in device_map.values()}) > 1 or any(str(v) == "disk" for v in device_map.values())
 
 
-def _offload_hook(module: nn.Module) -> Any:
+def _hooks(module: nn.Module) -> list[Any]:
+    """accelerate's hooks on `module`: a SequentialHook's members, or the one hook, or none."""
     hook = getattr(module, "_hf_hook", None)
-    for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
-        if getattr(h, "offload", False) and getattr(h, "weights_map", None) is not None:
-            return h
-    return None
+    return list(getattr(hook, "hooks", None) or ([hook] if hook is not None else []))
+
+
+def _offload_hook(module: nn.Module) -> Any:
+    return next((h for h in _hooks(module) if getattr(h, "offload", False)
+                 and getattr(h, "weights_map", None) is not None), None)
+
+
+def execution_device(module: nn.Module) -> Any:
+    """The device accelerate's hook on `module` runs it on (an int, a string or a torch.device), None without one."""
+    return next((h.execution_device for h in _hooks(module) if getattr(h, "execution_device", None) is not None),
+                None)
 
 
 def _offloaded_names(module: nn.Module, hook: Any) -> list[str]:
