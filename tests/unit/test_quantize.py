@@ -153,3 +153,28 @@ def test_quantize_and_its_evidence_are_the_same_a_piece_at_a_time(tiny, monkeypa
         assert w.dtype == pieces[0][name].dtype and torch.equal(
             w.reshape(-1).view(torch.int16), pieces[0][name].reshape(-1).view(torch.int16)), name
     _same_figures(whole[1:], pieces[1:])
+
+
+def test_an_fp16_cast_that_overflows_a_weight_is_reported_destroyed_not_a_crash():
+    """A weight past fp16's 65,504 becomes inf in the fp16 variant: the build used to stop on log10(0) (SQNR of an
+    infinite noise); it now records SQNR -inf, and quantization_applied FAILs naming the layer below its floor and
+    the non-finite logits. The same model without that weight passes."""
+    from qcheck.errors import InvariantViolation
+    from qcheck.invariants.applied import judge_quantization_applied
+    from qcheck.measure.weights import quantization_evidence
+    from qcheck.results import Status
+    from qcheck.variants import builtin_plan
+
+    model = random_init_like(tiny_llama_config(num_hidden_layers=1), seed=0)
+    fine, report = quantize(model, builtin_plan("fp16"))
+    assert judge_quantization_applied(quantization_evidence(model, fine, report)).status == Status.PASS
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = 7.0e4
+    broken, report = quantize(model, builtin_plan("fp16"))
+    record = next(r for r in report.layers if r.name == "model.layers.0.mlp.down_proj")
+    assert record.sqnr_db == -math.inf and record.rel_change == math.inf
+    with pytest.raises(InvariantViolation) as caught:
+        judge_quantization_applied(quantization_evidence(model, broken, report))
+    verdict = caught.value.result
+    assert verdict.status == Status.FAIL and verdict.name == "quantization_applied"
+    assert "destroyed): model.layers.0.mlp.down_proj" in verdict.message and "NaN/inf" in verdict.message
