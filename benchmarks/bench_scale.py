@@ -31,11 +31,14 @@ SHAPES: dict[str, dict[str, Any]] = {
              "num_key_value_heads": 8, "tie_word_embeddings": True, "rope_theta": 500000.0},
     "8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
            "num_key_value_heads": 8, "tie_word_embeddings": False, "rope_theta": 500000.0},
+    "70b-slice": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 8, "num_attention_heads": 64,
+                  "num_key_value_heads": 8, "tie_word_embeddings": False, "rope_theta": 500000.0},
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2},
 }
-"""Llama 3.2 1B / Llama 3.1 8B layer shapes (SmolLM2's 49,152-token vocabulary: the tokenizer that travels), and
-SmolLM2-135M itself (`qcheck.inputs.models.smollm2_config`)."""
+"""Llama 3.2 1B / Llama 3.1 8B layer shapes, 8 of Llama 3.1 70B's 80 layers (each weight and head at 70B's size:
+what one GPU can hold twice in bf16, 15 GB), all with SmolLM2's 49,152-token vocabulary (the tokenizer that travels),
+and SmolLM2-135M itself (`qcheck.inputs.models.smollm2_config`)."""
 
 
 def build_folder(shape: str, tokenizer: str, root: Path, device: str) -> Path:

@@ -9,6 +9,9 @@
 #           are taken afterwards by the parent alone
 # e2e8b     the same on the 8B shape (the step's limit leaves room for the folder build, ~30 s, and the report
 #           written on SIGTERM: at 420 s for a 380-s run, session 12 lost the whole output)
+# e2ebf16   e2e's 1.2B run with --reference-dtype bf16 (the default variants less bf16, which is the reference)
+# e2e70s    the 70B-slice shape (8 layers of Llama-3-70B's, 15 GB in bf16) with --reference-dtype bf16 and the
+#           variants of issue 21's 70B run (w4g64, int8)
 # build     each variant's build on the 1.2B shape, twice, the bitsandbytes ones profiled (bench_build.py)
 # gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
 # genbnb    bitsandbytes LLM.int8 generation (`generate`, host-bound): host time by Python function (cProfile) and by
@@ -41,7 +44,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|attack|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup|energy) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2ebf16|e2e70s|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|attack|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup|energy) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -76,6 +79,10 @@ for step in "$@"; do
                   --qcheck-arg=--workers=${QCHECK_WORKERS:-3} --out "$OUT/$step-w${QCHECK_WORKERS:-3}" ;;
         e2egraph) timeout 260 python3 benchmarks/bench_scale.py --shapes 135m --limit-s 230 \
                       --qcheck-arg=--decoding=graph --out "$OUT/$step" ;;
+        e2ebf16) timeout 240 python3 benchmarks/bench_scale.py --shapes 1.2b --limit-s 200 \
+                     --qcheck-arg=--reference-dtype=bf16 --out "$OUT/$step" ;;
+        e2e70s) timeout 420 python3 benchmarks/bench_scale.py --shapes 70b-slice --limit-s 330 \
+                    --qcheck-arg=--reference-dtype=bf16 --qcheck-arg=--variants=w4g64,int8 --out "$OUT/$step" ;;
         e2e8b) timeout 590 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 440 --out "$OUT/$step" ;;
         build) timeout 150 python3 benchmarks/bench_build.py --shape 1.2b --out "$OUT/$step" ;;
         gen) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16,fp16 --caches dynamic \

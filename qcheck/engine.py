@@ -99,6 +99,29 @@ def resolve_device(device: str) -> Any:
     return torch.device(device)
 
 
+def reference_dtype_of(options: RunOptions) -> str:
+    """The dtype the reference is loaded in: --reference-dtype, or with `auto` the checkpoint's (a config read)."""
+    from qcheck.inputs.models import checkpoint_dtype
+
+    return checkpoint_dtype(options.model) if options.reference_dtype == "auto" else options.reference_dtype
+
+
+def builtin_names(options: RunOptions, reference_dtype: str | None = None) -> list[str]:
+    """The run's built-in variants: --variants as given, else the defaults less the 16-bit cast to the reference's
+    own dtype (with a bf16 reference the "bf16" variant would be the reference itself: nothing quantized, a second
+    copy of the model, and checks judging a model against itself). A --variants naming that cast is bad input."""
+    dtype = reference_dtype_of(options) if reference_dtype is None else reference_dtype
+    if options.variants is None:
+        return [n for n in DEFAULT_VARIANTS if n != dtype]
+    if dtype != "fp32" and dtype in options.variants:
+        how = ("read from the checkpoint's config by --reference-dtype auto" if options.reference_dtype == "auto"
+               else f"--reference-dtype {options.reference_dtype}")
+        raise ConfigError(f"--variants names {dtype}, the reference's own dtype ({how}): that variant would be the "
+                          f"reference itself, with nothing quantized. Drop {dtype} from --variants, or compare "
+                          "against an fp32 reference (--reference-dtype fp32)", field="--variants")
+    return list(options.variants)
+
+
 def variant_names(options: RunOptions) -> list[str]:
     """The run's variants in order: built-in selection, then plan files, then PTQ specs (by their run names)."""
     from pathlib import Path
@@ -106,7 +129,7 @@ def variant_names(options: RunOptions) -> list[str]:
     from qcheck.quant.backends import ptq_variant_name
     from qcheck.quant.plan import Plan
 
-    names = list(DEFAULT_VARIANTS if options.variants is None else options.variants)
+    names = builtin_names(options)
     for path in options.plans:
         try:
             plan = Plan.load(path)
@@ -145,7 +168,7 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
               "holds", file=sys.stderr)
     import torch
 
-    from qcheck.inputs.models import checkpoint_dtype, load_model
+    from qcheck.inputs.models import load_model
     from qcheck.inputs.placement import summarize
     from qcheck.inputs.run_inputs import RunInputs
     from qcheck.quant.offload import input_device, is_dispatched
@@ -160,7 +183,8 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     if device_index is not None and device.type == "cuda":
         device = torch.device("cuda", device_index)
     check_prompt(options)
-    dtype = checkpoint_dtype(options.model) if options.reference_dtype == "auto" else options.reference_dtype
+    dtype = reference_dtype_of(options)
+    names = builtin_names(options, dtype)
     torch.manual_seed(0)
     check_memory(options, device, dtype)
     timeline.mark("memory_checked")
@@ -174,7 +198,6 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
     check_reference_finite(loaded.model)
     check_chat_template(options, loaded.tokenizer, loaded.source)
     timeline.mark("loaded")
-    names = list(DEFAULT_VARIANTS if options.variants is None else options.variants)
     fingerprint = weight_fingerprint(loaded.model)
     variants = VariantSet.from_names(loaded.model, names, list(options.plans), ptq_specs=list(options.ptq),
                                      tokenizer=loaded.tokenizer, device=str(device),
@@ -284,9 +307,14 @@ def precision_facts(options: RunOptions, dtype: str, device: Any = None) -> dict
                            f"{dtype} (the reference's dtype) unless the plan casts it (fp16/bf16 plans)"
                            + ("" if dtype == "fp32" else f", and each quantized layer computes in fp32 between casts "
                               f"of its input and output (a grid value stored in {dtype} would leave its grid)")),
-            "note": None if dtype == "fp32" else f"the reference is {dtype}, not fp32: the variant named fp32 in "
-                                                 f"this report is that {dtype} reference, and perplexity changes are "
-                                                 f"measured against it"}
+            "note": None if dtype == "fp32" else (
+                f"the reference is {dtype}, not fp32: the variant named fp32 in this report is that {dtype} "
+                f"reference, and perplexity changes are measured against it"
+                + (f"; the default variant {dtype} is left out (it would be the reference itself)"
+                   if options.variants is None and dtype in DEFAULT_VARIANTS else "")
+                + "; the checks that need an fp32 model (the latency order of fp16/bf16/autocast against fp32) "
+                  "are skipped, and a 16-bit cast is judged by the KL bound of the coarser of its dtype and the "
+                  "reference's")}
 
 
 def check_memory(options: RunOptions, device: Any, reference_dtype: str = "fp32") -> None:
@@ -307,7 +335,7 @@ def check_memory(options: RunOptions, device: Any, reference_dtype: str = "fp32"
     dtypes: dict[str, str] = {}
     sizes: dict[str, int] = {}
     not_counted = [f"PTQ variant {spec}" for spec in options.ptq]
-    plans = [builtin_plan(n) for n in (DEFAULT_VARIANTS if options.variants is None else options.variants)]
+    plans = [builtin_plan(n) for n in builtin_names(options, reference_dtype)]
     for source in options.plans:
         try:
             plans.append(Plan.load(source))

@@ -374,6 +374,11 @@ class Records:
     def meta(self) -> dict[str, Any]:
         return self.store.meta
 
+    @property
+    def reference_dtype(self) -> str:
+        """The dtype the reference computed in ("fp32" for runs whose records predate --reference-dtype)."""
+        return (self.meta.get("precision") or {}).get("reference_dtype") or "fp32"
+
 
 @pytest.fixture(scope="session")
 def qcheck_records(qcheck_store: Any) -> Records:

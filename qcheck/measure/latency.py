@@ -327,26 +327,40 @@ def measure_reference_casts(ctx: RunContext) -> tuple[dict[str, Any], dict[str, 
     from qcheck.measure.timing import device_info, time_forward
 
     ids = latency_inputs(ctx)
-    timings = {"autocast": time_forward(ctx.reference_model, ids, autocast=torch.float16, tf32=False,
-                                        label="autocast", **_budget(ctx)).to_dict()}
-    for name, model in _casts(ctx):
+    timings: dict[str, Any] = {}
+    not_timed: dict[str, str] = {}
+    if ctx.reference_dtype == "fp32":
+        timings["autocast"] = time_forward(ctx.reference_model, ids, autocast=torch.float16, tf32=False,
+                                           label="autocast", **_budget(ctx)).to_dict()
+    else:
+        not_timed["autocast"] = (f"fp16 autocast is an fp32 model's mixed precision; the reference is "
+                                 f"{ctx.reference_dtype}")
+    names = tuple(n for n in ("fp16", "bf16") if n != ctx.reference_dtype)
+    not_timed.update({n: "the reference's own dtype: its latency record is this timing"
+                      for n in ("fp16", "bf16") if n not in names})
+    for name, model in _casts(ctx, names):
         timings[name] = time_forward(model, ids, tf32=False, label=name, **_budget(ctx)).to_dict()
-    return ({"timings": timings, "device_info": device_info(ctx.device).to_dict()},
+    return ({"timings": timings, "not_timed": not_timed, "reference_dtype": ctx.reference_dtype,
+             "device_info": device_info(ctx.device).to_dict()},
             {"shape": list(ids.shape), "budget": dict(_budget(ctx)), "tf32": False})
 
 
 def measure_reference_energy(ctx: RunContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Energy per forward of the reference in fp32 and cast to fp16, from NVML's total-energy counter over a
-    2 s window each; the idle baseline (1 s) is measured once, before the fp32 window, and serves both."""
+    """Energy per forward of the reference (under "fp32", the report's name for the reference, in its own dtype)
+    and of its fp16 cast, from NVML's total-energy counter over a 2 s window each; the idle baseline (1 s) is
+    measured once, before the reference's window, and serves both. An fp16 reference has no cast to measure."""
     from qcheck.measure.timing import device_info, forward_callable, measure_energy, pinned_flags
 
     ids = latency_inputs(ctx)
     out: dict[str, Any] = {}
     with pinned_flags(tf32=False):
         fp32 = measure_energy(forward_callable(ctx.reference_model, ids), device=ctx.device, window_s=2.0, idle_s=1.0)
-        out["fp32"] = fp32.to_dict()
-        for name, model in _casts(ctx, ("fp16",)):
-            out[name] = measure_energy(forward_callable(model, ids), device=ctx.device, window_s=2.0, idle_s=1.0,
-                                       idle_w=fp32.idle_power_w).to_dict()
+        out["fp32"] = {**fp32.to_dict(), "dtype": ctx.reference_dtype}
+        if ctx.reference_dtype == "fp16":
+            out["fp16"] = {"supported": False, "dtype": "fp16",
+                           "reason": "the reference is fp16 (--reference-dtype): its energy is the entry above"}
+        for name, model in _casts(ctx, () if ctx.reference_dtype == "fp16" else ("fp16",)):
+            out[name] = {**measure_energy(forward_callable(model, ids), device=ctx.device, window_s=2.0, idle_s=1.0,
+                                          idle_w=fp32.idle_power_w).to_dict(), "dtype": name}
     limit = device_info(ctx.device).clocks.get("power_limit_w")
     return {"energy": out, "tokens": int(ids.numel()), "power_limit_w": limit}, {"shape": list(ids.shape)}

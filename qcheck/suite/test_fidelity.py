@@ -21,7 +21,7 @@ def _present(group: tuple[str, ...]) -> object:
 @needs("fidelity")
 def test_kl_sane(qcheck_variant, qcheck_records, qcheck_record):
     result = fidelity_from_record(qcheck_records.data(qcheck_variant, "fidelity"))
-    qcheck_record(assert_kl_sane(result, variant=qcheck_variant))
+    qcheck_record(assert_kl_sane(result, variant=qcheck_variant, reference_dtype=qcheck_records.reference_dtype))
 
 
 @pytest.mark.qcheck_check("kl_ordering", param="family")

@@ -121,6 +121,36 @@ def test_reference_dtype_auto_keeps_a_bf16_checkpoint_in_bf16(pytester, tmp_path
     assert grid and set(grid.values()) == {"PASS"}, grid
 
 
+def test_a_16bit_reference_leaves_out_the_cast_to_its_own_dtype(bf16_folder):
+    """With a bf16 reference the default "bf16" variant would be the reference itself (a second copy, nothing
+    quantized, a bf16 < fp16 KL ordering inverted by construction): it is left out and the report says so."""
+    from qcheck.engine import builtin_names, open_run, variant_names
+    from qcheck.variants import DEFAULT_VARIANTS
+
+    assert builtin_names(RunOptions(), "fp32") == list(DEFAULT_VARIANTS)
+    assert builtin_names(RunOptions(), "bf16") == [n for n in DEFAULT_VARIANTS if n != "bf16"]
+    assert builtin_names(RunOptions(), "fp16") == [n for n in DEFAULT_VARIANTS if n != "fp16"]
+    auto = RunOptions(model=str(bf16_folder), reference_dtype="auto")
+    assert "bf16" not in variant_names(auto) and "fp16" in variant_names(auto)
+    assert builtin_names(RunOptions(variants=("fp16", "bf16"), reference_dtype="fp32")) == ["fp16", "bf16"]
+    ctx = open_run(RunOptions(model=str(bf16_folder), variants=("fp16",), device="cpu", tokens=256, context=128,
+                              reference_dtype="auto"))
+    assert ctx.variants.names == ["fp16"]
+    assert "would be the reference itself" not in ctx.store.meta["precision"]["note"]  # --variants was given
+    assert "the latency order of fp16/bf16/autocast against fp32" in ctx.store.meta["precision"]["note"]
+
+
+@pytest.mark.parametrize("dtype_args", [["--reference-dtype", "bf16"], ["--reference-dtype", "auto"]])
+def test_naming_the_references_own_dtype_as_a_variant_is_exit_2(dtype_args, bf16_folder, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "qcheck.cli", "run", "--model", str(bf16_folder), "--device", "cpu",
+                           "--variants", "int8,bf16", *dtype_args, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-2000:]
+    assert "--variants names bf16, the reference's own dtype" in out and "Drop bf16 from --variants" in out
+    assert "Traceback" not in out and not (tmp_path / "qcheck-report.json").exists()
+
+
 def test_default_reference_stays_fp32_and_says_so(tiny_folder):
     from qcheck.engine import open_run
 
@@ -227,3 +257,30 @@ def test_rows_on_every_device_takes_the_tightest_device():
     assert rows_on_every_device({}, lambda n: 1.0, room.__getitem__) == 0
     room["b"] = -5.0
     assert rows_on_every_device(layers, lambda n: n * 5.0, room.__getitem__) == 0
+
+
+@pytest.mark.gpu
+def test_a_bf16_reference_on_a_gpu_times_no_fp32_model_and_judges_against_its_own_timing(pytester, tmp_path,
+                                                                                        bf16_folder):
+    """On a GPU with a bf16 reference: no bf16 copy of the reference and no fp16 autocast are timed (the reference's
+    own latency is its bf16 timing), the fp16/bf16/autocast < fp32 order checks skip (no fp32 model exists), a
+    bf16 variant's slowdown is judged against the reference's own timing, and energy names the dtype it measured."""
+    out = tmp_path / "gpu-bf16"
+    result = pytester.runpytest_inprocess(
+        "--pyargs", "qcheck.suite", "-p", "no:cacheprovider", "-rs", f"--qcheck-model={bf16_folder}",
+        "--qcheck-variants=fp16,int8", "--qcheck-device=cuda", "--qcheck-reference-dtype=auto",
+        "--qcheck-tokens=512", "--qcheck-context=128", f"--qcheck-report={out}",
+        "-k", "latency or slowdown or energy or throughput or kl_sane")
+    assert result.ret in (0, 1), result.stdout.str()[-3000:]
+    report = json.loads((out / "qcheck-report.json").read_text())
+    checks = {(c["name"], c.get("variant")): c for c in report["checks"]}
+    bad = {k: c["message"] for k, c in checks.items() if c["status"] in ("FAIL", "ERROR")}
+    assert not bad, bad
+    records = {(r["variant"], r["measurement"]): r for r in report["records"]["records"]}
+    casts = records[("fp32", "latency_casts")]["data"]
+    assert set(casts["timings"]) == {"fp16"} and set(casts["not_timed"]) == {"bf16", "autocast"}
+    assert records[("int8", "latency")]["data"]["dtype_name"] == "bf16"
+    assert checks[("slowdown_bound", "int8")]["status"] in ("PASS", "WARN")
+    energy = records[("fp32", "energy")]["data"]["energy"]
+    assert energy["fp32"]["dtype"] == "bf16" and energy["fp16"]["dtype"] == "fp16"
+    result.stdout.fnmatch_lines(["*needs an fp32 model, and the reference is bf16*"])
