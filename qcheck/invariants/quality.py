@@ -262,6 +262,24 @@ def _qcheck_side(perplexity: PerplexityResult | None, variant: str) -> str:
             f"stride {perplexity.stride}, {perplexity.n_tokens} tokens of the run's slice)")
 
 
+_SIGNIFICANT_BITS = {"bfloat16": 8, "float16": 11}
+
+
+def window_sum_step(data: dict[str, Any]) -> float | None:
+    """The rounding step of lm-eval's per-window log-likelihood sums where it keeps them in a 16-bit dtype
+    (`round_window_sums` on a bf16/fp16 model): the spacing of that dtype at the largest window sum, in nats; None
+    where sums are exact enough to ignore (fp32 models, or the rounding turned off)."""
+    settings = data.get("settings") or {}
+    bits = _SIGNIFICANT_BITS.get(str(settings.get("softmax_dtype") or settings.get("model_dtype")))
+    if not settings.get("round_window_sums") or bits is None:
+        return None
+    sums = [abs(d["loglikelihood"]) / max(1, d.get("windows") or 1) for d in data.get("documents") or ()
+            if d.get("loglikelihood")]
+    if not sums or max(sums) <= 0:
+        return None
+    return 2.0 ** (math.floor(math.log2(max(sums))) - (bits - 1))
+
+
 def judge_lm_eval_perplexity(record: Any, perplexity: PerplexityResult | None, *, variant: str) -> CheckResult:
     """lm-eval's document perplexity of a subject (`word_perplexity`, `byte_perplexity`, `bits_per_byte` from the
     lm_eval_perplexity record) is finite and is what its definitions give from the log-likelihood, words, bytes,
@@ -296,6 +314,14 @@ def judge_lm_eval_perplexity(record: Any, perplexity: PerplexityResult | None, *
                    f"{data['word_perplexity']:.4f}, byte_perplexity {data['byte_perplexity']:.4f}, bits_per_byte "
                    f"{data['bits_per_byte']:.4f}; {_qcheck_side(perplexity, variant)}. Different quantities: "
                    + "; ".join(evidence["differs_from_qcheck_perplexity"]))
+        step = window_sum_step(data)
+        if step is not None:
+            evidence["window_sum_step_nats"] = step
+            dtype = (data.get("settings") or {}).get("softmax_dtype")
+            message += (f". As lm-eval does, each window's log-likelihood sum was kept in {dtype}: steps of "
+                        f"{step:g} nats here, so two models within one step print the same figures (a variant "
+                        "equal to the reference's here is not thereby unquantized; qcheck's perplexity above "
+                        "resolves them)")
     return raise_if_failed(CheckResult(
         name, status, message, variant=variant, n=data.get("n_tokens"),
         compared=f"lm-eval's word_perplexity, byte_perplexity and bits_per_byte of {variant} against the "

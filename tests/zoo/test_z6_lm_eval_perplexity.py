@@ -121,3 +121,28 @@ def test_nan_logits_fail_the_check(smollm2, documents):
     with pytest.raises(InvariantViolation) as judged:
         judge_lm_eval_perplexity(failed, None, variant="fp32")
     assert "not finite: NonFiniteError: non-finite log-likelihood for documents" in judged.value.result.message
+
+
+def test_a_bf16_records_rounding_step_is_stated_where_a_variant_prints_the_references_figure(smollm2, documents):
+    """lm-eval keeps a bf16 model's window sums in bf16 (8 significant bits): SmolLM2 in bf16 and its int8 variant
+    can print the very same word_perplexity, which reads like an unquantized variant (Z1). The PASS says the step,
+    measured from the record, and that qcheck's own perplexity resolves them; an fp32 record says nothing of it."""
+    import torch
+
+    from qcheck.invariants.quality import window_sum_step
+    from qcheck.quant.apply import quantize
+    from qcheck.variants import builtin_plan
+
+    reference = copy.deepcopy(smollm2.model).to(torch.bfloat16)
+    int8, _ = quantize(reference, builtin_plan("int8"))
+    data = {n: lm_eval_perplexity(m, smollm2.tokenizer, documents.documents) for n, m in
+            (("fp32", reference), ("int8", int8))}
+    largest = max(abs(d["loglikelihood"]) / d["windows"] for d in data["int8"]["documents"])
+    step = window_sum_step(data["int8"])
+    assert step == 2.0 ** (math.floor(math.log2(largest)) - 7) and step >= 1.0
+    assert all(abs(d["loglikelihood"]) % step == 0 for d in data["int8"]["documents"])  # on bf16's grid
+    result = judge_lm_eval_perplexity(record(data["int8"]), None, variant="int8")
+    assert result.status.value == "PASS" and result.evidence["window_sum_step_nats"] == step
+    assert f"kept in bfloat16: steps of {step:g} nats here" in result.message
+    assert "qcheck's perplexity above resolves them" in result.message
+    assert window_sum_step(lm_eval_perplexity(smollm2.model, smollm2.tokenizer, documents.documents)) is None
