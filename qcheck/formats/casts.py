@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 CAST_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+MANTISSA_BITS: dict[str, int] = {"fp32": 23, "fp16": 10, "bf16": 7}
+"""Stored mantissa bits of each float dtype: which of two is the coarser (bf16 < fp16 < fp32)."""
 
 
 def fp16(x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from qcheck.formats.casts import MANTISSA_BITS
 from qcheck.measure.fidelity import FidelityResult, FlipResult
 from qcheck.results import CheckResult, Status, raise_if_failed
 from qcheck.stats import MIN_SAMPLES, Interval, bootstrap_interval
@@ -32,9 +33,6 @@ estimate (benchmarks/RESULTS.md, Fidelity). Cross-checked at 8B against a publis
 its BF16 release: mean KL 2.5e-5, llama.cpp pull request 7150; docs/fidelity.md)."""
 
 
-_MANTISSA_BITS = {"fp32": 23, "fp16": 10, "bf16": 7}
-
-
 def cast_bounds(variant: str, reference_dtype: str = "fp32") -> tuple[str | None, dict[str, float]]:
     """The KL_BOUNDS entry a 16-bit cast is judged by, and its key: the coarser of the variant's dtype and the
     reference's. Against a bf16 reference an fp16 cast's logits differ by the reference's own bf16 noise, not by
@@ -42,7 +40,7 @@ def cast_bounds(variant: str, reference_dtype: str = "fp32") -> tuple[str | None
     against fp32 || bf16's 1.07e-3; benchmarks/RESULTS.md, session 24), 5x inside bf16's bound and 5x above fp16's."""
     if variant not in KL_BOUNDS:
         return None, {}
-    key = min((variant, reference_dtype), key=lambda d: _MANTISSA_BITS.get(d, 23))
+    key = min((variant, reference_dtype), key=lambda d: MANTISSA_BITS.get(d, 23))
     return key, KL_BOUNDS.get(key, {})
 
 

@@ -53,13 +53,12 @@ def test_perplexity_order_within_family(family, qcheck_records, qcheck_record):
     qcheck_record(assert_perplexity_order(results, family=family))
 
 
-_MANTISSA_BITS = {"fp32": 23, "fp16": 10, "bf16": 7}
-
-
 def _float_chain(members: list[str], reference_dtype: str) -> list[str]:
     """The reference and the 16-bit casts from more to fewer mantissa bits: fp32 > fp16 > bf16 with an fp32
     reference; with a bf16 reference the fp16 cast comes before it (it computes with more bits than the reference)."""
-    bits = {REFERENCE: _MANTISSA_BITS.get(reference_dtype, 23), **{n: _MANTISSA_BITS[n] for n in members}}
+    from qcheck.formats.casts import MANTISSA_BITS
+
+    bits = {REFERENCE: MANTISSA_BITS.get(reference_dtype, 23), **{n: MANTISSA_BITS[n] for n in members}}
     return sorted([REFERENCE, *members], key=lambda n: -bits[n])
 
 
