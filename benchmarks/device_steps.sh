@@ -12,6 +12,8 @@
 # e2ebf16   e2e's 1.2B run with --reference-dtype bf16 (the default variants less bf16, which is the reference)
 # e2e70s    the 70B-slice shape (8 layers of Llama-3-70B's, 15 GB in bf16) with --reference-dtype bf16 and the
 #           variants of issue 21's 70B run (w4g64, int8)
+# e2e70smap e2e70s through --device-map auto with --max-memory 0=12GiB (part of the bf16 reference on the CPU), 32 new
+#           tokens: issue 21's second run on one GPU, offload standing in for the second GPU
 # build     each variant's build on the 1.2B shape, twice, the bitsandbytes ones profiled (bench_build.py)
 # gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
 # genbnb    bitsandbytes LLM.int8 generation (`generate`, host-bound): host time by Python function (cProfile) and by
@@ -40,11 +42,12 @@
 #           32 new tokens: offloaded generate moves 2.4 GB of layers per step, 124 s for 256 steps in session 12)
 # devmapbf16 devmap with the bf16 variant alone (its attack is the path a device map changes: an fp32 copy, not
 #           an in-place upcast)
+# gputests runs every gpu test, or those of the files in $QCHECK_GPU_TESTS.
 # Needs .device/ from benchmarks/device_prepare.sh. Each step has its own time limit; the call's is 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2ebf16|e2e70s|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|attack|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup|energy) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2ebf16|e2e70s|e2e70smap|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|attack|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup|energy) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -83,6 +86,10 @@ for step in "$@"; do
                      --qcheck-arg=--reference-dtype=bf16 --out "$OUT/$step" ;;
         e2e70s) timeout 420 python3 benchmarks/bench_scale.py --shapes 70b-slice --limit-s 330 \
                     --qcheck-arg=--reference-dtype=bf16 --qcheck-arg=--variants=w4g64,int8 --out "$OUT/$step" ;;
+        e2e70smap) timeout 560 python3 benchmarks/bench_scale.py --shapes 70b-slice --limit-s 480 \
+                       --qcheck-arg=--reference-dtype=bf16 --qcheck-arg=--variants=w4g64,int8 \
+                       --qcheck-arg=--device-map=auto --qcheck-arg=--max-memory=0=12GiB,cpu=100GiB \
+                       --qcheck-arg=--new-tokens=32 --out "$OUT/$step" ;;
         e2e8b) timeout 590 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 440 --out "$OUT/$step" ;;
         build) timeout 150 python3 benchmarks/bench_build.py --shape 1.2b --out "$OUT/$step" ;;
         gen) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16,fp16 --caches dynamic \
@@ -122,6 +129,6 @@ for step in "$@"; do
         load) timeout 200 python3 benchmarks/bench_load.py --shape 8b --out "$OUT/$step" ;;
         energy) timeout 120 python3 benchmarks/bench_energy_counter.py --seconds 3 --repeats 5 --out "$OUT/$step" ;;
         gputests) timeout 300 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors \
-                      --junitxml="$OUT/$step/junit.xml" ;;
+                      --junitxml="$OUT/$step/junit.xml" ${QCHECK_GPU_TESTS:-} ;;
     esac 2>&1 | grep -v -e "Writing model" -e "Loading weights" | tail -c 4000
 done
