@@ -264,7 +264,8 @@ def measure_latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[s
         "shape": list(ids.shape), "flops": forward_flops(model, ids.numel()), "ceiling_flops_per_s":
         flops_ceiling(ctx.device), "device_info": device_info(ctx.device).to_dict(), "memory": memory,
         "dtype_name": dtype_name, "backend_format": formats[0] if len(formats) == 1 else None}
-    if ctx.gpu and not s.is_reference and s.name not in ("fp16", "bf16"):
+    islands = kind.simulated and ctx.reference_dtype != "fp32"  # fp32 layers in a 16-bit model: not judged
+    if ctx.gpu and not s.is_reference and s.name not in ("fp16", "bf16") and not islands:
         reference = reference_timing(ctx, dtype_name)
         if reference is not None and timing.median_ms > DEFAULT_SLOWDOWN_FACTOR * reference.median_ms:
             profile = profile_call(forward_callable(model, ids), ctx.device)
