@@ -11,7 +11,8 @@
 #           written on SIGTERM: at 420 s for a 380-s run, session 12 lost the whole output)
 # e2ebf16   e2e's 1.2B run with --reference-dtype bf16 (the default variants less bf16, which is the reference)
 # e2e70s    the 70B-slice shape (8 layers of Llama-3-70B's, 15 GB in bf16) with --reference-dtype bf16 and the
-#           variants of issue 21's 70B run (w4g64, int8)
+#           variants of issue 21's 70B run (w4g64, int8); E2E70S_LIMIT_S (default 330) stops the run, which writes
+#           its report marked unfinished
 # e2e70smap e2e70s through --device-map auto with --max-memory 0=12GiB (part of the bf16 reference on the CPU), 32 new
 #           tokens: issue 21's second run on one GPU, offload standing in for the second GPU
 # build     each variant's build on the 1.2B shape, twice, the bitsandbytes ones profiled (bench_build.py)
@@ -84,7 +85,8 @@ for step in "$@"; do
                       --qcheck-arg=--decoding=graph --out "$OUT/$step" ;;
         e2ebf16) timeout 240 python3 benchmarks/bench_scale.py --shapes 1.2b --limit-s 200 \
                      --qcheck-arg=--reference-dtype=bf16 --out "$OUT/$step" ;;
-        e2e70s) timeout 420 python3 benchmarks/bench_scale.py --shapes 70b-slice --limit-s 330 \
+        e2e70s) timeout $(( ${E2E70S_LIMIT_S:-330} + 90 )) python3 benchmarks/bench_scale.py --shapes 70b-slice \
+                    --limit-s ${E2E70S_LIMIT_S:-330} \
                     --qcheck-arg=--reference-dtype=bf16 --qcheck-arg=--variants=w4g64,int8 --out "$OUT/$step" ;;
         e2e70smap) timeout 560 python3 benchmarks/bench_scale.py --shapes 70b-slice --limit-s 480 \
                        --qcheck-arg=--reference-dtype=bf16 --qcheck-arg=--variants=w4g64,int8 \
