@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from qcheck.measure.timing import measure, placement_problems
+from qcheck.quant.bnb import is_bnb_module, llm_int8_threshold
 from qcheck.quant.offload import input_device
 
 if TYPE_CHECKING:
@@ -130,11 +131,31 @@ def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
         ops = {evt.key: int(evt.count) for evt in profile}
         copies = {k: v for k, v in ops.items() if "Memcpy HtoD" in k or "Memcpy DtoH" in k}
         deq = {k: v for k, v in ops.items() if "dequant" in k.lower()}
+        own = backend_own_ops(copies, deq, bnb=any(is_bnb_module(m) for m in model.modules()),
+                              outlier_reads=llm_int8_threshold(model) > 0)
+        if own:
+            causes["backend-own-ops"] = own
         if sum(copies.values()) > 4:
             causes["host-device-copies"] = copies
         if deq:
             causes["dequantize-per-call"] = deq
     return causes
+
+
+def backend_own_ops(copies: dict[str, int], deq: dict[str, int], *, bnb: bool, outlier_reads: bool
+                    ) -> dict[str, int]:
+    """Take out of `copies` and `deq` (in place) what is bitsandbytes' normal path, not a fallback, and return it:
+    its dequantize kernels (LLM.int8's int8_mm_dequant and vectorwise dequantize, NF4/FP4's blockwise dequantize
+    of the weight before each matmul at batch > 1) and, for LLM.int8 with an outlier threshold, the device-to-host
+    reads of its outlier test (`if outliers.any()`, then the outlier columns: about two per layer)."""
+    own: dict[str, int] = {}
+    if bnb:
+        for key in [k for k in deq if "bitsandbytes::" in k or k.startswith(("void kdequant", "void kDequantize"))]:
+            own[key] = deq.pop(key)
+    if outlier_reads:
+        for key in [k for k in copies if "Memcpy DtoH" in k]:
+            own[key] = copies.pop(key)
+    return own
 
 
 def profile_call(fn: Callable[[], Any], device: str | torch.device) -> Any:

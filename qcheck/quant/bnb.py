@@ -69,6 +69,8 @@ def make_bnb_linear(linear: nn.Linear, spec: BnbSpec) -> nn.Module:
     """A bitsandbytes module holding `linear`'s weights, quantized on the linear's device."""
     bnb = _bnb()
     device = linear.weight.device
+    compute = (_DTYPES[spec.compute_dtype] if spec.compute_dtype else
+               linear.weight.dtype if linear.weight.dtype in (torch.float16, torch.bfloat16) else torch.float32)
     # built on the host and moved: bitsandbytes quantizes Int8Params / Params4bit when they move to the device
     staging = _STAGING.get() if device.type == "cuda" else None
     if staging is not None:
@@ -87,7 +89,7 @@ def make_bnb_linear(linear: nn.Linear, spec: BnbSpec) -> nn.Module:
         quant_type = "nf4" if spec.format == "bnb-nf4" else "fp4"
         with torch.device("meta"):
             module = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
-                                       compute_dtype=_DTYPES[spec.compute_dtype], quant_type=quant_type,
+                                       compute_dtype=compute, quant_type=quant_type,
                                        compress_statistics=spec.double_quant)
         module.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
                                           compress_statistics=spec.double_quant, blocksize=spec.blocksize)

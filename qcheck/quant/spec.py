@@ -149,13 +149,15 @@ class CastSpec:
 
 @dataclass(frozen=True)
 class BnbSpec:
-    """bitsandbytes modules: LLM.int8 (threshold recorded) or 4-bit nf4/fp4 with optional double quantization."""
+    """bitsandbytes modules: LLM.int8 (threshold recorded) or 4-bit nf4/fp4 with optional double quantization. A 4-bit
+    layer computes in `compute_dtype`; unset, in its weight's dtype (fp32 in an fp32 model, bf16 in a bf16 one, as
+    users set `bnb_4bit_compute_dtype`: fp32 compute in a 16-bit model is bitsandbytes' slow path)."""
 
     format: str
     threshold: float = 6.0
     double_quant: bool = True
     blocksize: int = 64
-    compute_dtype: str = "fp32"
+    compute_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in ("bnb-int8", "bnb-nf4", "bnb-fp4"):
@@ -165,7 +167,7 @@ class BnbSpec:
                               field="threshold")
         _require_bool("double_quant", self.double_quant)
         require_int("blocksize", self.blocksize, 32, 4096)
-        if self.compute_dtype not in ("fp32", "fp16", "bf16"):
+        if self.compute_dtype not in (None, "fp32", "fp16", "bf16"):
             raise ConfigError(f"compute_dtype must be fp32, fp16 or bf16, got {self.compute_dtype!r}", field="compute_dtype")
 
     @property
