@@ -313,7 +313,8 @@ def precision_facts(options: RunOptions, dtype: str, device: Any = None) -> dict
                 + (f"; the default variant {dtype} is left out (it would be the reference itself)"
                    if options.variants is None and dtype in DEFAULT_VARIANTS else "")
                 + "; the checks that need an fp32 model (the latency order of fp16/bf16/autocast against fp32) "
-                  "are skipped, and a 16-bit cast is judged by the KL bound of the coarser of its dtype and the "
+                  "are skipped, a simulated variant's slowdown is not bounded (its quantized layers compute in "
+                  "fp32), and a 16-bit cast is judged by the KL bound of the coarser of its dtype and the "
                   "reference's")}
 
 
