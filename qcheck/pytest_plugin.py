@@ -72,6 +72,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_LOADED] = _load_records(options.records)
     else:
         _check_ptq_specs(options.ptq)
+        from qcheck.engine import builtin_names
+
+        try:
+            builtin_names(options)  # a --variants naming the reference's own dtype: a usage error, not 7 collections
+        except QCheckError as exc:
+            raise pytest.UsageError(str(exc)) from None
     if options.report_dir:
         report_of(config)
         _terminate_as_interrupt(config)

@@ -151,6 +151,14 @@ def test_naming_the_references_own_dtype_as_a_variant_is_exit_2(dtype_args, bf16
     assert "Traceback" not in out and not (tmp_path / "qcheck-report.json").exists()
 
 
+def test_the_plugin_refuses_the_references_own_dtype_as_a_variant_as_a_usage_error(pytester):
+    result = pytester.runpytest_inprocess("--pyargs", "qcheck.suite", "-p", "no:cacheprovider",
+                                          "--qcheck-reference-dtype=bf16", "--qcheck-variants=int8,bf16",
+                                          "--qcheck-device=cpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--variants names bf16, the reference's own dtype (--reference-dtype bf16)*"])
+
+
 def test_default_reference_stays_fp32_and_says_so(tiny_folder):
     from qcheck.engine import open_run
 
