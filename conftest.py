@@ -89,14 +89,29 @@ def wikitext_slice():
 
 
 @pytest.fixture(scope="session")
-def tiny_folder(tmp_path_factory, smollm2) -> Path:
+def smollm2_tokenizer(request):
+    """SmolLM2's tokenizer: the embedded model's, else a saved copy named by $QCHECK_TOKENIZER (the device machine
+    has the folder `benchmarks/device_prepare.sh` saves, not the model's package)."""
+    import os
+
+    saved = os.environ.get("QCHECK_TOKENIZER")
+    if saved:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(saved)
+    return request.getfixturevalue("smollm2").tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, smollm2_tokenizer) -> Path:
     """A tiny random-init 2-layer Llama (hidden 64) saved as an HF folder with SmolLM2's tokenizer: a real model a
     user could pass with --model, small enough to build in a second (weights' values do not matter here)."""
     from qcheck.inputs.models import random_init_like, tiny_llama_config
 
+    tokenizer = smollm2_tokenizer
     folder = tmp_path_factory.mktemp("tiny-smollm")
-    config = tiny_llama_config(vocab_size=len(smollm2.tokenizer), max_position_embeddings=2048,
-                               pad_token_id=smollm2.tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
+    config = tiny_llama_config(vocab_size=len(tokenizer), max_position_embeddings=2048,
+                               pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
     random_init_like(config, seed=0).save_pretrained(folder)
-    smollm2.tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder

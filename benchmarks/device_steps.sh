@@ -52,7 +52,8 @@ for step in "$@"; do
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
-export PYTHONPATH=$PWD:/tmp/site QCHECK_DATA_DIR=$PWD/.device/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 QCHECK_CACHE_DIR=off
+export PYTHONPATH=$PWD:/tmp/site QCHECK_DATA_DIR=$PWD/.device/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 QCHECK_CACHE_DIR=off \
+    QCHECK_TOKENIZER=$PWD/.device/smollm2-tokenizer
 # A bytecode cache Python can write: a user's installed environment holds its .pyc files, while this machine's
 # site-packages lack them (torch has no __pycache__), and each process compiled again what it imported: ~3,000
 # modules, 7-8 s of every run's start-up in session 15's profile, with the same count in a second process (so
