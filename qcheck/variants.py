@@ -35,6 +35,16 @@ FAMILIES: dict[str, tuple[str, ...]] = {"int": ("int8", "w4g64"), "fixed": ("fix
 MIXED_BOUNDS: dict[str, tuple[str, str]] = {"mixed": ("int8", "w4g64")}
 
 
+def float_chain(members: list[str], reference_dtype: str = "fp32") -> list[str]:
+    """The reference and the float family's casts from more to fewer mantissa bits: fp32 > fp16 > bf16 with an
+    fp32 reference; with a bf16 reference the fp16 cast comes before it (it computes with more bits than the
+    reference does)."""
+    from qcheck.formats.casts import MANTISSA_BITS
+
+    bits = {REFERENCE: MANTISSA_BITS.get(reference_dtype, 23), **{n: MANTISSA_BITS[n] for n in members}}
+    return sorted([REFERENCE, *members], key=lambda n: -bits[n])
+
+
 def builtin_plan(name: str) -> Plan:
     """One of the default variant plans shipped with qcheck."""
     if name not in _PLAN_FILES:

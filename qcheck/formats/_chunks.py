@@ -18,14 +18,19 @@ operation holds at once stay well under a GiB whatever the weight's size (a 70B 
 Read at call time, so tests can make it small."""
 
 
+def row_blocks(rows: int, cols: int) -> Iterator[slice]:
+    """Slices of whole rows of a rows x cols matrix, as many rows as fit in CHUNK_ELEMENTS (at least one)."""
+    step = max(1, CHUNK_ELEMENTS // max(cols, 1))
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
+
 def pieces(rows: int, cols: int) -> Iterator[tuple[slice, slice]]:
     """(row, column) slices covering a rows x cols matrix in row-major order, each of at most CHUNK_ELEMENTS
     elements: whole rows together, or one row at a time in column pieces where a single row is longer."""
     chunk = CHUNK_ELEMENTS
     if cols <= chunk:
-        step = max(1, chunk // max(cols, 1))
-        for start in range(0, rows, step):
-            yield slice(start, min(start + step, rows)), slice(0, cols)
+        yield from ((block, slice(0, cols)) for block in row_blocks(rows, cols))
         return
     for row in range(rows):
         for start in range(0, cols, chunk):

@@ -262,22 +262,21 @@ def _qcheck_side(perplexity: PerplexityResult | None, variant: str) -> str:
             f"stride {perplexity.stride}, {perplexity.n_tokens} tokens of the run's slice)")
 
 
-_SIGNIFICANT_BITS = {"bfloat16": 8, "float16": 11}
-
-
 def window_sum_step(data: dict[str, Any]) -> float | None:
     """The rounding step of lm-eval's per-window log-likelihood sums where it keeps them in a 16-bit dtype
     (`round_window_sums` on a bf16/fp16 model): the spacing of that dtype at the largest window sum, in nats; None
     where sums are exact enough to ignore (fp32 models, or the rounding turned off)."""
+    import torch
+
     settings = data.get("settings") or {}
-    bits = _SIGNIFICANT_BITS.get(str(settings.get("softmax_dtype") or settings.get("model_dtype")))
-    if not settings.get("round_window_sums") or bits is None:
+    dtype = getattr(torch, str(settings.get("softmax_dtype") or settings.get("model_dtype")), None)
+    if not settings.get("round_window_sums") or dtype not in (torch.bfloat16, torch.float16):
         return None
     sums = [abs(d["loglikelihood"]) / max(1, d.get("windows") or 1) for d in data.get("documents") or ()
             if d.get("loglikelihood")]
     if not sums or max(sums) <= 0:
         return None
-    return 2.0 ** (math.floor(math.log2(max(sums))) - (bits - 1))
+    return 2.0 ** math.floor(math.log2(max(sums))) * torch.finfo(dtype).eps
 
 
 def judge_lm_eval_perplexity(record: Any, perplexity: PerplexityResult | None, *, variant: str) -> CheckResult:

@@ -285,8 +285,8 @@ def measure_latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[s
         "shape": list(ids.shape), "flops": forward_flops(model, ids.numel()), "ceiling_flops_per_s":
         flops_ceiling(ctx.device), "device_info": device_info(ctx.device).to_dict(), "memory": memory,
         "dtype_name": dtype_name, "backend_format": formats[0] if len(formats) == 1 else None}
-    islands = kind.simulated and ctx.reference_dtype != "fp32"  # fp32 layers in a 16-bit model: not judged
-    if ctx.gpu and not s.is_reference and s.name not in ("fp16", "bf16") and not islands:
+    unbounded = unbounded_slowdown(s.name, kind.simulated, ctx.reference_dtype)
+    if ctx.gpu and not s.is_reference and s.name not in ("fp16", "bf16") and unbounded is None:
         reference = reference_timing(ctx, dtype_name)
         if reference is not None and timing.median_ms > DEFAULT_SLOWDOWN_FACTOR * reference.median_ms:
             profile = profile_call(forward_callable(model, ids), ctx.device)
@@ -294,6 +294,17 @@ def measure_latency(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[s
                 "causes": diagnose_slowdown(model, device=ctx.device, report=s.variant.report, profile=profile),
                 "kernels": time_by_kernel(profile, ctx.device)}
     return data, {"shape": list(ids.shape), "budget": dict(_budget(ctx)), "tf32": False, "seed": 0}
+
+
+def unbounded_slowdown(name: str, simulated: bool, reference_dtype: str) -> str | None:
+    """Why `slowdown_bound` does not judge a simulated variant against a 16-bit reference (None where it does):
+    inside a 16-bit model its grid layers compute in fp32 between casts, slower by construction (11x a bf16
+    reference at 70B layer widths, session 24), which is qcheck's simulation, not a kernel of the user's."""
+    if not simulated or reference_dtype == "fp32":
+        return None
+    return (f"{name} is simulated (fake-quant): inside the {reference_dtype} model its quantized layers compute in "
+            f"fp32 between casts (qcheck's simulation, not a quantized kernel), so its time against the "
+            f"{reference_dtype} reference bounds no kernel of yours")
 
 
 def reference_timing(ctx: RunContext, dtype_name: str) -> Any:

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcheck.formats import _chunks
-from qcheck.formats._chunks import flat_pieces, pieces
+from qcheck.formats._chunks import flat_pieces, pieces, row_blocks
 from qcheck.quant.offload import input_device, onloaded
 from qcheck.quant.spec import (
     BnbSpec,
@@ -152,9 +151,7 @@ def _blocks(w: torch.Tensor, spec: Spec) -> Iterator[torch.Tensor]:
     if isinstance(spec, (FixedSpec, MinifloatSpec, CastSpec)):
         yield from (piece for (piece,) in flat_pieces(w))
     elif isinstance(spec, IntSpec) and not spec.per_tensor and w.dim() >= 2:
-        step = max(1, _chunks.CHUNK_ELEMENTS // max(1, w[0].numel()))
-        for start in range(0, w.shape[0], step):
-            yield w[start:start + step]
+        yield from (w[block] for block in row_blocks(w.shape[0], w[0].numel()))
     else:
         yield w
 

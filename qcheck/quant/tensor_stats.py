@@ -7,8 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from qcheck.formats import _chunks
-from qcheck.formats._chunks import flat_pieces
+from qcheck.formats._chunks import flat_pieces, row_blocks
 
 
 def _norms(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
@@ -95,8 +94,7 @@ def distinct_per_group(w: torch.Tensor, group_size: int | None = None, per_tenso
         rows = w.detach().reshape(1, -1)
     else:
         rows = w.detach().reshape(-1, group_size if group_size else w.shape[-1])
-    step = max(1, _chunks.CHUNK_ELEMENTS // rows.shape[1])
-    return max(_distinct_in_rows(rows[start:start + step]) for start in range(0, rows.shape[0], step))
+    return max(_distinct_in_rows(rows[block]) for block in row_blocks(*rows.shape))
 
 
 def _distinct_in_rows(rows: torch.Tensor) -> int:

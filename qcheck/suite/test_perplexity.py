@@ -11,7 +11,7 @@ import pytest
 
 from qcheck.invariants.quality import assert_context_sensitivity, assert_perplexity_order, judge_lm_eval_perplexity
 from qcheck.measure.perplexity import PerplexityResult
-from qcheck.variants import FAMILIES, REFERENCE
+from qcheck.variants import FAMILIES, REFERENCE, float_chain
 
 needs = pytest.mark.qcheck_needs
 
@@ -48,18 +48,10 @@ def test_perplexity_order_within_family(family, qcheck_records, qcheck_record):
     members = [n for n in FAMILIES[family] if n in qcheck_records.variants]
     if not members:
         pytest.skip(f"no variant of family {family!r} ({', '.join(FAMILIES[family])}) in this run")
-    chain = _float_chain(members, qcheck_records.reference_dtype) if family == "float" else [REFERENCE, *members]
+    chain = float_chain(members, qcheck_records.reference_dtype) if family == "float" else [REFERENCE, *members]
     results = {n: PerplexityResult.from_dict(qcheck_records.data(n, "perplexity")) for n in chain}
     qcheck_record(assert_perplexity_order(results, family=family))
 
-
-def _float_chain(members: list[str], reference_dtype: str) -> list[str]:
-    """The reference and the 16-bit casts from more to fewer mantissa bits: fp32 > fp16 > bf16 with an fp32
-    reference; with a bf16 reference the fp16 cast comes before it (it computes with more bits than the reference)."""
-    from qcheck.formats.casts import MANTISSA_BITS
-
-    bits = {REFERENCE: MANTISSA_BITS.get(reference_dtype, 23), **{n: MANTISSA_BITS[n] for n in members}}
-    return sorted([REFERENCE, *members], key=lambda n: -bits[n])
 
 
 @pytest.mark.qcheck_check("context_sensitivity", variant=REFERENCE)

@@ -435,35 +435,6 @@ def test_a_cast_copy_is_deepcopy_then_to_without_the_fp32_copy(dtype):
         assert torch.equal(want(ids).logits, got(ids).logits)
 
 
-def test_bitsandbytes_own_kernels_are_its_normal_path_not_a_fallback():
-    """Kernel names from a bf16 1.2B run on an H100 (session 24): LLM.int8's and NF4's dequantize kernels and
-    LLM.int8's outlier reads are the backend's own path. Counted as a 'dequantize fallback', they turned bnb-int8's
-    5.4x against a bf16 reference (its known cost: up to 6x) into a FAIL; a fake-quant hook's dequantize stays."""
-    from qcheck.measure.latency import backend_own_ops
-
-    deq = {"bitsandbytes::int8_mm_dequant": 112, "void kdequant_mm_int32_fp16<4, 512>(int*, float*)": 112,
-           "void kDequantizeBlockwise<float, 512, 64, 8, 0>(float*, unsigned char*)": 112,
-           "aten::dequantize_per_channel": 5}
-    copies = {"Memcpy DtoH (Device -> Pageable)": 241, "Memcpy HtoD (Pageable -> Device)": 3}
-    own = backend_own_ops(copies, deq, bnb=True, outlier_reads=True)
-    assert set(own) == {"bitsandbytes::int8_mm_dequant", "void kdequant_mm_int32_fp16<4, 512>(int*, float*)",
-                        "void kDequantizeBlockwise<float, 512, 64, 8, 0>(float*, unsigned char*)",
-                        "Memcpy DtoH (Device -> Pageable)"}
-    assert deq == {"aten::dequantize_per_channel": 5} and copies == {"Memcpy HtoD (Pageable -> Device)": 3}
-    deq2, copies2 = {"bitsandbytes::int8_mm_dequant": 1}, {"Memcpy DtoH (Device -> Pageable)": 9}
-    assert backend_own_ops(copies2, deq2, bnb=False, outlier_reads=False) == {}  # no bitsandbytes layer: all stay
-    assert deq2 and copies2
-    ref = cuda_timing(8.7)
-    warn = assert_slowdown_bound(ref, cuda_timing(46.8, seed=1), variant="bnb-int8", reference_name="bf16",
-                                 backend_format="bnb-int8", causes={"backend-own-ops": own})
-    assert warn.status == Status.WARN and "known cost" in warn.message and "its normal path" in warn.message
-    with pytest.raises(InvariantViolation) as err:
-        assert_slowdown_bound(ref, cuda_timing(46.8, seed=1), variant="bnb-int8", backend_format="bnb-int8",
-                              causes={"backend-own-ops": own, "dequantize-per-call": deq})
-    assert "dequantize fallback: 5 dequantize ops" in err.value.result.message
-    assert "normal path" not in err.value.result.message
-
-
 def test_a_bnb_4bit_layer_computes_in_its_weights_dtype_unless_the_plan_says():
     """bnb-nf4 of a bf16 model computed in fp32 (BnbSpec's old default), bitsandbytes' slow path: 5.9x a bf16
     reference on an H100 (session 24). Unset, the compute dtype is the weight's: fp32 in an fp32 model."""

@@ -16,7 +16,7 @@ from qcheck.measure.fidelity import fidelity
 from qcheck.measure.half_cpu import half_matmul
 from qcheck.measure.perplexity import perplexity_of_ids
 from qcheck.results import Status
-from qcheck.suite.test_perplexity import _float_chain
+from qcheck.variants import float_chain
 
 TOKENS, CONTEXT = 1024, 512
 
@@ -72,14 +72,14 @@ def test_an_fp16_run_holding_fp8_weights_fails_against_a_bf16_reference(kl_bf16)
 
 
 def test_the_float_familys_perplexity_order_puts_fp16_before_a_bf16_reference(smollm2, wikitext_slice, models_bf16):
-    assert _float_chain(["fp16", "bf16"], "fp32") == ["fp32", "fp16", "bf16"]
-    assert _float_chain(["fp16"], "bf16") == ["fp16", "fp32"]
-    assert _float_chain(["bf16"], "fp16") == ["fp32", "bf16"]
+    assert float_chain(["fp16", "bf16"], "fp32") == ["fp32", "fp16", "bf16"]
+    assert float_chain(["fp16"], "bf16") == ["fp16", "fp32"]
+    assert float_chain(["bf16"], "fp16") == ["fp32", "bf16"]
     ids = smollm2.tokenizer(wikitext_slice, add_special_tokens=False)["input_ids"][:TOKENS * 2]
     with half_matmul("fast"):
         ppl = {n: perplexity_of_ids(m, ids, context=CONTEXT, pad_id=smollm2.tokenizer.pad_token_id)
                for n, m in models_bf16.items()}
-    chain = _float_chain(["fp16"], "bf16")
+    chain = float_chain(["fp16"], "bf16")
     honest = assert_perplexity_order({n: ppl[n] for n in chain}, family="float")
     assert honest.status == Status.PASS, honest.message
     with pytest.raises(InvariantViolation) as err:

@@ -7,8 +7,9 @@ synchronize (GPU), a mock evaluation
 faster than the arithmetic allows (CPU), simulated formats measured faster than fp32 (CPU), identical throughput
 across bit widths from a fake fp16 labeled real (GPU), the latency ordering asserted where it cannot hold
 (CPU: no tensor cores; GPU: launch-bound), a placement with layers offloaded to disk timed as the variants' speed
-(CPU; session 13's 1.2B run with CPU offload FAILed `throughput_honest` on an H100 that way). Each correct version
-passes.
+(CPU; session 13's 1.2B run with CPU offload FAILed `throughput_honest` on an H100 that way), a fake-quant
+dequantize per call beside bitsandbytes' own kernels (recorded kernel names of a bf16 run on an H100, session 24:
+the backend's own path is a WARN within its known cost, the extra dequantize a FAIL). Each correct version passes.
 """
 from __future__ import annotations
 
@@ -372,4 +373,44 @@ def test_an_offloaded_placement_is_not_timed_as_the_variants_speed(pytester, tmp
     ids = sorted((c["name"], c.get("variant")) for c in plain)
     assert ids == sorted((c["name"], c.get("variant")) for c in offloaded) == [
         ("plausible_speed", "int8"), ("throughput_honest", None)]
+
+
+def _recorded(center: float, seed: int = 0):
+    """30 event-timed samples within 1% of `center` ms (a recorded distribution, for the decision logic)."""
+    import random
+
+    from qcheck.measure.timing import Timing
+
+    rng = random.Random(seed)
+    samples = tuple(center * (1 + rng.uniform(-0.01, 0.01)) for _ in range(30))
+    return Timing(samples, (center * 5,), "cuda-events", "cuda:0", 30 * center / 1000, "test")
+
+
+def test_bitsandbytes_own_kernels_are_its_normal_path_not_a_fallback():
+    """Kernel names from a bf16 1.2B run on an H100 (session 24): LLM.int8's and NF4's dequantize kernels and
+    LLM.int8's outlier reads are the backend's own path. Counted as a 'dequantize fallback', they turned bnb-int8's
+    5.4x against a bf16 reference (its known cost: up to 6x) into a FAIL; a fake-quant hook's dequantize stays."""
+    from qcheck.measure.latency import backend_own_ops
+
+    deq = {"bitsandbytes::int8_mm_dequant": 112, "void kdequant_mm_int32_fp16<4, 512>(int*, float*)": 112,
+           "void kDequantizeBlockwise<float, 512, 64, 8, 0>(float*, unsigned char*)": 112,
+           "aten::dequantize_per_channel": 5}
+    copies = {"Memcpy DtoH (Device -> Pageable)": 241, "Memcpy HtoD (Pageable -> Device)": 3}
+    own = backend_own_ops(copies, deq, bnb=True, outlier_reads=True)
+    assert set(own) == {"bitsandbytes::int8_mm_dequant", "void kdequant_mm_int32_fp16<4, 512>(int*, float*)",
+                        "void kDequantizeBlockwise<float, 512, 64, 8, 0>(float*, unsigned char*)",
+                        "Memcpy DtoH (Device -> Pageable)"}
+    assert deq == {"aten::dequantize_per_channel": 5} and copies == {"Memcpy HtoD (Pageable -> Device)": 3}
+    deq2, copies2 = {"bitsandbytes::int8_mm_dequant": 1}, {"Memcpy DtoH (Device -> Pageable)": 9}
+    assert backend_own_ops(copies2, deq2, bnb=False, outlier_reads=False) == {}  # no bitsandbytes layer: all stay
+    assert deq2 and copies2
+    ref = _recorded(8.7)
+    warn = assert_slowdown_bound(ref, _recorded(46.8, seed=1), variant="bnb-int8", reference_name="bf16",
+                                 backend_format="bnb-int8", causes={"backend-own-ops": own})
+    assert warn.status == Status.WARN and "known cost" in warn.message and "its normal path" in warn.message
+    with pytest.raises(InvariantViolation) as err:
+        assert_slowdown_bound(ref, _recorded(46.8, seed=1), variant="bnb-int8", backend_format="bnb-int8",
+                              causes={"backend-own-ops": own, "dequantize-per-call": deq})
+    assert "dequantize fallback: 5 dequantize ops" in err.value.result.message
+    assert "normal path" not in err.value.result.message
 
