@@ -148,11 +148,16 @@ def judge_plan_followed(evidence: Mapping[str, Any], *, variant: str | None = No
 
 def assert_mixed_between(mixed: Any, bounds: Mapping[str, Any], *, variant: str = "mixed",
                          plan: Plan | Mapping[str, Any] | str | None = None, quantized: nn.Module | None = None,
-                         plan_check: CheckResult | None = None, level: float = 0.95) -> CheckResult:
+                         plan_check: CheckResult | None = None, level: float = 0.95,
+                         tolerance: float | None = None) -> CheckResult:
     """A mixed plan's perplexity lies between the uniform plans it mixes, within noise (paired bootstrap over
-    blocks of tokens); layers whose format differs from the plan (`plan_check`, or checked here from `plan` and
-    `quantized`) are named first (Z2). `mixed` and the values of `bounds` are PerplexityResults on the same text."""
-    from qcheck.invariants.quality import _paired_nll_difference
+    blocks of tokens) and `tolerance` nats/token (the ordering checks' ORDER_TOLERANCE: a real but negligible
+    difference, such as random weights give, is no finding); layers whose format differs from the plan
+    (`plan_check`, or checked here from `plan` and `quantized`) are named first (Z2). `mixed` and the values of
+    `bounds` are PerplexityResults on the same text."""
+    from qcheck.invariants.quality import ORDER_TOLERANCE, _paired_nll_difference
+
+    tolerance = ORDER_TOLERANCE if tolerance is None else tolerance
 
     followed = plan_check
     if followed is None and plan is not None and quantized is not None:
@@ -173,21 +178,26 @@ def assert_mixed_between(mixed: Any, bounds: Mapping[str, Any], *, variant: str 
         evidence["plan_followed"] = followed.evidence.get("mismatched")
         if followed.status == Status.FAIL:
             messages.append(followed.message)
-    if above.low > 0:
+    if above.low > tolerance:
         messages.append(f"mixed perplexity {mixed.perplexity:.3f} is above its worst uniform bound {high_name} "
-                        f"({high.perplexity:.3f}) beyond noise ({mixed.perplexity / high.perplexity:.2f}x)")
-    if below.high < 0:
+                        f"({high.perplexity:.3f}) beyond noise and {tolerance:g} nats/token "
+                        f"({mixed.perplexity / high.perplexity:.2f}x)")
+    if below.high < -tolerance:
         messages.append(f"mixed perplexity {mixed.perplexity:.3f} is below its best uniform bound {low_name} "
-                        f"({low.perplexity:.3f}) beyond noise")
+                        f"({low.perplexity:.3f}) beyond noise and {tolerance:g} nats/token")
     status = Status.FAIL if messages else Status.PASS
+    outside = (f"below {low_name} by {-below.estimate:.2g}" if below.estimate < 0 else
+               f"above {high_name} by {above.estimate:.2g}" if above.estimate > 0 else None)
     message = "; ".join(messages) if messages else (
         f"mixed perplexity {mixed.perplexity:.3f} lies within [{low.perplexity:.3f} ({low_name}), "
-        f"{high.perplexity:.3f} ({high_name})] within noise")
+        f"{high.perplexity:.3f} ({high_name})]" + (f" within noise and {tolerance:g} nats/token (it is {outside} "
+                                                    "nats/token)" if outside else ""))
     return raise_if_failed(CheckResult(
         name="mixed_between_uniform", status=status, message=message, variant=variant, n=units,
         compared=f"{variant} vs uniform bounds {list(bounds)} on the same tokens",
         test=f"paired bootstrap over {unit} of NLL/token differences ({level:.0%} interval)",
-        threshold="interval of (mixed - bound) must not exclude 0 on the wrong side", evidence=evidence))
+        threshold={"violated_when": "interval of (mixed - bound) lies beyond tolerance on the wrong side",
+                   "tolerance_nats_per_token": tolerance}, evidence=evidence))
 
 
 def _names(names: list[str], k: int = 8) -> str:

@@ -1,7 +1,9 @@
 """Plans: layer-name globs -> specs, with a default and ordered overrides (first match wins).
 
 Loaded from TOML text/files or dicts in the schema of DESIGN.md. `Plan.resolve(model)` assigns every target
-layer its rule; a glob that matches no layer is an error naming the glob and the nearest layer names.
+layer its rule; an override that matches no layer is an error naming its glob and the nearest layer names. An
+override's `match` is one glob or a list of them (a layer matches when any does): one plan then names the same role
+in several architectures' layer names (`self_attn` in Llama, `attn` in GPT-2, `self_attention` in Falcon).
 """
 from __future__ import annotations
 
@@ -25,16 +27,27 @@ MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 @dataclass(frozen=True)
 class Rule:
-    """One plan entry: a glob (None for the default), the weight spec and an optional activation spec."""
+    """One plan entry: a glob or a tuple of globs (None for the default), the weight spec and an optional
+    activation spec."""
 
-    match: str | None
+    match: str | tuple[str, ...] | None
     spec: Spec
     activations: Spec | None = None
     index: int | None = None
 
     @property
+    def globs(self) -> tuple[str, ...]:
+        """The rule's globs (none for the default)."""
+        return () if self.match is None else (self.match,) if isinstance(self.match, str) else self.match
+
+    def claims(self, layer: str) -> bool:
+        """Whether one of the rule's globs matches `layer` (the default claims every layer)."""
+        return self.match is None or any(fnmatch.fnmatchcase(layer, g) for g in self.globs)
+
+    @property
     def label(self) -> str:
-        return "default" if self.match is None else f"override[{self.index}] {self.match!r}"
+        shown = self.match if isinstance(self.match, str) else list(self.globs)
+        return "default" if self.match is None else f"override[{self.index}] {shown!r}"
 
 
 @dataclass(frozen=True)
@@ -146,22 +159,29 @@ class Plan:
         if self.description:
             out["description"] = self.description
         if self.overrides:
-            out["override"] = [{"match": r.match, **_rule_dict(r)} for r in self.overrides]
+            out["override"] = [{"match": r.match if isinstance(r.match, str) else list(r.globs), **_rule_dict(r)}
+                               for r in self.overrides]
         return out
 
     def resolve(self, model: nn.Module) -> list[Assignment]:
         """Assign each target layer (nn.Linear; embeddings / lm_head where included) its rule, in module order."""
         targets = target_layers(model, self.include_embeddings)
+        head = output_embeddings(model)
+        if not any(isinstance(m, nn.Linear) and m is not head for _, m in targets):
+            raise ConfigError(f"plan {self.name!r}: the model has no nn.Linear layer besides its output head, so no "
+                              f"plan can address its weights; they sit in {_weight_holders(model, head)}. qcheck quantizes "
+                              "nn.Linear layers (as torchao's quantize_ does by default): convert the model's projection "
+                              "layers to nn.Linear (transformers' Conv1D, GPT-2's, holds the transposed weight), "
+                              "save it, and pass that folder", field="model")
         names = [n for n, _ in targets]
         for rule in self.overrides:
-            if not any(fnmatch.fnmatchcase(n, rule.match) for n in names):
+            if not any(rule.claims(n) for n in names):
                 raise ConfigError(
                     f"plan {self.name!r}: {rule.label} matches no layer; nearest layer names: "
-                    f"{nearest_names(rule.match, names)}", field="match")
+                    f"{nearest_names(rule.globs[0], names)}", field="match")
         out: list[Assignment] = []
-        head = output_embeddings(model)
         for layer, module in targets:
-            rule = next((r for r in self.overrides if fnmatch.fnmatchcase(layer, r.match)), self.default)
+            rule = next((r for r in self.overrides if r.claims(layer)), self.default)
             if head is not None and module is head and not self.include_lm_head and rule.match is None:
                 rule = Rule(None, KeepSpec("lm_head excluded (include_lm_head = false)"))
             kind = "embedding" if isinstance(module, nn.Embedding) else "linear"
@@ -175,9 +195,12 @@ def _rule(table: Any, match: Any, index: int | None) -> Rule:
     where = "[default]" if index is None else f"override[{index}]"
     if not isinstance(table, Mapping):
         raise ConfigError(f"plan: {where} must be a table, got {type(table).__name__}", field=where)
-    if index is not None and (not isinstance(match, str) or not match.strip()):
-        raise ConfigError(f"plan: {where} needs a non-empty 'match' glob (e.g. \"model.layers.*.mlp.*\")",
-                          field="match")
+    if index is not None:
+        globs = [match] if isinstance(match, str) else list(match) if isinstance(match, (list, tuple)) else None
+        if not globs or not all(isinstance(g, str) and g.strip() for g in globs):
+            raise ConfigError(f"plan: {where} needs a non-empty 'match': a glob (e.g. \"model.layers.*.mlp.*\") or a "
+                              f"list of globs (e.g. [\"*.self_attn.*\", \"*.attn.*\"]), got {match!r}", field="match")
+        match = match if isinstance(match, str) else tuple(globs)
     if index is None and "match" in table:
         raise ConfigError("plan: [default] takes no 'match' (it applies to every layer no override matches)",
                           field="match")
@@ -211,6 +234,20 @@ def target_layers(model: nn.Module, include_embeddings: bool = False) -> list[tu
     nn.Embedding."""
     kinds: tuple[type, ...] = (nn.Linear, nn.Embedding) if include_embeddings else (nn.Linear,)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and n]
+
+
+def _weight_holders(model: nn.Module, head: nn.Module | None, k: int = 3) -> str:
+    """The module classes holding the most 2-D weight elements outside the embeddings and the output head, largest
+    first: what a plan could not address."""
+    sizes: dict[str, int] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (isinstance(weight, torch.Tensor) and weight.dim() == 2 and module is not head
+                and not isinstance(module, nn.Embedding)):
+            key = f"{type(module).__module__}.{type(module).__qualname__}"
+            sizes[key] = sizes.get(key, 0) + weight.numel()
+    ranked = sorted(sizes.items(), key=lambda kv: -kv[1])[:k]
+    return ", ".join(f"{name} ({n:,} elements)" for name, n in ranked) or "no 2-D weight"
 
 
 def nearest_names(glob: str | None, names: list[str], k: int = 3) -> list[str]:

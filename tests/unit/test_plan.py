@@ -91,3 +91,78 @@ def test_toml_round_trip_and_bad_toml(tmp_path):
         Plan.load(path)
     with pytest.raises(ConfigError, match="plan file not found"):
         Plan.load(tmp_path / "missing.toml")
+
+
+def _tiny(model_type: str, **extra):
+    """A random-init tiny model of another architecture (layer names are what matter here, not weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = {"vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **{**common, **extra}))
+
+
+def test_a_list_of_globs_claims_a_layer_when_any_glob_matches(tiny):
+    plan = Plan.from_dict({"default": {"format": "int", "bits": 4, "group_size": 32},
+                           "override": [{"match": ["*.nothing_here.*", "*.self_attn.o_proj"], "format": "int",
+                                         "bits": 8}]})
+    by_layer = {a.layer: a.rule for a in plan.resolve(tiny)}
+    assert by_layer["model.layers.1.self_attn.o_proj"].spec == IntSpec(8)
+    assert by_layer["model.layers.1.self_attn.q_proj"].spec == IntSpec(4, 32)
+    assert by_layer["model.layers.1.self_attn.o_proj"].label == \
+        "override[0] ['*.nothing_here.*', '*.self_attn.o_proj']"
+    assert Plan.from_dict(plan.to_dict()).resolve(tiny) == plan.resolve(tiny)
+    assert plan.to_dict()["override"][0]["match"] == ["*.nothing_here.*", "*.self_attn.o_proj"]
+
+
+@pytest.mark.parametrize("match", [[], [""], ["*.mlp.*", 3], 7])
+def test_a_bad_match_names_the_field(match):
+    with pytest.raises(ConfigError) as err:
+        Plan.from_dict({"default": {"format": "int", "bits": 4}, "override": [{"match": match, "format": "keep"}]})
+    assert err.value.field == "match" and "list of globs" in str(err.value)
+
+
+def test_a_list_matching_no_layer_is_an_error_naming_it(tiny):
+    plan = Plan.from_dict({"default": {"format": "int", "bits": 4},
+                           "override": [{"match": ["*.atn.*", "*.atention.*"], "format": "int", "bits": 8}]})
+    with pytest.raises(ConfigError, match=r"\['\*\.atn\.\*', '\*\.atention\.\*'\] matches no layer"):
+        plan.resolve(tiny)
+
+
+def test_builtin_mixed_plan_claims_the_same_llama_layers_as_its_old_glob(tiny):
+    from qcheck.variants import builtin_plan
+
+    old = Plan.from_dict({"default": {"format": "int", "bits": 4, "group_size": 64},
+                          "override": [{"match": "model.layers.*.self_attn.*", "format": "int", "bits": 8}]})
+    new = Plan.load(builtin_plan("mixed"))
+    assert [(a.layer, a.rule.spec) for a in new.resolve(tiny)] == [(a.layer, a.rule.spec) for a in old.resolve(tiny)]
+
+
+@pytest.mark.parametrize(("model_type", "extra", "attention"), [
+    ("opt", {"ffn_dim": 128, "word_embed_proj_dim": 64}, "model.decoder.layers.0.self_attn.q_proj"),
+    ("gpt_neox", {"intermediate_size": 128}, "gpt_neox.layers.0.attention.query_key_value"),
+    ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}, "transformer.h.0.self_attention.dense"),
+    ("phi3", {"intermediate_size": 128, "num_key_value_heads": 2}, "model.layers.0.self_attn.qkv_proj"),
+    ("gptj", {"n_embd": 64, "n_layer": 2, "n_head": 4, "rotary_dim": 8}, "transformer.h.0.attn.q_proj"),
+])
+def test_builtin_mixed_plan_finds_attention_in_other_architectures(model_type, extra, attention):
+    """Found on random-init folders of other architectures: the built-in plan's Llama-only glob made `qcheck run`
+    exit 2 on OPT, GPT-NeoX, Falcon and GPT-J before anything ran."""
+    from qcheck.variants import builtin_plan
+
+    by_layer = {a.layer: a.rule.spec for a in Plan.load(builtin_plan("mixed")).resolve(_tiny(model_type, **extra))}
+    assert by_layer[attention] == IntSpec(8)
+    mlp = [layer for layer, spec in by_layer.items() if "mlp" in layer or "dense_4h" in layer or "fc" in layer]
+    assert mlp and all(by_layer[layer] == IntSpec(4, 64) for layer in mlp)
+
+
+def test_a_model_without_linear_layers_is_refused_naming_where_its_weights_are():
+    """GPT-2 computes its projections in transformers' Conv1D: no plan can address them, and a run would report
+    every variant as never applied; the error says so before anything runs."""
+    from qcheck.variants import builtin_plan
+
+    model = _tiny("gpt2", n_embd=64, n_layer=2, n_head=4)
+    with pytest.raises(ConfigError) as err:
+        Plan.load(builtin_plan("int8")).resolve(model)
+    assert "no nn.Linear layer besides its output head" in str(err.value)
+    assert "transformers.pytorch_utils.Conv1D" in str(err.value) and "lm_head" not in str(err.value)
