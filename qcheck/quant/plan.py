@@ -141,6 +141,25 @@ class Plan:
         except ConfigError as exc:
             raise ConfigError(f"plan file {path}: {exc}", field=exc.field, layer=exc.layer) from None
 
+    def _refuse_unaddressable(self, model: nn.Module, head: nn.Module | None) -> None:
+        """A quantizing plan on a model whose weights mostly sit outside nn.Linear (GPT-2's Conv1D, fused MoE
+        experts) would leave them as they were under the format's name: refused, naming where they sit."""
+        from qcheck.quant.spec import CastSpec
+
+        if self.dtype != "fp32" and all(isinstance(r.spec, (KeepSpec, CastSpec)) for r in self.rules):
+            return  # the plan casts the whole model's dtype, inside nn.Linear or not
+        total, outside = unaddressable_weights(model, head)
+        share = sum(outside.values()) / total if total else 1.0
+        if share <= MAX_UNADDRESSED_SHARE:
+            return
+        ranked = sorted(outside.items(), key=lambda kv: -kv[1])[:3]
+        where = ", ".join(f"{name} ({n:,} elements)" for name, n in ranked) or "no weight matrix at all"
+        raise ConfigError(f"plan {self.name!r}: {share:.1%} of the model's weight elements (outside its embeddings "
+                          f"and output head) sit outside nn.Linear layers, where no plan can address them: {where}. "
+                          f"A variant built from this plan would leave them as they are under the format's name "
+                          f"(at most {MAX_UNADDRESSED_SHARE:.0%} may be). qcheck's plans address nn.Linear layers, as "
+                          f"torchao's quantize_ does by default; {_unaddressable_hint(dict(ranked))}", field="model")
+
     @property
     def rules(self) -> tuple[Rule, ...]:
         return self.overrides + (self.default,)
@@ -167,12 +186,7 @@ class Plan:
         """Assign each target layer (nn.Linear; embeddings / lm_head where included) its rule, in module order."""
         targets = target_layers(model, self.include_embeddings)
         head = output_embeddings(model)
-        if not any(isinstance(m, nn.Linear) and m is not head for _, m in targets):
-            raise ConfigError(f"plan {self.name!r}: the model has no nn.Linear layer besides its output head, so no "
-                              f"plan can address its weights; they sit in {_weight_holders(model, head)}. qcheck quantizes "
-                              "nn.Linear layers (as torchao's quantize_ does by default): convert the model's projection "
-                              "layers to nn.Linear (transformers' Conv1D, GPT-2's, holds the transposed weight), "
-                              "save it, and pass that folder", field="model")
+        self._refuse_unaddressable(model, head)
         names = [n for n, _ in targets]
         for rule in self.overrides:
             if not any(rule.claims(n) for n in names):
@@ -236,18 +250,43 @@ def target_layers(model: nn.Module, include_embeddings: bool = False) -> list[tu
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and n]
 
 
-def _weight_holders(model: nn.Module, head: nn.Module | None, k: int = 3) -> str:
-    """The module classes holding the most 2-D weight elements outside the embeddings and the output head, largest
-    first: what a plan could not address."""
-    sizes: dict[str, int] = {}
+MAX_UNADDRESSED_SHARE = 0.10
+"""Largest share of a model's weight elements (outside its embeddings and output head) a quantizing plan may leave
+unaddressable because they sit outside nn.Linear. A dense transformer has none there; a MoE router holds well under
+1%. A variant named w4g64 that leaves more as it was is not w4g64 (transformers 5's fused experts: ~97% of
+Mixtral-8x7B), and its figures would be reported as the format's."""
+
+
+def unaddressable_weights(model: nn.Module, head: nn.Module | None) -> tuple[int, dict[str, int]]:
+    """The weight elements outside the embeddings and the output head (floating parameters of two or more
+    dimensions, each once), and of them those held outside nn.Linear, by module class and parameter name."""
+    seen: set[int] = set()
+    total, outside = 0, {}
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if (isinstance(weight, torch.Tensor) and weight.dim() == 2 and module is not head
-                and not isinstance(module, nn.Embedding)):
-            key = f"{type(module).__module__}.{type(module).__qualname__}"
-            sizes[key] = sizes.get(key, 0) + weight.numel()
-    ranked = sorted(sizes.items(), key=lambda kv: -kv[1])[:k]
-    return ", ".join(f"{name} ({n:,} elements)" for name, n in ranked) or "no 2-D weight"
+        if module is head or isinstance(module, nn.Embedding):
+            seen.update(id(p) for p in module.parameters(recurse=False))
+            continue
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.is_floating_point() or param.dim() < 2:
+                continue
+            seen.add(id(param))
+            total += param.numel()
+            if not isinstance(module, nn.Linear):
+                key = f"{type(module).__module__}.{type(module).__qualname__}.{pname}"
+                outside[key] = outside.get(key, 0) + param.numel()
+    return total, outside
+
+
+def _unaddressable_hint(outside: Mapping[str, int]) -> str:
+    names = " ".join(outside)
+    if "Conv1D" in names:
+        return ("transformers' Conv1D (GPT-2's) holds the transposed weight of a linear layer: convert those layers to "
+                "nn.Linear, save the model, and pass that folder")
+    if "Experts" in names or "expert" in names.lower():
+        return ("these are fused mixture-of-experts tensors (transformers 5 keeps each layer's experts in one 3-D "
+                "parameter), which qcheck's plans cannot quantize yet; the fp16 and bf16 casts change them, so "
+                "--variants fp16,bf16 still runs")
+    return "no plan can quantize them; the fp16 and bf16 casts change the whole model (--variants fp16,bf16)"
 
 
 def nearest_names(glob: str | None, names: list[str], k: int = 3) -> list[str]:

@@ -200,3 +200,20 @@ def test_a_k_expression_selecting_nothing_exits_2_and_writes_no_report(tiny_fold
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "no check selected by -k 'no_such_check'" in proc.stderr
     assert not (out / "qcheck-report.json").exists()
+
+
+def test_a_moe_model_exits_2_naming_its_fused_experts_and_writes_nothing(tmp_path, smollm2_tokenizer, capsys):
+    """A random-init Mixtral saved as a folder: the default variants would quantize its attention alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("mixtral", vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  num_local_experts=4, num_experts_per_tok=2, bos_token_id=1, eos_token_id=2,
+                                  pad_token_id=2)
+    folder = tmp_path / "mixtral"
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    assert main(["run", "--model", str(folder), "--device", "cpu", "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "MixtralExperts.gate_up_proj" in err and "outside nn.Linear" in err and "Traceback" not in err
+    assert not (tmp_path / "rep").exists()

@@ -164,5 +164,35 @@ def test_a_model_without_linear_layers_is_refused_naming_where_its_weights_are()
     model = _tiny("gpt2", n_embd=64, n_layer=2, n_head=4)
     with pytest.raises(ConfigError) as err:
         Plan.load(builtin_plan("int8")).resolve(model)
-    assert "no nn.Linear layer besides its output head" in str(err.value)
-    assert "transformers.pytorch_utils.Conv1D" in str(err.value) and "lm_head" not in str(err.value)
+    message = str(err.value)
+    assert "100.0% of the model's weight elements" in message and "outside nn.Linear" in message
+    assert "transformers.pytorch_utils.Conv1D.weight" in message and "convert those layers to nn.Linear" in message
+    assert "lm_head" not in message and err.value.field == "model"
+
+
+def test_fused_moe_experts_are_refused_for_quantizing_plans_not_for_casts():
+    """transformers 5 keeps a MoE layer's experts in one 3-D parameter, not nn.Linear: int8 of a Mixtral would
+    have quantized its attention alone (~3% of Mixtral-8x7B) and reported the result as int8."""
+    from qcheck.quant.plan import MAX_UNADDRESSED_SHARE, output_embeddings, unaddressable_weights
+    from qcheck.variants import builtin_plan
+
+    model = _tiny("mixtral", num_local_experts=4, num_experts_per_tok=2, intermediate_size=128,
+                  num_key_value_heads=2)
+    total, outside = unaddressable_weights(model, output_embeddings(model))
+    share = sum(outside.values()) / total
+    assert share > MAX_UNADDRESSED_SHARE
+    assert any(k.endswith("MixtralExperts.gate_up_proj") for k in outside)
+    for name in ("int8", "w4g64", "mixed", "bnb-nf4"):
+        with pytest.raises(ConfigError) as err:
+            Plan.load(builtin_plan(name)).resolve(model)
+        assert f"{share:.1%} of the model's weight elements" in str(err.value)
+        assert "fused mixture-of-experts tensors" in str(err.value) and "--variants fp16,bf16" in str(err.value)
+    for cast in ("fp16", "bf16"):
+        assert Plan.load(builtin_plan(cast)).resolve(model)
+
+
+def test_a_dense_model_has_no_weight_outside_linear_layers(tiny):
+    from qcheck.quant.plan import output_embeddings, unaddressable_weights
+
+    total, outside = unaddressable_weights(tiny, output_embeddings(tiny))
+    assert total > 0 and outside == {}
