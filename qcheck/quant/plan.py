@@ -258,8 +258,10 @@ Mixtral-8x7B), and its figures would be reported as the format's."""
 
 
 def unaddressable_weights(model: nn.Module, head: nn.Module | None) -> tuple[int, dict[str, int]]:
-    """The weight elements outside the embeddings and the output head (floating parameters of two or more
-    dimensions, each once), and of them those held outside nn.Linear, by module class and parameter name."""
+    """The weight elements outside the embeddings and the output head (parameters of two or more dimensions, each
+    once), and of them the float ones held outside nn.Linear, by module class and parameter name. Integer storage
+    counts as addressed: a quantized model's packed weights (bitsandbytes' int8 and uint8 inside its nn.Linear
+    subclasses) are what a plan made of them."""
     seen: set[int] = set()
     total, outside = 0, {}
     for module in model.modules():
@@ -267,11 +269,11 @@ def unaddressable_weights(model: nn.Module, head: nn.Module | None) -> tuple[int
             seen.update(id(p) for p in module.parameters(recurse=False))
             continue
         for pname, param in module.named_parameters(recurse=False):
-            if id(param) in seen or not param.is_floating_point() or param.dim() < 2:
+            if id(param) in seen or param.dim() < 2:
                 continue
             seen.add(id(param))
             total += param.numel()
-            if not isinstance(module, nn.Linear):
+            if not isinstance(module, nn.Linear) and param.is_floating_point():
                 key = f"{type(module).__module__}.{type(module).__qualname__}.{pname}"
                 outside[key] = outside.get(key, 0) + param.numel()
     return total, outside

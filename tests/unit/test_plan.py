@@ -196,3 +196,19 @@ def test_a_dense_model_has_no_weight_outside_linear_layers(tiny):
 
     total, outside = unaddressable_weights(tiny, output_embeddings(tiny))
     assert total > 0 and outside == {}
+
+
+@pytest.mark.parametrize("name", ["bnb-int8", "bnb-nf4"])
+def test_a_bitsandbytes_variant_resolves_its_own_plan(tiny, name):
+    """plan_followed resolves the plan on the quantized variant: bitsandbytes' packed integer weights inside its
+    nn.Linear subclasses are addressed storage, not weights outside nn.Linear (the first version of the refusal
+    ERRORed both bitsandbytes variants' plan checks in the default run)."""
+    pytest.importorskip("bitsandbytes")
+    from qcheck.quant.apply import quantize
+    from qcheck.quant.plan import output_embeddings, unaddressable_weights
+    from qcheck.variants import builtin_plan
+
+    quantized, _ = quantize(tiny, builtin_plan(name))
+    total, outside = unaddressable_weights(quantized, output_embeddings(quantized))
+    assert total > 0 and outside == {}
+    assert len(Plan.load(builtin_plan(name)).resolve(quantized)) == len(Plan.load(builtin_plan(name)).resolve(tiny))
