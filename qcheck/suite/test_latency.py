@@ -24,9 +24,12 @@ from qcheck.results import CheckResult, Status
 from qcheck.variants import REFERENCE
 
 needs = pytest.mark.qcheck_needs
-CPU_SIMULATED_TOLERANCE = 0.25
-"""On a shared 2-core CPU a simulated variant may time up to 25% faster than fp32 before it counts (measured spread
-of the same fp32 forward there; a GPU uses invariants.latency.FLAT_TOLERANCE)."""
+CPU_SIMULATED_TOLERANCE = 1.0
+"""On a CPU a simulated variant may time up to 2x faster than fp32 before it counts (a GPU uses
+invariants.latency.FLAT_TOLERANCE). Measured on a 2-core CPU at the CPU shape (1 x 32), five deep copies of one fp32
+model, identical weights: their medians spread up to 1.42x (random-init GPT-NeoX, hidden 64; 1.15-1.42x over ten
+architectures; SmolLM2-135M 1.10x). Each copy sits elsewhere in memory, a difference no number of samples of one
+copy averages out; 25%, the spread of one copy timed again, WARNed Mistral and Qwen3 shapes (1.25x, 1.39x)."""
 
 
 def _timing(data: dict) -> Timing:
