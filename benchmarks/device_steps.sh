@@ -52,7 +52,12 @@ for step in "$@"; do
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
-export PYTHONPATH=$PWD:/tmp/site QCHECK_DATA_DIR=$PWD/.device/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 QCHECK_CACHE_DIR=off \
+# qcheck's own metadata (its pytest11 entry point), so the pytester runs of gpu tests load the plugin as a user's
+# installed qcheck does: without it the inner runs reject --qcheck-* options (session 25). The code itself is imported
+# from this tree, first on the path.
+python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/qcheck-meta . >/dev/null 2>&1
+rm -rf /tmp/qcheck-meta/qcheck
+export PYTHONPATH=$PWD:/tmp/site:/tmp/qcheck-meta QCHECK_DATA_DIR=$PWD/.device/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 QCHECK_CACHE_DIR=off \
     QCHECK_TOKENIZER=$PWD/.device/smollm2-tokenizer
 # A bytecode cache Python can write: a user's installed environment holds its .pyc files, while this machine's
 # site-packages lack them (torch has no __pycache__), and each process compiled again what it imported: ~3,000

@@ -131,8 +131,9 @@ def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
         ops = {evt.key: int(evt.count) for evt in profile}
         copies = {k: v for k, v in ops.items() if "Memcpy HtoD" in k or "Memcpy DtoH" in k}
         deq = {k: v for k, v in ops.items() if "dequant" in k.lower()}
+        int8_layers = sum(type(m).__name__ == "Linear8bitLt" for m in model.modules())
         own = backend_own_ops(copies, deq, bnb=any(is_bnb_module(m) for m in model.modules()),
-                              outlier_reads=llm_int8_threshold(model) > 0)
+                              outlier_reads=llm_int8_threshold(model) > 0, int8_layers=int8_layers)
         if own:
             causes["backend-own-ops"] = own
         if sum(copies.values()) > 4:
@@ -142,12 +143,15 @@ def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
     return causes
 
 
-def backend_own_ops(copies: dict[str, int], deq: dict[str, int], *, bnb: bool, outlier_reads: bool
-                    ) -> dict[str, int]:
+def backend_own_ops(copies: dict[str, int], deq: dict[str, int], *, bnb: bool, outlier_reads: bool,
+                    int8_layers: int = 0) -> dict[str, int]:
     """Take out of `copies` and `deq` (in place) what is bitsandbytes' normal path, not a fallback, and return it:
     its dequantize kernels (LLM.int8's int8_mm_dequant and vectorwise dequantize, NF4/FP4's blockwise dequantize
     of the weight before each matmul at batch > 1) and, for LLM.int8 with an outlier threshold, the device-to-host
-    reads of its outlier test (`if outliers.any()`, then the outlier columns: about two per layer)."""
+    reads of its outlier test (`if outliers.any()`, then the outlier columns: about two per layer) and at most one
+    host-to-device copy per int8 layer (`int8_layers`): the scalar 0 of its `out_row[:, outlier_cols] = 0`, which
+    torch copies from host memory to the device on every call with outliers (bitsandbytes 0.50, cuda ops). More
+    host-to-device copies than that stay a cause: something else moves data onto the device per call."""
     own: dict[str, int] = {}
     if bnb:
         for key in [k for k in deq if "bitsandbytes::" in k or k.startswith(("void kdequant", "void kDequantize"))]:
@@ -155,6 +159,10 @@ def backend_own_ops(copies: dict[str, int], deq: dict[str, int], *, bnb: bool, o
     if outlier_reads:
         for key in [k for k in copies if "Memcpy DtoH" in k]:
             own[key] = copies.pop(key)
+        uploads = [k for k in copies if "Memcpy HtoD" in k]
+        if uploads and 0 < sum(copies[k] for k in uploads) <= int8_layers:
+            for key in uploads:
+                own[key] = copies.pop(key)
     return own
 
 
