@@ -16,7 +16,7 @@ from torch import nn
 
 from qcheck.errors import ConfigError, QCheckError
 from qcheck.quant.manifest import LayerRecord, QuantReport
-from qcheck.quant.plan import MODEL_DTYPES, Assignment, Plan
+from qcheck.quant.plan import MODEL_DTYPES, Assignment, Plan, output_embeddings, unaddressable_weights
 from qcheck.quant.spec import BnbSpec, CastSpec, FixedSpec, IntSpec, KeepSpec, MinifloatSpec, PruneSpec, spec_to_dict
 from qcheck.quant.tensor_stats import (
     count_true,
@@ -43,7 +43,9 @@ def quantize(
     quantized = model if inplace else copy.deepcopy(model)
     if plan.dtype != "fp32":
         quantized.to(MODEL_DTYPES[plan.dtype])
-    report = QuantReport(plan=plan.to_dict(), reference_fingerprint=before, model_dtype=compute_dtype(quantized))
+    total, outside = unaddressable_weights(model, output_embeddings(model))
+    report = QuantReport(plan=plan.to_dict(), reference_fingerprint=before, model_dtype=compute_dtype(quantized),
+                         outside_linear=outside, weight_elements=total)
     seen: dict[int, str] = {}
     with _bnb_staging(assignments):
         for assignment in assignments:

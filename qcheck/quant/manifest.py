@@ -46,6 +46,12 @@ class QuantReport:
     backend: str = "qcheck"
     reference_fingerprint: str = ""
     model_dtype: str = "fp32"
+    outside_linear: dict[str, int] = field(default_factory=dict)
+    """Weight elements the plan's layer rules cannot reach, by module class and parameter: float matrices outside
+    nn.Linear (a MoE router, a few percent at most: a larger share is refused before quantizing). A whole-model dtype
+    cast still changes them; a quantizing rule does not."""
+    weight_elements: int = 0
+    """Weight elements outside the embeddings and the output head (what `outside_linear`'s share is of)."""
 
     def layer(self, name: str) -> LayerRecord:
         for rec in self.layers:
@@ -70,9 +76,12 @@ class QuantReport:
             "kept_reasons": dict(Counter(r.kept_reason for r in self.layers if not r.applied)),
             "mean_rel_change": (sum(r.rel_change for r in applied) / len(applied)) if applied else 0.0,
             "model_dtype": self.model_dtype,
+            "outside_linear_share": (sum(self.outside_linear.values()) / self.weight_elements
+                                     if self.weight_elements else 0.0),
         }
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable({"plan": self.plan, "backend": self.backend, "model_dtype": self.model_dtype,
                             "reference_fingerprint": self.reference_fingerprint, "summary": self.summary(),
+                            "outside_linear": self.outside_linear,
                             "layers": [asdict(r) for r in self.layers]})

@@ -19,7 +19,7 @@ from qcheck.errors import VariantUnavailable
 from qcheck.quant.apply import _apply_one, compute_dtype
 from qcheck.quant.manifest import QuantReport
 from qcheck.quant.offload import onloaded
-from qcheck.quant.plan import MODEL_DTYPES, Plan
+from qcheck.quant.plan import MODEL_DTYPES, Plan, output_embeddings, unaddressable_weights
 from qcheck.quant.spec import BnbSpec
 
 
@@ -35,8 +35,9 @@ def quantize_placed(model: nn.Module, plan: Plan | Mapping[str, Any] | str | Pat
                                  "--device-map)")
     if plan.dtype != "fp32":
         cast_model(model, MODEL_DTYPES[plan.dtype])
+    total, outside = unaddressable_weights(model, output_embeddings(model))
     report = QuantReport(plan=plan.to_dict(), reference_fingerprint=reference_fingerprint,
-                         model_dtype=compute_dtype(model))
+                         model_dtype=compute_dtype(model), outside_linear=outside, weight_elements=total)
     # tied weights are found by the identity of the parameters as loaded, all alive now: an onloaded weight is a new
     # object each time, whose id Python may reuse after it is freed
     keys = {a.layer: id(model.get_submodule(a.layer).weight) for a in assignments}

@@ -212,3 +212,18 @@ def test_a_bitsandbytes_variant_resolves_its_own_plan(tiny, name):
     total, outside = unaddressable_weights(quantized, output_embeddings(quantized))
     assert total > 0 and outside == {}
     assert len(Plan.load(builtin_plan(name)).resolve(quantized)) == len(Plan.load(builtin_plan(name)).resolve(tiny))
+
+
+def test_the_manifest_states_the_weights_its_rules_could_not_reach(tiny):
+    """A cast of a MoE model runs (the cast changes the experts too); its manifest states the share of weight
+    elements that sit outside nn.Linear, where a layer rule would not have reached them. A dense model's is 0."""
+    from qcheck.quant.apply import quantize
+    from qcheck.variants import builtin_plan
+
+    moe = _tiny("mixtral", num_local_experts=4, num_experts_per_tok=2, intermediate_size=128, num_key_value_heads=2)
+    _, report = quantize(moe, builtin_plan("fp16"))
+    share = report.summary()["outside_linear_share"]
+    assert 0.8 < share < 1.0
+    assert any(k.endswith("MixtralExperts.down_proj") for k in report.to_dict()["outside_linear"])
+    _, dense = quantize(tiny, builtin_plan("int8"))
+    assert dense.summary()["outside_linear_share"] == 0.0 and dense.to_dict()["outside_linear"] == {}
