@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from qcheck.measure.timing import measure, placement_problems
-from qcheck.quant.bnb import is_bnb_module, llm_int8_threshold
+from qcheck.quant.bnb import is_bnb_module, llm_int8_layers, llm_int8_threshold
 from qcheck.quant.offload import input_device
 
 if TYPE_CHECKING:
@@ -131,9 +131,9 @@ def diagnose_slowdown(model: nn.Module, fn: Callable[[], Any] | None = None, *,
         ops = {evt.key: int(evt.count) for evt in profile}
         copies = {k: v for k, v in ops.items() if "Memcpy HtoD" in k or "Memcpy DtoH" in k}
         deq = {k: v for k, v in ops.items() if "dequant" in k.lower()}
-        int8_layers = sum(type(m).__name__ == "Linear8bitLt" for m in model.modules())
+        int8 = llm_int8_layers(model)
         own = backend_own_ops(copies, deq, bnb=any(is_bnb_module(m) for m in model.modules()),
-                              outlier_reads=llm_int8_threshold(model) > 0, int8_layers=int8_layers)
+                              outlier_reads=llm_int8_threshold(model, int8) > 0, int8_layers=len(int8))
         if own:
             causes["backend-own-ops"] = own
         if sum(copies.values()) > 4:

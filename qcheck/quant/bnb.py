@@ -103,11 +103,16 @@ def is_bnb_module(module: nn.Module) -> bool:
     return type(module).__name__ in ("Linear8bitLt", "Linear4bit", "LinearNF4", "LinearFP4")
 
 
-def llm_int8_threshold(model: nn.Module) -> float:
-    """The largest LLM.int8 outlier threshold among the model's bitsandbytes int8 layers (0: none splits outliers,
-    and so none asks the GPU from the host whether it found any)."""
-    return max((float(getattr(getattr(m, "state", None), "threshold", 0.0) or 0.0) for m in model.modules()
-                if type(m).__name__ == "Linear8bitLt"), default=0.0)
+def llm_int8_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's bitsandbytes LLM.int8 layers (Linear8bitLt, by class name)."""
+    return [m for m in model.modules() if type(m).__name__ == "Linear8bitLt"]
+
+
+def llm_int8_threshold(model: nn.Module, layers: list[nn.Module] | None = None) -> float:
+    """The largest LLM.int8 outlier threshold among the model's bitsandbytes int8 layers (`layers`, when the caller
+    already has them; 0: none splits outliers, and so none asks the GPU from the host whether it found any)."""
+    layers = llm_int8_layers(model) if layers is None else layers
+    return max((float(getattr(getattr(m, "state", None), "threshold", 0.0) or 0.0) for m in layers), default=0.0)
 
 
 def dequantized_weight(module: nn.Module) -> torch.Tensor:
