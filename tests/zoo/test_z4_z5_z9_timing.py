@@ -221,8 +221,14 @@ def test_simulated_format_measured_faster_is_caught(tiny):
     assert "int8 is simulated" in err.value.result.message and "measurement is broken" in err.value.result.message
     warned = assert_throughput_honest(planted, kinds, simulated_tolerance=0.25)
     assert warned.status == Status.WARN and warned.message.endswith(CPU_TIMING_WARNING)
+    # the CPU tolerance the suite uses (2x: copies of one model spread up to 1.42x on a 2-core CPU) still sees it
+    from qcheck.suite.test_latency import CPU_SIMULATED_TOLERANCE
+
+    ratio = planted["fp32"].median_ms / planted["int8"].median_ms
+    assert ratio > 1 + CPU_SIMULATED_TOLERANCE
+    assert assert_throughput_honest(planted, kinds, simulated_tolerance=CPU_SIMULATED_TOLERANCE).status == Status.WARN
     fair = {"fp32": time_forward(tiny, big, **budget), "int8": time_forward(int8, big, **budget)}
-    ok = assert_throughput_honest(fair, kinds, simulated_tolerance=0.25)
+    ok = assert_throughput_honest(fair, kinds, simulated_tolerance=CPU_SIMULATED_TOLERANCE)
     assert ok.status in (Status.PASS, Status.WARN)  # WARN only if this shared CPU was loaded mid-measurement
     assert ok.evidence["claims"]["int8"]["speedup_vs_reference"] is None
 
