@@ -109,6 +109,7 @@ def stored_bytes(model: Any, plan: Any, reference_dtype: str = "fp32") -> int | 
     would round off their grid (`qcheck.quant.apply`), so an int8 variant of a bf16 8B model takes 28 GiB, not the
     15 GiB its dtype alone says. Cast ones hold their cast's dtype. None where the plan does not resolve on the
     model (its own error is reported when the variant is built)."""
+    from qcheck.quant.experts import ExpertMatrix, layer_at
     from qcheck.quant.spec import CastSpec, FixedSpec, IntSpec, MinifloatSpec
 
     base = _BYTES.get(reference_dtype if plan.dtype == "fp32" else plan.dtype, 4)
@@ -126,8 +127,10 @@ def stored_bytes(model: Any, plan: Any, reference_dtype: str = "fp32") -> int | 
             width = _BYTES[spec.format]
         else:
             continue
-        module = model.get_submodule(a.layer)
-        for param in (getattr(module, "weight", None), getattr(module, "bias", None)):
+        layer = layer_at(model, a.layer)
+        params = ((layer.param,) if isinstance(layer, ExpertMatrix)
+                  else (getattr(layer, "weight", None), getattr(layer, "bias", None)))
+        for param in params:
             if param is not None and id(param) not in seen:
                 seen.add(id(param))
                 total += param.numel() * (width - base)

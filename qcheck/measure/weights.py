@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from qcheck.formats._chunks import flat_pieces, pieces, row_blocks
+from qcheck.quant.experts import ExpertMatrix, class_name, expert_matrices, layer_at, owner_of
 from qcheck.quant.offload import input_device, onloaded
 from qcheck.quant.spec import (
     BnbSpec,
@@ -45,7 +46,7 @@ def floor_for(spec: Spec) -> float | None:
     return SQNR_FLOORS_DB.get(getattr(spec, "label", ""), None)
 
 
-def effective_weight(module: nn.Module) -> torch.Tensor:
+def effective_weight(module: nn.Module | ExpertMatrix) -> torch.Tensor:
     """The float32 weight a layer computes with (bitsandbytes modules are dequantized)."""
     from qcheck.quant.bnb import dequantized_weight, is_bnb_module
 
@@ -54,10 +55,19 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach().to(torch.float32)
 
 
-def _weight_of(module: nn.Module) -> torch.Tensor:
-    """effective_weight of a module wherever accelerate keeps its weight (offloaded ones are read in for the call)."""
-    with onloaded(module):
+def _weight_of(module: nn.Module | ExpertMatrix) -> torch.Tensor:
+    """effective_weight of a layer wherever accelerate keeps its weight (offloaded ones are read in for the call)."""
+    with onloaded(owner_of(module)):
         return effective_weight(module)
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module | ExpertMatrix]:
+    """Every module by name, and every fused experts weight by its layer name (`qcheck.quant.experts`)."""
+    out: dict[str, nn.Module | ExpertMatrix] = {}
+    for name, module in model.named_modules():
+        out[name] = module
+        out.update(expert_matrices(name, module))
+    return out
 
 
 def linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,7 +89,7 @@ class GridEvidence:
         return asdict(self)
 
 
-def grid_evidence(module: nn.Module, spec: Spec, reference: torch.Tensor | None = None) -> GridEvidence:
+def grid_evidence(module: nn.Module | ExpertMatrix, spec: Spec, reference: torch.Tensor | None = None) -> GridEvidence:
     """Check that `module`'s weights are representable in `spec` (idempotence plus a distinct-value bound)."""
     from qcheck.quant.bnb import is_bnb_module
 
@@ -175,7 +185,7 @@ def output_divergence(reference: nn.Module, quantized: nn.Module, input_ids: tor
     return _divergence(logits_of(reference, input_ids), logits_of(quantized, input_ids), input_ids)
 
 
-def layer_delta(reference: torch.Tensor, quantized: nn.Module) -> dict[str, Any]:
+def layer_delta(reference: torch.Tensor, quantized: nn.Module | ExpertMatrix) -> dict[str, Any]:
     """One nn.Linear against its reference weight: fraction changed, relative change, SQNR, dtype and class."""
     qw = effective_weight(quantized).to(reference.device)
     if qw.shape != reference.shape:
@@ -183,7 +193,7 @@ def layer_delta(reference: torch.Tensor, quantized: nn.Module) -> dict[str, Any]
     rel, sqnr = rel_change_and_sqnr_db(reference, qw)
     changed = fraction(count_true(torch.ne, qw, reference), qw.numel())
     return {"changed_fraction": changed, "rel_change": rel, "sqnr_db": sqnr,
-            "dtype": str(quantized.weight.dtype), "module_class": type(quantized).__name__}
+            "dtype": str(quantized.weight.dtype), "module_class": class_name(quantized)}
 
 
 def weight_deltas(reference: nn.Module, quantized: nn.Module) -> dict[str, dict[str, Any]]:
@@ -240,8 +250,8 @@ def quantization_evidence(reference: nn.Module, quantized: nn.Module, report: An
     probe and whether the probe can see the weights at all. `grids`, when given, collects each layer's grid result
     by (layer, spec) for `plan_evidence` to reuse."""
     report = report if report is not None else getattr(quantized, "qcheck_report", None)
-    q_modules = dict(quantized.named_modules())
-    ref_modules = dict(reference.named_modules())
+    q_modules = _layers(quantized)
+    ref_modules = _layers(reference)
     layers: dict[str, dict[str, Any]] = {}
     if report is not None:
         for rec in report.layers:
@@ -253,7 +263,7 @@ def quantization_evidence(reference: nn.Module, quantized: nn.Module, report: An
                 layers[rec.name] = {"format": spec.label, "missing": True}
                 continue
             ref_w = _weight_of(ref_modules[rec.name]) if rec.name in ref_modules else None
-            with onloaded(module):
+            with onloaded(owner_of(module)):
                 grid = grid_evidence(module, spec, ref_w)
                 delta = layer_delta(ref_w, module) if ref_w is not None else {}
             if grids is not None:
@@ -296,7 +306,7 @@ def plan_evidence(quantized: nn.Module, plan: Any, reference: nn.Module | None =
     from qcheck.quant.plan import Plan
 
     plan = Plan.load(plan)
-    ref_modules = dict(reference.named_modules()) if reference is not None else {}
+    ref_modules = _layers(reference) if reference is not None else {}
     mismatched: dict[str, str] = {}
     checked = 0
     for a in plan.resolve(quantized):
@@ -306,8 +316,9 @@ def plan_evidence(quantized: nn.Module, plan: Any, reference: nn.Module | None =
         grid = (grids or {}).get((a.layer, repr(spec)))
         if grid is None:
             ref_w = _weight_of(ref_modules[a.layer]) if a.layer in ref_modules else None
-            with onloaded(quantized.get_submodule(a.layer)) as module:
-                grid = grid_evidence(module, spec, ref_w)
+            layer = layer_at(quantized, a.layer)
+            with onloaded(owner_of(layer)):
+                grid = grid_evidence(layer, spec, ref_w)
         checked += 1
         if not grid.on_grid:
             mismatched[a.layer] = f"plan says {spec.label} ({a.rule.label}); {grid.reason}"

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcheck.errors import ConfigError, QCheckError
+from qcheck.errors import ConfigError, QCheckError, VariantUnavailable
+from qcheck.quant.experts import ExpertMatrix, class_name, layer_at, weight_key
 from qcheck.quant.manifest import LayerRecord, QuantReport
 from qcheck.quant.plan import MODEL_DTYPES, Assignment, Plan, output_embeddings, unaddressable_weights
 from qcheck.quant.spec import BnbSpec, CastSpec, FixedSpec, IntSpec, KeepSpec, MinifloatSpec, PruneSpec, spec_to_dict
@@ -36,10 +37,12 @@ def quantize(
     """
     plan = Plan.load(plan)
     assignments = plan.resolve(model)
+    refuse_bnb_experts(plan, assignments)
     before = weight_fingerprint(model)
-    reference_weights = {a.layer: model.get_submodule(a.layer).weight.detach() for a in assignments}
-    if inplace:
-        reference_weights = {k: v.clone() for k, v in reference_weights.items()}
+    # with inplace=False each layer's reference weight is read from the untouched reference when its turn comes (a
+    # transposed experts weight's 2-D form is a copy: taken all at once they would hold the experts twice)
+    reference_weights = ({a.layer: layer_at(model, a.layer).weight.detach().clone() for a in assignments}
+                         if inplace else {})
     quantized = model if inplace else copy.deepcopy(model)
     if plan.dtype != "fp32":
         quantized.to(MODEL_DTYPES[plan.dtype])
@@ -49,13 +52,26 @@ def quantize(
     seen: dict[int, str] = {}
     with _bnb_staging(assignments):
         for assignment in assignments:
-            report.layers.append(_apply_one(quantized, assignment, reference_weights[assignment.layer], seen))
+            ref_w = (reference_weights.pop(assignment.layer) if inplace
+                     else layer_at(model, assignment.layer).weight.detach())
+            report.layers.append(_apply_one(quantized, assignment, ref_w, seen))
     if not inplace and weight_fingerprint(model) != before:
         raise QCheckError("the reference model's weights changed while producing the quantized variant "
                           f"(plan {plan.name!r}): the backend mutated its input; keep a separate reference copy")
     quantized.eval()
     quantized.qcheck_report = report
     return quantized, report
+
+
+def refuse_bnb_experts(plan: Plan, assignments: list[Assignment]) -> None:
+    """bitsandbytes stores nn.Linear layers only: a plan that gives fused experts weights a bitsandbytes format is
+    not built (its variant's checks skip, saying so), before any copy is made."""
+    layers = [a.layer for a in assignments if a.kind == "experts" and isinstance(a.rule.spec, BnbSpec)]
+    if layers:
+        raise VariantUnavailable(f"plan {plan.name!r} gives {len(layers)} fused mixture-of-experts weights (first "
+                                 f"{layers[0]}) a bitsandbytes format, and bitsandbytes stores nn.Linear layers only: "
+                                 "the variant is not built (give the experts a grid format in an override, e.g. "
+                                 "match = \"*.experts.*\" with format = \"int\", or leave this variant out)")
 
 
 def _bnb_staging(assignments: list[Assignment]) -> contextlib.AbstractContextManager[Any]:
@@ -78,11 +94,11 @@ def compute_dtype(model: nn.Module) -> str:
 def _apply_one(model: nn.Module, a: Assignment, ref_w: torch.Tensor, seen: dict[int, str],
                key: int | None = None) -> LayerRecord:
     """One layer quantized as its rule says; `key` identifies its weight for tie detection (default: its id)."""
-    module = model.get_submodule(a.layer)
+    module = layer_at(model, a.layer)
     spec = a.rule.spec
-    rec = LayerRecord(name=a.layer, module_class=type(module).__name__, rule=a.rule.label, format=spec.format,
+    rec = LayerRecord(name=a.layer, module_class=class_name(module), rule=a.rule.label, format=spec.format,
                       spec=spec_to_dict(spec), applied=False, numel=ref_w.numel(), dtype=str(module.weight.dtype))
-    key = id(module.weight) if key is None else key
+    key = weight_key(module) if key is None else key
     if key in seen:
         rec.kept_reason = f"weight shared with {seen[key]} (tied), quantized there"
         rec.shared_with = seen[key]
@@ -102,7 +118,7 @@ def _apply_one(model: nn.Module, a: Assignment, ref_w: torch.Tensor, seen: dict[
     return rec
 
 
-def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: torch.Tensor) -> None:
+def _apply_weight_spec(module: nn.Module | ExpertMatrix, spec: Any, rec: LayerRecord, ref_w: torch.Tensor) -> None:
     w = module.weight
     if isinstance(spec, PruneSpec):
         new = _prune(w.detach(), spec)
@@ -110,7 +126,7 @@ def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: to
         rec.sparsity = float(count_true(lambda p: p == 0, new) / max(1, new.numel()))
     elif isinstance(spec, CastSpec):
         if w.dtype != spec.dtype:  # a cast layer inside a model of another dtype: adapt its input and output
-            _add_dtype_adapter(module)
+            _add_dtype_adapter(module)  # (never an experts weight: Plan.resolve refuses that cast)
         new = w.detach().to(spec.dtype)
         if module.bias is not None:
             module.bias.data = module.bias.data.to(spec.dtype)
@@ -119,14 +135,20 @@ def _apply_weight_spec(module: nn.Module, spec: Any, rec: LayerRecord, ref_w: to
         if w.dtype != torch.float32:
             # grid values stored in fp16/bf16 would be rounded off their grid (8 significant bits in bf16): the layer
             # keeps them in fp32 and computes in fp32 between casts of its input and output
-            _add_dtype_adapter(module)
-            if module.bias is not None:
-                module.bias.data = module.bias.data.to(torch.float32)
+            if isinstance(module, ExpertMatrix):
+                _experts_in_fp32(module.owner)
+            else:
+                _add_dtype_adapter(module)
+                if module.bias is not None:
+                    module.bias.data = module.bias.data.to(torch.float32)
         lo_hi = _range_of(spec)
         if lo_hi is not None:
             lo, hi = lo_hi
             rec.saturation_rate = fraction(count_true(lambda r: (r < lo) | (r > hi), ref_w), ref_w.numel())
-    w.data = new
+    if isinstance(module, ExpertMatrix):
+        module.set_weight(new)
+    else:
+        w.data = new
     rec.applied = True
     rec.bits = spec.bits
     rec.dtype = str(new.dtype)
@@ -206,6 +228,35 @@ def _add_dtype_adapter(module: nn.Module) -> None:
 
     module.register_forward_pre_hook(pre)
     module.register_forward_hook(post)
+
+
+def _experts_in_fp32(owner: nn.Module) -> None:
+    """A fused experts module that holds fake-quantized weights inside a 16-bit model: every float tensor of it in
+    fp32 (its other weights and biases are exact there) and its hidden states cast to fp32 on the way in and back on
+    the way out, once per module. Its experts multiply their intermediate states by its other weight, so the whole
+    module computes in one dtype."""
+    for p in owner.parameters(recurse=False):
+        if p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.to(torch.float32)
+    if getattr(owner, "_qcheck_fp32", False):
+        return
+    owner._qcheck_fp32 = True
+
+    def pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        x = args[0] if args else kwargs["hidden_states"]
+        mod._qcheck_in_dtype = x.dtype
+        if x.dtype == torch.float32:
+            return None
+        if args:
+            return (x.to(torch.float32),) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": x.to(torch.float32)}
+
+    def post(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        in_dtype = getattr(mod, "_qcheck_in_dtype", out.dtype)
+        return out.to(in_dtype) if out.dtype != in_dtype else None
+
+    owner.register_forward_pre_hook(pre, with_kwargs=True)
+    owner.register_forward_hook(post)
 
 
 def _add_activation_quant(module: nn.Module, spec: Any) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from qcheck.errors import VariantUnavailable
 from qcheck.quant.apply import _apply_one, compute_dtype
+from qcheck.quant.experts import layer_at, owner_of, weight_key
 from qcheck.quant.manifest import QuantReport
 from qcheck.quant.offload import onloaded
 from qcheck.quant.plan import MODEL_DTYPES, Plan, output_embeddings, unaddressable_weights
@@ -40,11 +41,12 @@ def quantize_placed(model: nn.Module, plan: Plan | Mapping[str, Any] | str | Pat
                          model_dtype=compute_dtype(model), outside_linear=outside, weight_elements=total)
     # tied weights are found by the identity of the parameters as loaded, all alive now: an onloaded weight is a new
     # object each time, whose id Python may reuse after it is freed
-    keys = {a.layer: id(model.get_submodule(a.layer).weight) for a in assignments}
+    keys = {a.layer: weight_key(layer_at(model, a.layer)) for a in assignments}
     seen: dict[int, str] = {}
     for assignment in assignments:
-        with onloaded(model.get_submodule(assignment.layer), write=True) as module, torch.no_grad():
-            before = module.weight.detach().clone()
+        layer = layer_at(model, assignment.layer)
+        with onloaded(owner_of(layer), write=True), torch.no_grad():
+            before = layer.weight.detach().clone()
             report.layers.append(_apply_one(model, assignment, before, seen, key=keys[assignment.layer]))
     model.eval()
     model.qcheck_report = report

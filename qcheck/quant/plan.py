@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError
-from qcheck.quant.spec import ACTIVATION_FORMATS, KeepSpec, Spec, spec_from_dict, spec_to_dict
+from qcheck.quant.experts import ExpertMatrix, expert_matrices, is_expert_weight
+from qcheck.quant.spec import ACTIVATION_FORMATS, CastSpec, KeepSpec, Spec, spec_from_dict, spec_to_dict
 
 TOP_LEVEL_KEYS = ("name", "dtype", "default", "override", "include_lm_head", "include_embeddings", "description")
 MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -143,9 +144,8 @@ class Plan:
 
     def _refuse_unaddressable(self, model: nn.Module, head: nn.Module | None) -> None:
         """A quantizing plan on a model whose weights mostly sit outside nn.Linear (GPT-2's Conv1D, fused MoE
-        experts) would leave them as they were under the format's name: refused, naming where they sit."""
-        from qcheck.quant.spec import CastSpec
-
+        experts of an unknown class) would leave them as they were under the format's name: refused, naming where
+        they sit."""
         if self.dtype != "fp32" and all(isinstance(r.spec, (KeepSpec, CastSpec)) for r in self.rules):
             return  # the plan casts the whole model's dtype, inside nn.Linear or not
         total, outside = unaddressable_weights(model, head)
@@ -199,10 +199,29 @@ class Plan:
             if head is not None and module is head and not self.include_lm_head and rule.match is None:
                 rule = Rule(None, KeepSpec("lm_head excluded (include_lm_head = false)"))
             kind = "embedding" if isinstance(module, nn.Embedding) else "linear"
-            if isinstance(module, nn.Linear) and not isinstance(rule.spec, KeepSpec):
+            if isinstance(module, ExpertMatrix):
+                kind = "experts"
+                _check_experts_rule(rule, layer, MODEL_DTYPES[self.dtype])
+            if isinstance(module, (nn.Linear, ExpertMatrix)) and not isinstance(rule.spec, KeepSpec):
                 rule.spec.validate_for(module.in_features, layer)
             out.append(Assignment(layer, rule, kind))
         return out
+
+
+def _check_experts_rule(rule: Rule, layer: str, model_dtype: torch.dtype) -> None:
+    """What a fused experts weight cannot take: its experts run on intermediate states no hook sees (activations),
+    and its module computes in one dtype, which a cast of one of its weights to another than the model's would
+    break (the fp16 and bf16 plans cast the whole model and claim every layer with the same cast: allowed)."""
+    if rule.activations is not None:
+        raise ConfigError(f"layer {layer} (fused mixture-of-experts weights, claimed by {rule.label}): activation "
+                          "quantization cannot reach the experts' inputs inside their module; add an override for "
+                          "the experts (e.g. match = \"*.experts.*\") without activations", field="activations",
+                          layer=layer)
+    if isinstance(rule.spec, CastSpec) and rule.spec.dtype != model_dtype:
+        raise ConfigError(f"layer {layer} (fused mixture-of-experts weights, claimed by {rule.label}): a cast of one "
+                          "experts weight would leave its module computing in two dtypes; cast the whole model "
+                          "(dtype = \"fp16\" or \"bf16\" in the plan) or give the experts a grid format",
+                          field="format", layer=layer)
 
 
 def _rule(table: Any, match: Any, index: int | None) -> Rule:
@@ -243,25 +262,32 @@ def output_embeddings(model: nn.Module) -> nn.Module | None:
     return get() if callable(get) else None
 
 
-def target_layers(model: nn.Module, include_embeddings: bool = False) -> list[tuple[str, nn.Module]]:
-    """The layers a plan can address: every nn.Linear (bitsandbytes modules subclass it) and, optionally,
-    nn.Embedding."""
+def target_layers(model: nn.Module, include_embeddings: bool = False) -> list[tuple[str, nn.Module | ExpertMatrix]]:
+    """The layers a plan can address, in module order: every nn.Linear (bitsandbytes modules subclass it), each fused
+    mixture-of-experts weight (`qcheck.quant.experts`) and, optionally, nn.Embedding."""
     kinds: tuple[type, ...] = (nn.Linear, nn.Embedding) if include_embeddings else (nn.Linear,)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and n]
+    out: list[tuple[str, nn.Module | ExpertMatrix]] = []
+    for n, m in model.named_modules():
+        if isinstance(m, kinds) and n:
+            out.append((n, m))
+        else:
+            out.extend(expert_matrices(n, m))
+    return out
 
 
 MAX_UNADDRESSED_SHARE = 0.10
 """Largest share of a model's weight elements (outside its embeddings and output head) a quantizing plan may leave
-unaddressable because they sit outside nn.Linear. A dense transformer has none there; a MoE router holds well under
-1%. A variant named w4g64 that leaves more as it was is not w4g64 (transformers 5's fused experts: ~97% of
-Mixtral-8x7B), and its figures would be reported as the format's."""
+unaddressable because they sit outside nn.Linear and the fused experts qcheck addresses. A dense transformer has none
+there; a MoE router holds well under 1%. A variant named w4g64 that leaves more as it was is not w4g64 (GPT-2's
+Conv1D: 100%; fused experts of a class qcheck does not know: ~97% of Mixtral-8x7B), and its figures would be reported
+as the format's."""
 
 
 def unaddressable_weights(model: nn.Module, head: nn.Module | None) -> tuple[int, dict[str, int]]:
     """The weight elements outside the embeddings and the output head (parameters of two or more dimensions, each
-    once), and of them the float ones held outside nn.Linear, by module class and parameter name. Integer storage
-    counts as addressed: a quantized model's packed weights (bitsandbytes' int8 and uint8 inside its nn.Linear
-    subclasses) are what a plan made of them."""
+    once), and of them the float ones held outside nn.Linear and the fused experts weights plans address, by module
+    class and parameter name. Integer storage counts as addressed: a quantized model's packed weights (bitsandbytes'
+    int8 and uint8 inside its nn.Linear subclasses) are what a plan made of them."""
     seen: set[int] = set()
     total, outside = 0, {}
     for module in model.modules():
@@ -273,7 +299,7 @@ def unaddressable_weights(model: nn.Module, head: nn.Module | None) -> tuple[int
                 continue
             seen.add(id(param))
             total += param.numel()
-            if not isinstance(module, nn.Linear) and param.is_floating_point():
+            if not isinstance(module, nn.Linear) and param.is_floating_point() and not is_expert_weight(module, param):
                 key = f"{type(module).__module__}.{type(module).__qualname__}.{pname}"
                 outside[key] = outside.get(key, 0) + param.numel()
     return total, outside
@@ -285,9 +311,9 @@ def _unaddressable_hint(outside: Mapping[str, int]) -> str:
         return ("transformers' Conv1D (GPT-2's) holds the transposed weight of a linear layer: convert those layers to "
                 "nn.Linear, save the model, and pass that folder")
     if "Experts" in names or "expert" in names.lower():
-        return ("these are fused mixture-of-experts tensors (transformers 5 keeps each layer's experts in one 3-D "
-                "parameter), which qcheck's plans cannot quantize yet; the fp16 and bf16 casts change them, so "
-                "--variants fp16,bf16 still runs")
+        return ("these are fused mixture-of-experts tensors of a class qcheck does not know the layout of (it "
+                "addresses those transformers' use_experts_implementation marks with num_experts and is_transposed); "
+                "the fp16 and bf16 casts change them, so --variants fp16,bf16 still runs")
     return "no plan can quantize them; the fp16 and bf16 casts change the whole model (--variants fp16,bf16)"
 
 

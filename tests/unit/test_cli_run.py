@@ -202,8 +202,27 @@ def test_a_k_expression_selecting_nothing_exits_2_and_writes_no_report(tiny_fold
     assert not (out / "qcheck-report.json").exists()
 
 
-def test_a_moe_model_exits_2_naming_its_fused_experts_and_writes_nothing(tmp_path, smollm2_tokenizer, capsys):
-    """A random-init Mixtral saved as a folder: the default variants would quantize its attention alone."""
+def test_a_model_without_linear_layers_exits_2_naming_them_and_writes_nothing(tmp_path, smollm2_tokenizer, capsys):
+    """A random-init GPT-2 saved as a folder: its projections are transformers' Conv1D, which no plan addresses, so
+    every quantizing variant would have reported its weights as quantized while leaving them as they were."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("gpt2", vocab_size=len(smollm2_tokenizer), n_embd=64, n_layer=2, n_head=4,
+                                  bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    folder = tmp_path / "gpt2"
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    assert main(["run", "--model", str(folder), "--device", "cpu", "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "Conv1D.weight" in err and "outside nn.Linear" in err and "Traceback" not in err
+    assert not (tmp_path / "rep").exists()
+
+
+def test_a_moe_model_runs_its_experts_and_skips_bitsandbytes_saying_why(tmp_path, smollm2_tokenizer):
+    """A random-init Mixtral saved as a folder: int8 reaches its fused experts (judged by quantization_applied and
+    plan_followed), and bitsandbytes, which stores nn.Linear layers only, is skipped naming the experts."""
+    import json
+
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model("mixtral", vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128,
@@ -213,7 +232,16 @@ def test_a_moe_model_exits_2_naming_its_fused_experts_and_writes_nothing(tmp_pat
     folder = tmp_path / "mixtral"
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     smollm2_tokenizer.save_pretrained(folder)
-    assert main(["run", "--model", str(folder), "--device", "cpu", "--out", str(tmp_path / "rep")]) == 2
-    err = capsys.readouterr().err
-    assert "MixtralExperts.gate_up_proj" in err and "outside nn.Linear" in err and "Traceback" not in err
-    assert not (tmp_path / "rep").exists()
+    out = tmp_path / "rep"
+    code = main(["run", "--model", str(folder), "--device", "cpu", "--out", str(out), "--variants", "int8,bnb-int8",
+                 "-k", "quantization_applied or plan_followed"])
+    assert code == 0
+    checks = json.loads((out / "qcheck-report.json").read_text())["checks"]
+    by = {(c["name"], c["variant"]): c for c in checks}
+    applied = by[("quantization_applied", "int8")]
+    assert applied["status"] == "PASS" and "model.layers.1.mlp.experts.down_proj" in applied["evidence"]["layers"]
+    assert by[("plan_followed", "int8")]["status"] == "PASS"
+    skipped = by[("quantization_applied", "bnb-int8")]
+    assert skipped["status"] == "SKIPPED" and "bitsandbytes stores nn.Linear layers only" in skipped["message"]
+
+

@@ -1,42 +1,109 @@
 """Z1 in qcheck's own variants: transformers 5 keeps a mixture-of-experts layer's experts in one 3-D parameter, not
-in nn.Linear, so a plan's layer rules never reach them. An int8 "Mixtral" then quantized attention alone, and
-`quantization_applied`, which judges the layers the plan claimed, passed it. The plan is refused before anything
-runs; a dense model quantizes as before."""
+in nn.Linear, so a plan's layer rules that address nn.Linear alone never reach them. An int8 "Mixtral" then
+quantized attention alone, and `quantization_applied`, which judges the layers the plan claimed, passed it.
+
+Now each fused experts weight is a layer of its own (`qcheck.quant.experts`): int8 reaches the experts, the checks
+judge them, a manifest that claims experts the weights do not show FAILs, and a layout qcheck does not know is
+refused before anything runs, as every model with weights outside its layers is."""
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from qcheck.errors import ConfigError
-from qcheck.invariants import assert_quantization_applied
+from qcheck.errors import ConfigError, InvariantViolation
+from qcheck.invariants import assert_plan_followed, assert_quantization_applied
 from qcheck.quant import plan as plan_module
 from qcheck.quant.apply import quantize
+from qcheck.quant.experts import layer_at
 from qcheck.variants import builtin_plan
 
 
-def _tiny_mixtral():
-    config = AutoConfig.for_model("mixtral", vocab_size=512, hidden_size=64, intermediate_size=128,
+def _tiny_moe(model_type="mixtral", **extra):
+    moe = {"mixtral": {"num_local_experts": 4}, "gpt_oss": {"num_local_experts": 4, "head_dim": 16,
+                                                           "layer_types": ["full_attention"] * 2}}[model_type]
+    config = AutoConfig.for_model(model_type, vocab_size=512, hidden_size=64, intermediate_size=128,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  num_local_experts=4, num_experts_per_tok=2, bos_token_id=1, eos_token_id=2,
-                                  pad_token_id=2)
+                                  num_experts_per_tok=2, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                                  **moe, **extra)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-def test_int8_of_fused_experts_left_them_untouched_and_is_now_refused(monkeypatch):
-    model = _tiny_mixtral()
-    ids = torch.randint(3, 512, (1, 32), generator=torch.Generator().manual_seed(0))
-    # the bug, rebuilt: without the refusal, int8 quantizes attention and leaves every expert as it was
+def _ids():
+    return torch.randint(3, 512, (1, 32), generator=torch.Generator().manual_seed(0))
+
+
+def _experts(model):
+    return [n for n, _ in model.named_parameters() if ".experts." in n and not n.endswith("_bias")]
+
+
+def test_int8_of_fused_experts_left_them_untouched_and_now_reaches_them(monkeypatch):
+    model = _tiny_moe()
+    # the bug, rebuilt: plans that address nn.Linear alone (no fused experts, no refusal) quantize attention and
+    # leave every expert as it was, and the check of the claimed layers passes it
+    monkeypatch.setattr(plan_module, "expert_matrices", lambda name, module: iter(()))
+    monkeypatch.setattr(plan_module, "is_expert_weight", lambda module, param: False)
     monkeypatch.setattr(plan_module, "MAX_UNADDRESSED_SHARE", 1.0)
     quantized, report = quantize(model, builtin_plan("int8"))
-    experts = [n for n, _ in model.named_parameters() if ".experts." in n]
-    assert experts and all(torch.equal(quantized.get_parameter(n), model.get_parameter(n)) for n in experts)
-    assert assert_quantization_applied(model, quantized, report, input_ids=ids).status.value == "PASS"
+    assert all(torch.equal(quantized.get_parameter(n), model.get_parameter(n)) for n in _experts(model))
+    assert assert_quantization_applied(model, quantized, report, input_ids=_ids()).status.value == "PASS"
     assert report.summary()["outside_linear_share"] > 0.8
     monkeypatch.undo()
-    # the check: refused before anything is built, naming the experts' parameter
+    # now: every experts weight is quantized, judged, and the manifest says what its rules could not reach (the
+    # router alone)
+    quantized, report = quantize(model, builtin_plan("int8"))
+    assert not any(torch.equal(quantized.get_parameter(n), model.get_parameter(n)) for n in _experts(model))
+    result = assert_quantization_applied(model, quantized, report, input_ids=_ids())
+    judged = result.evidence["layers"]
+    assert result.status.value == "PASS" and "model.layers.1.mlp.experts.down_proj" in judged
+    assert judged["model.layers.1.mlp.experts.down_proj"]["on_grid"]
+    assert report.summary()["outside_linear_share"] < 0.01
+
+
+def test_a_manifest_claiming_experts_the_weights_do_not_show_fails(monkeypatch):
+    """The planted bug on the experts themselves: the manifest says int8, the experts hold the reference's
+    values (a backend that wrote its result elsewhere)."""
+    model = _tiny_moe()
+    quantized, report = quantize(model, builtin_plan("int8"))
+    with torch.no_grad():
+        for name in _experts(model):
+            quantized.get_parameter(name).copy_(model.get_parameter(name))
+    with pytest.raises(InvariantViolation) as info:
+        assert_quantization_applied(model, quantized, report, input_ids=_ids())
+    result = info.value.result
+    assert result.name == "quantization_applied" and result.status.value == "FAIL"
+    assert "model.layers.0.mlp.experts.gate_up_proj" in result.message
+
+
+def test_a_transposed_layout_read_the_wrong_way_round_is_off_the_plan():
+    """gpt-oss stores its experts [experts, in, out]. Quantized as stored, int8's channels would run along the
+    input features: `plan_followed` names the experts; read as the layer they stand for, the plan holds."""
+    model = _tiny_moe("gpt_oss")
+    quantized, _ = quantize(model, builtin_plan("int8"))
+    assert assert_plan_followed(quantized, builtin_plan("int8"), reference=model).status.value == "PASS"
+    from qcheck.formats import integer
+
+    with torch.no_grad():
+        for name in _experts(model):
+            stored = model.get_parameter(name)
+            quantized.get_parameter(name).copy_(torch.stack([integer(stored[e], 8) for e in range(stored.shape[0])]))
+    with pytest.raises(InvariantViolation) as info:
+        assert_plan_followed(quantized, builtin_plan("int8"), reference=model)
+    result = info.value.result
+    assert result.name == "plan_followed" and result.status.value == "FAIL" and "experts" in result.message
+    assert layer_at(quantized, "model.layers.0.mlp.experts.gate_up_proj").transposed
+
+
+def test_experts_of_a_layout_qcheck_does_not_know_are_refused():
+    """A fused experts class without transformers' layout marks: qcheck does not guess which dimension holds the
+    input features; a quantizing plan is refused, naming the parameter, and the casts still run."""
+    model = _tiny_moe()
+    for module in model.modules():
+        if hasattr(module, "is_transposed"):
+            del module.is_transposed
     with pytest.raises(ConfigError) as err:
         quantize(model, builtin_plan("int8"))
     assert "MixtralExperts.gate_up_proj" in str(err.value) and "outside nn.Linear" in str(err.value)
+    assert quantize(model, builtin_plan("bf16"))[1].summary()["outside_linear_share"] > 0.8
 
 
 def test_a_dense_model_quantizes_as_before(tiny_folder):
