@@ -34,6 +34,7 @@ from torch import nn
 from qcheck.measure.attention import gqa_decoding
 from qcheck.measure.kv_cache import cache_argument, cache_of
 from qcheck.quant.bnb import llm_int8_threshold
+from qcheck.quant.experts import is_fused_experts
 from qcheck.quant.offload import is_dispatched
 
 EOS_CHECK_EVERY = 16
@@ -230,6 +231,11 @@ def host_waits(model: nn.Module) -> str | None:
     if threshold:
         return (f"bitsandbytes LLM.int8 with outlier threshold {threshold} (its outlier split asks the GPU "
                 "`if outliers.any()` from the host, which a CUDA graph cannot capture)")
+    if (getattr(getattr(model, "config", None), "_experts_implementation", None) == "eager"
+            and any(is_fused_experts(m) for m in model.modules())):
+        return ("mixture-of-experts layers in transformers' eager experts forward (it loops on the host over the "
+                "experts its tokens reached, read from the GPU, which a CUDA graph cannot capture; its grouped_mm "
+                "forward, the default, does not)")
     return None
 
 

@@ -111,6 +111,33 @@ def test_llm_int8_with_an_outlier_threshold_is_refused_a_graph_and_decodes_in_ea
     assert got.tokens.tolist() == generated(quantized, ids, torch.ones_like(ids), 4, 1, 0).tolist()
 
 
+@pytest.mark.parametrize(("implementation", "waits"), [("grouped_mm", False), ("eager", True)])
+def test_a_moe_model_decodes_generates_tokens_and_its_eager_experts_are_refused_a_graph(implementation, waits):
+    """transformers' eager experts forward loops on the host over the experts its tokens reached (read from the
+    GPU): no CUDA graph can capture it, so a graph is refused up front; its grouped_mm forward has no such read. The
+    static cache's steps give generate's tokens with either, a w4g64 variant's fp32 experts included."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qcheck.measure.decode import host_waits
+    from qcheck.quant.apply import quantize
+
+    config = AutoConfig.for_model("mixtral", vocab_size=512, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  num_local_experts=4, num_experts_per_tok=2, bos_token_id=1, eos_token_id=2,
+                                  pad_token_id=0)
+    config._experts_implementation = implementation
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(3, 512, (2, 6), generator=torch.Generator().manual_seed(0))
+    for subject in (model, quantize(model, {"default": {"format": "int", "bits": 4, "group_size": 64}})[0]):
+        assert bool(host_waits(subject)) == waits
+        if waits:
+            with pytest.raises(Unsupported, match="eager experts forward"):
+                decode_greedy(subject, ids, torch.ones_like(ids), 4, [2], 0, graph=True)
+        got = decode_greedy(subject, ids, torch.ones_like(ids), 4, [2], 0)
+        assert got.tokens.tolist() == generated(subject, ids, torch.ones_like(ids), 4, 2, 0).tolist()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("chunked", [False, True])
 def test_cuda_graph_decoding_gives_generates_tokens_in_fp32(chunked, monkeypatch):

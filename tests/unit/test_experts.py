@@ -176,3 +176,21 @@ def test_fake_quantized_experts_run_on_a_gpu_as_on_the_cpu(model_type, dtype):
     assert torch.isfinite(gpu).all()
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2  # TF32-free fp32 matmuls vs bf16's 8 significant bits
     assert (gpu - cpu).abs().max().item() <= tolerance * max(1.0, cpu.abs().max().item())
+
+
+@pytest.mark.gpu
+def test_a_moe_model_decodes_on_a_gpu_in_cuda_graphs_with_generates_tokens():
+    """transformers' grouped_mm experts forward reads nothing back to the host: its steps replay as CUDA graphs,
+    giving generate's greedy tokens (fp32, the reference and a w4g64 variant)."""
+    from transformers import GenerationConfig
+
+    from qcheck.measure.decode import decode_greedy
+
+    model = _moe("mixtral").to("cuda")
+    ids = _ids().to("cuda")
+    config = GenerationConfig(max_new_tokens=8, do_sample=False, num_beams=1, pad_token_id=2, eos_token_id=[2])
+    for subject in (model, quantize(model, builtin_plan("w4g64"))[0]):
+        got = decode_greedy(subject, ids, torch.ones_like(ids), 8, [2], 2)
+        assert got.method.startswith("static cache, one CUDA graph per step"), got.method
+        expected = subject.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        assert got.tokens.tolist() == expected[:, ids.shape[1]:].tolist()
