@@ -252,7 +252,8 @@ def assert_slowdown_bound(reference: Timing, timing: Timing, *, factor: float = 
                           alpha: float = ORDER_ALPHA) -> CheckResult:
     """A quantized variant is at most `factor` times slower than the 16-bit reference (beyond noise: one-sided
     Mann-Whitney of factor x reference < variant). Over the bound: FAIL naming the likely cause from `causes`
-    (diagnose_slowdown), or WARN when the backend's own documented cost explains it and no fallback is found.
+    (diagnose_slowdown), or WARN when the backend's own documented cost explains it (the variant is not beyond that
+    cost by the same one-sided test) and no fallback is found.
     `kernels` (time_by_kernel of the variant) names where its time goes in the message and evidence."""
     if factor <= 1:
         raise ConfigError("slowdown factor must be > 1", field="factor")
@@ -271,12 +272,15 @@ def assert_slowdown_bound(reference: Timing, timing: Timing, *, factor: float = 
         status = Status.FAIL
         message = (f"{text} slower, over the {factor:g}x bound (p={p:.2g}); likely cause: "
                    + "; ".join(_cause_text(k, v) for k, v in found.items()))
-    elif known and ratio <= known[0]:
+    elif known and (p_known := _p_less([known[0] * s for s in reference.samples_ms], timing.samples_ms)) >= alpha:
+        # the known cost is judged as the bound is, beyond noise: a host-bound backend's samples spread widely (LLM.int8
+        # at 1.2B, bf16 reference, H100: 49-98 ms, median 6.39x, not beyond 6x at p=0.60)
         status = Status.WARN
-        message = (f"{text} slower, over the {factor:g}x bound, but within the backend's known cost "
-                   f"({known[1]}); no fallback or placement problem found"
-                   + (f" ({_cause_text('backend-own-ops', own)})" if own else ""))
-        evidence["known_cost"] = {"max_factor": known[0], "why": known[1]}
+        beyond = f"{ratio:.2f}x, " if ratio > known[0] else ""
+        message = (f"{text} slower, over the {factor:g}x bound, but within the backend's known cost of "
+                   f"{known[0]:g}x ({beyond}not beyond it at p={p_known:.2g}: {known[1]}); no fallback or placement "
+                   "problem found" + (f" ({_cause_text('backend-own-ops', own)})" if own else ""))
+        evidence["known_cost"] = {"max_factor": known[0], "why": known[1], "p_over_known": p_known}
     else:
         status = Status.FAIL
         message = (f"{text} slower, over the {factor:g}x bound (p={p:.2g}); no placement problem, host copies or "
