@@ -231,11 +231,27 @@ def host_waits(model: nn.Module) -> str | None:
     if threshold:
         return (f"bitsandbytes LLM.int8 with outlier threshold {threshold} (its outlier split asks the GPU "
                 "`if outliers.any()` from the host, which a CUDA graph cannot capture)")
-    if (getattr(getattr(model, "config", None), "_experts_implementation", None) == "eager"
-            and any(is_fused_experts(m) for m in model.modules())):
+    return _experts_waits(model)
+
+
+def _experts_waits(model: nn.Module) -> str | None:
+    """Why `model`'s fused experts cannot be captured in a CUDA graph, or None. Measured on an H100 (session 26):
+    transformers' eager experts forward loops on the host over the experts its tokens reached; its grouped_mm forward
+    (the default) captures in bf16, but torch's grouped_mm on fp32 weights copies from the host in every call
+    ("Cannot copy between CPU and CUDA tensors during CUDA graph capture"), and so does any dtype but bf16 here;
+    batched_mm captures in fp32 and bf16."""
+    implementation = getattr(getattr(model, "config", None), "_experts_implementation", None)
+    dtypes = {p.dtype for m in model.modules() if is_fused_experts(m) for p in m.parameters(recurse=False)
+              if p.dim() == 3}
+    if not dtypes or implementation == "batched_mm":
+        return None
+    if implementation == "eager":
         return ("mixture-of-experts layers in transformers' eager experts forward (it loops on the host over the "
-                "experts its tokens reached, read from the GPU, which a CUDA graph cannot capture; its grouped_mm "
-                "forward, the default, does not)")
+                "experts its tokens reached, read from the GPU, which a CUDA graph cannot capture)")
+    if implementation == "grouped_mm" and dtypes != {torch.bfloat16}:
+        shown = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        return (f"mixture-of-experts weights in {shown} through torch's grouped_mm, which copies from the host in "
+                "every call outside bf16 (which a CUDA graph cannot capture)")
     return None
 
 

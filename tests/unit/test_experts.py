@@ -179,18 +179,25 @@ def test_fake_quantized_experts_run_on_a_gpu_as_on_the_cpu(model_type, dtype):
 
 
 @pytest.mark.gpu
-def test_a_moe_model_decodes_on_a_gpu_in_cuda_graphs_with_generates_tokens():
-    """transformers' grouped_mm experts forward reads nothing back to the host: its steps replay as CUDA graphs,
-    giving generate's greedy tokens (fp32, the reference and a w4g64 variant)."""
+@pytest.mark.parametrize(("implementation", "dtype", "graph"), [
+    ("grouped_mm", torch.bfloat16, True), ("grouped_mm", torch.float32, False), ("batched_mm", torch.float32, True)])
+def test_a_moe_model_decodes_on_a_gpu_with_generates_tokens(implementation, dtype, graph):
+    """On a GPU the static cache replays one CUDA graph per step where the experts forward can be captured (grouped_mm
+    in bf16, batched_mm) and takes eager steps where it cannot (grouped_mm outside bf16 copies from the host; a
+    w4g64 variant's experts are fp32): generate's greedy tokens either way."""
     from transformers import GenerationConfig
 
     from qcheck.measure.decode import decode_greedy
 
-    model = _moe("mixtral").to("cuda")
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("mixtral", **{**COMMON, **MOE["mixtral"]})
+    model = AutoModelForCausalLM.from_config(config, experts_implementation=implementation).to(dtype).eval().cuda()
     ids = _ids().to("cuda")
-    config = GenerationConfig(max_new_tokens=8, do_sample=False, num_beams=1, pad_token_id=2, eos_token_id=[2])
-    for subject in (model, quantize(model, builtin_plan("w4g64"))[0]):
+    generation = GenerationConfig(max_new_tokens=8, do_sample=False, num_beams=1, pad_token_id=2, eos_token_id=[2])
+    variant = quantize(model, builtin_plan("w4g64"))[0]
+    for subject, captured in ((model, graph), (variant, implementation == "batched_mm")):
         got = decode_greedy(subject, ids, torch.ones_like(ids), 8, [2], 2)
-        assert got.method.startswith("static cache, one CUDA graph per step"), got.method
-        expected = subject.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        assert got.method.startswith("static cache, one CUDA graph per step" if captured else
+                                     "static cache, eager steps (not a CUDA graph: mixture-of-experts"), got.method
+        expected = subject.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=generation)
         assert got.tokens.tolist() == expected[:, ids.shape[1]:].tolist()
