@@ -141,7 +141,9 @@ def _perplexity_of(ctx: RunContext, model: nn.Module, context: int, states: Any 
     batch = ctx.batch_size("perplexity") * max(1, ctx.options.context // max(context, 1))
     result = perplexity_of_ids(model, text.ids, context=context, batch_size=batch, pad_id=pad, states_cache=states)
     result.n_chars, result.n_bytes, result.n_words = text.n_chars, text.n_bytes, text.n_words
-    return result.to_dict(), {"context": context, "stride": context, **text.describe()}
+    # the vocabulary rides along: perplexity_order reads whether the reference predicts better than a uniform guess
+    return {**result.to_dict(), "vocab_size": ctx.vocab_size}, {"context": context, "stride": context,
+                                                                  **text.describe()}
 
 
 @step("perplexity", "token-weighted strided perplexity with per-window and per-block NLL")

@@ -50,7 +50,8 @@ def test_perplexity_order_within_family(family, qcheck_records, qcheck_record):
         pytest.skip(f"no variant of family {family!r} ({', '.join(FAMILIES[family])}) in this run")
     chain = float_chain(members, qcheck_records.reference_dtype) if family == "float" else [REFERENCE, *members]
     results = {n: PerplexityResult.from_dict(qcheck_records.data(n, "perplexity")) for n in chain}
-    qcheck_record(assert_perplexity_order(results, family=family))
+    vocab = qcheck_records.data(REFERENCE, "perplexity").get("vocab_size")
+    qcheck_record(assert_perplexity_order(results, family=family, vocab_size=vocab))
 
 
 

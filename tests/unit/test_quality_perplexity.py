@@ -93,3 +93,20 @@ def test_claim_matching_pooled_passes_and_window_averaging_is_named():
         assert_perplexity_claim(r.perplexity * 1.5, r)
     with pytest.raises(InvariantViolation, match="not a finite number"):
         assert_perplexity_claim(float("nan"), r)
+
+
+def test_an_order_broken_on_a_reference_no_better_than_uniform_is_inconclusive():
+    """Fewer bits beyond noise below more bits FAILs on a reference that predicts the text; on one whose perplexity
+    is at or above its vocabulary size (no better than a uniform guess: random weights) the order is INCONCLUSIVE,
+    naming why. Identical figures FAIL either way (a variant never quantized)."""
+    ref = base()
+    results = {"fp32": result(ref), "w4": result(ref + 0.2), "w2": result(ref + 0.05)}
+    first = results["fp32"].perplexity
+    with pytest.raises(InvariantViolation):
+        assert_perplexity_order(results, family="int", vocab_size=int(first) + 1)
+    check = assert_perplexity_order(results, family="int", vocab_size=int(first))
+    assert check.status.value == "INCONCLUSIVE" and "lower perplexity than w4" in check.message
+    assert "no better than chance" in check.message and check.evidence["vocab_size"] == int(first)
+    with pytest.raises(InvariantViolation, match="identical perplexity"):
+        assert_perplexity_order({"w4": result(ref + 0.1), "w2": result(ref + 0.1)}, vocab_size=1)
+    assert assert_perplexity_order({"fp32": result(ref), "w4": result(ref + 0.2)}, vocab_size=1).status.value == "PASS"
