@@ -437,6 +437,27 @@ def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
     return max(1, min(ATTACK_BATCH_LIMIT, fit))
 
 
+def with_smaller_batches(attack: Callable[[int], Any], batch: int) -> tuple[Any, list[int]]:
+    """`attack(batch)`, run again at half the batch while it runs out of memory (down to one question), and the
+    batch sizes that ran out. `attack_batch_size` plans from the free memory, but what a dispatched model brings onto
+    its GPU for a backward pass is not all counted (session 26: the int8 variant of a bf16 70B slice with
+    --max-memory 0=12GiB ran out at 77 GiB allocated). Each question's attack is its own (its loss, its perturbation),
+    so the batch changes how they are grouped and padded, not what is attacked. accelerate's out-of-memory test decides what counts; the memory is freed
+    after the failed call's frames are gone (inside the except block its traceback still holds their tensors)."""
+    from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
+
+    ran_out: list[int] = []
+    while True:
+        try:
+            return attack(batch), ran_out
+        except Exception as exc:  # anything but running out of memory is raised again
+            if batch <= 1 or not should_reduce_batch_size(exc):
+                raise
+        ran_out.append(batch)
+        batch //= 2
+        clear_device_cache(garbage_collection=True)
+
+
 def _low_precision_tensors(model: nn.Module) -> list[torch.Tensor]:
     """The model's float parameters and buffers held in a dtype other than fp32, each once (tied weights once)."""
     seen: dict[int, torch.Tensor] = {}

@@ -276,10 +276,13 @@ def _robustness(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, 
         raise NotApplicable(f"{s.name}: {refused}")
     items, info = ctx.inputs.robustness_items(ctx.budget.robustness_questions, ROBUSTNESS_MAX_TOKENS)
     pad = ctx.tokenizer.pad_token_id or 0
-    batch = R.attack_batch_size(s.model, ROBUSTNESS_MAX_TOKENS)
-    evaluation = R.evaluate_robustness(s.model, items, R.ROBUSTNESS_ATTACK, pad_id=pad, variant=s.name, data=info,
-                                       repeats=2, batch_size=batch)
-    return evaluation.to_dict(), {"data": info, "attack": R.ROBUSTNESS_ATTACK.to_dict(), "batch_size": batch}
+    planned = R.attack_batch_size(s.model, ROBUSTNESS_MAX_TOKENS)
+    evaluation, ran_out = R.with_smaller_batches(
+        lambda batch: R.evaluate_robustness(s.model, items, R.ROBUSTNESS_ATTACK, pad_id=pad, variant=s.name,
+                                            data=info, repeats=2, batch_size=batch), planned)
+    batch = planned // 2 ** len(ran_out)
+    return evaluation.to_dict(), {"data": info, "attack": R.ROBUSTNESS_ATTACK.to_dict(), "batch_size": batch,
+                                  "planned_batch_size": planned, "out_of_memory_at": ran_out}
 
 
 # ---------------------------------------------------------------------------------------------------------- timing

@@ -512,3 +512,31 @@ def test_frozen_parameters_restores_requires_grad_by_name_also_on_error(tiny):
         assert not tiny.lm_head.weight.requires_grad and sum(not p.requires_grad for p in tiny.parameters()) == 1
     finally:
         tiny.lm_head.weight.requires_grad_(True)
+
+
+def test_an_attack_that_runs_out_of_memory_is_run_again_at_half_the_batch(tiny, items, evaluation):
+    """Session 26's --device-map run of a bf16 70B slice ran its int8 variant's attack out of GPU memory, and the
+    check ERRORed. The attack now runs again at half the batch while it runs out (the batch sizes are recorded);
+    the records equal the planned batch's, and any other error, or running out at one question, is raised."""
+    from qcheck.measure.robustness import with_smaller_batches
+
+    calls = []
+
+    def attack(batch):
+        calls.append(batch)
+        if batch > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 896.00 MiB.")
+        return evaluate_robustness(tiny, items, AttackConfig(epsilon=0.5, pgd_steps=2), variant="tiny",
+                                   batch_size=batch)
+
+    result, ran_out = with_smaller_batches(attack, 16)
+    assert ran_out == [16, 8, 4] and calls == [16, 8, 4, 2]
+    assert [asdict(r) for r in result.records] == [asdict(r) for r in evaluation.records]
+
+    def always(batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        with_smaller_batches(always, 4)
+    with pytest.raises(ValueError, match="not memory"):
+        with_smaller_batches(lambda batch: (_ for _ in ()).throw(ValueError("not memory")), 8)
