@@ -26,6 +26,7 @@ from torch import nn
 
 from qcheck.formats import PRESETS, fixed_point_range, minifloat_format
 from qcheck.formats.minifloat import SPECIALS, MinifloatFormat
+from qcheck.quant.experts import ExpertMatrix
 from qcheck.quant.plan import TOP_LEVEL_KEYS, target_layers
 from qcheck.quant.spec import FORMATS, CastSpec, FixedSpec, IntSpec, MinifloatSpec
 
@@ -438,6 +439,11 @@ def plans(model: nn.Module, *, max_overrides: int = 3) -> SearchStrategy[dict[st
     names = [n for n, _ in layers]
     in_features = math.gcd(*[int(getattr(m, "in_features", 1)) for _, m in layers])
     tables = plan_tables(in_features)
+    # fused mixture-of-experts weights take no activation quantization and no cast of their own (Plan.resolve refuses
+    # both), and any glob may claim them
+    experts = any(isinstance(m, ExpertMatrix) for _, m in layers)
+    if experts:
+        tables = tables.filter(lambda t: t["format"] not in ("fp16", "bf16"))
     activations = st.sampled_from([{"format": "int", "bits": 8, "per_tensor": True}, {"format": "fp8-e4m3"},
                                    {"format": "fixed", "width": 8, "frac_width": 4}])
 
@@ -446,7 +452,7 @@ def plans(model: nn.Module, *, max_overrides: int = 3) -> SearchStrategy[dict[st
         table = dict(draw(tables))
         if glob is not None:
             table["match"] = glob
-        if table["format"] in ("int", "fixed", "minifloat") and draw(st.booleans()):
+        if not experts and table["format"] in ("int", "fixed", "minifloat") and draw(st.booleans()):
             table["activations"] = draw(activations)
         return table
 

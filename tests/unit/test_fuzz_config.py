@@ -140,6 +140,25 @@ def test_valid_plans_resolve_and_round_trip(tiny_model: torch.nn.Module, data: s
     assert Plan.from_toml(to_toml(plan_dict)) == plan
 
 
+@pytest.fixture(scope="module")
+def tiny_moe() -> torch.nn.Module:
+    """A tiny random Mixtral: its fused experts weights are plan layers too."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("mixtral", vocab_size=512, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  num_local_experts=4, num_experts_per_tok=2)
+    return AutoModelForCausalLM.from_config(config)
+
+
+@given(data=st.data())
+def test_valid_plans_of_a_moe_model_resolve(tiny_moe: torch.nn.Module, data: st.DataObject) -> None:
+    """plans(model) on a MoE model draws no rule its experts weights refuse (activations, a cast of their own)."""
+    plan = Plan.from_dict(data.draw(plans(tiny_moe)))
+    assignments = plan.resolve(tiny_moe)
+    assert sum(a.kind == "experts" for a in assignments) == 4
+
+
 @given(data=st.data())
 def test_junk_plan_dicts_are_valid_or_config_error(tiny_model: torch.nn.Module, data: st.DataObject) -> None:
     """Any dict (or non-dict) given as a plan: a Plan that resolves or a ConfigError naming the field."""
