@@ -459,11 +459,12 @@ def with_smaller_batches(attack: Callable[[int], Any], batch: int) -> tuple[Any,
         clear_device_cache(garbage_collection=True)
 
 
-def _low_precision_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """The model's float parameters and buffers held in a dtype other than fp32, each once (tied weights once)."""
+def _low_precision_tensors(model: nn.Module, *, with_fp32: bool = False) -> list[torch.Tensor]:
+    """The model's float parameters and buffers held in a dtype other than fp32 (all of them with `with_fp32`), each
+    once (tied weights once)."""
     seen: dict[int, torch.Tensor] = {}
     for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point() and t.dtype != torch.float32:
+        if t.is_floating_point() and (with_fp32 or t.dtype != torch.float32):
             seen.setdefault(id(t), t)
     return list(seen.values())
 
@@ -478,12 +479,15 @@ def fp32_copy_bytes(model: nn.Module) -> int:
 
 def fp32_copy_by_device(model: nn.Module) -> dict[torch.device, int]:
     """`fp32_copy_bytes` per device that holds the tensors: the difference of the two sizes for an in-place upcast;
-    for a dispatched model, an fp32 copy of what is resident (offloaded tensors stay on the meta device)."""
+    for a dispatched model, an fp32 copy of every float tensor that is resident, fp32 ones included (`gradient_weights`
+    deep-copies the model: a fake-quantized variant's fp32 layers are copied too; counting its 16-bit tensors alone
+    left 16 GB of session 26's 70B-slice int8 variant out of the plan, and its attack ran out of memory). Offloaded
+    tensors stay on the meta device."""
     if not needs_fp32_copy(model):
         return {}
     copy = _has_accelerate_hooks(model)
     need: dict[torch.device, int] = {}
-    for t in _low_precision_tensors(model):
+    for t in _low_precision_tensors(model, with_fp32=copy):
         if t.device.type != "meta":
             need[t.device] = need.get(t.device, 0) + t.numel() * (4 if copy else 4 - t.element_size())
     return need

@@ -447,6 +447,34 @@ def test_a_dispatched_16_bit_model_whose_fp32_copy_cannot_fit_is_not_attacked(tm
     assert "lower --max-memory" in reason and "Not attacked rather than run out of memory" in reason
 
 
+def test_the_fp32_copy_of_a_dispatched_variant_counts_its_fp32_layers_too(tmp_path):
+    """A fake-quantized variant of a 16-bit reference holds its grid layers in fp32 beside 16-bit embeddings and norms.
+    Dispatched, its attack deep-copies every resident tensor into fp32: the plan counted the 16-bit ones alone (session
+    26: the int8 variant of a bf16 70B slice, 16 GB left out, ran out of GPU memory). Counted now, to the byte of the
+    copy the attack makes."""
+    import copy
+
+    from accelerate import dispatch_model
+
+    from qcheck.measure.robustness import fp32_copy_by_device
+    from qcheck.quant.apply import quantize
+
+    model = random_init_like(tiny_llama_config(num_hidden_layers=2), seed=0).to(torch.bfloat16).eval()
+    variant, _ = quantize(model, {"default": {"format": "int", "bits": 8}})
+    assert {p.dtype for p in variant.parameters()} == {torch.bfloat16, torch.float32}
+    placement = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+                 "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dispatched = dispatch_model(variant, device_map=placement, offload_dir=str(tmp_path))
+    surrogate = copy.deepcopy(dispatched).float()
+    made = sum(t.numel() * t.element_size() for t in {id(t): t for t in [*surrogate.parameters(),
+                                                                           *surrogate.buffers()]}.values()
+               if t.is_floating_point() and t.device.type != "meta")
+    assert fp32_copy_by_device(dispatched) == {torch.device("cpu"): made}
+    fp32_layers = sum(p.numel() * 4 for n, p in dispatched.named_parameters()
+                      if p.dtype == torch.float32 and p.device.type != "meta")
+    assert fp32_layers > 0 and made > fp32_layers
+
+
 def test_an_attack_pass_keeps_no_weight_inputs_or_copied_heads_and_its_gradient_is_unchanged():
     """The attack's gradient pass freezes the weights (no layer input is kept for a weight gradient) and attends to a
     grouped-query layer's key/value heads without copying them per query head (SmolLM2-135M's 9 over 3, two layers,
