@@ -197,18 +197,19 @@ def layer_delta(reference: torch.Tensor, quantized: nn.Module | ExpertMatrix) ->
 
 
 def weight_deltas(reference: nn.Module, quantized: nn.Module) -> dict[str, dict[str, Any]]:
-    """Per nn.Linear: fraction of weights changed, relative change, SQNR and dtypes, by name (one layer's float32
-    copy at a time, so a large model is never held twice in float32)."""
-    q_modules = {n: m for n, m in quantized.named_modules() if isinstance(m, nn.Linear) and n}
+    """Per nn.Linear and fused experts weight: fraction of weights changed, relative change, SQNR and dtypes, by name
+    (one layer's float32 copy at a time, so a large model is never held twice in float32)."""
+    kinds = (nn.Linear, ExpertMatrix)
+    q_layers = {n: m for n, m in _layers(quantized).items() if isinstance(m, kinds) and n}
     out: dict[str, dict[str, Any]] = {}
-    for name, module in reference.named_modules():
-        if not name or not isinstance(module, nn.Linear):
+    for name, layer in _layers(reference).items():
+        if not name or not isinstance(layer, kinds):
             continue
-        if name not in q_modules:
+        if name not in q_layers:
             out[name] = {"missing": True}
             continue
-        with onloaded(q_modules[name]) as quantized_module:
-            out[name] = layer_delta(_weight_of(module), quantized_module)
+        with onloaded(owner_of(q_layers[name])):
+            out[name] = layer_delta(_weight_of(layer), q_layers[name])
     return out
 
 

@@ -162,6 +162,20 @@ def test_experts_offloaded_to_disk_are_quantized_where_they_live(tmp_path):
         assert torch.equal(quantized(input_ids=_ids()).logits, expected(input_ids=_ids()).logits)
 
 
+def test_without_a_manifest_unchanged_experts_are_named():
+    """assert_quantization_applied without a manifest compares every layer with the reference: experts a quantizer
+    never reached are named (WARN), beside the attention it changed."""
+    from qcheck.invariants import assert_quantization_applied
+
+    model = _moe("mixtral")
+    partial, _ = quantize(model, {"default": {"format": "int", "bits": 8},
+                                  "override": [{"match": "*.experts.*", "format": "keep"}]})
+    del partial.qcheck_report  # a model from elsewhere: no manifest says what was meant
+    check = assert_quantization_applied(model, partial, None, input_ids=_ids())
+    assert check.status.value == "WARN" and "model.layers.0.mlp.experts.gate_up_proj" in check.message
+    assert "model.layers.0.mlp.experts.down_proj" in check.evidence["problems"]["unchanged"]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("model_type", ["mixtral", "gpt_oss"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

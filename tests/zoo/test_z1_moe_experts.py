@@ -135,3 +135,29 @@ def test_a_random_moe_reference_no_better_than_uniform_is_not_ordered_by_bits(sm
     assert check.status.value == "INCONCLUSIVE" and "no better than chance" in check.message
     with pytest.raises(InvariantViolation, match="identical perplexity"):
         assert_perplexity_order({"fp32": ppl["fp32"], "fixed16.8": ppl["fp32"]}, family="fixed", vocab_size=vocab)
+
+
+def test_a_moe_checkpoint_quantized_outside_its_experts_is_named(tmp_path):
+    """A user's quantized MoE checkpoint (`--ptq checkpoint=FOLDER`) whose quantizer reached the attention and not
+    the fused experts: the backend's manifest compared `nn.Linear`-like layers alone, so `ptq_applied` passed it.
+    The experts are compared too now: the unchanged ones are named (WARN); in a checkpoint with its experts quantized
+    no expert is."""
+    from qcheck.invariants.ptq import assert_ptq_applied
+    from qcheck.quant.backends import make_backend, produce_variant
+
+    model = _tiny_moe()
+    attention_only = {"default": {"format": "int", "bits": 8},
+                      "override": [{"match": "*.experts.*", "format": "keep"}]}
+    for name, plan in (("attention-only", attention_only), ("everything", builtin_plan("int8"))):
+        quantize(model, plan)[0].save_pretrained(tmp_path / name)
+    partial = produce_variant(make_backend("checkpoint", folder=str(tmp_path / "attention-only")), model, None)
+    experts = [r for r in partial.report.layers if ".experts." in r.name]
+    assert len(experts) == 4 and all(r.kept_reason == "weights identical to the reference" for r in experts)
+    check = assert_ptq_applied(model, partial)
+    unchanged = check.evidence["problems"]["unchanged"]
+    assert check.status.value == "WARN" and [n for n in unchanged if ".experts." in n] == [r.name for r in experts]
+    assert "model.layers.0.mlp.experts.gate_up_proj" in check.message
+    full = produce_variant(make_backend("checkpoint", folder=str(tmp_path / "everything")), model, None)
+    assert sum(r.applied for r in full.report.layers if ".experts." in r.name) == 4
+    # what int8 leaves as it was either way (the head it keeps, the routers no plan reaches) is named in both
+    assert not any(".experts." in n for n in assert_ptq_applied(model, full).evidence["problems"].get("unchanged", []))

@@ -103,7 +103,10 @@ def produce_variant(backend: Backend, reference: nn.Module, tokenizer: Any) -> B
 def unpacked_weight(module: nn.Module) -> torch.Tensor | None:
     """The float32 weight a quantized linear computes with (packed/int weights dequantized), or None."""
     from qcheck.quant.bnb import dequantized_weight, is_bnb_module
+    from qcheck.quant.experts import ExpertMatrix
 
+    if isinstance(module, ExpertMatrix):
+        return module.weight.detach().to(torch.float32)
     if is_bnb_module(module):
         return dequantized_weight(module)
     if hasattr(module, "weight_packed"):
@@ -164,6 +167,10 @@ def _dequantize_grouped(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
 
 def module_label(module: nn.Module) -> str:
     """The module's class, with compressed-tensors' storage format when it keeps the nn.Linear class."""
+    from qcheck.quant.experts import ExpertMatrix, class_name
+
+    if isinstance(module, ExpertMatrix):
+        return class_name(module)
     scheme = getattr(module, "quantization_scheme", None)
     fmt = getattr(getattr(scheme, "format", None), "value", None) or getattr(scheme, "format", None)
     status = getattr(getattr(module, "quantization_status", None), "value", "")
@@ -185,7 +192,12 @@ def linear_like_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _stored_weight(module: nn.Module) -> torch.Tensor | None:
-    """The weight tensor as stored: `weight`, or compressed-tensors' `weight_packed`."""
+    """The weight tensor as stored: `weight`, or compressed-tensors' `weight_packed` (a fused experts weight's
+    parameter)."""
+    from qcheck.quant.experts import ExpertMatrix
+
+    if isinstance(module, ExpertMatrix):
+        return module.param
     w = getattr(module, "weight", None)
     return w if w is not None else getattr(module, "weight_packed", None)
 
@@ -215,9 +227,9 @@ def manifest_of(reference: nn.Module, quantized: nn.Module, *, backend: str, pla
     """A per-layer manifest measured on `quantized`'s unpacked weights against `reference` (module class named);
     `transformed` names layers a smoothing step rescaled (their records say so)."""
     report = QuantReport(plan=plan, backend=backend, model_dtype=str(_first_float_dtype(quantized)))
-    ref_modules = dict(reference.named_modules())
+    ref_modules = {**dict(reference.named_modules()), **_expert_layers(reference)}
     embedding_ids = {id(m.weight) for m in quantized.modules() if isinstance(m, nn.Embedding)}
-    for name, module in linear_like_modules(quantized).items():
+    for name, module in {**linear_like_modules(quantized), **_expert_layers(quantized)}.items():
         ref = ref_modules.get(name)
         rec = LayerRecord(name=name, module_class=module_label(module), rule=backend, format=plan.get("format", backend),
                           spec=dict(plan), applied=False, backend=backend,
@@ -244,6 +256,15 @@ def manifest_of(reference: nn.Module, quantized: nn.Module, *, backend: str, pla
             rec.kept_reason = "weights identical to the reference"
         report.layers.append(rec)
     return report
+
+
+def _expert_layers(model: nn.Module) -> dict[str, Any]:
+    """The fused mixture-of-experts weights a float model holds (`qcheck.quant.experts`), by layer name: a backend
+    that quantized the attention and left the experts as they were is named, as for any unchanged layer."""
+    from qcheck.quant.experts import expert_matrices
+
+    return {name: layer for owner_name, owner in model.named_modules() for name, layer in
+            expert_matrices(owner_name, owner)}
 
 
 def _first_float_dtype(model: nn.Module) -> torch.dtype:
