@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from qcheck.formats._chunks import flat_pieces, pieces, row_blocks
-from qcheck.quant.experts import ExpertMatrix, class_name, expert_matrices, layer_at, owner_of
+from qcheck.quant.experts import ExpertMatrix, class_name, expert_layers, layer_at, owner_of
 from qcheck.quant.offload import input_device, onloaded
 from qcheck.quant.spec import (
     BnbSpec,
@@ -63,11 +63,7 @@ def _weight_of(module: nn.Module | ExpertMatrix) -> torch.Tensor:
 
 def _layers(model: nn.Module) -> dict[str, nn.Module | ExpertMatrix]:
     """Every module by name, and every fused experts weight by its layer name (`qcheck.quant.experts`)."""
-    out: dict[str, nn.Module | ExpertMatrix] = {}
-    for name, module in model.named_modules():
-        out[name] = module
-        out.update(expert_matrices(name, module))
-    return out
+    return {**dict(model.named_modules()), **expert_layers(model)}
 
 
 def linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -87,6 +87,12 @@ def expert_matrices(module_name: str, module: nn.Module) -> Iterator[tuple[str, 
             yield f"{module_name}.{pname}", ExpertMatrix(module, pname)
 
 
+def expert_layers(model: nn.Module) -> dict[str, ExpertMatrix]:
+    """Every fused experts weight `model` holds, by layer name, in module order."""
+    return {name: layer for owner_name, owner in model.named_modules()
+            for name, layer in expert_matrices(owner_name, owner)}
+
+
 def layer_at(model: nn.Module, name: str) -> nn.Module | ExpertMatrix:
     """The layer a plan's layer name means: a submodule, or a fused experts parameter (`<module>.<parameter>`)."""
     try:

@@ -226,10 +226,14 @@ def manifest_of(reference: nn.Module, quantized: nn.Module, *, backend: str, pla
                 transformed: dict[str, str] | None = None) -> QuantReport:
     """A per-layer manifest measured on `quantized`'s unpacked weights against `reference` (module class named);
     `transformed` names layers a smoothing step rescaled (their records say so)."""
+    from qcheck.quant.experts import expert_layers
+
     report = QuantReport(plan=plan, backend=backend, model_dtype=str(_first_float_dtype(quantized)))
-    ref_modules = {**dict(reference.named_modules()), **_expert_layers(reference)}
+    # fused experts weights held in float are compared too: a backend that quantized the attention and left the
+    # experts as they were is named, as for any unchanged layer
+    ref_modules = {**dict(reference.named_modules()), **expert_layers(reference)}
     embedding_ids = {id(m.weight) for m in quantized.modules() if isinstance(m, nn.Embedding)}
-    for name, module in {**linear_like_modules(quantized), **_expert_layers(quantized)}.items():
+    for name, module in {**linear_like_modules(quantized), **expert_layers(quantized)}.items():
         ref = ref_modules.get(name)
         rec = LayerRecord(name=name, module_class=module_label(module), rule=backend, format=plan.get("format", backend),
                           spec=dict(plan), applied=False, backend=backend,
@@ -256,15 +260,6 @@ def manifest_of(reference: nn.Module, quantized: nn.Module, *, backend: str, pla
             rec.kept_reason = "weights identical to the reference"
         report.layers.append(rec)
     return report
-
-
-def _expert_layers(model: nn.Module) -> dict[str, Any]:
-    """The fused mixture-of-experts weights a float model holds (`qcheck.quant.experts`), by layer name: a backend
-    that quantized the attention and left the experts as they were is named, as for any unchanged layer."""
-    from qcheck.quant.experts import expert_matrices
-
-    return {name: layer for owner_name, owner in model.named_modules() for name, layer in
-            expert_matrices(owner_name, owner)}
 
 
 def _first_float_dtype(model: nn.Module) -> torch.dtype:
