@@ -222,12 +222,15 @@ def _add_dtype_adapter(module: nn.Module) -> None:
             return (x.to(mod.weight.dtype),) + tuple(args[1:])
         return None
 
-    def post(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        in_dtype = getattr(mod, "_qcheck_in_dtype", out.dtype)
-        return out.to(in_dtype) if out.dtype != in_dtype else None
-
     module.register_forward_pre_hook(pre)
-    module.register_forward_hook(post)
+    module.register_forward_hook(_output_back_to_input_dtype)
+
+
+def _output_back_to_input_dtype(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+    """Forward hook of the dtype adapters: the output cast back to the dtype the input came in (noted by their
+    pre-hooks)."""
+    in_dtype = getattr(mod, "_qcheck_in_dtype", out.dtype)
+    return out.to(in_dtype) if out.dtype != in_dtype else None
 
 
 def _experts_in_fp32(owner: nn.Module) -> None:
@@ -251,12 +254,8 @@ def _experts_in_fp32(owner: nn.Module) -> None:
             return (x.to(torch.float32),) + tuple(args[1:]), kwargs
         return args, {**kwargs, "hidden_states": x.to(torch.float32)}
 
-    def post(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        in_dtype = getattr(mod, "_qcheck_in_dtype", out.dtype)
-        return out.to(in_dtype) if out.dtype != in_dtype else None
-
     owner.register_forward_pre_hook(pre, with_kwargs=True)
-    owner.register_forward_hook(post)
+    owner.register_forward_hook(_output_back_to_input_dtype)
 
 
 def _add_activation_quant(module: nn.Module, spec: Any) -> None:

@@ -48,9 +48,10 @@ class QuantReport:
     model_dtype: str = "fp32"
     outside_linear: dict[str, int] = field(default_factory=dict)
     """Weight elements the plan's layer rules cannot reach, by module class and parameter: float matrices outside
-    nn.Linear. A quantizing plan leaves them as they are, so at most 10% may be (a MoE router's share; more is
-    refused before quantizing, `plan.MAX_UNADDRESSED_SHARE`); a whole-model dtype cast changes them too, at any
-    share (a MoE model's experts)."""
+    nn.Linear and the fused experts weights plans address (`qcheck.quant.experts`). A quantizing plan leaves them as
+    they are, so at most 10% may be (a MoE router's share; more is refused before quantizing,
+    `plan.MAX_UNADDRESSED_SHARE`); a whole-model dtype cast changes them too, at any share (experts of a layout qcheck
+    does not know)."""
     weight_elements: int = 0
     """Weight elements outside the embeddings and the output head (what `outside_linear`'s share is of)."""
 
