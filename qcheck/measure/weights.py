@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from qcheck.formats._chunks import flat_pieces, pieces, row_blocks
-from qcheck.quant.experts import ExpertMatrix, class_name, expert_layers, layer_at, owner_of
+from qcheck.quant.experts import ExpertMatrix, class_name, expert_layers, layer_at, owner_of, per_expert_view
 from qcheck.quant.offload import input_device, onloaded
 from qcheck.quant.spec import (
     BnbSpec,
@@ -115,6 +115,8 @@ def grid_evidence(module: nn.Module | ExpertMatrix, spec: Spec, reference: torch
         need = round(float(spec.sparsity) * w.numel())
         return GridEvidence(zeros >= need - 1, f"{zeros} zeros of {w.numel()} (requested {need}, +-1)")
     if isinstance(spec, IntSpec):
+        label = spec.label
+        w, spec = per_expert_view(module, spec, w)  # fused experts: a per-tensor scale is one per expert
         off = sum(_off_integer_grid(block, spec) for block in _blocks(w, spec))
         distinct = distinct_per_group(w, spec.group_size, spec.per_tensor)
         allowed = 2**spec.bits - (1 if spec.symmetric else 0)
@@ -122,7 +124,7 @@ def grid_evidence(module: nn.Module | ExpertMatrix, spec: Spec, reference: torch
         group_len = w.numel() if spec.per_tensor else (spec.group_size or w.shape[-1])
         underused = group_len >= 2 ** (spec.bits + 1) and distinct <= 2 ** (spec.bits - 1) - 1
         ok = frac == 0.0 and distinct <= allowed and not underused
-        reason = (f"{frac:.2%} of weights off the {spec.label} grid; at most {distinct} distinct values per group "
+        reason = (f"{frac:.2%} of weights off the {label} grid; at most {distinct} distinct values per group "
                   f"(<= {allowed} allowed)")
         if underused:
             reason += (f"; no group of {group_len} uses more than {distinct} values: effectively at most "
@@ -270,7 +272,7 @@ def quantization_evidence(reference: nn.Module, quantized: nn.Module, report: An
                                 "sqnr_db": delta.get("sqnr_db"), "dtype": delta.get("dtype"),
                                 "sqnr_floor_db": floor_for(spec)}
             if delta.get("changed_fraction") == 0.0:
-                layers[rec.name]["reference_in_format"] = already_in_format(ref_w, spec)
+                layers[rec.name]["reference_in_format"] = already_in_format(*per_expert_view(module, spec, ref_w))
     else:
         layers = weight_deltas(reference, quantized)
     if input_ids is None:

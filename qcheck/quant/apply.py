@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, QCheckError, VariantUnavailable
-from qcheck.quant.experts import ExpertMatrix, class_name, layer_at, weight_key
+from qcheck.quant.experts import ExpertMatrix, class_name, layer_at, per_expert_view, quantize_weight, weight_key
 from qcheck.quant.manifest import LayerRecord, QuantReport
 from qcheck.quant.plan import MODEL_DTYPES, Assignment, Plan, output_embeddings, unaddressable_weights
 from qcheck.quant.spec import BnbSpec, CastSpec, FixedSpec, IntSpec, KeepSpec, MinifloatSpec, PruneSpec, spec_to_dict
@@ -131,7 +131,7 @@ def _apply_weight_spec(module: nn.Module | ExpertMatrix, spec: Any, rec: LayerRe
         if module.bias is not None:
             module.bias.data = module.bias.data.to(spec.dtype)
     else:
-        new = spec.quantize(w.detach().to(torch.float32))
+        new = quantize_weight(module, spec, w.detach().to(torch.float32))
         if w.dtype != torch.float32:
             # grid values stored in fp16/bf16 would be rounded off their grid (8 significant bits in bf16): the layer
             # keeps them in fp32 and computes in fp32 between casts of its input and output
@@ -153,7 +153,8 @@ def _apply_weight_spec(module: nn.Module | ExpertMatrix, spec: Any, rec: LayerRe
     rec.bits = spec.bits
     rec.dtype = str(new.dtype)
     if isinstance(spec, IntSpec):
-        rec.max_distinct_per_group = distinct_per_group(new, spec.group_size, spec.per_tensor)
+        view, per = per_expert_view(module, spec, new)
+        rec.max_distinct_per_group = distinct_per_group(view, per.group_size, per.per_tensor)
     rec.rel_change, rec.sqnr_db = rel_change_and_sqnr_db(ref_w, new)
     rec.underflow_rate = fraction(count_true(lambda r, n: (r != 0) & (n.to(r.device) == 0), ref_w, new),
                                   ref_w.numel())

@@ -6,15 +6,21 @@ in nn.Linear modules: [experts, out, in], or [experts, in, out] where the expert
 Each expert's slice is the weight of one linear layer, so the parameter is addressed as one layer named
 `<module>.<parameter>` (e.g. `model.layers.0.mlp.experts.gate_up_proj`) whose weight is the experts' matrices
 stacked by output channel, [experts * out, in]: integer groups and channels run along the input features, as in
-nn.Linear, and never span two experts. A per-tensor scale spans the whole fused parameter (one tensor, as a fused
-kernel stores it).
+nn.Linear, and never span two experts. A per-tensor scale is one scale per expert (`per_expert_view`): each expert's
+matrix is one linear layer's tensor, as quantized MoE checkpoints and fused-MoE kernels store their scales (vLLM's
+per-tensor `w13_weight_scale` and `w2_weight_scale` hold one per expert); one scale over all experts would be coarser
+than any deployment and overstate the loss.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
+
+from qcheck.quant.spec import IntSpec
 
 
 class ExpertMatrix:
@@ -63,6 +69,22 @@ class ExpertMatrix:
     def label(self) -> str:
         """The owning class and parameter, as manifests name a layer's class."""
         return f"{type(self.owner).__name__}.{self.name}"
+
+
+def per_expert_view(layer: Any, spec: Any, weight: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """`weight` (a layer's 2-D weight) and `spec` as the quantizer and the grid check must see them: for a per-tensor
+    integer spec on fused experts, the weight as [experts, out * in] rows, one per expert, under the same spec per
+    row (a view: an expert's matrix is contiguous in the 2-D weight); anything else unchanged."""
+    if isinstance(layer, ExpertMatrix) and isinstance(spec, IntSpec) and spec.per_tensor:
+        return weight.reshape(layer.experts, -1), dataclasses.replace(spec, per_tensor=False)
+    return weight, spec
+
+
+def quantize_weight(layer: Any, spec: Any, weight: torch.Tensor) -> torch.Tensor:
+    """`spec.quantize(weight)` for `layer`'s 2-D weight, one scale per expert where a per-tensor integer spec meets
+    fused experts (`per_expert_view`)."""
+    view, spec = per_expert_view(layer, spec, weight)
+    return spec.quantize(view).reshape(weight.shape)
 
 
 def is_fused_experts(module: nn.Module) -> bool:

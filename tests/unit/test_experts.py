@@ -52,6 +52,29 @@ def test_each_expert_is_quantized_as_the_linear_layer_it_stands_for(model_type):
         assert rec.sqnr_db is not None and rec.sqnr_db > 20
 
 
+@pytest.mark.parametrize("model_type", ["mixtral", "gpt_oss"])
+def test_a_per_tensor_scale_is_one_per_expert(model_type):
+    """Per tensor means per expert's matrix, the tensor each expert's linear layer is (as quantized MoE checkpoints
+    and fused kernels keep one scale per expert): each slice equals that matrix quantized alone, and the manifest's
+    distinct-value count is one expert's."""
+    model = _moe(model_type)
+    plan = Plan.from_dict({"name": "int8t", "default": {"format": "int", "bits": 8, "per_tensor": True}})
+    quantized, report = quantize(model, plan)
+    records = {r.name: r for r in report.layers if ".experts." in r.name}
+    assert len(records) == 4
+    for name, rec in records.items():
+        ref, out = layer_at(model, name), layer_at(quantized, name)
+        scales = set()
+        for e in range(ref.experts):
+            stored_ref, stored_out = ref.param[e], out.param[e]
+            if ref.transposed:
+                stored_ref, stored_out = stored_ref.T, stored_out.T
+            assert torch.equal(stored_out, integer(stored_ref, 8, per_tensor=True))
+            scales.add(float(stored_ref.detach().abs().max()))
+        assert len(scales) == ref.experts  # the experts' ranges differ: one scale over all would not give these
+        assert rec.max_distinct_per_group <= 255
+
+
 def test_the_2d_weight_stacks_experts_by_output_channel_and_writes_back_in_place():
     for model_type in ("mixtral", "gpt_oss"):
         model = _moe(model_type)

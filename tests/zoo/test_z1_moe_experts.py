@@ -93,6 +93,29 @@ def test_a_transposed_layout_read_the_wrong_way_round_is_off_the_plan():
     assert layer_at(quantized, "model.layers.0.mlp.experts.gate_up_proj").transposed
 
 
+def test_one_scale_over_all_experts_is_off_a_per_tensor_plan():
+    """A per-tensor plan gives each expert's matrix its own scale (the tensor its linear layer is; vLLM's fused-MoE
+    per-tensor scales are one per expert). qcheck's first MoE quantizer (session 26) took one scale over the whole
+    fused parameter: coarser than any deployment, so it overstated the loss. Planted here: `plan_followed` names the
+    experts; per expert, the plan holds."""
+    from qcheck.formats import integer
+    from qcheck.quant.plan import Plan
+
+    plan = Plan.from_dict({"name": "int8t", "default": {"format": "int", "bits": 8, "per_tensor": True}})
+    model = _tiny_moe()
+    quantized, _ = quantize(model, plan)
+    assert assert_plan_followed(quantized, plan, reference=model).status.value == "PASS"
+    with torch.no_grad():
+        for name in _experts(model):
+            quantized.get_parameter(name).copy_(integer(model.get_parameter(name), 8, per_tensor=True))
+    with pytest.raises(InvariantViolation) as info:
+        assert_plan_followed(quantized, plan, reference=model)
+    result = info.value.result
+    assert result.name == "plan_followed" and result.status.value == "FAIL"
+    assert "4 of 13 layers" in result.message and "model.layers.0.mlp.experts.gate_up_proj" in result.message
+    assert "off the int8t grid" in result.evidence["mismatched"]["model.layers.1.mlp.experts.down_proj"]
+
+
 def test_experts_of_a_layout_qcheck_does_not_know_are_refused():
     """A fused experts class without transformers' layout marks: qcheck does not guess which dimension holds the
     input features; a quantizing plan is refused, naming the parameter, and the casts still run."""
