@@ -155,10 +155,11 @@ class Plan:
         ranked = sorted(outside.items(), key=lambda kv: -kv[1])[:3]
         where = ", ".join(f"{name} ({n:,} elements)" for name, n in ranked) or "no weight matrix at all"
         raise ConfigError(f"plan {self.name!r}: {share:.1%} of the model's weight elements (outside its embeddings "
-                          f"and output head) sit outside nn.Linear layers, where no plan can address them: {where}. "
-                          f"A variant built from this plan would leave them as they are under the format's name "
-                          f"(at most {MAX_UNADDRESSED_SHARE:.0%} may be). qcheck's plans address nn.Linear layers, as "
-                          f"torchao's quantize_ does by default; {_unaddressable_hint(dict(ranked))}", field="model")
+                          f"and output head) sit outside nn.Linear layers and the fused experts qcheck knows, where no "
+                          f"plan can address them: {where}. A variant built from this plan would leave them as they are "
+                          f"under the format's name (at most {MAX_UNADDRESSED_SHARE:.0%} may be). qcheck's plans address "
+                          f"nn.Linear layers, as torchao's quantize_ does by default, and transformers' fused experts; "
+                          f"{_unaddressable_hint(dict(ranked))}", field="model")
 
     @property
     def rules(self) -> tuple[Rule, ...]:
