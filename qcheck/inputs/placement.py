@@ -160,9 +160,7 @@ def layers_by_device(model: Any) -> dict[Any, int]:
         if where is None:
             tensors = [t for t in (*layer.parameters(), *layer.buffers()) if t.device.type != "meta"]
             where = tensors[0].device if tensors else "cpu"
-        device = torch.device(f"cuda:{where}" if isinstance(where, int) else where)
-        if device.type == "cuda" and device.index is None:  # "cuda" is the current GPU, as torch places it
-            device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        device = as_torch_device(where)
         counts[device] = counts.get(device, 0) + 1
     if not counts:
         first = next(model.parameters(), None)
@@ -170,3 +168,14 @@ def layers_by_device(model: Any) -> dict[Any, int]:
             getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 1)
     return counts
 
+
+
+def as_torch_device(where: Any) -> Any:
+    """accelerate's execution device (a GPU index, a string or a torch.device) as the torch.device tensors placed
+    there report: "cuda" alone is the current GPU, as torch places it."""
+    import torch
+
+    device = torch.device(f"cuda:{where}" if isinstance(where, int) else where)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return device

@@ -17,7 +17,6 @@ they are refused, or evaluated with expectation over draws when asked, and the r
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import time
@@ -406,7 +405,7 @@ def prompt_radius(model: nn.Module, items: Sequence[ChoiceItem], epsilon: float,
 ATTACK_BATCH = 4
 """Questions attacked together by default, and on a CPU (compute-bound there: a larger batch buys nothing)."""
 ATTACK_MEMORY_SHARE = 0.25
-"""Share of the device's free memory, less what a 16-bit variant's fp32 gradient weights add (`fp32_copy_bytes`), an
+"""Share of the device's free memory, less what the gradient passes add to the resident weights (`attack_weight_bytes`), an
 attack batch may plan for: the backward pass keeps every layer's activations."""
 ATTACK_BATCH_LIMIT = 16
 """Questions per attack batch at most: at 16 a batch is two forwards of ~1,000 prompt tokens and ~64 choice rows,
@@ -417,7 +416,8 @@ def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
     """Questions attacked together: ATTACK_BATCH on a CPU; on a GPU as many as fit
     ATTACK_MEMORY_SHARE of the free memory, at ~68 bytes per token, layer and hidden unit of fp32 activations kept for
     the backward pass (2x the usual 34 for 16-bit training activations), up to ATTACK_BATCH_LIMIT. A model spread over
-    GPUs is sized on each device by the layers that run there and the fp32 copy it holds, the tightest deciding."""
+    GPUs is sized on each device by the layers that run there and the weights its gradient passes add there, the
+    tightest deciding."""
     from qcheck.inputs.fit import available_bytes, rows_on_every_device
     from qcheck.inputs.placement import layers_by_device
 
@@ -428,7 +428,7 @@ def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
     if not int(getattr(cfg, "num_hidden_layers", 0) or 0) or not hidden:
         return ATTACK_BATCH
-    copies = fp32_copy_by_device(model)
+    copies = attack_weight_bytes_by_device(model)
 
     def room(device: torch.device) -> float:
         return max(0, (available_bytes(device) or 0) - copies.get(device, 0)) * ATTACK_MEMORY_SHARE
@@ -469,55 +469,80 @@ def _low_precision_tensors(model: nn.Module, *, with_fp32: bool = False) -> list
     return list(seen.values())
 
 
-def fp32_copy_bytes(model: nn.Module) -> int:
-    """Bytes the fp32 gradient weights of `gradient_weights` add to `model` while its attacks run (0 where it uses
-    the model as it is): counted before the attack batch is sized, so they do not eat the batch's share (at the 8B
-    shape the fp16 and bf16 variants' attacks set the run's peak, 1.36 x reference + largest variant, in session 13).
-    The 16-bit tensors are upcast in place, so the cost is the difference of the two sizes, not a second model."""
-    return sum(fp32_copy_by_device(model).values())
+def attack_weight_bytes(model: nn.Module) -> int:
+    """Bytes the attacks' gradient passes add to `model`'s resident tensors (`attack_weight_bytes_by_device`, all
+    devices): counted before the attack batch is sized, so they do not eat the batch's share (at the 8B shape the
+    fp16 and bf16 variants' attacks set the run's peak, 1.36 x reference + largest variant, in session 13)."""
+    return sum(attack_weight_bytes_by_device(model).values())
 
 
-def fp32_copy_by_device(model: nn.Module) -> dict[torch.device, int]:
-    """`fp32_copy_bytes` per device that holds the tensors: the difference of the two sizes for an in-place upcast;
-    for a dispatched model, an fp32 copy of every float tensor that is resident, fp32 ones included (`gradient_weights`
-    deep-copies the model: a fake-quantized variant's fp32 layers are copied too; counting its 16-bit tensors alone
-    left 16 GB of session 26's 70B-slice int8 variant out of the plan, and its attack ran out of memory). Offloaded
-    tensors stay on the meta device."""
-    if not needs_fp32_copy(model):
-        return {}
-    copy = _has_accelerate_hooks(model)
+def attack_weight_bytes_by_device(model: nn.Module) -> dict[torch.device, int]:
+    """Per device, what a gradient pass holds beyond the tensors resident there: for a 16-bit model upcast in place
+    (`float32_weights`), fp32 less the held size of each resident 16-bit tensor; for a model with offloaded layers,
+    every offloaded tensor on the device its hook runs it on, in the dtype it computes in (fp32 when upcast),
+    since autograd keeps each layer's weight until the backward pass reaches it. Session 26's plan left both out of
+    the 70B slice's attacks: the deep copy a dispatched model then took was counted for 16-bit tensors alone, and
+    the offloaded layers and head (11 GB in fp32) not at all; int8's attack ran out of GPU memory."""
+    upcast = needs_fp32_upcast(model)
     need: dict[torch.device, int] = {}
-    for t in _low_precision_tensors(model, with_fp32=copy):
-        if t.device.type != "meta":
-            need[t.device] = need.get(t.device, 0) + t.numel() * (4 if copy else 4 - t.element_size())
+    if upcast:
+        for t in _low_precision_tensors(model):
+            if t.device.type != "meta":
+                need[t.device] = need.get(t.device, 0) + t.numel() * (4 - t.element_size())
+    for device, tensors in _offloaded_by_execution_device(model).items():
+        need[device] = need.get(device, 0) + sum(t.numel() * (4 if upcast else t.element_size()) for t in tensors)
     return need
 
 
-def fp32_copy_refusal(model: nn.Module, available: Callable[[torch.device], int | None] | None = None
-                      ) -> str | None:
-    """Why `model`'s attacks cannot run (None where they can): a 16-bit model accelerate dispatched takes its
-    gradients from an fp32 copy of what is resident (`gradient_weights`), twice its bytes on each device that holds
-    it, and a device without that much free would end the step out of memory (a 70B bf16 model spread over GPUs:
-    ~280 GB more) after the clean pass. `available` gives a device's free bytes (`qcheck.inputs.fit.available_bytes`
-    by default)."""
+def _offloaded_by_execution_device(model: nn.Module) -> dict[torch.device, list[torch.Tensor]]:
+    """The float tensors accelerate keeps offloaded (on the meta device), each once, by the device the hook of the
+    module holding them (or of its nearest ancestor with one) loads them onto."""
+    from qcheck.inputs.placement import as_torch_device
+    from qcheck.quant.offload import execution_device
+
+    out: dict[torch.device, list[torch.Tensor]] = {}
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, inherited: Any) -> None:
+        own = execution_device(module)
+        device = inherited if own is None else own
+        for t in [*module._parameters.values(), *module._buffers.values()]:
+            if t is not None and t.device.type == "meta" and t.is_floating_point() and id(t) not in seen \
+                    and device is not None:
+                seen.add(id(t))
+                out.setdefault(as_torch_device(device), []).append(t)
+        for child in module.children():
+            walk(child, device)
+
+    walk(model, None)
+    return out
+
+
+def attack_memory_refusal(model: nn.Module, available: Callable[[torch.device], int | None] | None = None
+                          ) -> str | None:
+    """Why `model`'s attacks cannot run (None where they can): a model accelerate dispatched holds more during a
+    gradient pass than its placement (`attack_weight_bytes_by_device`: its 16-bit tensors upcast to fp32, its
+    offloaded layers kept until the backward pass), and a device without that much free would end the step out of
+    memory after the clean pass. `available` gives a device's free bytes (`qcheck.inputs.fit.available_bytes` by
+    default)."""
     if not _has_accelerate_hooks(model):
         return None
     if available is None:
         from qcheck.inputs.fit import available_bytes as available
     short = []
-    for device, size in fp32_copy_by_device(model).items():
+    for device, size in attack_weight_bytes_by_device(model).items():
         free = available(device)
         if free is not None and size > free:
             short.append(f"{size / 2**30:.1f} GiB on {device}, where {free / 2**30:.1f} GiB is free")
     if not short:
         return None
-    return ("the attacks take gradients through an fp32 copy of this 16-bit model, which a device map spreads "
-            "(accelerate's hooks swap its parameters at each forward, so it cannot be upcast in place): "
+    return ("the attacks' gradient passes hold more than this dispatched model's placement (16-bit tensors upcast "
+            "to fp32, offloaded layers kept on the device that runs them until the backward pass): "
             f"{'; '.join(short)}. Not attacked rather than run out of memory; to attack it, lower --max-memory for "
-            "that device (the copy takes twice the model's share there) or run the reference in fp32")
+            "that device or run the reference in fp32")
 
 
-def needs_fp32_copy(model: nn.Module) -> bool:
+def needs_fp32_upcast(model: nn.Module) -> bool:
     """Whether attacks take gradients in fp32 weights the model lacks: float weights other than fp32, not
     bitsandbytes layers."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
@@ -533,40 +558,45 @@ def float32_weights(model: nn.Module) -> Iterator[nn.Module]:
     """The model with its 16-bit float parameters and buffers upcast to fp32 in place for the block, each restored
     to its own dtype after: exact both ways (every fp16 and bf16 value is an fp32 value), and no second model. The
     deep copy this replaces held the 8B variant twice (14 GB plus 28 GB) and set the run's peak (1.309 x, session
-    14). The parameters stay the same objects, so tied weights stay tied; their storage is new afterwards. Not for a
-    model accelerate dispatched: its offload hooks swap parameter objects at each forward (`gradient_weights`
-    copies such a model instead)."""
-    changed = [(t, t.dtype) for t in _low_precision_tensors(model)]
+    14). Tied weights stay tied; their storage is new afterwards.
+
+    Tensors are found again by the module and name that hold them, not as objects: accelerate's offload hooks put
+    a new parameter in place at each forward, in the dtype of the one they replace (`set_module_tensor_to_device`),
+    so an offloaded layer's upcast meta parameter makes the hook load its weights in fp32, and restoring by name
+    gives it back its dtype. Restoring the objects first seen left a dispatched variant's offloaded layers in fp32
+    after its attack (session 15's dtype mismatch), which is why dispatched models were deep-copied until session 27;
+    that copy doubled their resident fp32 layers on the GPU."""
+    slots = [(module, table, name, t.dtype) for module in model.modules()
+             for table in (module._parameters, module._buffers) for name, t in table.items()
+             if t is not None and t.is_floating_point() and t.dtype != torch.float32]
     try:
-        for t, _ in changed:
-            t.data = t.data.to(torch.float32)
+        for _, table, name, _ in slots:
+            if table[name].dtype != torch.float32:  # a tied tensor met again is upcast already
+                table[name].data = table[name].data.to(torch.float32)
         yield model
     finally:
-        for t, dtype in changed:
-            t.data = t.data.to(dtype)
+        for _, table, name, dtype in slots:
+            if table[name] is not None and table[name].dtype != dtype:
+                table[name].data = table[name].data.to(dtype)
 
 
 def gradient_weights(model: nn.Module) -> tuple[Callable[[], contextlib.AbstractContextManager[nn.Module]], str]:
     """Where attacks take gradients from `model`, as a scope that yields the model to differentiate, and its
     description: its own weights if they are fp32 (or bitsandbytes layers, used as they are); else fp32 weights for
-    the gradient passes only (same values, fp32 arithmetic, straight-through for the dtype cast), by
-    `float32_weights` in place, or, for a model accelerate dispatched (its hooks put new parameter objects in
-    place at each forward, so an in-place upcast would not hold), a deep copy in fp32 made once. Attacks still
-    score in the variant's own weights."""
+    the gradient passes only (same values, fp32 arithmetic, straight-through for the dtype cast), upcast in place by
+    `float32_weights`, a model accelerate dispatched included (its offloaded layers are then loaded in fp32). Attacks
+    still score in the variant's own weights."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes <= {torch.float32}:
         return (lambda: contextlib.nullcontext(model)), ("the variant itself (float32 weights; activation "
                                                          "fake-quant straight-through)")
-    if not needs_fp32_copy(model):
+    if not needs_fp32_upcast(model):
         return (lambda: contextlib.nullcontext(model)), (f"the variant itself ({sorted(str(d) for d in dtypes)} "
                                                          "bitsandbytes layers; not upcast)")
-    held = f"the variant's {sorted(str(d) for d in dtypes)} values (fp32 arithmetic: straight-through for the cast"
-    if _has_accelerate_hooks(model):
-        surrogate = copy.deepcopy(model).float()
-        return (lambda: contextlib.nullcontext(surrogate)), (
-            f"float32 copy of {held}; a copy because accelerate dispatched the model)")
+    where = (" (offloaded layers loaded in fp32 at each forward)" if _has_accelerate_hooks(model) else "")
     return (lambda: float32_weights(model)), (
-        f"float32 weights holding {held}; upcast in place for the gradient passes, restored exactly after)")
+        f"float32 weights holding the variant's {sorted(str(d) for d in dtypes)} values (fp32 arithmetic: "
+        f"straight-through for the cast); upcast in place for the gradient passes{where}, restored exactly after")
 
 
 def _has_accelerate_hooks(model: nn.Module) -> bool:

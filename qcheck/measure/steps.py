@@ -271,7 +271,7 @@ def _robustness(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, 
     from qcheck.measure import robustness as R
     from qcheck.measure.budget import ROBUSTNESS_MAX_TOKENS
 
-    refused = R.fp32_copy_refusal(s.model)
+    refused = R.attack_memory_refusal(s.model)
     if refused:
         raise NotApplicable(f"{s.name}: {refused}")
     items, info = ctx.inputs.robustness_items(ctx.budget.robustness_questions, ROBUSTNESS_MAX_TOKENS)

@@ -395,84 +395,111 @@ def test_the_fp32_gradient_weights_are_counted_before_the_attack_batch_is_sized(
     """A 16-bit variant's attacks take gradients in its weights upcast to fp32 in place, after the batch is sized:
     the bytes that adds (fp32 less 16-bit, tied weights once) are taken off the free memory first. An fp32 variant
     is its own gradient model: nothing counted."""
-    from qcheck.measure.robustness import fp32_copy_bytes, needs_fp32_copy
+    from qcheck.measure.robustness import attack_weight_bytes, needs_fp32_upcast
 
     model = random_init_like(tiny_llama_config(), seed=0)
-    assert not needs_fp32_copy(model) and fp32_copy_bytes(model) == 0
+    assert not needs_fp32_upcast(model) and attack_weight_bytes(model) == 0
     half = model.to(torch.float16)
     unique = {id(t): t.numel() for t in list(half.parameters()) + list(half.buffers()) if t.dtype == torch.float16}
-    assert needs_fp32_copy(half) and fp32_copy_bytes(half) == 2 * sum(unique.values())
+    assert needs_fp32_upcast(half) and attack_weight_bytes(half) == 2 * sum(unique.values())
     held = sum(t.numel() * t.element_size() for t in {id(t): t for t in half.parameters()}.values())
     with float32_weights(half):
         upcast = sum(t.numel() * t.element_size() for t in {id(t): t for t in half.parameters()}.values())
     assert upcast - held == 2 * sum(p.numel() for p in {id(p): p for p in half.parameters()}.values())
 
-def test_a_dispatched_16_bit_variant_takes_gradients_from_an_fp32_copy(items, tmp_path):
-    """accelerate's hooks put new parameter objects in place at each forward of an offloaded layer, so an in-place
-    upcast would not hold (session 15's device-map run: the bf16 variant's attack ERRORed on a dtype mismatch): a
-    dispatched model gets an fp32 copy, and its attack gives the records of the same model undispatched."""
+PLACEMENT = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+             "model.rotary_emb": "cpu", "lm_head": "cpu"}
+
+
+def test_a_dispatched_16_bit_variant_is_upcast_in_place_and_given_back_its_dtypes(items, tmp_path):
+    """accelerate's hooks put a new parameter object in place at each forward of an offloaded layer, in the dtype of
+    the one they replace. Upcast in place and restored by name, a dispatched bf16 model's attack gives the records of
+    the same model undispatched, and afterwards every tensor, the offloaded ones included, is bf16 again and the
+    logits are the same bits (restoring the objects first seen left the offloaded layers in fp32: session 15's dtype
+    mismatch, and the deep copy that replaced it until session 27)."""
     from accelerate import dispatch_model
 
     model = random_init_like(tiny_llama_config(num_hidden_layers=2), seed=0).to(torch.bfloat16).eval()
     plain = evaluate_robustness(model, items[:8], AttackConfig(epsilon=0.5, pgd_steps=2), batch_size=8)
-    placement = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
-                 "model.rotary_emb": "cpu", "lm_head": "cpu"}
-    dispatched = dispatch_model(model, device_map=placement, offload_dir=str(tmp_path))
+    dispatched = dispatch_model(model, device_map=PLACEMENT, offload_dir=str(tmp_path))
+    ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = dispatched(input_ids=ids).logits
     _, source = gradient_weights(dispatched)
-    assert "copy because accelerate dispatched" in source
+    assert "upcast in place" in source and "offloaded layers loaded in fp32" in source
     ev = evaluate_robustness(dispatched, items[:8], AttackConfig(epsilon=0.5, pgd_steps=2), batch_size=8)
-    assert [asdict(r) for r in ev.records] == [asdict(r) for r in plain.records]
+    assert ev.attacked > 0 and [asdict(r) for r in ev.records] == [asdict(r) for r in plain.records]
     assert {p.dtype for p in dispatched.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        again = dispatched(input_ids=ids).logits
+    assert again.dtype == torch.bfloat16 and torch.equal(again, logits)
 
 
-def test_a_dispatched_16_bit_model_whose_fp32_copy_cannot_fit_is_not_attacked(tmp_path):
-    """The fp32 copy of a dispatched 16-bit model takes twice its resident bytes on each device that holds it; where
-    a device lacks that much free the step says so (the bytes, the device, what to pass) instead of running out of
-    memory after the clean pass. Where it fits, or for an undispatched model (upcast in place), nothing is refused."""
+def test_inside_the_gradient_scope_every_layer_computes_in_fp32_offloaded_ones_included(tmp_path, monkeypatch):
+    """The premise of the in-place upcast on a dispatched model, seen at the matmuls: inside `float32_weights` every
+    linear layer, those the hooks load from disk at each forward included, gets fp32 weights; outside it, its own."""
     from accelerate import dispatch_model
 
-    from qcheck.measure.robustness import fp32_copy_refusal
+    model = random_init_like(tiny_llama_config(num_hidden_layers=2), seed=0).to(torch.bfloat16).eval()
+    dispatched = dispatch_model(model, device_map=PLACEMENT, offload_dir=str(tmp_path))
+    seen: list[torch.dtype] = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: (seen.append(w.dtype), linear(x, w, b))[1])
+    ids = torch.randint(3, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    with float32_weights(dispatched), torch.no_grad():
+        dispatched(input_ids=ids)
+    inside, seen[:] = list(seen), []
+    with torch.no_grad():
+        dispatched(input_ids=ids)
+    layers = 2 * 7 + 1  # seven projections a layer, and the head
+    assert inside == [torch.float32] * layers and seen == [torch.bfloat16] * layers
+
+
+def test_a_dispatched_model_whose_gradient_weights_cannot_fit_is_not_attacked(tmp_path):
+    """A dispatched 16-bit model's gradient passes hold its resident 16-bit tensors in fp32 (2 more bytes each) and
+    its offloaded tensors in fp32 on the device that runs them (4 bytes each: autograd keeps them until the backward
+    pass); where a device lacks that much free the step says so (the bytes, the device, what to pass) instead of
+    running out of memory after the clean pass. Where it fits, or for an undispatched model, nothing is refused."""
+    from accelerate import dispatch_model
+
+    from qcheck.measure.robustness import attack_memory_refusal
 
     model = random_init_like(tiny_llama_config(num_hidden_layers=2), seed=0).to(torch.bfloat16).eval()
-    assert fp32_copy_refusal(model, available=lambda device: 0) is None
-    held = {id(t): (n, t.numel()) for n, t in [*model.named_parameters(), *model.named_buffers()]}
-    resident = sum(k for n, k in held.values() if not n.startswith("model.layers.1."))  # layer 1 goes to disk
-    placement = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
-                 "model.rotary_emb": "cpu", "lm_head": "cpu"}
-    dispatched = dispatch_model(model, device_map=placement, offload_dir=str(tmp_path))
-    assert fp32_copy_refusal(dispatched) is None
-    assert fp32_copy_refusal(dispatched, available=lambda device: 4 * resident) is None
-    reason = fp32_copy_refusal(dispatched, available=lambda device: 4 * resident - 1)
-    assert reason is not None and f"{4 * resident / 2**30:.1f} GiB on cpu, where" in reason
+    assert attack_memory_refusal(model, available=lambda device: 0) is None
+    held = {id(t): (n, t.numel()) for n, t in [*model.named_parameters(), *model.named_buffers()]
+            if t.dtype == torch.bfloat16}
+    offloaded = sum(k for n, k in held.values() if n.startswith("model.layers.1."))  # layer 1 goes to disk
+    need = 2 * sum(k for _, k in held.values()) - 2 * offloaded + 4 * offloaded
+    dispatched = dispatch_model(model, device_map=PLACEMENT, offload_dir=str(tmp_path))
+    assert attack_memory_refusal(dispatched) is None
+    assert attack_memory_refusal(dispatched, available=lambda device: need) is None
+    reason = attack_memory_refusal(dispatched, available=lambda device: need - 1)
+    assert reason is not None and f"{need / 2**30:.1f} GiB on cpu, where" in reason
     assert "lower --max-memory" in reason and "Not attacked rather than run out of memory" in reason
 
 
-def test_the_fp32_copy_of_a_dispatched_variant_counts_its_fp32_layers_too(tmp_path):
-    """A fake-quantized variant of a 16-bit reference holds its grid layers in fp32 beside 16-bit embeddings and norms.
-    Dispatched, its attack deep-copies every resident tensor into fp32: the plan counted the 16-bit ones alone (session
-    26: the int8 variant of a bf16 70B slice, 16 GB left out, ran out of GPU memory). Counted now, to the byte of the
-    copy the attack makes."""
-    import copy
-
+def test_a_dispatched_variants_gradient_weights_count_its_offloaded_fp32_layers(tmp_path):
+    """A fake-quantized variant of a 16-bit reference holds its grid layers in fp32 beside 16-bit embeddings and
+    norms. Its gradient passes add 2 bytes to each resident 16-bit element and hold each offloaded element in fp32 on
+    its execution device, its fp32 layers included. Session 26's plan counted a deep copy's 16-bit tensors alone and
+    no offloaded layer: the int8 variant of a bf16 70B slice ran out of GPU memory."""
     from accelerate import dispatch_model
 
-    from qcheck.measure.robustness import fp32_copy_by_device
-    from qcheck.quant.apply import quantize
+    from qcheck.measure.robustness import attack_weight_bytes_by_device
 
     model = random_init_like(tiny_llama_config(num_hidden_layers=2), seed=0).to(torch.bfloat16).eval()
     variant, _ = quantize(model, {"default": {"format": "int", "bits": 8}})
     assert {p.dtype for p in variant.parameters()} == {torch.bfloat16, torch.float32}
-    placement = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
-                 "model.rotary_emb": "cpu", "lm_head": "cpu"}
-    dispatched = dispatch_model(variant, device_map=placement, offload_dir=str(tmp_path))
-    surrogate = copy.deepcopy(dispatched).float()
-    made = sum(t.numel() * t.element_size() for t in {id(t): t for t in [*surrogate.parameters(),
-                                                                           *surrogate.buffers()]}.values()
-               if t.is_floating_point() and t.device.type != "meta")
-    assert fp32_copy_by_device(dispatched) == {torch.device("cpu"): made}
-    fp32_layers = sum(p.numel() * 4 for n, p in dispatched.named_parameters()
-                      if p.dtype == torch.float32 and p.device.type != "meta")
-    assert fp32_layers > 0 and made > fp32_layers
+    tensors = {id(t): (n, t) for n, t in [*variant.named_parameters(), *variant.named_buffers()]
+               if t.is_floating_point()}
+    offloaded = sum(t.numel() for n, t in tensors.values() if n.startswith("model.layers.1."))
+    resident_16 = sum(t.numel() for n, t in tensors.values()
+                      if not n.startswith("model.layers.1.") and t.dtype == torch.bfloat16)
+    dispatched = dispatch_model(variant, device_map=PLACEMENT, offload_dir=str(tmp_path))
+    fp32_offloaded = sum(p.numel() for n, p in dispatched.named_parameters()
+                         if n.startswith("model.layers.1.") and p.dtype == torch.float32)
+    assert fp32_offloaded > 0
+    assert attack_weight_bytes_by_device(dispatched) == {torch.device("cpu"): 2 * resident_16 + 4 * offloaded}
 
 
 def test_an_attack_pass_keeps_no_weight_inputs_or_copied_heads_and_its_gradient_is_unchanged():
