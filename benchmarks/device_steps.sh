@@ -14,7 +14,8 @@
 #           variants of issue 21's 70B run (w4g64, int8); E2E70S_LIMIT_S (default 330) stops the run, which writes
 #           its report marked unfinished
 # e2e70smap e2e70s through --device-map auto with --max-memory 0=12GiB (part of the bf16 reference on the CPU), 32 new
-#           tokens: issue 21's second run on one GPU, offload standing in for the second GPU
+#           tokens: issue 21's second run on one GPU, offload standing in for the second GPU; E2E70SMAP_LIMIT_S
+#           (default 480) stops the run, E2E70S_VARIANTS (default w4g64,int8) picks the variants
 # build     each variant's build on the 1.2B shape, twice, the bitsandbytes ones profiled (bench_build.py)
 # gen       16-bit vs fp32 generation, with and without cuDNN attention (first and second calls)
 # genbnb    bitsandbytes LLM.int8 generation (`generate`, host-bound): host time by Python function (cProfile) and by
@@ -94,8 +95,9 @@ for step in "$@"; do
         e2e70s) timeout $(( ${E2E70S_LIMIT_S:-330} + 90 )) python3 benchmarks/bench_scale.py --shapes 70b-slice \
                     --limit-s ${E2E70S_LIMIT_S:-330} \
                     --qcheck-arg=--reference-dtype=bf16 --qcheck-arg=--variants=w4g64,int8 --out "$OUT/$step" ;;
-        e2e70smap) timeout 560 python3 benchmarks/bench_scale.py --shapes 70b-slice --limit-s 480 \
-                       --qcheck-arg=--reference-dtype=bf16 --qcheck-arg=--variants=w4g64,int8 \
+        e2e70smap) timeout $(( ${E2E70SMAP_LIMIT_S:-480} + 80 )) python3 benchmarks/bench_scale.py --shapes 70b-slice \
+                       --limit-s ${E2E70SMAP_LIMIT_S:-480} \
+                       --qcheck-arg=--reference-dtype=bf16 --qcheck-arg=--variants=${E2E70S_VARIANTS:-w4g64,int8} \
                        --qcheck-arg=--device-map=auto --qcheck-arg=--max-memory=0=12GiB,cpu=100GiB \
                        --qcheck-arg=--new-tokens=32 --out "$OUT/$step" ;;
         e2e8b) timeout 590 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 440 --out "$OUT/$step" ;;
