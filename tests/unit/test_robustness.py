@@ -455,6 +455,39 @@ def test_inside_the_gradient_scope_every_layer_computes_in_fp32_offloaded_ones_i
     assert inside == [torch.float32] * layers and seen == [torch.bfloat16] * layers
 
 
+@pytest.mark.gpu
+def test_a_dispatched_16_bit_model_on_a_gpu_is_attacked_in_place_with_its_offloaded_layers_counted(items):
+    """On a GPU, with CPU offload (the hooks load layer 1 and the head onto GPU 0 at each forward): the attack gives
+    the undispatched model's records, the plan counts the offloaded tensors in fp32 on GPU 0 beside the resident
+    upcast, and the logits after the attack are bf16 and the same bits as before (the head untied from the
+    embeddings, as in Llama-3-70B)."""
+    from accelerate import dispatch_model
+
+    from qcheck.measure.robustness import attack_weight_bytes_by_device
+
+    config = tiny_llama_config(num_hidden_layers=2, tie_word_embeddings=False)
+    model = random_init_like(config, seed=0).to(torch.bfloat16).eval()
+    attack = AttackConfig(epsilon=0.5, pgd_steps=2)
+    plain = evaluate_robustness(model.to("cuda"), items[:8], attack, batch_size=8)
+    bf16 = {id(t): (n, t.numel()) for n, t in [*model.named_parameters(), *model.named_buffers()]
+            if t.dtype == torch.bfloat16}
+    offloaded = sum(k for n, k in bf16.values() if n.startswith(("model.layers.1.", "model.norm.", "lm_head.")))
+    resident = sum(k for _, k in bf16.values()) - offloaded
+    placement = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "model.norm": "cpu",
+                 "model.rotary_emb": 0, "lm_head": "cpu"}
+    dispatched = dispatch_model(model.to("cpu"), device_map=placement, main_device=0)
+    assert attack_weight_bytes_by_device(dispatched) == {torch.device("cuda", 0): 2 * resident + 4 * offloaded}
+    ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(0)).to("cuda")
+    with torch.no_grad():
+        logits = dispatched(input_ids=ids).logits
+    ev = evaluate_robustness(dispatched, items[:8], attack, batch_size=8)
+    assert ev.attacked > 0 and [r.robust for r in ev.records] == [r.robust for r in plain.records]
+    assert [r.attack_preds for r in ev.records] == [r.attack_preds for r in plain.records]
+    with torch.no_grad():
+        again = dispatched(input_ids=ids).logits
+    assert again.dtype == torch.bfloat16 and torch.equal(again, logits)
+
+
 def test_a_dispatched_model_whose_gradient_weights_cannot_fit_is_not_attacked(tmp_path):
     """A dispatched 16-bit model's gradient passes hold its resident 16-bit tensors in fp32 (2 more bytes each) and
     its offloaded tensors in fp32 on the device that runs them (4 bytes each: autograd keeps them until the backward
