@@ -114,6 +114,7 @@ def run(folder: Path, out: Path, device: str, extra: list[str], limit_s: float) 
                                             "decoding": gen["extra"].get("decoding")}
         row.update(status=report["status"], counts=report["counts"], weights_mb=sizes, peak_memory=peak,
                    complete=report["complete"], unfinished=len(report.get("unfinished") or []),
+                   cut_in=(report.get("interruption") or {}).get("cut_in"),
                    bar_mb=round(1.3 * (reference + largest), 1),
                    peak_kind="GPU allocator" if peak.get("gpu_max_allocated_mb") else "process RSS (CPU run)",
                    peak_over_reference_plus_largest=(round(peak_mb / (reference + largest), 3)

@@ -40,6 +40,11 @@ class RunContext:
     reference_states: dict[Any, Any] = field(default_factory=dict, repr=False)
     """The reference's hidden states per fidelity window, kept across variants (see `fidelity_many`)."""
 
+    def note_in_flight(self, **facts: Any) -> None:
+        """Facts of the step now running (a planned batch, a retry), kept with the records' `cut_in` should the run
+        be stopped before the step ends, so an interrupted report says how far its last step had got."""
+        self.store.meta.setdefault("in_flight", {}).update(facts)
+
     @property
     def reference_model(self) -> Any:
         return self.loaded.model
@@ -466,6 +471,9 @@ def _measure_subject(ctx: RunContext, name: str, measurements: list[str], progre
         built = ctx.variants.built(name)
         with _step_peak(ctx, name, "build"):
             variant = built.__enter__()
+    except (KeyboardInterrupt, SystemExit):
+        _note_cut(ctx, name, "build", start)
+        raise
     except Exception as exc:  # noqa: BLE001 - a variant that cannot be built is an ERROR for each of its checks
         from qcheck.errors import VariantUnavailable
 
@@ -497,9 +505,14 @@ def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
     if progress is not None:
         progress(subject.name, step.name)
     start = time.perf_counter()
+    ctx.store.meta.pop("cut_in", None)  # a store measured on after a stop: that stop's step is behind it
+    ctx.store.meta["in_flight"] = {}
     try:
         with _arithmetic(ctx, step, subject.model), _step_peak(ctx, subject.name, step.name):
             data, settings = step.run(ctx, subject)
+    except (KeyboardInterrupt, SystemExit):
+        _note_cut(ctx, subject.name, step.name, start)
+        raise
     except NotApplicable as exc:
         ctx.store.put(Record(subject.name, step.name, RecordStatus.SKIPPED, reason=str(exc)))
         return
@@ -512,8 +525,19 @@ def _run_step(ctx: RunContext, step: Any, subject: Any, progress: Any) -> None:
                              data={"error_type": type(exc).__name__, "traceback": traceback.format_exc(limit=12)},
                              seconds=round(time.perf_counter() - start, 3)))
         return
+    finally:
+        ctx.store.meta.pop("in_flight", None)
     ctx.store.put(Record(subject.name, step.name, RecordStatus.OK, data=data, settings=settings,
                          seconds=round(time.perf_counter() - start, 3)))
+
+
+def _note_cut(ctx: RunContext, variant: str, measurement: str, start: float) -> None:
+    """Record in the store's meta["cut_in"] the step a stop (Ctrl-C, or SIGTERM from a scheduler's time limit, which
+    the plugin turns into KeyboardInterrupt) cut: which, after how long, and what it had noted (`note_in_flight`).
+    Session 27's 70B slice was cut in an attack that left no trace of its batch."""
+    ctx.store.meta["cut_in"] = {"variant": variant, "measurement": measurement,
+                                "after_s": round(time.perf_counter() - start, 1),
+                                **ctx.store.meta.pop("in_flight", {})}
 
 
 @contextmanager

@@ -437,18 +437,21 @@ def attack_batch_size(model: nn.Module, max_tokens: int) -> int:
     return max(1, min(ATTACK_BATCH_LIMIT, fit))
 
 
-def with_smaller_batches(attack: Callable[[int], Any], batch: int) -> tuple[Any, list[int]]:
+def with_smaller_batches(attack: Callable[[int], Any], batch: int,
+                         note: Callable[[int, list[int]], None] | None = None) -> tuple[Any, list[int]]:
     """`attack(batch)`, run again at half the batch while it runs out of memory (down to one question), and the
     batch sizes that ran out. `attack_batch_size` plans from the free memory, but what a dispatched model brings onto
     its GPU for a backward pass is not all counted (session 26: the int8 variant of a bf16 70B slice with
     --max-memory 0=12GiB ran out at 77 GiB allocated). Each question's attack is its own (its loss, its
     perturbation), so the batch changes how they are grouped and padded, not what is attacked. accelerate's
     out-of-memory test decides what counts; the memory is freed after the failed call's frames are gone (inside the
-    except block its traceback still holds their tensors)."""
+    except block its traceback still holds their tensors). `note(batch, ran_out)` is told each attempt's batch."""
     from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
     ran_out: list[int] = []
     while True:
+        if note is not None:
+            note(batch, list(ran_out))
         try:
             return attack(batch), ran_out
         except Exception as exc:  # anything but running out of memory is raised again

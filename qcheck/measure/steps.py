@@ -277,9 +277,11 @@ def _robustness(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, 
     items, info = ctx.inputs.robustness_items(ctx.budget.robustness_questions, ROBUSTNESS_MAX_TOKENS)
     pad = ctx.tokenizer.pad_token_id or 0
     planned = R.attack_batch_size(s.model, ROBUSTNESS_MAX_TOKENS)
+    ctx.note_in_flight(questions=len(items), planned_batch_size=planned)
     evaluation, ran_out = R.with_smaller_batches(
         lambda batch: R.evaluate_robustness(s.model, items, R.ROBUSTNESS_ATTACK, pad_id=pad, variant=s.name,
-                                            data=info, repeats=2, batch_size=batch), planned)
+                                            data=info, repeats=2, batch_size=batch), planned,
+        note=lambda batch, ran_out: ctx.note_in_flight(batch_size=batch, out_of_memory_at=ran_out))
     batch = planned // 2 ** len(ran_out)
     return evaluation.to_dict(), {"data": info, "attack": R.ROBUSTNESS_ATTACK.to_dict(), "batch_size": batch,
                                   "planned_batch_size": planned, "out_of_memory_at": ran_out}

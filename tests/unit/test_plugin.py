@@ -150,6 +150,39 @@ def test_sigterm_still_writes_the_report_marked_unfinished(pytester, tmp_path, t
     assert [c["name"] for c in report["checks"]] == ["first"]
 
 
+def test_a_run_cut_inside_a_measurement_names_the_step_and_what_it_had_noted(pytester, tmp_path, tiny_folder):
+    """SIGTERM (a scheduler's time limit) inside a variant's attack: the report says which step was cut, after how
+    long, and the batch it had planned (session 27's 70B slice was cut in w4g64's attack and its report said only
+    that 56 checks did not finish)."""
+    pytester.makeconftest("""
+        import dataclasses, os, signal, time
+
+        from qcheck.measure import steps
+
+        def killed(ctx, s):
+            ctx.note_in_flight(questions=8, planned_batch_size=4)
+            ctx.note_in_flight(batch_size=2, out_of_memory_at=[4])
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+
+        steps.STEPS["robustness"] = dataclasses.replace(steps.STEPS["robustness"], run=killed)
+    """)
+    out = tmp_path / "rep"
+    result = pytester.runpytest_subprocess(
+        "--pyargs", "qcheck.suite", "-p", "no:cacheprovider", f"--qcheck-model={tiny_folder}",
+        "--qcheck-variants=int8", "--qcheck-device=cpu", "--qcheck-tokens=512", "--qcheck-context=128",
+        f"--qcheck-report={out}", "-k", "robust")
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()[-3000:]
+    report = json.loads((out / "qcheck-report.json").read_text())
+    cut = report["interruption"]["cut_in"]
+    assert cut["variant"] == "fp32" and cut["measurement"] == "robustness" and 0 <= cut["after_s"] < 30
+    assert cut["planned_batch_size"] == 4 and cut["batch_size"] == 2 and cut["out_of_memory_at"] == [4]
+    assert "cut in fp32's robustness after" in report["interruption"]["reason"]
+    assert "planned batch size 4, batch size 2, out of memory at [4]" in report["interruption"]["reason"]
+    assert "in_flight" not in report["records"]["meta"]
+    assert "Run incomplete" in (out / "qcheck-report.md").read_text()
+
+
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs GNU coreutils' timeout")
 def test_a_run_under_gnu_timeout_writes_its_report(pytester, tmp_path):
     """The real thing: `timeout` ends a run mid-test and the report is written, marked unfinished."""
