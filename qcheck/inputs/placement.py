@@ -169,7 +169,6 @@ def layers_by_device(model: Any) -> dict[Any, int]:
     return counts
 
 
-
 def as_torch_device(where: Any) -> Any:
     """accelerate's execution device (a GPU index, a string or a torch.device) as the torch.device tensors placed
     there report: "cuda" alone is the current GPU, as torch places it."""

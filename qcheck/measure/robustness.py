@@ -405,8 +405,10 @@ def prompt_radius(model: nn.Module, items: Sequence[ChoiceItem], epsilon: float,
 ATTACK_BATCH = 4
 """Questions attacked together by default, and on a CPU (compute-bound there: a larger batch buys nothing)."""
 ATTACK_MEMORY_SHARE = 0.25
-"""Share of the device's free memory, less what the gradient passes add to the resident weights (`attack_weight_bytes`), an
-attack batch may plan for: the backward pass keeps every layer's activations."""
+"""Share of the device's free memory, less what the gradient passes add to the resident weights
+(`attack_weight_bytes`), an attack batch may plan for: the backward pass keeps every layer's activations. Measured on
+the 70B slice's bf16 reference (session 27): its attack's activations took 1.24 x the planned 68 bytes per token,
+layer and hidden unit, inside this 4 x margin."""
 ATTACK_BATCH_LIMIT = 16
 """Questions per attack batch at most: at 16 a batch is two forwards of ~1,000 prompt tokens and ~64 choice rows,
 past which a GPU forward of a small model stops being launch-bound."""
@@ -481,17 +483,22 @@ def attack_weight_bytes(model: nn.Module) -> int:
 
 def attack_weight_bytes_by_device(model: nn.Module) -> dict[torch.device, int]:
     """Per device, what a gradient pass holds beyond the tensors resident there: for a 16-bit model upcast in place
-    (`float32_weights`), fp32 less the held size of each resident 16-bit tensor; for a model with offloaded layers,
+    (`float32_weights`), fp32 less the held size of each resident 16-bit tensor (fp32 whole for a tied weight
+    accelerate keeps by address, whose 16-bit storage stays); for a model with offloaded layers,
     every offloaded tensor on the device its hook runs it on, in the dtype it computes in (fp32 when upcast),
     since autograd keeps each layer's weight until the backward pass reaches it. Session 26's plan left both out of
     the 70B slice's attacks: the deep copy a dispatched model then took was counted for 16-bit tensors alone, and
     the offloaded layers and head (11 GB in fp32) not at all; int8's attack ran out of GPU memory."""
+    from qcheck.quant.offload import tied_pointers
+
     upcast = needs_fp32_upcast(model)
     need: dict[torch.device, int] = {}
     if upcast:
+        pinned = tied_pointers(model)
         for t in _low_precision_tensors(model):
             if t.device.type != "meta":
-                need[t.device] = need.get(t.device, 0) + t.numel() * (4 - t.element_size())
+                kept = t.data_ptr() in pinned  # its 16-bit storage stays beside the fp32 one (`float32_weights`)
+                need[t.device] = need.get(t.device, 0) + t.numel() * (4 if kept else 4 - t.element_size())
     for device, tensors in _offloaded_by_execution_device(model).items():
         need[device] = need.get(device, 0) + sum(t.numel() * (4 if upcast else t.element_size()) for t in tensors)
     return need
@@ -568,19 +575,30 @@ def float32_weights(model: nn.Module) -> Iterator[nn.Module]:
     so an offloaded layer's upcast meta parameter makes the hook load its weights in fp32, and restoring by name
     gives it back its dtype. Restoring the objects first seen left a dispatched variant's offloaded layers in fp32
     after its attack (session 15's dtype mismatch), which is why dispatched models were deep-copied until session 27;
-    that copy doubled their resident fp32 layers on the GPU."""
-    slots = [(module, table, name, t.dtype) for module in model.modules()
+    that copy doubled their resident fp32 layers on the GPU. A tied weight accelerate knows by its storage address
+    (`tied_pointers`) keeps its storage for the block and gets it back after: freed, its address was taken by an
+    offloaded layer loaded next, which the hook then swapped for the cached tied weight (a tiny tied Llama's
+    down_proj given the 512 x 64 embeddings, in session 27's tests)."""
+    from qcheck.quant.offload import tied_pointers
+
+    pinned = tied_pointers(model)
+    slots = [(table, name, t.dtype) for module in model.modules()
              for table in (module._parameters, module._buffers) for name, t in table.items()
              if t is not None and t.is_floating_point() and t.dtype != torch.float32]
+    kept: dict[int, torch.Tensor] = {}
     try:
-        for _, table, name, _ in slots:
-            if table[name].dtype != torch.float32:  # a tied tensor met again is upcast already
-                table[name].data = table[name].data.to(torch.float32)
+        for table, name, _ in slots:
+            t = table[name]
+            if t is not None and t.dtype != torch.float32:  # a tied tensor met again is upcast already
+                if t.data_ptr() in pinned:
+                    kept[id(t)] = t.data
+                t.data = t.data.to(torch.float32)
         yield model
     finally:
-        for _, table, name, dtype in slots:
-            if table[name] is not None and table[name].dtype != dtype:
-                table[name].data = table[name].data.to(dtype)
+        for table, name, dtype in slots:
+            t = table[name]
+            if t is not None and t.dtype != dtype:
+                t.data = kept[id(t)] if id(t) in kept else t.data.to(dtype)
 
 
 def gradient_weights(model: nn.Module) -> tuple[Callable[[], contextlib.AbstractContextManager[nn.Module]], str]:

@@ -30,6 +30,17 @@ def _hooks(module: nn.Module) -> list[Any]:
     return list(getattr(hook, "hooks", None) or ([hook] if hook is not None else []))
 
 
+def tied_pointers(model: nn.Module) -> set[int]:
+    """The storage addresses accelerate's hooks know tied weights by (`tied_params_map`): a hook loading a tensor
+    whose address is one of them takes the tied copy it cached instead, so the storage behind each must stay alive
+    and in place while the model runs, or a new tensor allocated at a freed address is mistaken for it."""
+    keys: set[int] = set()
+    for module in model.modules():
+        for hook in _hooks(module):
+            keys.update(getattr(hook, "tied_params_map", None) or ())
+    return keys
+
+
 def _offload_hook(module: nn.Module) -> Any:
     return next((h for h in _hooks(module) if getattr(h, "offload", False)
                  and getattr(h, "weights_map", None) is not None), None)

@@ -171,4 +171,3 @@ def describe_cut(cut: dict[str, Any]) -> str:
     noted = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items())
     return (f"cut in {cut.get('variant')}'s {cut.get('measurement')} after {cut.get('after_s')} s"
             + (f" ({noted})" if noted else ""))
-

@@ -435,6 +435,29 @@ def test_a_dispatched_16_bit_variant_is_upcast_in_place_and_given_back_its_dtype
     assert again.dtype == torch.bfloat16 and torch.equal(again, logits)
 
 
+def test_a_tied_weight_accelerate_knows_by_address_is_given_back_its_storage(tmp_path):
+    """accelerate's hooks know tied weights by storage address (`tied_params_map`) and hand the cached tied weight
+    to any tensor they load at that address. Upcast in place, a tied embedding's 16-bit storage was freed and
+    reallocated elsewhere on restore: the address stayed a key, and an offloaded layer later loaded there was given
+    the 512 x 64 embeddings (a flaky shape error in session 27's test runs). It keeps its storage now, and is back at
+    its address after the scope."""
+    from accelerate import dispatch_model
+
+    from qcheck.quant.offload import tied_pointers
+
+    model = random_init_like(tiny_llama_config(num_hidden_layers=2), seed=0).to(torch.bfloat16).eval()
+    dispatched = dispatch_model(model, device_map=PLACEMENT, offload_dir=str(tmp_path))
+    embeddings = dispatched.model.embed_tokens.weight
+    keys = tied_pointers(dispatched)
+    assert keys == {embeddings.data_ptr()}
+    ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(0))
+    with float32_weights(dispatched):
+        assert embeddings.dtype == torch.float32
+        dispatched(input_ids=ids)
+    assert embeddings.dtype == torch.bfloat16 and embeddings.data_ptr() in keys
+    assert dispatched.lm_head.weight.data_ptr() in keys
+
+
 def test_inside_the_gradient_scope_every_layer_computes_in_fp32_offloaded_ones_included(tmp_path, monkeypatch):
     """The premise of the in-place upcast on a dispatched model, seen at the matmuls: inside `float32_weights` every
     linear layer, those the hooks load from disk at each forward included, gets fp32 weights; outside it, its own."""
@@ -489,9 +512,9 @@ def test_a_dispatched_16_bit_model_on_a_gpu_is_attacked_in_place_with_its_offloa
 
 
 def test_a_dispatched_model_whose_gradient_weights_cannot_fit_is_not_attacked(tmp_path):
-    """A dispatched 16-bit model's gradient passes hold its resident 16-bit tensors in fp32 (2 more bytes each) and
-    its offloaded tensors in fp32 on the device that runs them (4 bytes each: autograd keeps them until the backward
-    pass); where a device lacks that much free the step says so (the bytes, the device, what to pass) instead of
+    """A dispatched 16-bit model's gradient passes hold its resident 16-bit tensors in fp32 (2 more bytes each; 4
+    for a tied weight whose storage is kept) and its offloaded tensors in fp32 on the device that runs them (4 bytes
+    each: autograd keeps them until the backward pass); where a device lacks that much free the step says so (the bytes, the device, what to pass) instead of
     running out of memory after the clean pass. Where it fits, or for an undispatched model, nothing is refused."""
     from accelerate import dispatch_model
 
@@ -502,7 +525,8 @@ def test_a_dispatched_model_whose_gradient_weights_cannot_fit_is_not_attacked(tm
     held = {id(t): (n, t.numel()) for n, t in [*model.named_parameters(), *model.named_buffers()]
             if t.dtype == torch.bfloat16}
     offloaded = sum(k for n, k in held.values() if n.startswith("model.layers.1."))  # layer 1 goes to disk
-    need = 2 * sum(k for _, k in held.values()) - 2 * offloaded + 4 * offloaded
+    tied = model.model.embed_tokens.weight.numel()  # tied to the head: its bf16 storage stays beside the fp32 one
+    need = 2 * sum(k for _, k in held.values()) - 2 * offloaded + 4 * offloaded + 2 * tied
     dispatched = dispatch_model(model, device_map=PLACEMENT, offload_dir=str(tmp_path))
     assert attack_memory_refusal(dispatched) is None
     assert attack_memory_refusal(dispatched, available=lambda device: need) is None
@@ -532,7 +556,9 @@ def test_a_dispatched_variants_gradient_weights_count_its_offloaded_fp32_layers(
     fp32_offloaded = sum(p.numel() for n, p in dispatched.named_parameters()
                          if n.startswith("model.layers.1.") and p.dtype == torch.float32)
     assert fp32_offloaded > 0
-    assert attack_weight_bytes_by_device(dispatched) == {torch.device("cpu"): 2 * resident_16 + 4 * offloaded}
+    tied = dispatched.model.embed_tokens.weight.numel()  # its bf16 storage is kept while upcast
+    assert attack_weight_bytes_by_device(dispatched) == {torch.device("cpu"): 2 * resident_16 + 4 * offloaded
+                                                         + 2 * tied}
 
 
 def test_an_attack_pass_keeps_no_weight_inputs_or_copied_heads_and_its_gradient_is_unchanged():
