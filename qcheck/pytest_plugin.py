@@ -551,12 +551,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                     "workers", "timed_after_workers"):
             if key in report.records.meta:
                 report.meta.setdefault(key, report.records.meta[key])
-        from qcheck.report.run import describe_cut
-
-        cut = report.records.meta.get("cut_in")
-        if cut and report.interruption is not None and _LOADED not in config.stash:
-            report.interruption = {**report.interruption, "cut_in": cut,
-                                   "reason": f"{report.interruption['reason']}; {describe_cut(cut)}"}
     # this run's marks; the records carry them too where this run measured them (a judged run's records keep the
     # timeline of the run that measured them)
     report.meta["timeline"] = timeline.marks()

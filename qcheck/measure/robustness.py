@@ -489,7 +489,7 @@ def attack_weight_bytes_by_device(model: nn.Module) -> dict[torch.device, int]:
     since autograd keeps each layer's weight until the backward pass reaches it. Session 26's plan left both out of
     the 70B slice's attacks: the deep copy a dispatched model then took was counted for 16-bit tensors alone, and
     the offloaded layers and head (11 GB in fp32) not at all; int8's attack ran out of GPU memory."""
-    from qcheck.quant.offload import tied_pointers
+    from qcheck.quant.offload import offloaded_by_execution_device, tied_pointers
 
     upcast = needs_fp32_upcast(model)
     need: dict[torch.device, int] = {}
@@ -499,33 +499,9 @@ def attack_weight_bytes_by_device(model: nn.Module) -> dict[torch.device, int]:
             if t.device.type != "meta":
                 kept = t.data_ptr() in pinned  # its 16-bit storage stays beside the fp32 one (`float32_weights`)
                 need[t.device] = need.get(t.device, 0) + t.numel() * (4 if kept else 4 - t.element_size())
-    for device, tensors in _offloaded_by_execution_device(model).items():
+    for device, tensors in offloaded_by_execution_device(model).items():
         need[device] = need.get(device, 0) + sum(t.numel() * (4 if upcast else t.element_size()) for t in tensors)
     return need
-
-
-def _offloaded_by_execution_device(model: nn.Module) -> dict[torch.device, list[torch.Tensor]]:
-    """The float tensors accelerate keeps offloaded (on the meta device), each once, by the device the hook of the
-    module holding them (or of its nearest ancestor with one) loads them onto."""
-    from qcheck.inputs.placement import as_torch_device
-    from qcheck.quant.offload import execution_device
-
-    out: dict[torch.device, list[torch.Tensor]] = {}
-    seen: set[int] = set()
-
-    def walk(module: nn.Module, inherited: Any) -> None:
-        own = execution_device(module)
-        device = inherited if own is None else own
-        for t in [*module._parameters.values(), *module._buffers.values()]:
-            if t is not None and t.device.type == "meta" and t.is_floating_point() and id(t) not in seen \
-                    and device is not None:
-                seen.add(id(t))
-                out.setdefault(as_torch_device(device), []).append(t)
-        for child in module.children():
-            walk(child, device)
-
-    walk(model, None)
-    return out
 
 
 def attack_memory_refusal(model: nn.Module, available: Callable[[torch.device], int | None] | None = None

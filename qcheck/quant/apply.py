@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from qcheck.errors import ConfigError, QCheckError, VariantUnavailable
-from qcheck.quant.experts import ExpertMatrix, class_name, layer_at, per_expert_view, quantize_weight, weight_key
+from qcheck.quant.experts import ExpertMatrix, class_name, layer_at, per_expert_view, weight_key
 from qcheck.quant.manifest import LayerRecord, QuantReport
 from qcheck.quant.plan import MODEL_DTYPES, Assignment, Plan, output_embeddings, unaddressable_weights
 from qcheck.quant.spec import BnbSpec, CastSpec, FixedSpec, IntSpec, KeepSpec, MinifloatSpec, PruneSpec, spec_to_dict
@@ -131,7 +131,9 @@ def _apply_weight_spec(module: nn.Module | ExpertMatrix, spec: Any, rec: LayerRe
         if module.bias is not None:
             module.bias.data = module.bias.data.to(spec.dtype)
     else:
-        new = quantize_weight(module, spec, w.detach().to(torch.float32))
+        view, per = per_expert_view(module, spec, w.detach().to(torch.float32))  # fused experts: a scale per expert
+        new_view = per.quantize(view)
+        new = new_view.reshape(w.shape)
         if w.dtype != torch.float32:
             # grid values stored in fp16/bf16 would be rounded off their grid (8 significant bits in bf16): the layer
             # keeps them in fp32 and computes in fp32 between casts of its input and output
@@ -153,8 +155,7 @@ def _apply_weight_spec(module: nn.Module | ExpertMatrix, spec: Any, rec: LayerRe
     rec.bits = spec.bits
     rec.dtype = str(new.dtype)
     if isinstance(spec, IntSpec):
-        view, per = per_expert_view(module, spec, new)
-        rec.max_distinct_per_group = distinct_per_group(view, per.group_size, per.per_tensor)
+        rec.max_distinct_per_group = distinct_per_group(new_view, per.group_size, per.per_tensor)
     rec.rel_change, rec.sqnr_db = rel_change_and_sqnr_db(ref_w, new)
     rec.underflow_rate = fraction(count_true(lambda r, n: (r != 0) & (n.to(r.device) == 0), ref_w, new),
                                   ref_w.numel())

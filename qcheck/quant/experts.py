@@ -80,13 +80,6 @@ def per_expert_view(layer: Any, spec: Any, weight: torch.Tensor) -> tuple[torch.
     return weight, spec
 
 
-def quantize_weight(layer: Any, spec: Any, weight: torch.Tensor) -> torch.Tensor:
-    """`spec.quantize(weight)` for `layer`'s 2-D weight, one scale per expert where a per-tensor integer spec meets
-    fused experts (`per_expert_view`)."""
-    view, spec = per_expert_view(layer, spec, weight)
-    return spec.quantize(view).reshape(weight.shape)
-
-
 def is_fused_experts(module: nn.Module) -> bool:
     """Whether `module` is a transformers experts class whose layout qcheck knows (`num_experts` and `is_transposed`
     set by `use_experts_implementation`)."""

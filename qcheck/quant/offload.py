@@ -41,6 +41,29 @@ def tied_pointers(model: nn.Module) -> set[int]:
     return keys
 
 
+def offloaded_by_execution_device(model: nn.Module) -> dict[torch.device, list[torch.Tensor]]:
+    """The float tensors accelerate keeps offloaded (on the meta device), each once, by the device the hook of the
+    module holding them (or of its nearest ancestor with one) loads them onto."""
+    from qcheck.inputs.placement import as_torch_device
+
+    out: dict[torch.device, list[torch.Tensor]] = {}
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, inherited: Any) -> None:
+        own = execution_device(module)
+        device = inherited if own is None else own
+        for t in [*module._parameters.values(), *module._buffers.values()]:
+            if t is not None and t.device.type == "meta" and t.is_floating_point() and id(t) not in seen \
+                    and device is not None:
+                seen.add(id(t))
+                out.setdefault(as_torch_device(device), []).append(t)
+        for child in module.children():
+            walk(child, device)
+
+    walk(model, None)
+    return out
+
+
 def _offload_hook(module: nn.Module) -> Any:
     return next((h for h in _hooks(module) if getattr(h, "offload", False)
                  and getattr(h, "weights_map", None) is not None), None)

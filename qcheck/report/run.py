@@ -79,6 +79,9 @@ class RunReport:
             self.complete = False
             self.interruption = {"reason": reason or f"{len(self.unfinished)} test(s) did not finish",
                                  "exit_status": exit_status, "unfinished": len(self.unfinished)}
+            cut = self.records.meta.get("cut_in") if self.records is not None else None
+            if cut:  # the measurement step the stop cut (`qcheck.engine`), in the records this run measured
+                self.interruption.update(cut_in=cut, reason=f"{self.interruption['reason']}; {_describe_cut(cut)}")
 
     @property
     def status(self) -> Status:
@@ -165,7 +168,7 @@ def run_metadata(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return meta
 
 
-def describe_cut(cut: dict[str, Any]) -> str:
+def _describe_cut(cut: dict[str, Any]) -> str:
     """The step a stopped run was cut in, for the interruption's reason: which, after how long, what it had noted."""
     facts = {k: v for k, v in cut.items() if k not in ("variant", "measurement", "after_s")}
     noted = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items())
