@@ -490,9 +490,12 @@ def _measure_subject(ctx: RunContext, name: str, measurements: list[str], progre
             if not STEPS[m].after_release:
                 _run_step(ctx, STEPS[m], subject, progress)
     finally:
-        built.__exit__(None, None, None)
+        # the subject holds the model and its decoder states: dropped before the release collects garbage, else a
+        # dispatched model (its hooks make reference cycles) outlived its release until a later collection: the
+        # 70B slice's w4g64 stayed on GPU 0 (20 GB) through int8's steps (RESULTS.md, session 28)
         subject = Subject(name, None, None)
         del variant
+        built.__exit__(None, None, None)
     for m in todo:
         if STEPS[m].after_release:
             _run_step(ctx, STEPS[m], Subject(name, None, None), progress)

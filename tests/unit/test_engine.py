@@ -46,6 +46,35 @@ def test_variants_are_built_one_at_a_time_and_released(tiny_folder, monkeypatch)
     assert store.find("fp32", "weights").status == RecordStatus.SKIPPED  # compares a variant with the reference
 
 
+@pytest.mark.parametrize("placed", [False, True], ids=["one-device", "dispatched"])
+def test_a_variant_is_gone_when_its_release_returns(tiny_folder, tmp_path, monkeypatch, placed):
+    # a dispatched model's hooks make reference cycles, so it is freed by the release's collection or not until a
+    # later one; the engine's subject held it through that collection, and the 70B slice's w4g64 stayed on GPU 0
+    # (20 GB) through int8's steps (session 28). No collection here beyond the release's own.
+    import qcheck.variants
+
+    extra = {"device_map": "auto", "max_memory": "cpu=1MB", "offload_folder": str(tmp_path / "off")} if placed else {}
+    ctx = open_run(_options(tiny_folder, samples=2, variants=("int8", "w4g64"), **extra))
+    assert (ctx.variants.reload is not None) == placed
+    alive: list[weakref.ref] = []
+    alive_after_release: list[int] = []
+    original_build, original_free = ctx.variants.build, qcheck.variants.free_memory
+
+    def build(name):
+        variant = original_build(name)
+        alive.append(weakref.ref(variant.model))
+        return variant
+
+    def free_memory():
+        original_free()
+        alive_after_release.append(sum(ref() is not None for ref in alive))
+
+    monkeypatch.setattr(ctx.variants, "build", build)
+    monkeypatch.setattr(qcheck.variants, "free_memory", free_memory)
+    measure_run(ctx, {n: {"perplexity", "choice"} for n in ["fp32", *ctx.variants.names]})
+    assert alive_after_release == [0, 0]
+
+
 def test_a_failed_measurement_is_an_error_record_and_the_run_goes_on(tiny_folder, monkeypatch):
     # the module the engine will import: after an in-process pytester run has dropped it from sys.modules, `from
     # qcheck.measure import steps` would still give the package's stale attribute, and the patch would miss
