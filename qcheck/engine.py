@@ -667,7 +667,7 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
             out = Path(tmp) / f"worker-{i}.json"
             proc = spawn.Process(target=_worker, args=(ctx.options.to_dict(), shares, queue, taken, done,
                                                        reference if i == 0 else None,
-                                                       (i % gpus) if gpus else None, share, str(out)))
+                                                       (i % gpus) if gpus else None, share, str(out), i))
             proc.start()
             procs.append((i, proc, out))
         ctx.store.meta["workers"] = len(procs)
@@ -704,7 +704,8 @@ def measure_parallel(ctx: RunContext, needs: Needs, workers: int) -> RecordStore
 
 
 def _merge_workers(ctx: RunContext, procs: list[Any]) -> None:
-    """Every worker's written store into the run's: its records, and its meta under `workers_*` keys."""
+    """Every worker's written store into the run's: its records, and its meta under `workers_*` keys. The steps
+    stopped workers cut are under `workers_cut_in`, the first also as the run's `cut_in` (what the report names)."""
     import json
 
     for i, _, out in procs:
@@ -713,14 +714,27 @@ def _merge_workers(ctx: RunContext, procs: list[Any]) -> None:
         part_store = RecordStore.from_dict(json.loads(out.read_text(encoding="utf-8")), source=str(out))
         ctx.store.merge(part_store)
         for key, value in part_store.meta.items():
-            if key in ("variant_seconds", "peak_memory", "measured"):
+            if key in ("variant_seconds", "peak_memory", "measured", "cut_in"):
                 ctx.store.meta.setdefault(f"workers_{key}", {})[str(i)] = value
             elif key == "data":
                 ctx.store.meta.setdefault("data", {}).update(value)
+    cuts = ctx.store.meta.get("workers_cut_in")
+    if cuts:
+        ctx.store.meta["cut_in"] = next(iter(cuts.values()))
 
 
 STOP_GRACE_S = 10.0
 """How long stopped workers get to exit on SIGTERM before they are killed."""
+
+
+def _stop_worker(signum: int, frame: Any) -> None:
+    """A worker's SIGTERM handler: stop as Ctrl-C does, so the step it cuts is noted (`_note_cut`). Later SIGTERMs
+    are ignored while it writes its store: GNU `timeout` signals the whole process group, and the parent's own
+    `_stop_workers` follows."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"terminated by signal {signum} (SIGTERM)")
 
 
 def _stop_workers(procs: list[Any], grace_s: float = STOP_GRACE_S) -> None:
@@ -782,14 +796,16 @@ def _reference_on_host(ctx: RunContext) -> Iterator[bool]:
 
 
 def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[str], taken: Any, done: Any,
-            reference: list[str] | None, device_index: int | None, share: int, out: str) -> None:
+            reference: list[str] | None, device_index: int | None, share: int, out: str, worker: int = 0) -> None:
     """One worker process: open the run on its device, measure the reference's records when given them, then take
     the next variant of `queue` (`taken` counts those handed out, `done` those measured, both shared by every
     worker) until none is left. `share` workers share its device: on a GPU its batches are sized within 1/`share`
     of it, on a CPU it computes with 1/`share` of torch's threads (one each would oversubscribe the cores). Its
-    store is written as JSON after each subject (a worker that dies keeps what it finished)."""
+    store is written as JSON after each subject (a worker that dies keeps what it finished); stopped (SIGTERM from
+    the parent or a scheduler, Ctrl-C), it writes it once more with the step it cut, and exits 130."""
     import json
     import os
+    import signal
     from pathlib import Path
 
     from qcheck.inputs.fit import share_device
@@ -803,6 +819,7 @@ def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[s
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["QCHECK_PROGRESS"] = "0"
+    signal.signal(signal.SIGTERM, _stop_worker)
     kw = dict(options)
     for key in ("plans", "ptq", "lm_eval_results"):
         kw[key] = tuple(kw.get(key) or ())
@@ -824,17 +841,23 @@ def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[s
                 done.value += 1
 
     measured: list[str] = []
-    if reference is not None:
-        measure_run(ctx, {REFERENCE: set(reference)}, reference=True)
-        save(REFERENCE)
-    while True:
-        with taken.get_lock():
-            index = taken.value
-            taken.value += 1
-        if index >= len(queue):
-            break
-        name = queue[index]
-        measure_run(ctx, {name: set(shares[name])}, reference=False)
-        save(name)
+    try:
+        if reference is not None:
+            measure_run(ctx, {REFERENCE: set(reference)}, reference=True)
+            save(REFERENCE)
+        while True:
+            with taken.get_lock():
+                index = taken.value
+                taken.value += 1
+            if index >= len(queue):
+                break
+            name = queue[index]
+            measure_run(ctx, {name: set(shares[name])}, reference=False)
+            save(name)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ctx.store.meta.get("cut_in", {}).update(worker=worker)
+        save(None)  # what it finished, and the step the stop cut (`_note_cut`)
+        raise SystemExit(130) from None
     if not measured:
         save(None)  # a worker that found nothing left still writes its (empty) store

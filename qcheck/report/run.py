@@ -79,9 +79,13 @@ class RunReport:
             self.complete = False
             self.interruption = {"reason": reason or f"{len(self.unfinished)} test(s) did not finish",
                                  "exit_status": exit_status, "unfinished": len(self.unfinished)}
-            cut = self.records.meta.get("cut_in") if self.records is not None else None
-            if cut:  # the measurement step the stop cut (`qcheck.engine`), in the records this run measured
-                self.interruption.update(cut_in=cut, reason=f"{self.interruption['reason']}; {_describe_cut(cut)}")
+            meta = self.records.meta if self.records is not None else {}
+            cut = meta.get("cut_in")
+            if cut:  # the measurement step the stop cut (`qcheck.engine`), in the records this run measured; with
+                # --workers, each stopped worker's
+                cuts = [cut, *(c for c in (meta.get("workers_cut_in") or {}).values() if c != cut)]
+                self.interruption.update(cut_in=cut, reason="; ".join([self.interruption["reason"],
+                                                                        *map(_describe_cut, cuts)]))
 
     @property
     def status(self) -> Status:

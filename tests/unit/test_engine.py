@@ -213,7 +213,7 @@ def test_workers_record_what_one_process_records(tiny_folder, monkeypatch, capsy
             "in the parent process, alone on the device (latency)") in placement_lines(two.meta)
 
 
-def _dies_after_taking_one(options, shares, queue, taken, done, reference, device_index, share, out):
+def _dies_after_taking_one(options, shares, queue, taken, done, reference, device_index, share, out, worker):
     """A worker for the test below (run in a spawned process): worker 0 is the real one, started once another has
     taken the first variant off the shared list; that other dies before recording anything."""
     import os
@@ -224,7 +224,7 @@ def _dies_after_taking_one(options, shares, queue, taken, done, reference, devic
     if reference is not None:
         while taken.value < 1:
             time.sleep(0.05)
-        return _worker(options, shares, queue, taken, done, reference, device_index, share, out)
+        return _worker(options, shares, queue, taken, done, reference, device_index, share, out, worker)
     with taken.get_lock():
         taken.value += 1
     os._exit(3)
@@ -253,7 +253,7 @@ def test_a_worker_that_dies_leaves_errors_for_what_it_took(tiny_folder, monkeypa
         assert all(store.find(other, m).status == RecordStatus.OK for m in needs[other]), other
 
 
-def _hangs_after_the_reference(options, shares, queue, taken, done, reference, device_index, share, out):
+def _hangs_after_the_reference(options, shares, queue, taken, done, reference, device_index, share, out, worker):
     """A worker for the test below: worker 0 measures the reference (and writes its store), then both hang as a
     long variant would."""
     import time
@@ -261,7 +261,7 @@ def _hangs_after_the_reference(options, shares, queue, taken, done, reference, d
     from qcheck.engine import _worker
 
     if reference is not None:
-        _worker(options, {}, [], taken, done, reference, device_index, share, out)
+        _worker(options, {}, [], taken, done, reference, device_index, share, out, worker)
     while True:
         time.sleep(1)
 
@@ -293,6 +293,68 @@ def test_an_interrupted_run_stops_its_workers_and_keeps_what_they_finished(tiny_
     assert multiprocessing.active_children() == []  # stopped, not left running the variants
     assert ctx.store.find("fp32", "perplexity").status == RecordStatus.OK  # worker 0 finished it
     assert ("int8", "perplexity") not in ctx.store and ctx.store.meta["workers"] == 2
+
+
+def _cut_in_a_variants_step(options, shares, queue, taken, done, reference, device_index, share, out, worker):
+    """A worker for the test below: the real one, whose variants' perplexity step notes a batch, leaves a mark
+    beside its store and hangs (as a long attack would) until the parent stops it."""
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    from qcheck.engine import _worker
+    from qcheck.measure import steps
+
+    real = steps.STEPS["perplexity"]
+
+    def hangs(ctx, s):
+        if s.name == "fp32":
+            return real.run(ctx, s)
+        ctx.note_in_flight(planned_batch_size=4)
+        Path(out).with_suffix(".hanging").touch()
+        while True:
+            time.sleep(0.1)
+
+    steps.STEPS["perplexity"] = dataclasses.replace(real, run=hangs)
+    _worker(options, shares, queue, taken, done, reference, device_index, share, out, worker)
+
+
+def test_stopped_workers_name_the_steps_they_cut(tiny_folder, monkeypatch):
+    """SIGTERM from the parent (or a scheduler, which signals the process group) in a worker's step: the worker
+    writes its store with that step, and the run's store names each worker's cut, as one process's does."""
+    import time
+
+    from qcheck import engine
+    from qcheck.report.run import RunReport
+
+    def interrupted(procs, done, total):
+        deadline = time.monotonic() + 120
+        while (sum(out.with_suffix(".hanging").exists() for _, _, out in procs) < 2
+               and time.monotonic() < deadline):  # both workers are inside a variant's step
+            time.sleep(0.1)
+        raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)")
+
+    monkeypatch.setattr(engine, "_worker", _cut_in_a_variants_step)
+    monkeypatch.setattr(engine, "_follow", interrupted)
+    monkeypatch.setattr(engine, "_OPENED", {})
+    ctx = open_run(_options(tiny_folder, variants=("int8", "w4g64"), tokens=256, workers=2))
+    needs = {"fp32": {"perplexity"}, "int8": {"perplexity"}, "w4g64": {"perplexity"}}
+    with pytest.raises(KeyboardInterrupt):
+        engine.measure_parallel(ctx, needs, 2)
+    cuts = ctx.store.meta["workers_cut_in"]
+    assert set(cuts) == {"0", "1"}, ctx.store.meta
+    assert {c["variant"] for c in cuts.values()} == {"int8", "w4g64"}
+    for worker, cut in cuts.items():
+        assert cut["measurement"] == "perplexity" and cut["planned_batch_size"] == 4 and cut["worker"] == int(worker)
+        assert cut["after_s"] >= 0
+    assert ctx.store.meta["cut_in"] in cuts.values()
+    assert ctx.store.find("fp32", "perplexity").status == RecordStatus.OK
+    assert ("int8", "perplexity") not in ctx.store and ("w4g64", "perplexity") not in ctx.store
+    report = RunReport(records=ctx.store)
+    report.mark_unfinished(["t"], reason="interrupted")
+    reason = report.interruption["reason"]
+    assert "cut in int8's perplexity after" in reason and "cut in w4g64's perplexity after" in reason
+    assert "worker 0" in reason and "worker 1" in reason and "planned batch size 4" in reason
 
 
 def test_workers_take_the_longest_variants_first(tiny_folder):
