@@ -855,7 +855,8 @@ def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[s
             measure_run(ctx, {name: set(shares[name])}, reference=False)
             save(name)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches every worker, then the parent's SIGTERM
+            signal.signal(stop, signal.SIG_IGN)
         ctx.store.meta.get("cut_in", {}).update(worker=worker)
         save(None)  # what it finished, and the step the stop cut (`_note_cut`)
         raise SystemExit(130) from None

@@ -71,7 +71,8 @@ def test_mixed_between_uniform_bounds(mixed, qcheck_records, qcheck_record):
     if missing:
         pytest.skip(f"mixed check needs variants {missing}, not part of this run")
     bounds = {n: PerplexityResult.from_dict(qcheck_records.data(n, "perplexity")) for n in MIXED_BOUNDS[mixed]}
-    mixed_ppl = PerplexityResult.from_dict(qcheck_records.data(mixed, "perplexity"))
+    mixed_data = qcheck_records.data(mixed, "perplexity")
+    mixed_ppl = PerplexityResult.from_dict(mixed_data)
     weights = qcheck_records.data(mixed, "weights")
     plan_check = None
     if "plan_followed" in weights:
@@ -79,4 +80,5 @@ def test_mixed_between_uniform_bounds(mixed, qcheck_records, qcheck_record):
             plan_check = judge_plan_followed(weights["plan_followed"], variant=mixed)
         except InvariantViolation as exc:
             plan_check = exc.result
-    qcheck_record(assert_mixed_between(mixed_ppl, bounds, variant=mixed, plan_check=plan_check))
+    qcheck_record(assert_mixed_between(mixed_ppl, bounds, variant=mixed, plan_check=plan_check,
+                                       vocab_size=mixed_data.get("vocab_size")))

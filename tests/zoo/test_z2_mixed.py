@@ -95,3 +95,42 @@ def test_a_negligible_real_difference_on_random_weights_is_no_finding(smollm2_to
     result = assert_mixed_between(scored["mixed"], bounds)
     assert result.status.value == "PASS" and "below int8 by" in result.message
     assert result.threshold["tolerance_nats_per_token"] == 0.002
+
+
+def test_bounds_no_better_than_a_uniform_guess_cannot_hold_the_mix(smollm2_tokenizer):
+    """A false alarm found on an untuned input (session 28): a random-init Llama of hidden 1024, on a later slice of
+    WikiText-2, scored the honest mixed plan 1.4% above both uniform bounds, beyond noise and the 0.002 nats/token
+    tolerance. All three sit above the 49,152-token vocabulary, worse than a uniform guess: such models have nothing
+    for bits to lose, and `perplexity_order` already calls their order INCONCLUSIVE. So does this check now. A mix off
+    its plan on the same model still FAILs."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qcheck.errors import DataError
+    from qcheck.inputs.data import wikitext_test
+
+    try:
+        text = wikitext_test(max_chars=240_000)[0][200_000:]
+    except DataError as exc:
+        pytest.skip(f"WikiText-2 not available: {exc}")
+    vocab = len(smollm2_tokenizer)
+    config = AutoConfig.for_model("llama", vocab_size=vocab, hidden_size=1024, intermediate_size=3072,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(4)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    built = {name: quantize(model, plan)[0] for name, plan in (("int8", INT8), ("w4g64", W4), ("mixed", MIXED),
+                                                               ("swapped", SWAPPED))}
+    scored = {name: perplexity(q, smollm2_tokenizer, text, context=512, max_tokens=2048) for name, q in built.items()}
+    bounds = {"int8": scored["int8"], "w4g64": scored["w4g64"]}
+    assert min(b.perplexity for b in bounds.values()) >= vocab
+    with pytest.raises(InvariantViolation) as err:  # the false alarm, as the check judged it before
+        assert_mixed_between(scored["mixed"], bounds, plan=MIXED, quantized=built["mixed"])
+    assert "above its worst uniform bound int8" in err.value.result.message
+    result = assert_mixed_between(scored["mixed"], bounds, plan=MIXED, quantized=built["mixed"], vocab_size=vocab)
+    assert result.status.value == "INCONCLUSIVE"
+    assert "above its worst uniform bound" in result.message and "no better than chance" in result.message
+    assert result.evidence["vocab_size"] == vocab and not result.evidence["plan_followed"]
+    with pytest.raises(InvariantViolation) as err:
+        assert_mixed_between(scored["swapped"], bounds, plan=MIXED, quantized=built["swapped"], vocab_size=vocab)
+    assert "do not carry the format the plan assigns" in err.value.result.message
