@@ -136,9 +136,12 @@ def judge_perplexity_finite(record: Any, *, variant: str) -> CheckResult:
 
 
 def assert_context_sensitivity(short: PerplexityResult, full: PerplexityResult, *, level: float = 0.95,
-                               variant: str | None = None) -> CheckResult:
+                               variant: str | None = None, vocab_size: int | None = None) -> CheckResult:
     """Perplexity at a short context is higher than at the model's full context on the same tokens; the
-    report states by how much, so a 128-token figure (seed 001's 217) is never compared with a full one."""
+    report states by how much, so a 128-token figure (seed 001's 217) is never compared with a full one. With
+    `vocab_size`, a short context that scores better where both figures are no better than a uniform guess
+    (perplexity >= vocab_size) is INCONCLUSIVE, not a broken mask: such a model predicts nothing from any context
+    (a random-init Llama of hidden 1024: 0.96x, session 28)."""
     if short.context >= full.context:
         raise ConfigError(f"short context ({short.context}) must be below the full context ({full.context})",
                           field="context")
@@ -152,6 +155,11 @@ def assert_context_sensitivity(short: PerplexityResult, full: PerplexityResult, 
         status = Status.PASS
         message = (f"{head}: less context, higher perplexity, as it must be. Perplexities are comparable only at "
                    "the same context and stride (a 128-token context explains figures like seed 001's 217)")
+    elif interval.high < 0 and bool(vocab_size) and min(short.perplexity, full.perplexity) >= float(vocab_size):
+        status = Status.INCONCLUSIVE
+        message = (f"{head}: the short context scores better beyond noise, but both figures are not below the "
+                   f"vocabulary's {vocab_size} tokens, what a uniform guess scores: a model that predicts the text no "
+                   "better than chance uses no context to judge (random or broken weights)")
     elif interval.high < 0:
         status = Status.FAIL
         message = (f"{head}: the short context scores better beyond noise, so the model does not use its context "
@@ -163,7 +171,9 @@ def assert_context_sensitivity(short: PerplexityResult, full: PerplexityResult, 
         name="context_sensitivity", status=status, message=message, variant=variant, n=units,
         compared=f"perplexity at context {short.context} vs {full.context} on the tokens both score",
         test=f"paired block bootstrap of NLL/token differences ({level:.0%} interval)",
-        threshold="interval of (short - full) above 0", evidence=evidence))
+        threshold={"passes_when": "interval of (short - full) above 0", "fails_when": "interval below 0",
+                   "inconclusive_when": "both perplexities >= vocabulary size, or the interval holds 0"},
+        evidence={**evidence, "vocab_size": vocab_size}))
 
 
 def perplexity_variants(result: PerplexityResult) -> dict[str, float]:

@@ -58,9 +58,10 @@ def test_perplexity_order_within_family(family, qcheck_records, qcheck_record):
 @pytest.mark.qcheck_check("context_sensitivity", variant=REFERENCE)
 @needs("perplexity", "perplexity_short")
 def test_context_sensitivity(qcheck_records, qcheck_record):
-    full = PerplexityResult.from_dict(qcheck_records.data(REFERENCE, "perplexity"))
+    full_data = qcheck_records.data(REFERENCE, "perplexity")
     short_data = qcheck_records.data(REFERENCE, "perplexity_short")
-    result = assert_context_sensitivity(PerplexityResult.from_dict(short_data), full, variant=REFERENCE)
+    result = assert_context_sensitivity(PerplexityResult.from_dict(short_data), PerplexityResult.from_dict(full_data),
+                                        variant=REFERENCE, vocab_size=full_data.get("vocab_size"))
     result.evidence["model_max_context"] = short_data.get("model_max_context")
     qcheck_record(result)
 

@@ -117,3 +117,51 @@ def test_word_and_byte_units_are_reported(smollm2, wikitext_slice):
     assert units["word"] > units["token"] > 1
     assert 1 < units["byte"] < units["token"]
     assert result.n_words and result.n_bytes > result.n_words
+
+
+def _positions_broken_past(model, limit):
+    """A planted bug: rotary positions past `limit` scrambled (as a wrong RoPE scaling or position-id bug does), so
+    a long context hurts instead of helping."""
+    def scramble(module, args, kwargs):  # transformers calls rotary_emb(hidden_states, position_ids=...)
+        positions = kwargs["position_ids"]
+        return args, {**kwargs, "position_ids": torch.where(positions >= limit, (positions * 7919) % 2048, positions)}
+
+    return model.model.rotary_emb.register_forward_pre_hook(scramble, with_kwargs=True)
+
+
+def test_a_long_context_that_hurts_fails_unless_the_model_predicts_nothing(smollm2, ids, smollm2_tokenizer):
+    """`context_sensitivity` on models it was not tuned on (session 28): SmolLM2 with its positions past 128
+    scrambled scores better at context 128 than over the whole slice, and FAILs (a real model, far below its
+    vocabulary). A random-init Llama of hidden 1024 also scored better at 128 (0.96x) in a run of the whole suite:
+    it predicts no better than a uniform guess (perplexity above the 49,152-token vocabulary) at either context, so
+    no mask or position is to blame, and with the vocabulary given the check is INCONCLUSIVE."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = len(smollm2_tokenizer)
+    handle = _positions_broken_past(smollm2.model, 128)
+    try:
+        short = perplexity_of_ids(smollm2.model, ids, context=128, batch_size=8)
+        full = perplexity_of_ids(smollm2.model, ids, context=len(ids))
+    finally:
+        handle.remove()
+    assert full.perplexity < vocab
+    with pytest.raises(InvariantViolation, match="does not use its context"):
+        assert_context_sensitivity(short, full, vocab_size=vocab)
+
+    from qcheck.inputs.data import wikitext_test
+
+    text = wikitext_test(max_chars=20_000)[0]  # the run's text: the first 4,096 tokens of WikiText-2 test
+    run_ids = torch.tensor(smollm2_tokenizer(text, add_special_tokens=False)["input_ids"][:4096])
+    config = LlamaConfig(vocab_size=vocab, hidden_size=1024, intermediate_size=3072, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    random_model = LlamaForCausalLM(config).eval()
+    short = perplexity_of_ids(random_model, run_ids, context=128, batch_size=8)
+    full = perplexity_of_ids(random_model, run_ids, context=1024, batch_size=4)
+    assert min(short.perplexity, full.perplexity) >= vocab
+    with pytest.raises(InvariantViolation, match="does not use its context"):  # the false alarm, as judged before
+        assert_context_sensitivity(short, full)
+    result = assert_context_sensitivity(short, full, vocab_size=vocab)
+    assert result.status.value == "INCONCLUSIVE" and "no better than chance" in result.message
+    assert result.evidence["vocab_size"] == vocab
