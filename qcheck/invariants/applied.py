@@ -158,7 +158,7 @@ def assert_mixed_between(mixed: Any, bounds: Mapping[str, Any], *, variant: str 
     better than a uniform guess (perplexity >= vocab_size) is INCONCLUSIVE, as `perplexity_order` is: quantization
     noise moves such a model's perplexity either way (a random-init Llama of hidden 1024: the mix 1.4% above both
     bounds, session 28). A layer off its plan still FAILs."""
-    from qcheck.invariants.quality import ORDER_TOLERANCE, _paired_nll_difference
+    from qcheck.invariants.quality import ORDER_TOLERANCE, _paired_nll_difference, no_better_than_uniform
 
     tolerance = ORDER_TOLERANCE if tolerance is None else tolerance
 
@@ -189,7 +189,7 @@ def assert_mixed_between(mixed: Any, bounds: Mapping[str, Any], *, variant: str 
     if below.high < -tolerance:
         messages.append(f"mixed perplexity {mixed.perplexity:.3f} is below its best uniform bound {low_name} "
                         f"({low.perplexity:.3f}) beyond noise and {tolerance:g} nats/token")
-    uninformed = bool(vocab_size) and low.perplexity >= float(vocab_size)
+    uninformed = no_better_than_uniform(low.perplexity, vocab_size)
     status = Status.FAIL if off_plan or (messages and not uninformed) else (
         Status.INCONCLUSIVE if messages else Status.PASS)
     if status == Status.INCONCLUSIVE:

@@ -63,6 +63,13 @@ def _paired_nll_difference(a: PerplexityResult, b: PerplexityResult, level: floa
             f"blocks of {a.block_size} tokens")
 
 
+def no_better_than_uniform(perplexity: float, vocab_size: int | None) -> bool:
+    """Whether a perplexity is at or above the vocabulary size, what a uniform guess over it scores: such a model
+    (random or broken weights) predicts nothing about the text, so orders among its variants, or between its
+    contexts, are quantization or sampling noise, not findings. False when the vocabulary is not known."""
+    return bool(vocab_size) and perplexity >= float(vocab_size)
+
+
 def assert_perplexity_order(results: Mapping[str, PerplexityResult], *, family: str = "",
                             tolerance: float = ORDER_TOLERANCE, level: float = 0.95,
                             vocab_size: int | None = None) -> CheckResult:
@@ -93,7 +100,7 @@ def assert_perplexity_order(results: Mapping[str, PerplexityResult], *, family: 
                             f"{level:.0%} interval [{interval.low:+.4f}, {interval.high:+.4f}])")
     chain = " <= ".join(f"{n} {results[n].perplexity:.3f}" for n in names)
     first = results[names[0]].perplexity
-    uninformed = bool(vocab_size) and first >= float(vocab_size)
+    uninformed = no_better_than_uniform(first, vocab_size)
     if identical or (problems and not uninformed):
         status, message = Status.FAIL, "; ".join(identical + problems)
     elif problems:
@@ -155,9 +162,9 @@ def assert_context_sensitivity(short: PerplexityResult, full: PerplexityResult, 
         status = Status.PASS
         message = (f"{head}: less context, higher perplexity, as it must be. Perplexities are comparable only at "
                    "the same context and stride (a 128-token context explains figures like seed 001's 217)")
-    elif interval.high < 0 and bool(vocab_size) and min(short.perplexity, full.perplexity) >= float(vocab_size):
+    elif interval.high < 0 and no_better_than_uniform(min(short.perplexity, full.perplexity), vocab_size):
         status = Status.INCONCLUSIVE
-        message = (f"{head}: the short context scores better beyond noise, but both figures are not below the "
+        message = (f"{head}: the short context scores better beyond noise, but neither figure is below the "
                    f"vocabulary's {vocab_size} tokens, what a uniform guess scores: a model that predicts the text no "
                    "better than chance uses no context to judge (random or broken weights)")
     elif interval.high < 0:
