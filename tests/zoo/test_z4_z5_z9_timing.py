@@ -138,23 +138,29 @@ def test_model_partly_on_another_device_is_caught(tiny):
 
 
 class HomeMadeInt4Linear(nn.Module):
-    """Seed 002's home-made 4-bit layer: int4 codes (groups of 64, absmax scales) packed two to a byte. The planted
-    bug unpacks and dequantizes them on every call; the correct version unpacks once and keeps the float weight."""
+    """Seed 002's home-made 4-bit layer (its GPTQ w4g64 model ran ~10x slower than the base): int4 codes (groups of
+    64, absmax scales) packed two to a byte, dequantized as GPTQ's plain-torch fallback does, each column's scale
+    gathered through `g_idx`. The planted bug dequantizes on every call; the correct version does it once and keeps
+    the float weight. (Session 28: without the gather, the bug was 2.9-8x slower on this CPU, too near the 3x bound
+    for a test: one idle run in four, and a run under pytest-xdist, PASSed it. With it, 9.5-16x idle, and beside
+    another process's matmuls, never less than 4x.)"""
 
     def __init__(self, linear: nn.Linear, *, unpack_once: bool, group: int = 64) -> None:
         super().__init__()
         out_f, in_f = linear.weight.shape
         groups = linear.weight.detach().reshape(out_f, in_f // group, group)
-        self.register_buffer("scale", groups.abs().amax(-1, keepdim=True) / 7)
-        codes = (torch.clamp(torch.round(groups / self.scale), -8, 7) + 8).to(torch.uint8).reshape(out_f, in_f)
+        scale = groups.abs().amax(-1, keepdim=True) / 7
+        codes = (torch.clamp(torch.round(groups / scale), -8, 7) + 8).to(torch.uint8).reshape(out_f, in_f)
         self.register_buffer("packed", codes[:, 0::2] | (codes[:, 1::2] << 4))
+        self.register_buffer("scales", scale.reshape(out_f, -1))
+        self.register_buffer("g_idx", torch.arange(in_f) // group)
         self.bias = linear.bias
         self.unpacked = self.unpack() if unpack_once else None
 
     def unpack(self) -> torch.Tensor:
-        low, high = (self.packed & 0xF).float() - 8, (self.packed >> 4).float() - 8
-        codes = torch.stack((low, high), -1).reshape(self.scale.shape[0], self.scale.shape[1], -1)
-        return (codes * self.scale).reshape(self.packed.shape[0], -1)
+        low, high = (self.packed & 0xF).float(), (self.packed >> 4).float()
+        codes = torch.stack((low, high), -1).reshape(self.packed.shape[0], -1)
+        return (codes - 8) * self.scales[:, self.g_idx]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.unpacked if self.unpacked is not None else self.unpack(), self.bias)
