@@ -348,10 +348,11 @@ def audit_timing(fn: Callable[[], Any], *, device: str | torch.device, reported_
     """Check someone's timing of `fn` against qcheck's own and name what is wrong with it: "unsynchronized"
     (well under the CUDA-event time), "warmup-included" (first calls in the samples, or a mean far above the
     steady state), "zeros" (all-zero inputs or weights), "placement" (model partly on another device),
-    "implausible-speed" (below the arithmetic floor). A reported figure far from qcheck's median but inside the
-    middle half of qcheck's own samples is INCONCLUSIVE, not a finding: the machine's speed moved during the audit
-    (a CPU shared with another process ran an honest 14.9 ms against qcheck's samples of 6.7-7.0 ms, then 15.2-15.7
-    ms: session 28), and the ratio cannot tell the user's timing from the machine's."""
+    "implausible-speed" (below the arithmetic floor). A reported figure far from qcheck's median but within the
+    range of qcheck's own samples is INCONCLUSIVE, not a finding: the machine's speed moved during the audit (a CPU
+    shared with another process ran an honest 14.9 ms against qcheck's samples of 6.7-7.0 ms, then 15.2-15.7 ms:
+    session 28), and the ratio cannot tell the user's timing from the machine's. For the same reason a slow first
+    call counts as warm-up only beyond every sample qcheck took after its own warm-up."""
     dev = torch.device(device)
     problems: dict[str, str] = {}
     evidence: dict[str, Any] = {}
@@ -376,7 +377,10 @@ def audit_timing(fn: Callable[[], Any], *, device: str | torch.device, reported_
         evidence["reported_samples_ms"] = samples[:1000]
         rest = samples[1:] if len(samples) > 1 else samples
         med_rest = statistics.median(rest)
-        if len(samples) >= 3 and samples[0] > 2 * med_rest and samples[0] > 2 * steady:
+        # the first call stands out only beyond every sample qcheck took itself after warm-up: on a busy machine
+        # any call, the first included, can take twice the median (session 28: 15.9 ms against 7.3 ms, honest)
+        if len(samples) >= 3 and samples[0] > 2 * med_rest and samples[0] > 2 * steady and \
+                samples[0] > max(ours.samples_ms):
             problems["warmup-included"] = (f"the first timed call took {samples[0]:.4g} ms, "
                                            f"{samples[0] / med_rest:.1f}x "
                                            f"the rest's median {med_rest:.4g} ms: warm-up/compilation (lazy "
@@ -390,10 +394,10 @@ def audit_timing(fn: Callable[[], Any], *, device: str | torch.device, reported_
         ratio = reported_ms / steady if steady > 0 else math.inf
         evidence["reported_over_qcheck"] = ratio
         host = ours.host_median_ms
-        q1, q3 = ours.quartiles_ms
-        if (ratio < 0.5 or ratio > 1.5) and q1 <= reported_ms <= q3:
-            unsteady = (f"reported {reported_ms:.4g} ms is {ratio:.2f}x qcheck's median {steady:.4g} ms, but inside "
-                        f"the middle half of qcheck's own {ours.n} samples ({q1:.4g}-{q3:.4g} ms, spread "
+        low, high = min(ours.samples_ms), max(ours.samples_ms)
+        if (ratio < 0.5 or ratio > 1.5) and low <= reported_ms <= high:
+            unsteady = (f"reported {reported_ms:.4g} ms is {ratio:.2f}x qcheck's median {steady:.4g} ms, but within "
+                        f"the range of qcheck's own {ours.n} samples ({low:.4g}-{high:.4g} ms, interquartile spread "
                         f"{ours.rel_iqr:.0%} of the median): the machine's speed moved during the audit (another "
                         "process, frequency or thermal changes), so the ratio judges nothing; rerun on a quiet "
                         "machine")
@@ -432,6 +436,7 @@ def audit_timing(fn: Callable[[], Any], *, device: str | torch.device, reported_
                                         "weights and placement",
                                test="ratio to the steady-state median; first-sample outlier; zero and device scans",
                                threshold={"unsynchronized_below": 0.5, "warmup_above": 1.5, "first_sample_over": 2.0,
-                                          "inconclusive_when": "the reported figure lies within qcheck's own "
-                                                               "interquartile range"},
+                                          "inconclusive_when": "the reported figure lies within the range of "
+                                                               "qcheck's own samples",
+                                          "first_sample_also_above": "qcheck's slowest sample"},
                                evidence=evidence))
