@@ -253,6 +253,28 @@ def test_a_worker_that_dies_leaves_errors_for_what_it_took(tiny_folder, monkeypa
         assert all(store.find(other, m).status == RecordStatus.OK for m in needs[other]), other
 
 
+def _stopped_parallel_run(folder, monkeypatch, worker, ready):
+    """A two-worker run of `worker` (a module-level function, for spawn) on perplexity alone, which the parent
+    stops, as Ctrl-C or the plugin's SIGTERM would, once `ready(procs, done)` holds (or after 120 s)."""
+    import time
+
+    from qcheck import engine
+
+    def interrupted(procs, done, total):
+        deadline = time.monotonic() + 120
+        while not ready(procs, done) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)")
+
+    monkeypatch.setattr(engine, "_worker", worker)
+    monkeypatch.setattr(engine, "_follow", interrupted)
+    monkeypatch.setattr(engine, "_OPENED", {})
+    ctx = open_run(_options(folder, variants=("int8", "w4g64"), tokens=256, workers=2))
+    with pytest.raises(KeyboardInterrupt):
+        engine.measure_parallel(ctx, {"fp32": {"perplexity"}, "int8": {"perplexity"}, "w4g64": {"perplexity"}}, 2)
+    return ctx
+
+
 def _hangs_after_the_reference(options, shares, queue, taken, done, reference, device_index, share, out, worker):
     """A worker for the test below: worker 0 measures the reference (and writes its store), then both hang as a
     long variant would."""
@@ -273,22 +295,9 @@ def test_an_interrupted_run_stops_its_workers_and_keeps_what_they_finished(tiny_
     import multiprocessing
     import time
 
-    from qcheck import engine
-
-    def interrupted(procs, done, total):
-        deadline = time.monotonic() + 120
-        while done.value < 1 and time.monotonic() < deadline:  # the reference is measured and written
-            time.sleep(0.1)
-        raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)")
-
-    monkeypatch.setattr(engine, "_worker", _hangs_after_the_reference)
-    monkeypatch.setattr(engine, "_follow", interrupted)
-    monkeypatch.setattr(engine, "_OPENED", {})
-    ctx = open_run(_options(tiny_folder, variants=("int8", "w4g64"), tokens=256, workers=2))
-    needs = {"fp32": {"perplexity"}, "int8": {"perplexity"}, "w4g64": {"perplexity"}}
     start = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        engine.measure_parallel(ctx, needs, 2)
+    ctx = _stopped_parallel_run(tiny_folder, monkeypatch, _hangs_after_the_reference,
+                                ready=lambda procs, done: done.value >= 1)  # the reference is measured and written
     assert time.monotonic() - start < 120
     assert multiprocessing.active_children() == []  # stopped, not left running the variants
     assert ctx.store.find("fp32", "perplexity").status == RecordStatus.OK  # worker 0 finished it
@@ -322,25 +331,11 @@ def _cut_in_a_variants_step(options, shares, queue, taken, done, reference, devi
 def test_stopped_workers_name_the_steps_they_cut(tiny_folder, monkeypatch):
     """SIGTERM from the parent (or a scheduler, which signals the process group) in a worker's step: the worker
     writes its store with that step, and the run's store names each worker's cut, as one process's does."""
-    import time
-
-    from qcheck import engine
     from qcheck.report.run import RunReport
 
-    def interrupted(procs, done, total):
-        deadline = time.monotonic() + 120
-        while (sum(out.with_suffix(".hanging").exists() for _, _, out in procs) < 2
-               and time.monotonic() < deadline):  # both workers are inside a variant's step
-            time.sleep(0.1)
-        raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)")
-
-    monkeypatch.setattr(engine, "_worker", _cut_in_a_variants_step)
-    monkeypatch.setattr(engine, "_follow", interrupted)
-    monkeypatch.setattr(engine, "_OPENED", {})
-    ctx = open_run(_options(tiny_folder, variants=("int8", "w4g64"), tokens=256, workers=2))
-    needs = {"fp32": {"perplexity"}, "int8": {"perplexity"}, "w4g64": {"perplexity"}}
-    with pytest.raises(KeyboardInterrupt):
-        engine.measure_parallel(ctx, needs, 2)
+    ctx = _stopped_parallel_run(tiny_folder, monkeypatch, _cut_in_a_variants_step,  # both inside a variant's step
+                                ready=lambda procs, done: sum(out.with_suffix(".hanging").exists()
+                                                              for _, _, out in procs) == 2)
     cuts = ctx.store.meta["workers_cut_in"]
     assert set(cuts) == {"0", "1"}, ctx.store.meta
     assert {c["variant"] for c in cuts.values()} == {"int8", "w4g64"}
