@@ -802,7 +802,8 @@ def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[s
     worker) until none is left. `share` workers share its device: on a GPU its batches are sized within 1/`share`
     of it, on a CPU it computes with 1/`share` of torch's threads (one each would oversubscribe the cores). Its
     store is written as JSON after each subject (a worker that dies keeps what it finished); stopped (SIGTERM from
-    the parent or a scheduler, Ctrl-C), it writes it once more with the step it cut, and exits 130."""
+    the parent or a scheduler, Ctrl-C), it writes it once more with the step it cut (loading, if it was still
+    loading the model), and exits 130."""
     import json
     import os
     import signal
@@ -826,16 +827,28 @@ def _worker(options: dict[str, Any], shares: dict[str, list[str]], queue: list[s
     if kw.get("variants") is not None:
         kw["variants"] = tuple(kw["variants"])
     kw["workers"] = 1
-    ctx = open_run(RunOptions(**kw), device_index=device_index)
     target = Path(out)
+
+    def write(store: RecordStore) -> None:
+        partial = target.with_suffix(".partial")
+        partial.write_text(json.dumps(store.to_dict(), allow_nan=False), encoding="utf-8")
+        os.replace(partial, target)
+
+    start = time.perf_counter()
+    try:
+        ctx = open_run(RunOptions(**kw), device_index=device_index)
+    except KeyboardInterrupt:  # stopped while loading (minutes at 70B): a store of no records that names the cut
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, signal.SIG_IGN)
+        write(RecordStore(meta={"cut_in": {"variant": REFERENCE, "measurement": "load",
+                                           "after_s": round(time.perf_counter() - start, 1), "worker": worker}}))
+        raise SystemExit(130) from None
 
     def save(subject: str | None) -> None:
         if subject is not None:
             measured.append(subject)
         ctx.store.meta["measured"] = measured
-        partial = target.with_suffix(".partial")
-        partial.write_text(json.dumps(ctx.store.to_dict(), allow_nan=False), encoding="utf-8")
-        os.replace(partial, target)
+        write(ctx.store)
         if subject is not None:
             with done.get_lock():
                 done.value += 1

@@ -176,5 +176,6 @@ def _describe_cut(cut: dict[str, Any]) -> str:
     """The step a stopped run was cut in, for the interruption's reason: which, after how long, what it had noted."""
     facts = {k: v for k, v in cut.items() if k not in ("variant", "measurement", "after_s")}
     noted = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items())
-    return (f"cut in {cut.get('variant')}'s {cut.get('measurement')} after {cut.get('after_s')} s"
-            + (f" ({noted})" if noted else ""))
+    step = ("while loading the model" if cut.get("measurement") == "load"  # a worker stopped before measuring
+            else f"in {cut.get('variant')}'s {cut.get('measurement')}")
+    return f"cut {step} after {cut.get('after_s')} s" + (f" ({noted})" if noted else "")

@@ -352,6 +352,43 @@ def test_stopped_workers_name_the_steps_they_cut(tiny_folder, monkeypatch):
     assert "worker 0" in reason and "worker 1" in reason and "planned batch size 4" in reason
 
 
+def _hangs_while_loading(options, shares, queue, taken, done, reference, device_index, share, out, worker):
+    """A worker for the test below: the real one, whose model load leaves a mark beside its store and hangs (as a
+    70B checkpoint's minutes of loading would) until the parent stops it."""
+    import time
+    from pathlib import Path
+
+    from qcheck import engine
+
+    def loading(*args, **kwargs):
+        Path(out).with_suffix(".loading").touch()
+        while True:
+            time.sleep(0.1)
+
+    engine.open_run = loading
+    engine._worker(options, shares, queue, taken, done, reference, device_index, share, out, worker)
+
+
+def test_workers_stopped_while_loading_name_that_cut(tiny_folder, monkeypatch):
+    """A worker stopped before its model is loaded has no records to write, but the run's reason still says where
+    each was cut, not only that variants are missing."""
+    from qcheck.report.run import RunReport
+
+    ctx = _stopped_parallel_run(tiny_folder, monkeypatch, _hangs_while_loading,
+                                ready=lambda procs, done: sum(out.with_suffix(".loading").exists()
+                                                              for _, _, out in procs) == 2)
+    cuts = ctx.store.meta["workers_cut_in"]
+    assert set(cuts) == {"0", "1"}, ctx.store.meta
+    for worker, cut in cuts.items():
+        assert cut["measurement"] == "load" and cut["worker"] == int(worker) and cut["after_s"] >= 0
+    assert ("fp32", "perplexity") not in ctx.store
+    report = RunReport(records=ctx.store)
+    report.mark_unfinished(["t"], reason="interrupted")
+    reason = report.interruption["reason"]
+    assert reason.count("cut while loading the model after") == 2, reason
+    assert "(worker 0)" in reason and "(worker 1)" in reason
+
+
 def test_workers_take_the_longest_variants_first(tiny_folder):
     """The shared list the workers take from starts with the variants likely to take longest (bitsandbytes'
     host-bound kernels), so none of them is started last while the other workers sit idle; the rest keep the run's
