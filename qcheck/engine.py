@@ -202,6 +202,7 @@ def open_run(options: RunOptions, device_index: int | None = None) -> RunContext
         device = input_device(loaded.model)
     check_reference_finite(loaded.model)
     check_chat_template(options, loaded.tokenizer, loaded.source)
+    check_context(options, loaded.model.config, loaded.source)
     timeline.mark("loaded")
     fingerprint = weight_fingerprint(loaded.model)
     variants = VariantSet.from_names(loaded.model, names, list(options.plans), ptq_specs=list(options.ptq),
@@ -243,6 +244,19 @@ def check_chat_template(options: RunOptions, tokenizer: Any, source: str) -> Non
     if options.chat_template == "on" and not has_chat_template(tokenizer):
         raise ConfigError(f"--chat-template on: the tokenizer of {source} has no chat template; pass "
                           "--chat-template off (plain Question/Answer prompts) or auto", field="--chat-template")
+
+
+def check_context(options: RunOptions, config: Any, source: str) -> None:
+    """--context within the positions the model was trained on: past them a learned position table has no row (an
+    IndexError inside torch in every perplexity and fidelity step) and rotary positions extrapolate, so the
+    perplexity would measure that, not the quantization."""
+    from qcheck.inputs.models import trained_context
+
+    limit = trained_context(config)
+    if limit is not None and options.context > limit:
+        raise ConfigError(f"--context {options.context} is longer than the {limit} positions {source} takes "
+                          f"(its config's max_position_embeddings, with any rotary scaling); pass --context {limit} "
+                          "or less", field="--context")
 
 
 _OFFLOAD_DIRS: list[Any] = []

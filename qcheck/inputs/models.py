@@ -356,6 +356,23 @@ def _clear_gguf_marks(model: nn.Module) -> None:
             del model.__dict__[attr]
 
 
+def trained_context(config: Any) -> int | None:
+    """The longest context a model's config says it takes (`max_position_embeddings`, GPT-2's `n_positions`),
+    extended by a rotary scaling factor where the config's maximum is still the original one (linear, dynamic, yarn
+    as Qwen2.5 documents it; DeepSeek-V3's and Llama-3.1's maxima already count it); None when it does not say."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit < 1:
+        return None
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    factor = rope.get("factor") if isinstance(rope, dict) else None
+    original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
+    kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    if kind in ("linear", "dynamic", "yarn", "longrope") and isinstance(factor, (int, float)) and factor > 1 \
+            and (original is None or original >= limit):
+        return int(limit * factor)
+    return limit
+
+
 def random_init_like(config: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                      device: str | torch.device = "cpu") -> nn.Module:
     """The same architecture as `config` with seeded random weights (timing runs: values never zero)."""

@@ -199,6 +199,20 @@ def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return ids
 
 
+def _check_positions(model: nn.Module, longest_prompt: int, new_tokens: int) -> None:
+    """ConfigError where the longest prompt and the new tokens pass the positions the model takes: a learned position
+    table has no row there (an IndexError inside torch), rotary positions extrapolate."""
+    from qcheck.inputs.models import trained_context
+
+    limit = trained_context(getattr(model, "config", None))
+    if limit is None or longest_prompt + new_tokens <= limit:
+        return
+    fix = (f"pass --new-tokens {limit - longest_prompt} or less, or a shorter --prompt" if longest_prompt < limit
+           else "pass a shorter --prompt")
+    raise ConfigError(f"the longest prompt takes {longest_prompt} tokens and generation {new_tokens} more, past the "
+                      f"{limit} positions the model takes; {fix}", field="--new-tokens")
+
+
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings | None = None,
              *, ids: Sequence[str] | None = None, stop_strings: Sequence[str] = ()) -> GenerationRun:
@@ -214,6 +228,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], settings:
         raise DataError(f"{len(ids)} ids for {len(prompts)} prompts")
     stop_strings = tuple(stop_strings)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    _check_positions(model, max(len(e) for e in encoded), settings.max_new_tokens)
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     device = input_device(model)

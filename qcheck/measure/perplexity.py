@@ -134,8 +134,10 @@ def scored_positions(n_ids: int, context: int, stride: int) -> Any:
 
 
 def model_context(model: nn.Module, default: int = 1024) -> int:
-    """The model's maximum context (max_position_embeddings), or `default` when it does not say."""
-    return int(getattr(getattr(model, "config", None), "max_position_embeddings", default) or default)
+    """The model's maximum context (`qcheck.inputs.models.trained_context`), or `default` when it does not say."""
+    from qcheck.inputs.models import trained_context
+
+    return trained_context(getattr(model, "config", None)) or default
 
 
 def _head_path(model: nn.Module, ids: torch.Tensor, compile_decoder: bool) -> tuple[nn.Module, nn.Module] | None:

@@ -253,6 +253,7 @@ def _choice(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]
 
 @step("generation", "greedy GSM8K answers with the few-shot prompt, their \\boxed{} status per prompt")
 def _generation(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
+    from qcheck.errors import ConfigError
     from qcheck.measure.generation import GenerationSettings, boxed_records, decoding_cache, generate_answers
 
     data = ctx.inputs.gsm8k(ctx.budget.generation_prompts)
@@ -260,8 +261,11 @@ def _generation(ctx: RunContext, s: Subject) -> tuple[dict[str, Any], dict[str, 
                                   prompt=ctx.budget.prompt,
                                   chat_template={"auto": None, "on": True, "off": False}[ctx.options.chat_template],
                                   cache=decoding_cache(ctx.options.decoding, gpu=ctx.gpu))
-    run = generate_answers(s.model, ctx.tokenizer, [p.question for p in data.items], settings,
-                           ids=[p.id for p in data.items])
+    try:
+        run = generate_answers(s.model, ctx.tokenizer, [p.question for p in data.items], settings,
+                               ids=[p.id for p in data.items])
+    except ConfigError as exc:  # prompts and budget past the model's positions: skipped, saying what to pass
+        raise NotApplicable(f"{s.name}: {exc}") from None
     return ({"run": run.to_dict(), "boxed": boxed_records(run, [p.gold for p in data.items])},
             {**{k: v for k, v in data.describe().items() if k != "ids"}, **settings.to_dict()})
 

@@ -108,6 +108,44 @@ def test_truncated_checkpoint_names_the_file(tiny_folder, tmp_path, capsys):
     assert not (tmp_path / "rep").exists()
 
 
+def test_a_context_past_the_models_positions_is_refused_before_anything_runs(tmp_path, smollm2_tokenizer, capsys):
+    """An OPT-style model with learned positions for 512 tokens and the default --context 1024: every perplexity and
+    fidelity step raised IndexError inside torch (5 ERRORs, RESULTS.md session 29); now exit 2 naming what to pass.
+    With --context 512 the same model runs."""
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    config = OPTConfig(vocab_size=len(smollm2_tokenizer), max_position_embeddings=512, hidden_size=64, ffn_dim=128,
+                       num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=2)
+    model = tmp_path / "opt512"
+    AutoModelForCausalLM.from_config(config).save_pretrained(model)
+    smollm2_tokenizer.save_pretrained(model)
+    argv = ["run", "--model", str(model), "--device", "cpu", "--variants", "int8", "-k", "perplexity_finite"]
+    assert main([*argv, "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "--context 1024 is longer than the 512 positions" in err and "pass --context 512 or less" in err
+    assert "Traceback" not in err and not (tmp_path / "rep").exists()
+    assert main([*argv, "--context", "512", "--tokens", "1024", "--out", str(tmp_path / "ok")]) == 0
+
+
+@pytest.mark.parametrize("rope, expected", [
+    (None, 4096),
+    ({"rope_type": "linear", "factor": 4.0}, 16384),  # a linearly scaled fine-tune: the config keeps the original
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}, 16384),  # Qwen2.5's yarn
+    ({"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 1024}, 4096),  # DeepSeek-V3's style
+    ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192, "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0}, 4096),  # Llama-3.1: max_position_embeddings already counts it
+])
+def test_trained_context_reads_rotary_scaling(rope, expected):
+    from transformers import LlamaConfig
+
+    from qcheck.inputs.models import trained_context
+
+    kwargs = {"rope_scaling": rope} if rope else {}
+    assert trained_context(LlamaConfig(max_position_embeddings=4096, **kwargs)) == expected
+    assert trained_context(object()) is None  # a config that does not say: nothing refused
+
+
 def test_checkpoint_missing_a_tensor_names_it(tiny_folder, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 

@@ -43,7 +43,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
-    return random_init_like(tiny_llama_config(eos_token_id=tokenizer.eos_token_id,
+    return random_init_like(tiny_llama_config(eos_token_id=tokenizer.eos_token_id, max_position_embeddings=2048,
                                               pad_token_id=tokenizer.pad_token_id), seed=1)
 
 
@@ -67,6 +67,22 @@ def test_generation_is_greedy_and_deterministic(tiny, tokenizer):
     torch.manual_seed(123)
     b = generate(tiny, tokenizer, PROMPTS[:2], GenerationSettings(max_new_tokens=8))
     assert a.texts == b.texts
+
+
+def test_a_budget_past_the_models_positions_is_refused_naming_what_fits(tokenizer):
+    """A model of 32 positions: prompt plus budget past them would use positions the model never learned (rotary:
+    extrapolated; learned tables: IndexError inside torch), so it is refused with the budget that fits, and that
+    budget runs; a prompt longer than the model's positions is refused naming the prompt."""
+    short = random_init_like(tiny_llama_config(eos_token_id=tokenizer.eos_token_id, max_position_embeddings=32,
+                                               pad_token_id=tokenizer.pad_token_id), seed=1)
+    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS)
+    fits = 32 - longest
+    with pytest.raises(ConfigError, match=f"pass --new-tokens {fits} or less, or a shorter --prompt"):
+        generate(short, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=fits + 1, batch_size=4))
+    run = generate(short, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=fits, batch_size=4))
+    assert max(g.n_prompt_tokens + g.n_new_tokens for g in run.outputs) <= 32
+    with pytest.raises(ConfigError, match="; pass a shorter --prompt$"):
+        generate(short, tokenizer, [" apples" * 40], GenerationSettings(max_new_tokens=1))
 
 
 def test_settings_refuse_a_zero_budget():
