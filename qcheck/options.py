@@ -266,6 +266,16 @@ def add_arguments(parser: Any, *, pytest: bool = False) -> None:
             parser.add_argument(opt.flag, dest=opt.field, **kwargs)
 
 
+def in_pytest_words(message: str) -> str:
+    """An error message naming `qcheck run` flags, with each flag given as pytest spells it (--context ->
+    --qcheck-context): the same checks refuse the same input under either front end."""
+    import re
+
+    for option in sorted(OPTIONS, key=lambda o: -len(o.flag)):
+        message = re.sub(rf"(?<![\w-]){re.escape(option.flag)}(?![\w-])", option.pytest_name, message)
+    return message
+
+
 def from_pytest_config(config: Any) -> RunOptions:
     """The RunOptions of a pytest run (its --qcheck-* options)."""
     values = {opt.field: config.getoption(f"qcheck_{opt.field}") for opt in OPTIONS}

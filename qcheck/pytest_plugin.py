@@ -57,12 +57,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _active(config):
         return
     from qcheck.errors import QCheckError
-    from qcheck.options import from_pytest_config
+    from qcheck.options import from_pytest_config, in_pytest_words
 
     try:
         options = from_pytest_config(config)
     except QCheckError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(in_pytest_words(str(exc))) from None
     if options.device == "cuda" and not options.records:
         import torch
 
@@ -77,7 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             builtin_names(options)  # a --variants naming the reference's own dtype: a usage error, not 7 collections
         except QCheckError as exc:
-            raise pytest.UsageError(str(exc)) from None
+            raise pytest.UsageError(in_pytest_words(str(exc))) from None
     if options.report_dir:
         report_of(config)
         _terminate_as_interrupt(config)
@@ -318,8 +318,13 @@ def _context(config: pytest.Config) -> Any:
         if _LOADED in config.stash:
             raise pytest.UsageError("this run judges stored records (--qcheck-records): it has no model to use")
         from qcheck.engine import open_run
+        from qcheck.errors import QCheckError
+        from qcheck.options import in_pytest_words
 
-        config.stash[_CONTEXT] = open_run(run_options(config))
+        try:
+            config.stash[_CONTEXT] = open_run(run_options(config))
+        except QCheckError as exc:  # bad input found loading the model: a usage error, as `qcheck run` exits 2 on it
+            pytest.exit(f"qcheck: {in_pytest_words(str(exc))}", returncode=pytest.ExitCode.USAGE_ERROR)
         timeline.mark("opened")
     return config.stash[_CONTEXT]
 

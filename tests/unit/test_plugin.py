@@ -93,6 +93,21 @@ def test_cuda_device_without_cuda_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*--qcheck-device cuda was asked for, but no CUDA device is available*"])
 
 
+def test_bad_input_found_loading_the_model_is_a_usage_error_in_pytests_words(pytester, tmp_path, tiny_folder):
+    """A check of the loaded model (here a context past its 2,048 positions) under plain pytest: a usage error
+    (exit 4) naming pytest's flag, as `qcheck run` exits 2 naming its own, not one ERROR per test."""
+    out = tmp_path / "rep"
+    result = pytester.runpytest_inprocess(
+        "--pyargs", "qcheck.suite.test_precision_applied", "-p", "no:cacheprovider", f"--qcheck-model={tiny_folder}",
+        "--qcheck-device=cpu", "--qcheck-variants=int8", "--qcheck-context=4096", f"--qcheck-report={out}",
+        "-k", "perplexity_finite")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str() + result.stderr.str()
+    assert "--qcheck-context 4096 is longer than the 2048 positions" in text
+    assert "pass --qcheck-context 2048 or less" in text and "Traceback" not in text
+    assert not (out / "qcheck-report.json").exists()
+
+
 def test_ptq_backend_runs_as_a_suite_variant(pytester, tmp_path, warm_model, wikitext):
     """--qcheck-ptq adds a backend's variant to every module; one this machine cannot build skips, saying why."""
     out = tmp_path / "rep"
