@@ -36,7 +36,7 @@ def find_data_file(relative: str) -> Path:
             return candidate.resolve()
     looked = ", ".join(str(b) for b in data_dir_candidates())
     raise DataError(f"evaluation data {relative} not found (looked in: {looked}); set QCHECK_DATA_DIR "
-                    "to a folder holding it or pass a text file with --qcheck-text")
+                    "to a folder holding it or pass a text file with --text (--qcheck-text under pytest)")
 
 
 def sha256_of(path: Path) -> str:

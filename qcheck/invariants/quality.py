@@ -458,11 +458,11 @@ def assert_boxed_format(reference: GenerationRun | Sequence[Generation | str],
         status = Status.INCONCLUSIVE
         message = (f"the reference boxes no answer with these prompts and settings ({rates}): the prompt or the "
                    "generation budget is at fault, not the quantization; fix the prompt or raise the budget "
-                   "(--qcheck-new-tokens) before comparing")
+                   "(--new-tokens; --qcheck-new-tokens under pytest) before comparing")
     elif cs["boxed"] < rs["boxed"] and n < MIN_SAMPLES:
         status = Status.INCONCLUSIVE
         message = (f"{rates}: lower, but not significantly (McNemar p={test.pvalue:.3g}) with n={n} < {MIN_SAMPLES} "
-                   "prompts; run more prompts (--qcheck-prompts or --qcheck-samples)")
+                   "prompts; run more prompts (--prompts or --samples; --qcheck-prompts or --qcheck-samples under pytest)")
     elif n < MIN_SAMPLES:
         status = Status.WARN
         message = f"{rates}; not significantly lower (McNemar p={test.pvalue:.3g}), but n={n} < {MIN_SAMPLES}"
