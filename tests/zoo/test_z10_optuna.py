@@ -9,6 +9,8 @@ Planted bugs, all on real Optuna studies (in-memory, SQLite and journal-file sto
 - objectives that cannot run (return a string, take no argument, always raise) and stored studies without a
   COMPLETE trial: errors (OPT205), not a clean search space; the correct objective over the same space passes;
 - a module that cannot be imported, a storage or study that does not exist: bad input, exit 2 in one line.
+- a pruner that stops most trials after they report is no space of invalid combinations (no OPT204); trials
+  rejected before reporting still are.
 """
 from __future__ import annotations
 
@@ -374,3 +376,51 @@ def test_what_cannot_be_loaded_is_bad_input_in_one_line(
     assert message.format(tmp=tmp_path) in err
     assert not (tmp_path / "none.db").exists()
 
+
+
+# --------------------------------------------------------------------------------------------------
+# a pruner's early stops are not invalid combinations (found on a real TPE + MedianPruner study, session 29)
+
+def _learning_curve_study(reject_invalid: bool) -> optuna.Study:
+    """A real study of 300 trials: random search with a MedianPruner over noisy learning curves (20 reported
+    steps), the way quantization-aware searches run. With `reject_invalid`, configurations the kernels lack (bits 2
+    and 3, group size 96) are refused before anything is reported, as seed 003's fixed objective does."""
+    import random
+
+    rnd = random.Random(0)
+
+    def objective(trial: optuna.Trial) -> float:
+        bits = trial.suggest_categorical("bits", [2, 3, 4, 8])
+        group = trial.suggest_categorical("group_size", [32, 64, 96, 128, -1])
+        if reject_invalid and (bits in (2, 3) or group == 96):
+            raise optuna.TrialPruned()
+        score = 0.4 + 0.05 * bits - 0.0004 * (group if group > 0 else 256)
+        value = 0.0
+        for step in range(20):
+            value = score * (1 - 0.5 ** (step + 1)) + rnd.gauss(0, 0.01)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3))
+    study.optimize(objective, n_trials=300)
+    return study
+
+
+def test_a_pruner_stopping_most_trials_early_is_not_a_space_of_invalid_combinations() -> None:
+    """A MedianPruner stopping most trials after they reported: before session 29 OPT204 warned "mostly invalid
+    combinations" (the 3,000-trial study of RESULTS.md: 68% PRUNED). Those stops are the pruner's work; trials
+    pruned before reporting anything are still counted, and warned about past half."""
+    honest = _learning_curve_study(reject_invalid=False)
+    pruned = [t for t in honest.trials if t.state.name == "PRUNED"]
+    assert len(pruned) / len(honest.trials) >= 0.5 and all(t.intermediate_values for t in pruned)
+    assert "OPT204" not in audit_study(honest).ids
+
+    rejecting = _learning_curve_study(reject_invalid=True)
+    report = audit_study(rejecting)
+    [warned] = [f for f in report.findings if f.id == "OPT204"]
+    rejected = [t.number for t in rejecting.trials if t.state.name == "PRUNED" and not t.intermediate_values]
+    assert warned.evidence["trials"] == rejected and warned.evidence["stopped_by_pruner"] > 0
+    assert "before reporting any intermediate value" in warned.message and "stopped early by the pruner" in warned.message

@@ -71,7 +71,8 @@ def run_trial(study: Any, number: int, objective: Callable[..., Any],
     state = frozen.state.name
     values = tuple(float(v) for v in frozen.values) if state == "COMPLETE" else None
     record = TrialRecord(number, state, dict(frozen.params), values,
-                         caught=_caught(state, recorder, tracer), **fields)
+                         caught=_caught(state, recorder, tracer), reported_steps=len(frozen.intermediate_values),
+                         **fields)
     return record, recorder.calls
 
 

@@ -386,22 +386,30 @@ def _explained(trial: TrialRecord) -> bool:
             "Look at the FAIL trials' errors in the Optuna log; a configuration that is invalid by design "
             "should raise optuna.TrialPruned() instead.")
 @audit_rule("OPT204", "pruned-trials", Severity.WARNING, "study",
-            ">= 50% of finished trials PRUNED: mostly invalid combinations",
+            ">= 50% of finished trials PRUNED before reporting any intermediate value: mostly invalid combinations "
+            "(a pruner's early stops, after `trial.report`, are not counted)",
             "Most trials are pruned: the search space is mostly invalid combinations. Suggest over the "
             "valid combinations only (e.g. suggest_int over an index into a list of valid configurations).")
 def state_shares(log: TrialLog) -> list[OptunaFinding]:
-    """FAIL and PRUNED shares of the finished trials above their thresholds."""
+    """FAIL and PRUNED shares of the finished trials above their thresholds. A PRUNED trial counts only where it
+    reported no intermediate value: one that did was stopped early by a pruner (MedianPruner, Hyperband), which is
+    the pruner's work; a real TPE + MedianPruner study of 3,000 trials had 68% of them so (RESULTS.md, session 29)."""
     finished = log.in_state("COMPLETE", "PRUNED", "FAIL")
+    early = [t.number for t in finished if t.state == "PRUNED" and t.reported_steps]
     findings = []
     for state, rule_id, key, default in (("FAIL", "OPT203", "fail_share", FAIL_SHARE),
                                          ("PRUNED", "OPT204", "pruned_share", PRUNED_SHARE)):
         threshold = log.thresholds.get(key, default)
-        trials = [t.number for t in finished if t.state == state]
+        trials = [t.number for t in finished if t.state == state and not (state == "PRUNED" and t.reported_steps)]
         if finished and trials and len(trials) / len(finished) >= threshold:
             share = len(trials) / len(finished)
+            extra = ({"stopped_by_pruner": len(early)} if state == "PRUNED" else {})
+            what = (f"PRUNED before reporting any intermediate value (threshold {threshold:.0%})"
+                    + (f"; {len(early)} more were stopped early by the pruner, not counted" if early else "")
+                    if state == "PRUNED" else f"{state} (threshold {threshold:.0%})")
             findings.append(finding(log, rule_id, f"{len(trials)} of {len(finished)} finished trials ({share:.0%}) "
-                                    f"are {state} (threshold {threshold:.0%}).", count=len(trials),
-                                    n_finished=len(finished), share=round(share, 4), trials=trials))
+                                    f"are {what}.", count=len(trials), n_finished=len(finished),
+                                    share=round(share, 4), trials=trials, **extra))
     return findings
 
 

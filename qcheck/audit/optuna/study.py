@@ -84,7 +84,8 @@ def trial_log(study: Any, target: str, thresholds: dict[str, float]) -> TrialLog
     """The study's trials as the rules see them: state, parameters, values and stored distributions."""
     trials = study.get_trials(deepcopy=False)
     records = tuple(TrialRecord(t.number, t.state.name, dict(t.params),
-                                tuple(t.values) if t.state.name == "COMPLETE" and t.values else None)
+                                tuple(t.values) if t.state.name == "COMPLETE" and t.values else None,
+                                reported_steps=len(t.intermediate_values))
                     for t in trials)
     calls = tuple(SuggestCall(t.number, name, "", dist) for t in trials for name, dist in t.distributions.items())
     return TrialLog("study", target, records, calls, thresholds)

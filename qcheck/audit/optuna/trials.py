@@ -57,7 +57,9 @@ class TrialRecord:
     `values` are the floats Optuna recorded (COMPLETE trials only). Probe trials also keep what the objective
     returned, the exception that escaped it (`raised`, `raised_at`; None when it escaped from the call itself,
     before any of the objective's code ran), why Optuna could not record the returned value
-    (`invalid_return`), and the exceptions it caught.
+    (`invalid_return`), and the exceptions it caught. `reported_steps` counts its intermediate values
+    (`trial.report`): a PRUNED trial with some was stopped early by a pruner, one with none rejected its
+    configuration.
     """
 
     number: int
@@ -69,6 +71,7 @@ class TrialRecord:
     raised_at: str | None = None
     invalid_return: str | None = None
     caught: tuple[CaughtError, ...] = ()
+    reported_steps: int = 0
 
 
 @dataclass(frozen=True)
