@@ -100,7 +100,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tokens", "--tokens", {"type": int, "default": 4096, "metavar": "N",
                                   "help": "evaluation tokens for perplexity and fidelity (default 4096)"}),
     Option("context", "--context", {"type": int, "default": 1024, "metavar": "N",
-                                    "help": "perplexity context length (default 1024)"}),
+                                    "help": "perplexity context length (default 1024; at most the positions the model takes)"}),
     Option("text", "--text", {"default": None, "metavar": "FILE",
                               "help": "evaluation text file (default: WikiText-2 test)"}),
     Option("data_slice", "--slice", {"type": int, "default": 0, "metavar": "K",
