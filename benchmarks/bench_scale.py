@@ -36,9 +36,13 @@ SHAPES: dict[str, dict[str, Any]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2},
 }
+SHAPES["1.2b-v128k"] = {**SHAPES["1.2b"], "vocab_size": 128256}
+SHAPES["8b-v128k"] = {**SHAPES["8b"], "vocab_size": 128256}
 """Llama 3.2 1B / Llama 3.1 8B layer shapes, 8 of Llama 3.1 70B's 80 layers (each weight and head at 70B's size:
 what one GPU can hold twice in bf16, 15 GB), all with SmolLM2's 49,152-token vocabulary (the tokenizer that travels),
-and SmolLM2-135M itself (`qcheck.inputs.models.smollm2_config`)."""
+and SmolLM2-135M itself (`qcheck.inputs.models.smollm2_config`). The `-v128k` shapes are Llama 3.2 1B and Llama 3.1
+8B with their own 128,256-token vocabulary (the head and logits 2.6x wider; SmolLM2's tokenizer uses its first
+49,152 ids, as Qwen's checkpoints carry more rows than their tokenizer has tokens)."""
 
 
 def build_folder(shape: str, tokenizer: str, root: Path, device: str) -> Path:

@@ -9,6 +9,8 @@
 #           are taken afterwards by the parent alone
 # e2e8b     the same on the 8B shape (the step's limit leaves room for the folder build, ~30 s, and the report
 #           written on SIGTERM: at 420 s for a 380-s run, session 12 lost the whole output)
+# e2ev128k  e2e's 1.2B run with Llama 3.2 1B's own 128,256-token vocabulary (the shape `1.2b-v128k`)
+# e2e8bv128k e2e8b with Llama 3.1 8B's own 128,256-token vocabulary (the shape `8b-v128k`)
 # e2ebf16   e2e's 1.2B run with --reference-dtype bf16 (the default variants less bf16, which is the reference)
 # e2e70s    the 70B-slice shape (8 layers of Llama-3-70B's, 15 GB in bf16) with --reference-dtype bf16 and the
 #           variants of issue 21's 70B run (w4g64, int8); E2E70S_LIMIT_S (default 330) stops the run, which writes
@@ -49,7 +51,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for step in "$@"; do
-    case $step in bar8b|build|e2e|e2ebf16|e2e70s|e2e70smap|e2e12b|e2egraph|e2ew|e2e8b|gen|genbnb|gengraph|genprefix|genint8|attack|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup|energy) ;; *) echo "unknown step $step"; exit 2 ;; esac
+    case $step in bar8b|build|e2e|e2ebf16|e2e70s|e2e70smap|e2e12b|e2egraph|e2ew|e2e8b|e2ev128k|e2e8bv128k|gen|genbnb|gengraph|genprefix|genint8|attack|gqa|ppl|fid|fidbf16|gputests|devmap|devmapbf16|load|startup|energy) ;; *) echo "unknown step $step"; exit 2 ;; esac
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .device/bitsandbytes-*.whl >/dev/null 2>&1
@@ -101,6 +103,8 @@ for step in "$@"; do
                        --qcheck-arg=--device-map=auto --qcheck-arg=--max-memory=0=12GiB,cpu=100GiB \
                        --qcheck-arg=--new-tokens=32 --out "$OUT/$step" ;;
         e2e8b) timeout 590 python3 benchmarks/bench_scale.py --shapes 8b --limit-s 440 --out "$OUT/$step" ;;
+        e2ev128k) timeout 420 python3 benchmarks/bench_scale.py --shapes 1.2b-v128k --limit-s 300 --out "$OUT/$step" ;;
+        e2e8bv128k) timeout 590 python3 benchmarks/bench_scale.py --shapes 8b-v128k --limit-s 440 --out "$OUT/$step" ;;
         build) timeout 150 python3 benchmarks/bench_build.py --shape 1.2b --out "$OUT/$step" ;;
         gen) timeout 200 python3 benchmarks/bench_generation.py --dtypes fp32,bf16,fp16 --caches dynamic \
                  --attention all,no-cudnn --new-tokens 64 --out "$OUT/$step" ;;
