@@ -28,8 +28,10 @@ DEFAULT_TOLERANCES: dict[str, float] = {"perplexity": 0.02, "kl_mean": 0.10, "la
 """Relative tolerance per metric ('*' for the rest); prefixes latency/energy use latency_ms's 10%."""
 DIRECTIONS: dict[str, int] = {"perplexity": -1, "kl_mean": -1, "sqnr_db": 1, "top1_agreement": 1, "boxed_rate": 1,
                               "arc_accuracy": 1, "clean_accuracy": 1, "robust_accuracy": 1, "latency_ms": -1,
-                              "quantize_seconds": -1, "robustness_gap": -1, "top_dp_mean": -1}
+                              "quantize_seconds": -1, "robustness_gap": -1, "top_dp_mean": -1, "memory": -1}
 """+1 higher is better, -1 lower is better; other names fall back to LOWER_IS_BETTER / HIGHER_IS_BETTER parts."""
+EXACT_METRICS = {"memory": "none: bytes as stored"}
+"""Metrics with no noise to measure (the weights' bytes as stored): a change beyond the tolerance is a change."""
 LOWER_IS_BETTER = ("perplexity", "nll", "latency", "energy", "seconds", "_ms", "_joules")
 HIGHER_IS_BETTER = ("accuracy", "agreement", "sqnr", "f1", "throughput", "tokens_per_s")
 OK_STATES = {"PASS", "WARN", "INCONCLUSIVE", "SKIPPED"}
@@ -215,6 +217,9 @@ def compare_metric(variant: str, name: str, base_metric: Any, new_metric: Any, t
         low, high = math.expm1(lo), math.expm1(hi)
         relative = math.exp(math.log(n) - math.log(b)) - 1 if b > 0 and n > 0 else relative
         noise = f"paired t over {len(diffs)} windows (same tokens)"
+    elif name in EXACT_METRICS:
+        low = high = relative
+        noise = EXACT_METRICS[name]
     else:
         hb, hn = _half_width(base_metric, b, level), _half_width(new_metric, n, level)
         if hb is not None and hn is not None:
@@ -255,6 +260,13 @@ def _vanished_checks(base: dict[str, Any], new: dict[str, Any]) -> tuple[list[di
     return vanished, skipped
 
 
+def _holds_no_value(metric: Any) -> bool:
+    """Absent, or a dict with none of VALUE_KEYS: nothing for the gate to compare (not "not comparable")."""
+    from qcheck.report.metrics import VALUE_KEYS
+
+    return metric is None or (isinstance(metric, dict) and not any(k in metric for k in VALUE_KEYS))
+
+
 def compare_reports(base: dict[str, Any], new: dict[str, Any], tolerances: dict[str, float] | None = None,
                     level: float = 0.95, baseline_name: str = "baseline", new_name: str = "new") -> Comparison:
     """Compare two loaded reports metric by metric and check by check."""
@@ -269,6 +281,8 @@ def compare_reports(base: dict[str, Any], new: dict[str, Any], tolerances: dict[
         bm = (base["variants"].get(variant) or {}).get("metrics") or {}
         nm = (new["variants"].get(variant) or {}).get("metrics") or {}
         for metric in sorted(set(bm) | set(nm)):
+            if _holds_no_value(bm.get(metric)) and _holds_no_value(nm.get(metric)):
+                continue  # a record kept whole (the fidelity summary: its kl_mean and top1_agreement are metrics)
             changes.append(compare_metric(variant, metric, bm.get(metric), nm.get(metric),
                                           tolerance_for(metric, tolerances), level, paired))
     base_checks = {_check_key(c): c for c in base["checks"]}

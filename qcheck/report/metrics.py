@@ -15,8 +15,9 @@ from typing import Any
 
 from qcheck.results import to_jsonable
 
-VALUE_KEYS = ("value", "perplexity", "estimate", "rate", "median_ms", "mean")
-"""Where a metric dict keeps its value, in order of preference."""
+VALUE_KEYS = ("value", "perplexity", "estimate", "rate", "median_ms", "mean", "weights_mb")
+"""Where a metric dict keeps its value, in order of preference (`weights_mb`: the `memory` metric, the weights'
+bytes as stored, which a broken packing multiplies)."""
 METRIC_COLUMNS = ("perplexity", "word_perplexity (lm-eval)", "byte_perplexity (lm-eval)", "sqnr_db", "kl_mean",
                   "top1_agreement", "boxed_rate", "arc_accuracy", "clean_accuracy", "robust_accuracy", "latency_ms")
 """The metrics the variant tables show, in column order."""

@@ -228,6 +228,29 @@ def test_variant_new_in_the_new_report_is_not_a_regression():
     assert not comparison.failed and not comparison.vanished_variants
 
 
+def test_weights_memory_is_gated_and_the_fidelity_summary_is_no_row(tmp_path, capsys):
+    """Every real run's `memory` metric (the weights' bytes as stored, from the latency step) and `fidelity` summary
+    (whose kl_mean and top1_agreement are metrics of their own) were "not comparable" rows in every comparison, even
+    of a report with itself (session 29, an 80-layer run): a packing that broke went ungated. Memory is now compared,
+    lower being better; the summary is left out."""
+    base = load_report(BASELINE)
+    for name, view in base["variants"].items():
+        view["metrics"]["memory"] = {"weights_mb": 2.0 if name == "w4g64" else 8.0, "shape": [1, 32],
+                                     "what": "parameter + buffer bytes as stored (packed where the backend packs)"}
+        view["metrics"]["fidelity"] = {"variant": name, "n_tokens": 2046, "kl_mean": 0.001}
+    same = compare_reports(base, copy.deepcopy(base))
+    assert not [c for c in same.changes if c.verdict.startswith("not comparable")]
+    assert not [c for c in same.changes if c.metric == "fidelity"]
+    assert {c.variant for c in same.changes if c.metric == "memory" and c.verdict == "within tolerance"} == set(
+        base["variants"])
+    unpacked = copy.deepcopy(base)
+    unpacked["variants"]["w4g64"]["metrics"]["memory"]["weights_mb"] = 8.0  # stored unpacked: 4x
+    path_base, path_new = write_report(tmp_path, base, "base.json"), write_report(tmp_path, unpacked)
+    assert main(["compare", str(path_base), str(path_new)]) == 1
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("regression"))
+    assert "w4g64" in row and "memory" in row and "+300.00%" in row
+
+
 # --- bad input exits 2, a bug in qcheck exits 3 ---
 
 @pytest.mark.parametrize("content, message", [
