@@ -63,13 +63,20 @@ class MemoryNeed:
         digits = 1
         while digits < 4 and f"{self.total_bytes / GiB:.{digits}f}" == f"{(self.available_bytes or 0) / GiB:.{digits}f}":
             digits += 1  # never "needs 5.6 GiB and 5.6 GiB is available"
-        advice = (f"Lower --max-memory for {self.device} (what does not fit there is offloaded to CPU, then disk)"
-                  if self.budget_bytes is not None else
-                  "Run it where that much memory is free, or spread each model over the GPUs, CPU and disk with "
-                  "--device-map auto --max-memory 0=SIZE,cpu=SIZE (a budget per model: the reference and one variant "
-                  "are alive at once), or hold the reference in half precision with --reference-dtype bf16 (or "
-                  "auto for the checkpoint's own dtype), or leave out the fp32-stored variants (--variants fp16,bf16 "
-                  "keeps one half-precision copy)")
+        if self.budget_bytes is not None:
+            advice = f"Lower --max-memory for {self.device} (what does not fit there is offloaded to CPU, then disk)"
+        else:
+            ways = ["Run it where that much memory is free",
+                    ("spread each model over the GPUs, CPU and disk with --device-map auto --max-memory "
+                     "0=SIZE,cpu=SIZE (a budget per model: the reference and one variant are alive at once)")]
+            if self.reference_dtype == "fp32":
+                ways.append("hold the reference in half precision with --reference-dtype bf16 (or auto for the "
+                            "checkpoint's own dtype)")
+            if self.variant and self.variant not in ("fp16", "bf16") and self.variant_bytes >= self.reference_bytes:
+                # simulated formats store their rounded weights in fp32
+                half = "fp16,bf16" if self.reference_dtype == "fp32" else "fp16"
+                ways.append(f"leave out the variants stored in fp32 (--variants {half} keeps one half-precision copy)")
+            advice = ", or ".join(ways)
         if self.copies > 1:
             advice = ("Pass fewer --workers (one per GPU holds one reference and one variant on each), or "
                       + advice[0].lower() + advice[1:])

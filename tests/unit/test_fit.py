@@ -69,6 +69,12 @@ def test_a_16_bit_70b_models_int8_variant_is_counted_in_fp32(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the reference in bf16 (70.55B parameters, 131.4 GiB)" in err
     assert "the largest, int8: 258.9 GiB" in err and "Traceback" not in err and not (tmp_path / "rep").exists()
+    # the advice fits the run: its reference is already bf16, and bf16 is no variant of a bf16 reference
+    assert "--reference-dtype bf16" not in err and "--variants fp16 keeps one half-precision copy" in err
+    assert main(["run", "--model", str(folder), "--device", "cpu", "--reference-dtype", "bf16", "--variants",
+                 "fp16", "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "the largest, fp16: 131.4 GiB" in err and "--variants" not in err.split("Run it")[1]
 
 
 def test_half_precision_variants_count_at_two_bytes():
