@@ -68,6 +68,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if not torch.cuda.is_available():
             raise pytest.UsageError("--qcheck-device cuda was asked for, but no CUDA device is available")
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: timings would time the other workers' work
+        from qcheck.measure.budget import share_with_xdist
+
+        share_with_xdist(int(config.workerinput.get("workercount", 1)))
     if options.records:
         config.stash[_LOADED] = _load_records(options.records)
     else:
@@ -182,6 +186,10 @@ def _terminate_as_interrupt(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _drop_empty_benchmark_dir(config)
+    if hasattr(config, "workerinput"):
+        from qcheck.measure.budget import share_with_xdist
+
+        share_with_xdist(1)
     timeline.reset()  # this session's marks are in its report; a later in-process session starts afresh
     if _OLD_SIGTERM in config.stash:
         import signal
@@ -533,9 +541,25 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Any:
     return result
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist's controller, as a worker ends: merge the worker's share of the report (`worker_handoff`)."""
+    from qcheck.report.worker_handoff import KEY, merge_worker_payload
+
+    payload = (getattr(node, "workeroutput", None) or {}).get(KEY)
+    if payload:
+        merge_worker_payload(report_of(node.config), payload, str(node.gateway.id))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     out = config.getoption("qcheck_report_dir", None)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller writes the one report
+        if out and _REPORT in config.stash:
+            from qcheck.report.worker_handoff import KEY, worker_payload
+
+            config.workeroutput[KEY] = worker_payload(config.stash[_REPORT])
+        return
     if not out or int(exitstatus) in (4, 5):
         return  # a usage error or nothing selected: no report (an empty report would read as a pass)
     timeline.mark("judged")

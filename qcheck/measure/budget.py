@@ -96,9 +96,31 @@ def robustness_variants(names: list[str], gpu: bool) -> list[str]:
     return list(dict.fromkeys([REFERENCE] + [n for n in names if n in wanted or n not in DEFAULT_VARIANTS]))
 
 
+TIMED = ("latency", "latency_casts", "energy")
+"""Measurements that time the device (the steps marked `timed`)."""
+
+
+_XDIST = {"workers": 1}
+
+
+def share_with_xdist(workers: int) -> None:
+    """Set by the plugin in a pytest-xdist worker of a qcheck run (and back to 1 when it ends): how many workers
+    share the machine. Not read from xdist's environment variables, which nested pytest runs inherit."""
+    _XDIST["workers"] = max(1, int(workers))
+
+
+def xdist_workers() -> int:
+    """How many pytest-xdist workers this process shares the machine with, itself included (1 outside xdist)."""
+    return _XDIST["workers"]
+
+
 def not_measured(measurement: str, variant: str, *, gpu: bool, options: Any, context: int) -> str | None:
     """Why `measurement` of `variant` is not taken in this run, or None when it is."""
     builtin = variant in DEFAULT_VARIANTS
+    if measurement in TIMED and xdist_workers() > 1:
+        return (f"not timed under pytest-xdist ({xdist_workers()} workers): the other workers' work shares the "
+                "device, so a timing would time the contention; run without -n, or spread the variants with "
+                "--workers N (--qcheck-workers N), which takes the timings afterwards alone")
     if measurement in GPU_ONLY and not gpu:
         return f"{GPU_ONLY[measurement]}; this run has no CUDA device"
     if measurement == "perplexity_short" and context <= SHORT_CONTEXT:

@@ -108,6 +108,30 @@ def test_bad_input_found_loading_the_model_is_a_usage_error_in_pytests_words(pyt
     assert not (out / "qcheck-report.json").exists()
 
 
+def test_a_run_under_pytest_xdist_reports_every_workers_checks(pytester, tmp_path, tiny_folder):
+    """`pytest -n 2`: the checks run in the workers, and the controller's report had none ("no check ran") while
+    pytest counted passes (session 29). Each worker now hands its share to the controller, which writes one report
+    with every check; timings are skipped with the reason, since the other worker shares the device."""
+    pytest.importorskip("xdist")
+    out = tmp_path / "rep"
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--dist", "loadfile", "--pyargs", "qcheck.suite.test_precision_applied", "qcheck.suite.test_latency",
+        "-p", "no:cacheprovider", f"--qcheck-model={tiny_folder}", "--qcheck-device=cpu", "--qcheck-variants=int8",
+        "--qcheck-tokens=256", "--qcheck-context=128", f"--qcheck-report={out}",
+        "-k", "perplexity_finite or quantization_applied or latency_plausible")
+    outcomes = result.parseoutcomes()
+    report = json.loads((out / "qcheck-report.json").read_text())
+    checks = {(c["name"], c["variant"]): c for c in report["checks"]}
+    assert checks[("perplexity_finite", "int8")]["status"] == "PASS"
+    assert checks[("quantization_applied", "int8")]["status"] == "PASS"
+    timed = checks[("plausible_speed", "int8")]
+    assert timed["status"] == "SKIPPED" and "not timed under pytest-xdist (2 workers)" in timed["message"]
+    assert report["counts"]["PASS"] == outcomes["passed"] and report["counts"]["SKIPPED"] == outcomes["skipped"]
+    assert report["status"] == "PASS" and report["complete"] is True
+    assert sorted(report["meta"]["xdist_workers"]) == ["gw0", "gw1"]
+    assert report["variants"]["int8"]["metrics"]["perplexity"]["context"] == 128  # the records came along
+
+
 def test_ptq_backend_runs_as_a_suite_variant(pytester, tmp_path, warm_model, wikitext):
     """--qcheck-ptq adds a backend's variant to every module; one this machine cannot build skips, saying why."""
     out = tmp_path / "rep"
