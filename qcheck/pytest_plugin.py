@@ -549,6 +549,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     payload = (getattr(node, "workeroutput", None) or {}).get(KEY)
     if payload:
         merge_worker_payload(report_of(node.config), payload, str(node.gateway.id))
+    if error:  # a worker that crashed: what it ran is missing, so the run is incomplete
+        report_of(node.config).meta.setdefault("xdist_workers_lost", []).append(f"{node.gateway.id}: {error}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -571,6 +573,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     report.complete = exitstatus not in (2, 3) and not session.shouldstop
     reason = {2: "interrupted (Ctrl-C, SIGTERM, pytest.exit or collection errors)", 3: "pytest internal error"}.get(
         int(exitstatus)) or (str(session.shouldstop) if session.shouldstop else None)
+    lost = report.meta.get("xdist_workers_lost")
+    if lost:
+        reason = "; ".join([*([reason] if reason else []), f"pytest-xdist worker(s) lost: {'; '.join(lost)}"])
     report.mark_unfinished([item.nodeid for item in session.items], reason, int(exitstatus))
     if _LOADED in config.stash:
         report.records = config.stash[_LOADED]

@@ -132,6 +132,30 @@ def test_a_run_under_pytest_xdist_reports_every_workers_checks(pytester, tmp_pat
     assert report["variants"]["int8"]["metrics"]["perplexity"]["context"] == 128  # the records came along
 
 
+def test_a_crashed_xdist_worker_leaves_the_report_incomplete_and_says_so(pytester, tmp_path):
+    """A worker that dies (OOM killer, segfault) hands over nothing: the controller's report keeps the other
+    workers' checks but is marked unfinished, naming the lost worker, not a complete PASS."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_holds="""
+        from qcheck.invariants import assert_robust_le_clean
+
+        def test_robust_below_clean(qcheck_record):
+            qcheck_record(assert_robust_le_clean(0.61, 0.41, n=400, variant="4-bit"))
+    """, test_dies="""
+        import os
+
+        def test_killed():
+            os._exit(1)
+    """)
+    out = tmp_path / "rep"
+    pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile", "--max-worker-restart", "0", "-p",
+                                  "no:cacheprovider", f"--qcheck-report={out}")
+    report = json.loads((out / "qcheck-report.json").read_text())
+    assert [c["name"] for c in report["checks"]] == ["robust_le_clean"]
+    assert report["complete"] is False and report["status"] == "INCONCLUSIVE"
+    assert "pytest-xdist worker(s) lost" in report["interruption"]["reason"]
+
+
 def test_ptq_backend_runs_as_a_suite_variant(pytester, tmp_path, warm_model, wikitext):
     """--qcheck-ptq adds a backend's variant to every module; one this machine cannot build skips, saying why."""
     out = tmp_path / "rep"
