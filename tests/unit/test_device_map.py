@@ -156,8 +156,8 @@ def test_the_plugin_refuses_the_references_own_dtype_as_a_variant_as_a_usage_err
                                           "--qcheck-reference-dtype=bf16", "--qcheck-variants=int8,bf16",
                                           "--qcheck-device=cpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--qcheck-variants names bf16, the reference's own dtype "
-                                 "(--qcheck-reference-dtype bf16)*"])  # pytest's spelling of the flags
+    expected = "*--qcheck-variants names bf16, the reference's own dtype (--qcheck-reference-dtype bf16)*"
+    result.stderr.fnmatch_lines([expected])  # pytest's spelling of the flags
 
 
 def test_default_reference_stays_fp32_and_says_so(tiny_folder):
