@@ -96,10 +96,6 @@ def robustness_variants(names: list[str], gpu: bool) -> list[str]:
     return list(dict.fromkeys([REFERENCE] + [n for n in names if n in wanted or n not in DEFAULT_VARIANTS]))
 
 
-TIMED = ("latency", "latency_casts", "energy")
-"""Measurements that time the device (the steps marked `timed`)."""
-
-
 _XDIST = {"workers": 1}
 
 
@@ -116,8 +112,11 @@ def xdist_workers() -> int:
 
 def not_measured(measurement: str, variant: str, *, gpu: bool, options: Any, context: int) -> str | None:
     """Why `measurement` of `variant` is not taken in this run, or None when it is."""
+    from qcheck.measure.steps import STEPS
+
     builtin = variant in DEFAULT_VARIANTS
-    if measurement in TIMED and xdist_workers() > 1:
+    step = STEPS.get(measurement)
+    if step is not None and step.timed and xdist_workers() > 1:
         return (f"not timed under pytest-xdist ({xdist_workers()} workers): the other workers' work shares the "
                 "device, so a timing would time the contention; run without -n, or spread the variants with "
                 "--workers N (--qcheck-workers N), which takes the timings afterwards alone")

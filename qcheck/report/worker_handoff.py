@@ -45,10 +45,5 @@ def merge_worker_payload(report: Any, payload: str, worker: str) -> None:
     store = RecordStore.from_dict(data["records"], source=f"pytest-xdist worker {worker}")
     if report.records is None:
         report.records = store
-        return
-    for record in store:
-        if (record.variant, record.measurement) not in report.records:
-            report.records.put(record)
-    for name in store.variants:
-        if name not in report.records.variants:
-            report.records.variants.append(name)
+    else:
+        report.records.merge(store, overlap=True)
